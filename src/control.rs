@@ -1,0 +1,94 @@
+//! The control plane loop: source -> translate -> publish, with the problems of each round kept for the admin API
+//! and logged once when they first appear.
+
+use crate::report;
+use crate::snapshot::Store;
+use crate::source::file::{FileLoader, Loaded, Watcher};
+use crate::translate::{self, Options, Severity};
+use arc_swap::ArcSwap;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// Translates and publishes what a source loaded.
+pub struct Control {
+    store: Arc<Store>,
+    options: Options,
+    diagnostics: Arc<ArcSwap<Vec<String>>>,
+    logged: BTreeSet<String>,
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new version was published.
+    Published(u64),
+    /// The model did not change; nothing was published.
+    Unchanged,
+    /// The model could not be compiled; the previous snapshot keeps serving.
+    Refused,
+}
+
+impl Control {
+    /// A control loop publishing into `store`.
+    pub fn new(store: Arc<Store>, options: Options) -> Self {
+        Control {
+            store,
+            options,
+            diagnostics: Arc::new(ArcSwap::from_pointee(Vec::new())),
+            logged: BTreeSet::new(),
+        }
+    }
+
+    /// The problems of the latest round, formatted with their locations.
+    pub fn diagnostics(&self) -> Arc<ArcSwap<Vec<String>>> {
+        self.diagnostics.clone()
+    }
+
+    /// Translates `loaded` and publishes the result if it changed.
+    pub fn apply(&mut self, loaded: &Loaded) -> Outcome {
+        let out = translate::translate(&loaded.input, &self.options);
+        let mut lines = Vec::new();
+        let mut severities = Vec::new();
+        for p in &loaded.problems {
+            lines.push(p.to_string());
+            severities.push(p.severity);
+        }
+        for d in &out.diagnostics {
+            lines.push(report::diagnostic_line(d, &loaded.locations));
+            severities.push(d.severity);
+        }
+        // Log each problem once, when it first appears.
+        let current: BTreeSet<String> = lines.iter().cloned().collect();
+        for (line, sev) in lines.iter().zip(&severities) {
+            if !self.logged.contains(line) {
+                match sev {
+                    Severity::Error => tracing::error!("{line}"),
+                    Severity::Warning => tracing::warn!("{line}"),
+                }
+            }
+        }
+        self.logged = current;
+        self.diagnostics.store(Arc::new(lines));
+
+        match self.store.publish(out.model) {
+            Ok(Some(v)) => {
+                tracing::info!(version = v, "configuration published");
+                Outcome::Published(v)
+            }
+            Ok(None) => Outcome::Unchanged,
+            Err(e) => {
+                tracing::error!(error = %e, "configuration refused; the previous one keeps serving");
+                Outcome::Refused
+            }
+        }
+    }
+
+    /// Reloads and republishes on every change the watcher reports, until it stops.
+    pub async fn watch_files(mut self, mut loader: FileLoader, mut watcher: Watcher) {
+        while watcher.changed().await {
+            let loaded = loader.load();
+            self.apply(&loaded);
+        }
+        tracing::warn!("file watcher stopped; configuration is no longer reloaded");
+    }
+}

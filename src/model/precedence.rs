@@ -1,0 +1,231 @@
+//! Route precedence: the ONE place that decides which of several matching rules serves a request.
+//!
+//! The HTTPRoute spec (HTTPRouteRule.matches) says:
+//!
+//! > Proxy or Load Balancer routing configuration generated from HTTPRoutes MUST prioritize matches based on the
+//! > following criteria, continuing on ties. Across all rules specified on applicable Routes, precedence must be
+//! > given to the match having:
+//! > * "Exact" path match.
+//! > * "Prefix" path match with largest number of characters.
+//! > * Method match.
+//! > * Largest number of header matches.
+//! > * Largest number of query param matches.
+//! >
+//! > Note: The precedence of RegularExpression path matches are implementation-specific.
+//! >
+//! > If ties still exist across multiple Routes, matching precedence MUST be determined in order of the following
+//! > criteria, continuing on ties:
+//! > * The oldest Route based on creation timestamp.
+//! > * The Route appearing first in alphabetical order by "{namespace}/{name}".
+//! >
+//! > If ties still exist within an HTTPRoute, matching precedence MUST be granted to the FIRST matching rule (in
+//! > list order) with a match meeting the above criteria.
+//!
+//! and (HTTPRouteSpec.hostnames):
+//!
+//! > In the event that multiple HTTPRoutes specify intersecting hostnames (e.g. overlapping wildcard matching and
+//! > exact matching hostnames), precedence must be given to rules from the HTTPRoute with the largest number of:
+//! > * Characters in a matching non-wildcard hostname.
+//! > * Characters in a matching hostname.
+//!
+//! Our choices where the spec leaves room, all documented in `docs/routing.md`:
+//! - RegularExpression paths rank after Exact and before Prefix, longer patterns first.
+//! - Ingress paths take part in the same order. The Kubernetes Ingress rule ("the longest matching path wins; on
+//!   equal length Exact beats Prefix") gives the same answer for every request, because an Exact path that matches
+//!   is always at least as long as any matching prefix.
+//! - On a complete tie between an HTTPRoute and an Ingress, the HTTPRoute wins, so a team can move one path at a
+//!   time from Ingress to Gateway API; the shadowed Ingress path is reported.
+
+use super::{HostPattern, HttpRule, OriginKind, PathMatch, RouteMatch};
+use std::cmp::{Ordering, Reverse};
+use std::hash::{Hash, Hasher};
+
+/// A match compared by value, for finding rules that match exactly the same requests.
+#[derive(Clone, Copy, Debug)]
+pub struct MatchKey<'a>(pub &'a RouteMatch);
+
+impl PartialEq for MatchKey<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+impl Eq for MatchKey<'_> {}
+impl Hash for MatchKey<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state)
+    }
+}
+
+/// The part of the order that depends on the match alone; larger is more specific.
+fn match_rank(m: &RouteMatch) -> impl Ord {
+    let path = match &m.path {
+        PathMatch::Exact(v) => (3u8, v.len()),
+        PathMatch::RegularExpression(v) => (2, v.len()),
+        PathMatch::Prefix(v) => (1, v.len()),
+    };
+    (
+        path,
+        m.method.is_some(),
+        m.headers.len(),
+        m.query_params.len(),
+    )
+}
+
+/// The tie-breaks between rules once their matches rank equal: HTTPRoute before Ingress, then the oldest object
+/// (objects without a creation time count as newest), then `namespace/name`, then rule order.
+fn origin_rank(r: &HttpRule) -> impl Ord + '_ {
+    (
+        r.origin.kind != OriginKind::HttpRoute,
+        r.origin.created.is_none(),
+        r.origin.created,
+        &r.origin.namespace,
+        &r.origin.name,
+        r.origin.rule,
+    )
+}
+
+/// Orders (host, rule, match index) entries so that the first entry that matches a request is the one that must
+/// serve it. `Ordering::Less` means `a` takes precedence.
+pub fn compare(
+    a: (&HostPattern, &HttpRule, usize),
+    b: (&HostPattern, &HttpRule, usize),
+) -> Ordering {
+    let (ah, ar, ai) = a;
+    let (bh, br, bi) = b;
+    Reverse(ah.specificity())
+        .cmp(&Reverse(bh.specificity()))
+        .then_with(|| {
+            Reverse(match_rank(&ar.matches[ai])).cmp(&Reverse(match_rank(&br.matches[bi])))
+        })
+        .then_with(|| origin_rank(ar).cmp(&origin_rank(br)))
+        .then_with(|| ai.cmp(&bi))
+}
+
+/// For two rules with an identical match on the same host: does `a` win over `b`?
+pub fn tie_winner(a: &HttpRule, b: &HttpRule) -> bool {
+    origin_rank(a) < origin_rank(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Action, BackendGroup, HeaderMatch, Origin, StringMatch};
+
+    fn rule(kind: OriginKind, name: &str, created: Option<i64>, m: RouteMatch) -> HttpRule {
+        HttpRule {
+            origin: Origin {
+                kind,
+                namespace: "ns".into(),
+                name: name.into(),
+                rule: 0,
+                rule_name: None,
+                created,
+            },
+            matches: vec![m],
+            filters: vec![],
+            action: Action::Forward(BackendGroup { backends: vec![] }),
+        }
+    }
+
+    fn path(p: PathMatch) -> RouteMatch {
+        RouteMatch {
+            path: p,
+            ..RouteMatch::any()
+        }
+    }
+
+    fn order(rules: &[HttpRule]) -> Vec<&str> {
+        let host = HostPattern::Any;
+        let mut v: Vec<&HttpRule> = rules.iter().collect();
+        v.sort_by(|a, b| compare((&host, a, 0), (&host, b, 0)));
+        v.iter().map(|r| r.origin.name.as_str()).collect()
+    }
+
+    #[test]
+    fn exact_then_regex_then_longest_prefix() {
+        let k = OriginKind::HttpRoute;
+        let rules = [
+            rule(
+                k,
+                "prefix-short",
+                None,
+                path(PathMatch::Prefix("/a".into())),
+            ),
+            rule(
+                k,
+                "prefix-long",
+                None,
+                path(PathMatch::Prefix("/a/b".into())),
+            ),
+            rule(k, "exact", None, path(PathMatch::Exact("/a".into()))),
+            rule(
+                k,
+                "regex",
+                None,
+                path(PathMatch::RegularExpression("/a.*".into())),
+            ),
+        ];
+        assert_eq!(
+            order(&rules),
+            ["exact", "regex", "prefix-long", "prefix-short"]
+        );
+    }
+
+    #[test]
+    fn method_then_headers_then_query() {
+        let k = OriginKind::HttpRoute;
+        let hm = |n: &str| HeaderMatch {
+            name: n.into(),
+            value: StringMatch::Exact("x".into()),
+        };
+        let mut with_method = RouteMatch::any();
+        with_method.method = Some("GET".into());
+        let mut two_headers = RouteMatch::any();
+        two_headers.headers = vec![hm("a"), hm("b")];
+        let mut one_header = RouteMatch::any();
+        one_header.headers = vec![hm("a")];
+        let rules = [
+            rule(k, "one-header", None, one_header),
+            rule(k, "plain", None, RouteMatch::any()),
+            rule(k, "two-headers", None, two_headers),
+            rule(k, "method", None, with_method),
+        ];
+        assert_eq!(
+            order(&rules),
+            ["method", "two-headers", "one-header", "plain"]
+        );
+    }
+
+    #[test]
+    fn ties_go_to_httproute_then_oldest_then_name() {
+        let m = || path(PathMatch::Prefix("/x".into()));
+        let rules = [
+            rule(OriginKind::Ingress, "ingress-old", Some(1), m()),
+            rule(OriginKind::HttpRoute, "route-b", Some(5), m()),
+            rule(OriginKind::HttpRoute, "route-a", Some(5), m()),
+            rule(OriginKind::HttpRoute, "route-old", Some(2), m()),
+            rule(OriginKind::HttpRoute, "route-no-time", None, m()),
+        ];
+        assert_eq!(
+            order(&rules),
+            [
+                "route-old",
+                "route-a",
+                "route-b",
+                "route-no-time",
+                "ingress-old"
+            ]
+        );
+        assert!(tie_winner(&rules[1], &rules[0]));
+    }
+
+    #[test]
+    fn specific_hosts_first() {
+        let k = OriginKind::HttpRoute;
+        let exact = HostPattern::gateway("a.example.com").unwrap();
+        let wild = HostPattern::gateway("*.example.com").unwrap();
+        let r1 = rule(k, "wild", None, path(PathMatch::Exact("/long/path".into())));
+        let r2 = rule(k, "exact", None, RouteMatch::any());
+        assert_eq!(compare((&exact, &r2, 0), (&wild, &r1, 0)), Ordering::Less);
+    }
+}

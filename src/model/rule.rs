@@ -1,0 +1,353 @@
+//! Route rules: matches, filters, actions and backends.
+
+use serde::Serialize;
+use std::fmt;
+use std::net::IpAddr;
+
+/// Which API object a rule came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum OriginKind {
+    /// A Gateway API HTTPRoute.
+    #[serde(rename = "HTTPRoute")]
+    HttpRoute,
+    /// A networking.k8s.io/v1 Ingress.
+    Ingress,
+}
+
+impl OriginKind {
+    /// The Kubernetes kind name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OriginKind::HttpRoute => "HTTPRoute",
+            OriginKind::Ingress => "Ingress",
+        }
+    }
+}
+
+/// Where a rule came from, for `routes` output, logs, metrics and precedence tie-breaks.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Origin {
+    /// The kind of the object.
+    pub kind: OriginKind,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Index of the rule in the object: `spec.rules[i]` for a route; for an Ingress, the index of the path counted
+    /// across all its rules, or [`Origin::DEFAULT_BACKEND`] for `spec.defaultBackend`.
+    pub rule: usize,
+    /// The rule's `name`, when the route names it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_name: Option<String>,
+    /// `metadata.creationTimestamp` as seconds since the epoch, when set; older routes win precedence ties.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<i64>,
+}
+
+impl Origin {
+    /// The `rule` value that marks an Ingress `spec.defaultBackend`.
+    pub const DEFAULT_BACKEND: usize = usize::MAX;
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind.as_str(), self.namespace, self.name)?;
+        if self.rule == Origin::DEFAULT_BACKEND {
+            f.write_str(" defaultBackend")
+        } else {
+            write!(f, " rule {}", self.rule)?;
+            if let Some(n) = &self.rule_name {
+                write!(f, " ({n})")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// One route rule: any of its matches selects it; then its filters run and its action answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HttpRule {
+    /// Where it came from.
+    pub origin: Origin,
+    /// Alternatives (OR). Never empty: a rule without matches gets the spec default (prefix `/`).
+    pub matches: Vec<RouteMatch>,
+    /// Request/response filters, in the order the rule lists them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Filter>,
+    /// What answers the request.
+    pub action: Action,
+}
+
+/// Conditions a request must meet (AND).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct RouteMatch {
+    /// The path condition (always present; "any path" is `Prefix("/")`).
+    pub path: PathMatch,
+    /// The request method, uppercase, when the match restricts it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Header conditions; names are lowercase and unique (the first entry of a repeated name wins).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
+    /// Query parameter conditions; names are case-sensitive and unique.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<QueryParamMatch>,
+}
+
+impl RouteMatch {
+    /// The match that accepts every request.
+    pub fn any() -> Self {
+        RouteMatch {
+            path: PathMatch::Prefix("/".into()),
+            method: None,
+            headers: Vec::new(),
+            query_params: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Display for RouteMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path)?;
+        if let Some(m) = &self.method {
+            write!(f, " method={m}")?;
+        }
+        for h in &self.headers {
+            write!(f, " header:{}{}", h.name, h.value)?;
+        }
+        for q in &self.query_params {
+            write!(f, " query:{}{}", q.name, q.value)?;
+        }
+        Ok(())
+    }
+}
+
+/// A path condition.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "type", content = "value")]
+pub enum PathMatch {
+    /// The whole path equals the value (case-sensitive).
+    Exact(String),
+    /// The path starts with the value element by element: `/foo` matches `/foo` and `/foo/bar`, not `/foobar`.
+    /// The value never ends in `/` unless it is `/` itself (a trailing slash is ignored, as both specs say).
+    Prefix(String),
+    /// The whole path matches the regular expression (anchored at both ends).
+    RegularExpression(String),
+}
+
+impl PathMatch {
+    /// A prefix match, normalized: a trailing slash is dropped (`/foo/` and `/foo` match the same requests, as
+    /// both the Ingress and the HTTPRoute specs say), `/` stays `/`.
+    pub fn prefix(path: &str) -> PathMatch {
+        let trimmed = path.trim_end_matches('/');
+        PathMatch::Prefix(if trimmed.is_empty() {
+            "/".to_string()
+        } else {
+            trimmed.to_string()
+        })
+    }
+
+    /// The value the condition compares with.
+    pub fn value(&self) -> &str {
+        match self {
+            PathMatch::Exact(v) | PathMatch::Prefix(v) | PathMatch::RegularExpression(v) => v,
+        }
+    }
+}
+
+impl fmt::Display for PathMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathMatch::Exact(v) => write!(f, "={v}"),
+            PathMatch::Prefix(v) => write!(f, "{v}*"),
+            PathMatch::RegularExpression(v) => write!(f, "~{v}"),
+        }
+    }
+}
+
+/// A value condition.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "type", content = "value")]
+pub enum StringMatch {
+    /// Equal, byte for byte.
+    Exact(String),
+    /// The whole value matches the regular expression (anchored at both ends).
+    RegularExpression(String),
+}
+
+impl fmt::Display for StringMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StringMatch::Exact(v) => write!(f, "={v}"),
+            StringMatch::RegularExpression(v) => write!(f, "~{v}"),
+        }
+    }
+}
+
+/// A header condition.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct HeaderMatch {
+    /// Lowercase header name.
+    pub name: String,
+    /// The condition on its value.
+    pub value: StringMatch,
+}
+
+/// A query parameter condition.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct QueryParamMatch {
+    /// Parameter name (case-sensitive).
+    pub name: String,
+    /// The condition on its (first) value.
+    pub value: StringMatch,
+}
+
+/// A request or response modification.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "type")]
+pub enum Filter {
+    /// Change request headers before they go upstream.
+    RequestHeaderModifier(HeaderModifier),
+    /// Change response headers before they go to the client.
+    ResponseHeaderModifier(HeaderModifier),
+    /// Rewrite the Host header and/or path sent upstream.
+    UrlRewrite {
+        /// New Host header value.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        hostname: Option<String>,
+        /// New path.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        path: Option<PathModifier>,
+    },
+}
+
+/// Header changes, applied in the order set, add, remove (as Gateway API defines them).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HeaderModifier {
+    /// Replace (or create) these headers. Names lowercase.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<(String, String)>,
+    /// Append these values. Names lowercase.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<(String, String)>,
+    /// Remove these headers. Names lowercase.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+/// How a path is replaced (URL rewrite or redirect).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", content = "value")]
+pub enum PathModifier {
+    /// Replace the whole path.
+    ReplaceFullPath(String),
+    /// Replace the part the rule's prefix match matched; only valid on rules whose matches are all prefixes.
+    ReplacePrefixMatch(String),
+}
+
+/// What answers a matched request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "type")]
+pub enum Action {
+    /// Proxy to one of the weighted backends.
+    Forward(BackendGroup),
+    /// Answer with a redirect.
+    Redirect(Redirect),
+}
+
+/// A redirect answer. `None` fields keep the request's value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Redirect {
+    /// `http` or `https`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// New hostname.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// New port; `None` follows the Gateway API rules (the scheme's well-known port when the scheme changes,
+    /// else the listener port).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// New path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathModifier>,
+    /// 301, 302, 303, 307 or 308.
+    pub status: u16,
+}
+
+/// Weighted backends of one rule. Weight 0 is never chosen; a group whose weights are all 0 answers 500.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BackendGroup {
+    /// The candidates.
+    pub backends: Vec<WeightedBackend>,
+}
+
+/// One candidate of a [`BackendGroup`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WeightedBackend {
+    /// Relative weight.
+    pub weight: u32,
+    /// Where requests go.
+    pub backend: Backend,
+    /// Filters that apply only when this backend is chosen.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Filter>,
+}
+
+/// A backend: a resolved Service port, or the answer the spec requires when it cannot be resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "type")]
+pub enum Backend {
+    /// A Service port with its ready endpoints (never empty: no endpoints is [`Backend::Invalid`] 503).
+    Service(ServiceBackend),
+    /// Requests routed here get `status` (500 for an unresolvable reference, 503 for no ready endpoints).
+    Invalid {
+        /// The HTTP status to answer.
+        status: u16,
+        /// Why, for `routes`, logs and status.
+        reason: String,
+    },
+}
+
+/// A resolved Service port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServiceBackend {
+    /// Service namespace.
+    pub namespace: String,
+    /// Service name.
+    pub name: String,
+    /// The Service port that was referenced.
+    pub port: u16,
+    /// Ready endpoints, sorted.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One ready endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Endpoint {
+    /// Pod address.
+    pub ip: IpAddr,
+    /// Target port on the pod.
+    pub port: u16,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Backend::Service(s) => {
+                write!(f, "{}/{}:{} [", s.namespace, s.name, s.port)?;
+                for (i, e) in s.endpoints.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(" ")?;
+                    }
+                    match e.ip {
+                        IpAddr::V4(ip) => write!(f, "{ip}:{}", e.port)?,
+                        IpAddr::V6(ip) => write!(f, "[{ip}]:{}", e.port)?,
+                    }
+                }
+                f.write_str("]")
+            }
+            Backend::Invalid { status, reason } => write!(f, "{status} ({reason})"),
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The data plane: Pingora applications and the listeners that feed them.
+//!
+//! Pingora binds its listeners once, when its `Server` starts; Gateways can add and remove ports at any time. So
+//! Portcullis owns the sockets ([`listeners::ListenerManager`]): it binds and releases ports as snapshots change,
+//! accepts connections itself, wraps them in Pingora streams and hands them to the Pingora application
+//! (`HttpProxy<HttpApp>`) of that port, exactly as a Pingora listening service would. See
+//! `docs/adr/0001-own-listeners.md`.
+
+pub mod http;
+pub mod listeners;
+
+pub use listeners::{accept_loop, bind, Connections, ListenerManager, ListenerState};

@@ -1,0 +1,284 @@
+//! Binding, accepting and releasing listener ports as the published configuration changes.
+
+use super::http::HttpApp;
+use crate::model::Protocol;
+use crate::snapshot::Store;
+use pingora::apps::ServerApp;
+use pingora::protocols::l4::listener::Listener;
+use pingora::server::configuration::ServerConf;
+use pingora::server::ShutdownWatch;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How often ports that could not be bound are tried again.
+const RETRY_BIND: Duration = Duration::from_secs(5);
+
+/// Binds a TCP listening socket with `SO_REUSEADDR`, so a restarted proxy can bind at once.
+pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+/// Counts open connections (for a graceful shutdown that waits for them).
+#[derive(Clone, Debug, Default)]
+pub struct Connections(Arc<AtomicUsize>);
+
+impl Connections {
+    /// Connections currently open.
+    pub fn open(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+struct ConnectionGuard(Arc<AtomicUsize>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Accepts connections on `listener` until `stop` turns true, handing each to `app` on its own task. Connections
+/// already accepted keep running after the loop stops; `shutdown` tells them to finish (no more keep-alive).
+pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
+    listener: tokio::net::TcpListener,
+    app: Arc<A>,
+    mut stop: watch::Receiver<bool>,
+    shutdown: ShutdownWatch,
+    connections: Connections,
+) {
+    let listener = Listener::from(listener);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => {
+                if *stop.borrow() {
+                    return;
+                }
+            }
+            res = listener.accept() => match res {
+                Ok(mut stream) => {
+                    let _ = stream.set_nodelay();
+                    let app = app.clone();
+                    let shutdown = shutdown.clone();
+                    connections.0.fetch_add(1, Ordering::Relaxed);
+                    let guard = ConnectionGuard(connections.0.clone());
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        app.process_new(Box::new(stream), &shutdown).await;
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+}
+
+/// What happened to one listener port, for logs and the admin API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ListenerState {
+    /// Logical port (from the manifests).
+    pub port: u16,
+    /// The address actually bound (`port + --port-offset`).
+    pub address: SocketAddr,
+    /// `true` while accepting connections.
+    pub bound: bool,
+    /// Why binding failed, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+struct Bound {
+    protocol: Protocol,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// Keeps the set of bound ports equal to the set of listener ports in the current snapshot.
+pub struct ListenerManager {
+    store: Arc<Store>,
+    bind_ip: IpAddr,
+    port_offset: u16,
+    conf: Arc<ServerConf>,
+    bound: BTreeMap<u16, Bound>,
+    shutdown: ShutdownWatch,
+    states: Arc<Mutex<Vec<ListenerState>>>,
+    connections: Connections,
+}
+
+impl ListenerManager {
+    /// A manager binding `bind_ip:(port + port_offset)` for every listener port of `store`'s snapshots.
+    /// `shutdown` is handed to every connection (true = finish up, no more keep-alive).
+    pub fn new(
+        store: Arc<Store>,
+        bind_ip: IpAddr,
+        port_offset: u16,
+        shutdown: ShutdownWatch,
+    ) -> Self {
+        ListenerManager {
+            store,
+            bind_ip,
+            port_offset,
+            conf: Arc::new(ServerConf::default()),
+            bound: BTreeMap::new(),
+            shutdown,
+            states: Arc::new(Mutex::new(Vec::new())),
+            connections: Connections::default(),
+        }
+    }
+
+    /// The open-connection counter of every listener this manager binds.
+    pub fn connections(&self) -> Connections {
+        self.connections.clone()
+    }
+
+    /// A handle on the listener states, updated after every reconcile.
+    pub fn states(&self) -> Arc<Mutex<Vec<ListenerState>>> {
+        self.states.clone()
+    }
+
+    fn address(&self, port: u16) -> Option<SocketAddr> {
+        port.checked_add(self.port_offset)
+            .map(|p| SocketAddr::new(self.bind_ip, p))
+    }
+
+    /// Binds ports that appeared, releases ports that disappeared. Returns `true` when every port is bound.
+    pub fn reconcile(&mut self) -> bool {
+        let snap = self.store.load();
+        let wanted: BTreeMap<u16, Protocol> = snap
+            .model
+            .listeners
+            .iter()
+            .map(|l| (l.port, l.protocol))
+            .collect();
+
+        // Release ports that are gone or changed protocol. Accepted connections finish on their own.
+        let gone: Vec<u16> = self
+            .bound
+            .iter()
+            .filter(|(port, b)| wanted.get(port) != Some(&b.protocol))
+            .map(|(port, _)| *port)
+            .collect();
+        for port in gone {
+            if let Some(b) = self.bound.remove(&port) {
+                let _ = b.stop.send(true);
+                drop(b.task);
+                tracing::info!(port, "listener released");
+            }
+        }
+
+        let mut states = Vec::new();
+        let mut all_bound = true;
+        for (&port, &protocol) in &wanted {
+            let Some(addr) = self.address(port) else {
+                all_bound = false;
+                states.push(ListenerState {
+                    port,
+                    address: SocketAddr::new(self.bind_ip, 0),
+                    bound: false,
+                    error: Some(format!(
+                        "port {port} + offset {} exceeds 65535",
+                        self.port_offset
+                    )),
+                });
+                continue;
+            };
+            if self.bound.contains_key(&port) {
+                states.push(ListenerState {
+                    port,
+                    address: addr,
+                    bound: true,
+                    error: None,
+                });
+                continue;
+            }
+            match bind(addr) {
+                Ok(listener) => {
+                    let (stop_tx, stop_rx) = watch::channel(false);
+                    let task = match protocol {
+                        Protocol::Http => {
+                            let proxy = pingora::proxy::http_proxy(
+                                &self.conf,
+                                HttpApp::new(self.store.clone(), port, false),
+                            );
+                            tokio::spawn(accept_loop(
+                                listener,
+                                Arc::new(proxy),
+                                stop_rx,
+                                self.shutdown.clone(),
+                                self.connections.clone(),
+                            ))
+                        }
+                    };
+                    tracing::info!(port, %addr, ?protocol, "listener bound");
+                    self.bound.insert(
+                        port,
+                        Bound {
+                            protocol,
+                            stop: stop_tx,
+                            task,
+                        },
+                    );
+                    states.push(ListenerState {
+                        port,
+                        address: addr,
+                        bound: true,
+                        error: None,
+                    });
+                }
+                Err(e) => {
+                    all_bound = false;
+                    tracing::error!(port, %addr, error = %e, "cannot bind listener; retrying every 5s");
+                    states.push(ListenerState {
+                        port,
+                        address: addr,
+                        bound: false,
+                        error: Some(e.to_string()),
+                    });
+                }
+            }
+        }
+        if let Ok(mut s) = self.states.lock() {
+            *s = states;
+        }
+        all_bound
+    }
+
+    /// Reconciles after every publish (and retries failed binds) until `stop` turns true; then stops accepting.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut changes = self.store.subscribe();
+        loop {
+            let all_bound = self.reconcile();
+            let retry = async {
+                if all_bound {
+                    std::future::pending::<()>().await
+                } else {
+                    tokio::time::sleep(RETRY_BIND).await
+                }
+            };
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { break },
+                _ = retry => {}
+                _ = stop.changed() => if *stop.borrow() { break },
+            }
+        }
+        for (_, b) in std::mem::take(&mut self.bound) {
+            let _ = b.stop.send(true);
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Human and JSON presentations: diagnostics with file locations, and the routing table of `portcullis routes`.
+
+use crate::model::{precedence, Action, Filter, HostPattern, HttpRule, Model, PathModifier};
+use crate::source::file::Location;
+use crate::source::ObjectRef;
+use crate::translate::{Diagnostic, Severity};
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// `file:line: error: Kind ns/name: message` (the location part only when the object's file is known).
+pub fn diagnostic_line(d: &Diagnostic, locations: &HashMap<ObjectRef, Location>) -> String {
+    match locations.get(&d.object) {
+        Some(loc) => {
+            let sev = match d.severity {
+                Severity::Error => "error",
+                Severity::Warning => "warning",
+            };
+            format!("{loc}: {sev}: {}: {}", d.object, d.message)
+        }
+        None => d.to_string(),
+    }
+}
+
+/// One row of the routing table: one match of one rule on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteRow {
+    /// Logical listener port.
+    pub port: u16,
+    /// Hostname pattern the row answers.
+    pub host: String,
+    /// The Gateway listener hostname it was attached through (absent for Ingress).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listener_hostname: Option<String>,
+    /// The match, e.g. `/api*` (prefix), `=/exact`, `~regex`, plus method/header/query conditions.
+    #[serde(rename = "match")]
+    pub matches: String,
+    /// Filters in order.
+    pub filters: Vec<String>,
+    /// Weighted backends (`weight x target`) or the redirect.
+    pub backends: Vec<String>,
+    /// `Kind ns/name rule N`.
+    pub origin: String,
+}
+
+fn filter_text(f: &Filter) -> String {
+    match f {
+        Filter::RequestHeaderModifier(m) => format!("request-headers({})", modifier_text(m)),
+        Filter::ResponseHeaderModifier(m) => format!("response-headers({})", modifier_text(m)),
+        Filter::UrlRewrite { hostname, path } => {
+            let mut parts = Vec::new();
+            if let Some(h) = hostname {
+                parts.push(format!("host={h}"));
+            }
+            if let Some(p) = path {
+                parts.push(path_text(p));
+            }
+            format!("rewrite({})", parts.join(" "))
+        }
+    }
+}
+
+fn path_text(p: &PathModifier) -> String {
+    match p {
+        PathModifier::ReplaceFullPath(v) => format!("path={v}"),
+        PathModifier::ReplacePrefixMatch(v) => format!("prefix->{v}"),
+    }
+}
+
+fn modifier_text(m: &crate::model::HeaderModifier) -> String {
+    let mut parts = Vec::new();
+    for (k, v) in &m.set {
+        parts.push(format!("set {k}={v}"));
+    }
+    for (k, v) in &m.add {
+        parts.push(format!("add {k}={v}"));
+    }
+    for k in &m.remove {
+        parts.push(format!("remove {k}"));
+    }
+    parts.join(", ")
+}
+
+fn action_text(rule: &HttpRule) -> Vec<String> {
+    match &rule.action {
+        Action::Forward(g) => g
+            .backends
+            .iter()
+            .map(|b| {
+                let mut s = format!("{}x {}", b.weight, b.backend);
+                for f in &b.filters {
+                    s.push(' ');
+                    s.push_str(&filter_text(f));
+                }
+                s
+            })
+            .collect(),
+        Action::Redirect(r) => {
+            let mut s = format!("redirect {}", r.status);
+            if let Some(v) = &r.scheme {
+                s.push_str(&format!(" scheme={v}"));
+            }
+            if let Some(v) = &r.hostname {
+                s.push_str(&format!(" host={v}"));
+            }
+            if let Some(v) = r.port {
+                s.push_str(&format!(" port={v}"));
+            }
+            if let Some(p) = &r.path {
+                s.push(' ');
+                s.push_str(&path_text(p));
+            }
+            vec![s]
+        }
+    }
+}
+
+/// The routing table: per port, per host, rows in the order the router tries them (precedence order), then the
+/// default backend.
+pub fn route_rows(model: &Model) -> Vec<RouteRow> {
+    let mut rows = Vec::new();
+    for l in &model.listeners {
+        for vh in &l.virtual_hosts {
+            let mut entries: Vec<(&HttpRule, usize)> = vh
+                .rules
+                .iter()
+                .flat_map(|r| (0..r.matches.len()).map(move |i| (r, i)))
+                .collect();
+            entries.sort_by(|a, b| {
+                precedence::compare((&vh.hostname, a.0, a.1), (&vh.hostname, b.0, b.1))
+            });
+            for (rule, i) in entries {
+                rows.push(RouteRow {
+                    port: l.port,
+                    host: vh.hostname.to_string(),
+                    listener_hostname: vh.listener_hostname.as_ref().map(HostPattern::to_string),
+                    matches: rule.matches[i].to_string(),
+                    filters: rule.filters.iter().map(filter_text).collect(),
+                    backends: action_text(rule),
+                    origin: rule.origin.to_string(),
+                });
+            }
+        }
+        if let Some(d) = &l.default_backend {
+            rows.push(RouteRow {
+                port: l.port,
+                host: "*".into(),
+                listener_hostname: None,
+                matches: "(default)".into(),
+                filters: vec![],
+                backends: action_text(d),
+                origin: d.origin.to_string(),
+            });
+        }
+    }
+    rows
+}
+
+/// The routing table as aligned text columns.
+pub fn route_table(rows: &[RouteRow]) -> String {
+    let header = ["PORT", "HOST", "MATCH", "FILTERS", "BACKENDS", "ORIGIN"];
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            let host = match &r.listener_hostname {
+                Some(l) if *l != r.host => format!("{} (listener {l})", r.host),
+                _ => r.host.clone(),
+            };
+            [
+                r.port.to_string(),
+                host,
+                r.matches.clone(),
+                if r.filters.is_empty() {
+                    "-".into()
+                } else {
+                    r.filters.join("; ")
+                },
+                r.backends.join(", "),
+                r.origin.clone(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for c in &cells {
+        for (w, s) in widths.iter_mut().zip(c) {
+            *w = (*w).max(s.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cols: &[&str]| {
+        let mut s = String::new();
+        for (i, (c, w)) in cols.iter().zip(widths).enumerate() {
+            if i + 1 == cols.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        out.push_str(s.trim_end());
+        out.push('\n');
+    };
+    line(&header);
+    for c in &cells {
+        let refs: Vec<&str> = c.iter().map(String::as_str).collect();
+        line(&refs);
+    }
+    out
+}

@@ -1,0 +1,400 @@
+//! The compiled routing index the hot path reads.
+//!
+//! Per listener port: listener hostnames (Gateway listener isolation) in a [`HostIndex`], and inside each, request
+//! hostnames in another [`HostIndex`] whose values are rule lists already sorted by precedence
+//! ([`crate::model::precedence`]), so matching a request is two hash lookups and a walk down one list.
+
+mod hosts;
+mod matcher;
+
+pub use hosts::HostIndex;
+pub use matcher::RequestParts;
+
+use crate::model::{
+    precedence, Action, Backend, BackendGroup, Filter, HostPattern, HttpRule, Model, Origin,
+    Protocol, Redirect,
+};
+use matcher::Matcher;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Why a model could not be compiled. Translation validates everything compiled here, so this only happens on a
+/// model built by hand.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot compile {origin}: {reason}")]
+pub struct CompileError {
+    /// The rule at fault.
+    pub origin: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The compiled index over a whole [`Model`].
+#[derive(Debug, Default)]
+pub struct Router {
+    listeners: Vec<ListenerTable>,
+}
+
+type RuleList = Box<[Arc<RouteEntry>]>;
+
+/// Everything served on one port.
+#[derive(Debug)]
+pub struct ListenerTable {
+    /// Logical port.
+    pub port: u16,
+    /// Protocol spoken to clients.
+    pub protocol: Protocol,
+    groups: HostIndex<Arc<HostIndex<RuleList>>>,
+    default: Option<Arc<RouteEntry>>,
+}
+
+/// One (rule, match) pair: what a successful lookup returns.
+#[derive(Debug)]
+pub struct RouteEntry {
+    matcher: Matcher,
+    /// The rule this match belongs to.
+    pub rule: Arc<CompiledRule>,
+}
+
+impl RouteEntry {
+    /// The prefix the matched path condition compares with, when it is a prefix match.
+    pub fn matched_prefix(&self) -> Option<&str> {
+        self.matcher.prefix()
+    }
+}
+
+/// A rule ready to serve.
+#[derive(Debug)]
+pub struct CompiledRule {
+    /// Where it came from.
+    pub origin: Origin,
+    /// Rule-level filters in order.
+    pub filters: Box<[Filter]>,
+    /// What answers.
+    pub action: CompiledAction,
+}
+
+/// What answers a matched request.
+#[derive(Debug)]
+pub enum CompiledAction {
+    /// Proxy to one of the weighted backends.
+    Forward(WeightedBackends),
+    /// Answer with a redirect.
+    Redirect(Redirect),
+}
+
+/// Weighted backends with a precomputed cumulative weight table.
+#[derive(Debug)]
+pub struct WeightedBackends {
+    backends: Box<[CompiledBackend]>,
+    cumulative: Box<[u64]>,
+    total: u64,
+}
+
+impl WeightedBackends {
+    fn new(group: &BackendGroup) -> Self {
+        let mut cumulative = Vec::with_capacity(group.backends.len());
+        let mut total = 0u64;
+        let mut backends = Vec::with_capacity(group.backends.len());
+        for b in &group.backends {
+            total += u64::from(b.weight);
+            cumulative.push(total);
+            backends.push(CompiledBackend {
+                target: Target::new(&b.backend),
+                filters: b.filters.clone().into_boxed_slice(),
+            });
+        }
+        WeightedBackends {
+            backends: backends.into_boxed_slice(),
+            cumulative: cumulative.into_boxed_slice(),
+            total,
+        }
+    }
+
+    /// Picks a backend in proportion to the weights; `None` when every weight is 0.
+    pub fn pick(&self) -> Option<&CompiledBackend> {
+        match self.backends.len() {
+            0 => None,
+            1 if self.total > 0 => self.backends.first(),
+            _ if self.total == 0 => None,
+            _ => {
+                let r = fastrand::u64(0..self.total);
+                let i = self.cumulative.partition_point(|&c| c <= r);
+                self.backends.get(i)
+            }
+        }
+    }
+
+    /// All candidates (for tests and display).
+    pub fn backends(&self) -> &[CompiledBackend] {
+        &self.backends
+    }
+}
+
+/// One weighted candidate.
+#[derive(Debug)]
+pub struct CompiledBackend {
+    /// Where the request goes.
+    pub target: Target,
+    /// Backend-level filters.
+    pub filters: Box<[Filter]>,
+}
+
+/// A backend target.
+#[derive(Debug)]
+pub enum Target {
+    /// Ready endpoints, chosen round-robin.
+    Endpoints(Endpoints),
+    /// Answer this status instead of proxying.
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// Why (logged).
+        reason: Box<str>,
+    },
+}
+
+impl Target {
+    fn new(b: &Backend) -> Self {
+        match b {
+            Backend::Service(s) => Target::Endpoints(Endpoints {
+                addrs: s
+                    .endpoints
+                    .iter()
+                    .map(|e| SocketAddr::new(e.ip, e.port))
+                    .collect(),
+                next: AtomicUsize::new(0),
+                service: format!("{}/{}:{}", s.namespace, s.name, s.port).into_boxed_str(),
+            }),
+            Backend::Invalid { status, reason } => Target::Status {
+                status: *status,
+                reason: reason.as_str().into(),
+            },
+        }
+    }
+}
+
+/// The endpoints of a Service port, with a round-robin cursor.
+#[derive(Debug)]
+pub struct Endpoints {
+    addrs: Box<[SocketAddr]>,
+    next: AtomicUsize,
+    /// `namespace/name:port`, for logs.
+    pub service: Box<str>,
+}
+
+impl Endpoints {
+    /// The next endpoint in round-robin order (`None` only if there are none, which translation prevents).
+    pub fn next(&self) -> Option<SocketAddr> {
+        match self.addrs.len() {
+            0 => None,
+            1 => self.addrs.first().copied(),
+            n => {
+                let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
+                self.addrs.get(i).copied()
+            }
+        }
+    }
+
+    /// All endpoints.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+}
+
+/// Lowercases `raw` into `buf` and strips a `:port` suffix (keeping IPv6 literals in brackets whole). Returns
+/// `None` for hosts that cannot be a DNS name we route (too long, not UTF-8).
+pub fn normalize_host<'b>(raw: &[u8], buf: &'b mut [u8; 256]) -> Option<&'b str> {
+    let host = if raw.first() == Some(&b'[') {
+        match raw.iter().position(|&b| b == b']') {
+            Some(end) => &raw[..=end],
+            None => raw,
+        }
+    } else {
+        match raw.iter().rposition(|&b| b == b':') {
+            Some(colon) => &raw[..colon],
+            None => raw,
+        }
+    };
+    let host = host.strip_suffix(b".").unwrap_or(host);
+    let out = buf.get_mut(..host.len())?;
+    for (o, b) in out.iter_mut().zip(host) {
+        *o = b.to_ascii_lowercase();
+    }
+    std::str::from_utf8(out).ok()
+}
+
+impl Router {
+    /// Compiles a model.
+    pub fn compile(model: &Model) -> Result<Router, CompileError> {
+        let mut listeners = Vec::with_capacity(model.listeners.len());
+        for l in &model.listeners {
+            listeners.push(compile_listener(l)?);
+        }
+        Ok(Router { listeners })
+    }
+
+    /// The table of `port`, if that port is served.
+    pub fn listener(&self, port: u16) -> Option<&ListenerTable> {
+        self.listeners.iter().find(|l| l.port == port)
+    }
+
+    /// All listener tables, sorted by port.
+    pub fn listeners(&self) -> &[ListenerTable] {
+        &self.listeners
+    }
+}
+
+impl ListenerTable {
+    /// The entry that serves a request for `host` (normalized with [`normalize_host`]), or `None` (404).
+    ///
+    /// Listener isolation first: only rules attached through the most specific listener hostname that covers the
+    /// host take part (Ingress rules take part under every listener hostname). Then the first matching entry of the
+    /// host's precedence-sorted list wins; when none matches, the default backend (if any) answers.
+    pub fn find(&self, host: &str, req: &RequestParts<'_>) -> Option<&Arc<RouteEntry>> {
+        if let Some(list) = self.groups.get(host).and_then(|g| g.get(host)) {
+            for e in list.iter() {
+                if e.matcher.is_match(req) {
+                    return Some(e);
+                }
+            }
+        }
+        self.default.as_ref()
+    }
+}
+
+struct BuildEntry<'m> {
+    listener: Option<&'m HostPattern>,
+    host: &'m HostPattern,
+    rule: &'m HttpRule,
+    index: usize,
+    compiled: Arc<RouteEntry>,
+}
+
+fn compile_rule(rule: &HttpRule) -> Result<Arc<CompiledRule>, CompileError> {
+    let action = match &rule.action {
+        Action::Forward(g) => CompiledAction::Forward(WeightedBackends::new(g)),
+        Action::Redirect(r) => CompiledAction::Redirect(r.clone()),
+    };
+    Ok(Arc::new(CompiledRule {
+        origin: rule.origin.clone(),
+        filters: rule.filters.clone().into_boxed_slice(),
+        action,
+    }))
+}
+
+fn compile_listener(l: &crate::model::Listener) -> Result<ListenerTable, CompileError> {
+    let mut entries: Vec<BuildEntry<'_>> = Vec::new();
+    for vh in &l.virtual_hosts {
+        for rule in &vh.rules {
+            let compiled = compile_rule(rule)?;
+            for (index, m) in rule.matches.iter().enumerate() {
+                let matcher = Matcher::new(m).map_err(|reason| CompileError {
+                    origin: rule.origin.to_string(),
+                    reason,
+                })?;
+                entries.push(BuildEntry {
+                    listener: vh.listener_hostname.as_ref(),
+                    host: &vh.hostname,
+                    rule,
+                    index,
+                    compiled: Arc::new(RouteEntry {
+                        matcher,
+                        rule: compiled.clone(),
+                    }),
+                });
+            }
+        }
+    }
+
+    // Listener groups: the Gateway listener hostnames; Ingress entries (no listener) join every group, and make
+    // sure a catch-all group exists.
+    let listener_patterns: Vec<&HostPattern> = {
+        let mut v: Vec<&HostPattern> = entries.iter().filter_map(|e| e.listener).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let has_ingress = entries.iter().any(|e| e.listener.is_none());
+    let groups = HostIndex::build(listener_patterns, has_ingress, |key, _| {
+        let members: Vec<&BuildEntry<'_>> = entries
+            .iter()
+            .filter(|e| e.listener.is_none_or(|lh| lh == key))
+            .collect();
+        Arc::new(host_index(&members))
+    });
+
+    let default = match &l.default_backend {
+        Some(rule) => {
+            let compiled = compile_rule(rule)?;
+            let m = rule
+                .matches
+                .first()
+                .cloned()
+                .unwrap_or_else(crate::model::RouteMatch::any);
+            let matcher = Matcher::new(&m).map_err(|reason| CompileError {
+                origin: rule.origin.to_string(),
+                reason,
+            })?;
+            Some(Arc::new(RouteEntry {
+                matcher,
+                rule: compiled,
+            }))
+        }
+        None => None,
+    };
+
+    Ok(ListenerTable {
+        port: l.port,
+        protocol: l.protocol,
+        groups,
+        default,
+    })
+}
+
+/// The per-hostname index of one listener group: each key's list holds every entry whose hostname covers the key,
+/// sorted by precedence.
+fn host_index(members: &[&BuildEntry<'_>]) -> HostIndex<RuleList> {
+    // Buckets, so that building a list costs the entries that can match, not all entries.
+    let mut exact: HashMap<&str, Vec<&BuildEntry<'_>>> = HashMap::new();
+    let mut wild: HashMap<&str, Vec<&BuildEntry<'_>>> = HashMap::new();
+    let mut any: Vec<&BuildEntry<'_>> = Vec::new();
+    for e in members {
+        match e.host {
+            HostPattern::Exact(h) => exact.entry(h).or_default().push(e),
+            HostPattern::Wildcard { suffix, .. } => wild.entry(suffix).or_default().push(e),
+            HostPattern::Any => any.push(e),
+        }
+    }
+    let patterns: Vec<&HostPattern> = {
+        let mut v: Vec<&HostPattern> = members.iter().map(|e| e.host).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    HostIndex::build(patterns, !any.is_empty(), |_, rep| {
+        let mut list: Vec<&BuildEntry<'_>> = Vec::new();
+        if let Some(rep) = rep {
+            if let Some(v) = exact.get(rep) {
+                list.extend(v.iter().copied());
+            }
+            for (i, b) in rep.bytes().enumerate() {
+                if b == b'.' {
+                    if let Some(v) = wild.get(&rep[i + 1..]) {
+                        list.extend(v.iter().copied().filter(|e| e.host.matches(rep)));
+                    }
+                }
+            }
+        }
+        list.extend(any.iter().copied());
+        list.sort_by(|a, b| {
+            precedence::compare((a.host, a.rule, a.index), (b.host, b.rule, b.index))
+        });
+        list.iter().map(|e| e.compiled.clone()).collect()
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,174 @@
+//! A hostname index whose lookup cost does not grow with the number of hosts: exact names in a hash map, wildcard
+//! names by suffix (one hash lookup per label of the request host), then the catch-all.
+
+use crate::model::HostPattern;
+use std::collections::HashMap;
+
+/// Values for the hosts of one wildcard suffix.
+#[derive(Debug)]
+struct WildSlot<T> {
+    /// For hosts with exactly one label in front of the suffix.
+    one: Option<T>,
+    /// For hosts with two or more labels in front of the suffix.
+    many: Option<T>,
+}
+
+/// Maps a request host to the value of the most specific pattern key that covers it.
+///
+/// Keys are built with [`HostIndex::build`] from the set of patterns; the value of each key is computed by the
+/// caller from a *representative host*: a host that matches exactly the patterns that match every host the key
+/// stands for. Representatives use `*` as a stand-in label, which no real host or exact pattern contains.
+#[derive(Debug)]
+pub struct HostIndex<T> {
+    exact: HashMap<Box<str>, T>,
+    wildcard: HashMap<Box<str>, WildSlot<T>>,
+    any: Option<T>,
+}
+
+impl<T> HostIndex<T> {
+    /// Builds the index for `patterns`, calling `value(key, representative_host)` once per key. The
+    /// representative of the catch-all key ([`HostPattern::Any`]) is `None`.
+    pub fn build<'a>(
+        patterns: impl IntoIterator<Item = &'a HostPattern>,
+        with_any: bool,
+        mut value: impl FnMut(&HostPattern, Option<&str>) -> T,
+    ) -> Self {
+        let mut exact = HashMap::new();
+        let mut wildcard: HashMap<Box<str>, WildSlot<T>> = HashMap::new();
+        let mut any = None;
+        let mut want_any = with_any;
+        for p in patterns {
+            match p {
+                HostPattern::Any => want_any = true,
+                HostPattern::Exact(h) => {
+                    if !exact.contains_key(h.as_str()) {
+                        let v = value(p, Some(h));
+                        exact.insert(h.clone().into_boxed_str(), v);
+                    }
+                }
+                HostPattern::Wildcard {
+                    suffix,
+                    single_label,
+                } => {
+                    let slot =
+                        wildcard
+                            .entry(suffix.clone().into_boxed_str())
+                            .or_insert(WildSlot {
+                                one: None,
+                                many: None,
+                            });
+                    if slot.one.is_none() {
+                        slot.one = Some(value(p, Some(&format!("*.{suffix}"))));
+                    }
+                    if !single_label && slot.many.is_none() {
+                        slot.many = Some(value(p, Some(&format!("*.*.{suffix}"))));
+                    }
+                }
+            }
+        }
+        if want_any {
+            any = Some(value(&HostPattern::Any, None));
+        }
+        HostIndex {
+            exact,
+            wildcard,
+            any,
+        }
+    }
+
+    /// The value for `host` (lowercase, no port): the exact key, else the longest wildcard suffix that covers it,
+    /// else the catch-all.
+    pub fn get(&self, host: &str) -> Option<&T> {
+        if let Some(v) = self.exact.get(host) {
+            return Some(v);
+        }
+        if !self.wildcard.is_empty() {
+            let mut depth = 0usize;
+            for (i, b) in host.bytes().enumerate() {
+                if b != b'.' {
+                    continue;
+                }
+                depth += 1;
+                let suffix = &host[i + 1..];
+                if let Some(slot) = self.wildcard.get(suffix) {
+                    let v = if depth == 1 {
+                        slot.one.as_ref()
+                    } else {
+                        slot.many.as_ref()
+                    };
+                    if v.is_some() {
+                        return v;
+                    }
+                }
+            }
+        }
+        self.any.as_ref()
+    }
+
+    /// Every value in the index (for tests and diagnostics).
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.exact
+            .values()
+            .chain(
+                self.wildcard
+                    .values()
+                    .flat_map(|s| s.one.iter().chain(s.many.iter())),
+            )
+            .chain(self.any.iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idx(patterns: &[HostPattern]) -> HostIndex<String> {
+        HostIndex::build(patterns, false, |_, rep| {
+            let rep = rep.unwrap_or("<any>");
+            // The value lists which patterns cover the representative.
+            let mut v: Vec<String> = patterns
+                .iter()
+                .filter(|p| match rep {
+                    "<any>" => **p == HostPattern::Any,
+                    r => p.matches(r),
+                })
+                .map(|p| p.to_string())
+                .collect();
+            v.sort();
+            v.join(",")
+        })
+    }
+
+    #[test]
+    fn picks_most_specific() {
+        let g = |s: &str| HostPattern::gateway(s).unwrap();
+        let i = |s: &str| HostPattern::ingress(s).unwrap();
+        let ix = idx(&[
+            g("a.example.com"),
+            g("*.example.com"),
+            i("*.b.example.com"),
+            HostPattern::Any,
+        ]);
+        assert_eq!(
+            ix.get("a.example.com").unwrap(),
+            "*,*.example.com,a.example.com"
+        );
+        assert_eq!(ix.get("z.example.com").unwrap(), "*,*.example.com");
+        assert_eq!(ix.get("y.z.example.com").unwrap(), "*,*.example.com");
+        assert_eq!(
+            ix.get("x.b.example.com").unwrap(),
+            "*,*.b.example.com (one label),*.example.com"
+        );
+        // Two labels in front of b.example.com: the one-label Ingress wildcard does not cover it.
+        assert_eq!(ix.get("w.x.b.example.com").unwrap(), "*,*.example.com");
+        assert_eq!(ix.get("example.com").unwrap(), "*");
+        assert_eq!(ix.get("other.org").unwrap(), "*");
+    }
+
+    #[test]
+    fn no_catch_all_means_none() {
+        let ix = idx(&[HostPattern::gateway("a.com").unwrap()]);
+        assert!(ix.get("b.com").is_none());
+        assert!(ix.get("a.com").is_some());
+    }
+}

@@ -1,0 +1,111 @@
+//! The published configuration: one `ArcSwap` that the data plane loads once per request.
+
+use crate::model::Model;
+use crate::router::{CompileError, Router};
+use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// One consistent configuration version: the model and the router compiled from it.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Increases by one with every publish; 0 is the empty configuration before the first publish.
+    pub version: u64,
+    /// The model.
+    pub model: Arc<Model>,
+    /// The compiled index over `model`.
+    pub router: Router,
+}
+
+/// Holds the current [`Snapshot`] and readiness.
+///
+/// Readers call [`Store::load`] once per request and use that snapshot for the whole request, so a request never
+/// sees two configuration versions. Writers call [`Store::publish`], which compiles the model first (a model that
+/// does not compile is refused and the current snapshot stays) and skips models equal to the current one.
+#[derive(Debug)]
+pub struct Store {
+    current: ArcSwap<Snapshot>,
+    ready: AtomicBool,
+    version: AtomicU64,
+    noops: AtomicU64,
+    changed: watch::Sender<u64>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Store {
+    /// An empty, not-ready store.
+    pub fn new() -> Self {
+        Store {
+            current: ArcSwap::from_pointee(Snapshot::default()),
+            ready: AtomicBool::new(false),
+            version: AtomicU64::new(0),
+            noops: AtomicU64::new(0),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    /// The current snapshot.
+    #[inline]
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Has a first configuration been published?
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// How many publishes were skipped because nothing changed.
+    pub fn noop_publishes(&self) -> u64 {
+        self.noops.load(Ordering::Relaxed)
+    }
+
+    /// Publishes `model` if it differs from the current one. Returns the new version, or `None` when the model
+    /// was equal to the current one (the store is marked ready either way).
+    pub fn publish(&self, model: Model) -> Result<Option<u64>, CompileError> {
+        let current = self.current.load();
+        if current.version > 0 && *current.model == model {
+            self.noops.fetch_add(1, Ordering::Relaxed);
+            self.ready.store(true, Ordering::Release);
+            return Ok(None);
+        }
+        let router = Router::compile(&model)?;
+        let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
+        self.current.store(Arc::new(Snapshot {
+            version,
+            model: Arc::new(model),
+            router,
+        }));
+        self.ready.store(true, Ordering::Release);
+        self.changed.send_replace(version);
+        Ok(Some(version))
+    }
+
+    /// A receiver that sees the version of every publish.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publishes_only_changes() {
+        let store = Store::new();
+        assert!(!store.is_ready());
+        assert_eq!(store.load().version, 0);
+        assert_eq!(store.publish(Model::default()).unwrap(), Some(1));
+        assert!(store.is_ready());
+        assert_eq!(store.publish(Model::default()).unwrap(), None);
+        assert_eq!(store.noop_publishes(), 1);
+        assert_eq!(store.load().version, 1);
+    }
+}

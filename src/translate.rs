@@ -1,0 +1,128 @@
+//! Translation: [`Input`] (Kubernetes objects) to [`Model`] (plain routing data).
+//!
+//! Pure functions: no I/O, no clock, no randomness; the same input always gives the same output. User mistakes
+//! become [`Diagnostic`]s (and, for Gateway API, the status the spec requires), never an `Err` or a panic: one bad
+//! object never stops the others from being served.
+
+mod builder;
+mod gateway;
+mod httproute;
+mod ingress;
+mod refs;
+
+use crate::model::Model;
+use crate::source::{Input, ObjectRef};
+use serde::Serialize;
+use std::fmt;
+
+/// Process settings that change how objects translate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// The port Ingress rules are served on (logical, before `--port-offset`).
+    pub http_port: u16,
+    /// The port Ingress TLS hosts are served on (logical).
+    pub https_port: u16,
+    /// `spec.controller` of the IngressClasses that are ours.
+    pub ingress_controller: String,
+    /// `spec.controllerName` of the GatewayClasses that are ours.
+    pub gateway_controller: String,
+}
+
+/// The IngressClass controller value Portcullis answers to.
+pub const INGRESS_CONTROLLER: &str = "portcullis.dev/ingress-controller";
+/// The GatewayClass controllerName Portcullis answers to.
+pub const GATEWAY_CONTROLLER: &str = "portcullis.dev/gateway-controller";
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            http_port: 80,
+            https_port: 443,
+            ingress_controller: INGRESS_CONTROLLER.to_string(),
+            gateway_controller: GATEWAY_CONTROLLER.to_string(),
+        }
+    }
+}
+
+/// How bad a diagnostic is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Something was refused (an object, a rule, a path); `portcullis validate` exits 1.
+    Error,
+    /// Something works, but probably not as its author meant (shadowed paths, unsupported options).
+    Warning,
+}
+
+/// A problem found in one object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Diagnostic {
+    /// Error or warning.
+    pub severity: Severity,
+    /// The object it is about.
+    pub object: ObjectRef,
+    /// What is wrong and, where it helps, how to fix it. Starts with the field path when there is one.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{sev}: {}: {}", self.object, self.message)
+    }
+}
+
+/// Everything translation produces.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Output {
+    /// The routing model.
+    pub model: Model,
+    /// Problems, sorted by object then message.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Collects diagnostics while translating.
+#[derive(Debug, Default)]
+pub(crate) struct Diagnostics(Vec<Diagnostic>);
+
+impl Diagnostics {
+    pub(crate) fn error(&mut self, object: &ObjectRef, message: impl Into<String>) {
+        self.0.push(Diagnostic {
+            severity: Severity::Error,
+            object: object.clone(),
+            message: message.into(),
+        });
+    }
+
+    pub(crate) fn warning(&mut self, object: &ObjectRef, message: impl Into<String>) {
+        self.0.push(Diagnostic {
+            severity: Severity::Warning,
+            object: object.clone(),
+            message: message.into(),
+        });
+    }
+}
+
+/// `metadata.creationTimestamp` in seconds since the epoch.
+pub(crate) fn created(meta: &crate::k8s::ObjectMeta) -> Option<i64> {
+    meta.creation_timestamp.as_ref().map(|t| t.0.as_second())
+}
+
+/// Translates every object of ours in `input` into one routing model.
+pub fn translate(input: &Input, opts: &Options) -> Output {
+    let mut diags = Diagnostics::default();
+    let refs = refs::Resolver::new(input);
+    let mut model = builder::ModelBuilder::new(opts);
+
+    ingress::translate(input, opts, &refs, &mut model, &mut diags);
+    gateway::translate(input, opts, &refs, &mut model, &mut diags);
+
+    let model = model.finish(&mut diags);
+    let mut diagnostics = diags.0;
+    diagnostics.sort();
+    diagnostics.dedup();
+    Output { model, diagnostics }
+}

@@ -1,0 +1,164 @@
+//! Assembles translated rules into a [`Model`]: listeners by port, virtual hosts by (listener hostname, hostname).
+
+use super::{Diagnostics, Options};
+use crate::model::precedence::MatchKey;
+use crate::model::{HostPattern, HttpRule, Listener, Model, OriginKind, Protocol, VirtualHost};
+use crate::source::ObjectRef;
+use std::collections::{BTreeMap, HashMap};
+
+type VhostKey = (Option<HostPattern>, HostPattern);
+
+struct ListenerBuilder {
+    protocol: Protocol,
+    vhosts: BTreeMap<VhostKey, Vec<HttpRule>>,
+    default_backend: Option<HttpRule>,
+}
+
+/// Collects rules per port and host while the API translators run.
+pub(crate) struct ModelBuilder {
+    listeners: BTreeMap<u16, ListenerBuilder>,
+}
+
+impl ModelBuilder {
+    /// A builder that already has the Ingress HTTP listener: the HTTP port is always served (404 when empty), as
+    /// an ingress controller's is.
+    pub(crate) fn new(opts: &Options) -> Self {
+        let mut b = ModelBuilder {
+            listeners: BTreeMap::new(),
+        };
+        // A fresh builder has no listener that could conflict.
+        let _ = b.ensure_listener(opts.http_port, Protocol::Http);
+        b
+    }
+
+    /// Makes sure a listener exists on `port`. Returns the protocol it already had when that differs (a
+    /// conflict the caller must report); the existing protocol is kept.
+    pub(crate) fn ensure_listener(
+        &mut self,
+        port: u16,
+        protocol: Protocol,
+    ) -> Result<(), Protocol> {
+        let l = self
+            .listeners
+            .entry(port)
+            .or_insert_with(|| ListenerBuilder {
+                protocol,
+                vhosts: BTreeMap::new(),
+                default_backend: None,
+            });
+        if l.protocol == protocol {
+            Ok(())
+        } else {
+            Err(l.protocol)
+        }
+    }
+
+    /// Adds a rule for `hostname` on `port` (the listener must exist).
+    pub(crate) fn add_rule(
+        &mut self,
+        port: u16,
+        listener_hostname: Option<HostPattern>,
+        hostname: HostPattern,
+        rule: HttpRule,
+    ) {
+        if let Some(l) = self.listeners.get_mut(&port) {
+            l.vhosts
+                .entry((listener_hostname, hostname))
+                .or_default()
+                .push(rule);
+        }
+    }
+
+    /// Sets the default backend of `port`; returns the one already set (which keeps its place) on conflict.
+    pub(crate) fn set_default_backend(
+        &mut self,
+        port: u16,
+        rule: HttpRule,
+    ) -> Result<(), &HttpRule> {
+        let Some(l) = self.listeners.get_mut(&port) else {
+            return Ok(());
+        };
+        match l.default_backend {
+            Some(ref existing) => Err(existing),
+            None => {
+                l.default_backend = Some(rule);
+                Ok(())
+            }
+        }
+    }
+
+    /// Finishes the model, reporting Ingress paths that another rule makes unreachable.
+    pub(crate) fn finish(self, diags: &mut Diagnostics) -> Model {
+        let mut listeners = Vec::with_capacity(self.listeners.len());
+        for (port, l) in self.listeners {
+            report_shadowed_ingress_paths(&l.vhosts, diags);
+            listeners.push(Listener {
+                port,
+                protocol: l.protocol,
+                virtual_hosts: l
+                    .vhosts
+                    .into_iter()
+                    .map(|((listener_hostname, hostname), rules)| VirtualHost {
+                        listener_hostname,
+                        hostname,
+                        rules,
+                    })
+                    .collect(),
+                default_backend: l.default_backend,
+            });
+        }
+        Model { listeners }
+    }
+}
+
+/// An Ingress path is unreachable when a rule for the same hostname has exactly the same match and wins the tie:
+/// any Gateway API rule (so a team can move one path at a time to an HTTPRoute), or an older Ingress.
+fn report_shadowed_ingress_paths(
+    vhosts: &BTreeMap<VhostKey, Vec<HttpRule>>,
+    diags: &mut Diagnostics,
+) {
+    // For every hostname: the winning rule for each distinct match.
+    let mut winners: HashMap<(&HostPattern, MatchKey<'_>), &HttpRule> = HashMap::new();
+    let mut all: Vec<(&HostPattern, MatchKey<'_>, &HttpRule)> = Vec::new();
+    for ((_, host), rules) in vhosts {
+        for rule in rules {
+            for m in &rule.matches {
+                let key = MatchKey(m);
+                all.push((host, key, rule));
+                winners
+                    .entry((host, key))
+                    .and_modify(|w| {
+                        if crate::model::precedence::tie_winner(rule, w) {
+                            *w = rule;
+                        }
+                    })
+                    .or_insert(rule);
+            }
+        }
+    }
+    for (host, key, rule) in all {
+        if rule.origin.kind != OriginKind::Ingress {
+            continue;
+        }
+        let Some(winner) = winners.get(&(host, key)) else {
+            continue;
+        };
+        if std::ptr::eq(*winner, rule) {
+            continue;
+        }
+        let object = ObjectRef {
+            kind: "Ingress".into(),
+            namespace: Some(rule.origin.namespace.clone()),
+            name: rule.origin.name.clone(),
+        };
+        diags.warning(
+            &object,
+            format!(
+                "path {} on host {} is not served: {} routes exactly the same match and takes precedence",
+                key.0.path,
+                host,
+                winner.origin
+            ),
+        );
+    }
+}

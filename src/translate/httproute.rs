@@ -1,0 +1,647 @@
+//! Gateway API HTTPRoute: attachment to Gateway listeners (parentRefs, allowedRoutes, hostname intersection) and
+//! translation of rules (matches, filters, weighted backendRefs) into model rules.
+
+use super::builder::ModelBuilder;
+use super::gateway::GatewayListener;
+use super::refs::{PortRef, Resolver};
+use super::{created, Diagnostics};
+use crate::k8s::gw::types::{
+    HttpRouteRules, HttpRouteRulesBackendRefs, HttpRouteRulesFilters,
+    HttpRouteRulesFiltersRequestHeaderModifier as HeaderMod, HttpRouteRulesFiltersRequestRedirect,
+    HttpRouteRulesFiltersRequestRedirectPathType as RedirectPathType,
+    HttpRouteRulesFiltersRequestRedirectScheme as Scheme, HttpRouteRulesFiltersType as FilterType,
+    HttpRouteRulesFiltersUrlRewrite, HttpRouteRulesFiltersUrlRewritePathType as RewritePathType,
+    HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType as HeaderType,
+    HttpRouteRulesMatchesMethod as Method, HttpRouteRulesMatchesPathType as PathType,
+    HttpRouteRulesMatchesQueryParamsType as QueryType,
+};
+use crate::k8s::gw::HTTPRoute;
+use crate::k8s::GATEWAY_GROUP;
+use crate::model::{
+    Action, Backend, BackendGroup, Filter, HeaderMatch, HeaderModifier, HostPattern, HttpRule,
+    Origin, OriginKind, PathMatch, PathModifier, QueryParamMatch, Redirect, RouteMatch,
+    StringMatch, WeightedBackend,
+};
+use crate::source::{Input, ObjectRef};
+use serde::{de::DeserializeOwned, Serialize};
+
+const ROUTE_KIND: (&str, &str) = (GATEWAY_GROUP, "HTTPRoute");
+
+pub(crate) fn translate(
+    input: &Input,
+    listeners: &[GatewayListener<'_>],
+    refs: &Resolver<'_>,
+    model: &mut ModelBuilder,
+    diags: &mut Diagnostics,
+) {
+    for route in &input.http_routes {
+        translate_one(route, listeners, refs, model, diags);
+    }
+}
+
+/// Where one route attaches: a listener port, that listener's hostname, and the effective hostnames.
+struct Attachment {
+    port: u16,
+    listener_hostname: HostPattern,
+    hostnames: Vec<HostPattern>,
+}
+
+fn translate_one(
+    route: &HTTPRoute,
+    listeners: &[GatewayListener<'_>],
+    refs: &Resolver<'_>,
+    model: &mut ModelBuilder,
+    diags: &mut Diagnostics,
+) {
+    let object = ObjectRef::new("HTTPRoute", &route.metadata);
+    let ns = route.metadata.namespace.as_deref().unwrap_or("default");
+
+    let mut hostnames = Vec::new();
+    for (i, h) in route.spec.hostnames.iter().flatten().enumerate() {
+        match HostPattern::gateway(h) {
+            Ok(p) => hostnames.push(p),
+            Err(e) => diags.error(
+                &object,
+                format!("spec.hostnames[{i}]: {e}; hostname skipped"),
+            ),
+        }
+    }
+
+    let attachments = attach(route, &object, ns, &hostnames, listeners, refs, diags);
+    if attachments.is_empty() {
+        return;
+    }
+
+    let name = route.metadata.name.as_deref().unwrap_or("");
+    let rules: Vec<HttpRule> = route
+        .spec
+        .rules
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(ri, r)| {
+            let origin = Origin {
+                kind: OriginKind::HttpRoute,
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                rule: ri,
+                rule_name: r.name.clone(),
+                created: created(&route.metadata),
+            };
+            translate_rule(origin, r, &object, refs, diags)
+        })
+        .collect();
+
+    for a in attachments {
+        for host in a.hostnames {
+            for rule in &rules {
+                model.add_rule(
+                    a.port,
+                    Some(a.listener_hostname.clone()),
+                    host.clone(),
+                    rule.clone(),
+                );
+            }
+        }
+    }
+}
+
+/// Resolves parentRefs to listeners of our Gateways, applying sectionName, port, allowedRoutes and hostname
+/// intersection. References to Gateways that are not ours are ignored (another controller serves them).
+fn attach(
+    route: &HTTPRoute,
+    object: &ObjectRef,
+    ns: &str,
+    hostnames: &[HostPattern],
+    listeners: &[GatewayListener<'_>],
+    refs: &Resolver<'_>,
+    diags: &mut Diagnostics,
+) -> Vec<Attachment> {
+    let mut out: Vec<Attachment> = Vec::new();
+    for (pi, p) in route.spec.parent_refs.iter().flatten().enumerate() {
+        let group = p.group.as_deref().unwrap_or(GATEWAY_GROUP);
+        let kind = p.kind.as_deref().unwrap_or("Gateway");
+        if group != GATEWAY_GROUP || kind != "Gateway" {
+            continue;
+        }
+        let gw_ns = p.namespace.as_deref().unwrap_or(ns);
+        let of_gateway: Vec<&GatewayListener<'_>> = listeners
+            .iter()
+            .filter(|l| l.gateway_ns == gw_ns && l.gateway_name == p.name)
+            .collect();
+        if of_gateway.is_empty() {
+            continue;
+        }
+        let field = format!("spec.parentRefs[{pi}] (Gateway {gw_ns}/{})", p.name);
+        let selected: Vec<&&GatewayListener<'_>> = of_gateway
+            .iter()
+            .filter(|l| p.section_name.as_deref().is_none_or(|s| s == l.name))
+            .filter(|l| p.port.is_none_or(|port| i32::from(l.port) == port))
+            .collect();
+        if selected.is_empty() {
+            diags.error(
+                object,
+                format!("{field}: no listener matches sectionName/port; not attached"),
+            );
+            continue;
+        }
+        let mut attached = false;
+        let mut hostname_mismatch = false;
+        for l in selected {
+            if !l.allows(ROUTE_KIND, ns, refs) {
+                continue;
+            }
+            let effective: Vec<HostPattern> = if hostnames.is_empty() {
+                vec![l.hostname.clone()]
+            } else {
+                hostnames
+                    .iter()
+                    .filter_map(|h| h.intersect(&l.hostname))
+                    .collect()
+            };
+            if effective.is_empty() {
+                hostname_mismatch = true;
+                continue;
+            }
+            attached = true;
+            match out
+                .iter_mut()
+                .find(|a| a.port == l.port && a.listener_hostname == l.hostname)
+            {
+                Some(a) => {
+                    for h in effective {
+                        if !a.hostnames.contains(&h) {
+                            a.hostnames.push(h);
+                        }
+                    }
+                }
+                None => out.push(Attachment {
+                    port: l.port,
+                    listener_hostname: l.hostname.clone(),
+                    hostnames: effective,
+                }),
+            }
+        }
+        if !attached {
+            let why = if hostname_mismatch {
+                "none of the route's hostnames intersects the listener hostnames"
+            } else {
+                "the listeners' allowedRoutes do not admit this route"
+            };
+            diags.error(object, format!("{field}: not attached: {why}"));
+        }
+    }
+    out
+}
+
+/// Translates one rule; `None` when the rule is invalid as a whole (reported).
+fn translate_rule(
+    origin: Origin,
+    r: &HttpRouteRules,
+    object: &ObjectRef,
+    refs: &Resolver<'_>,
+    diags: &mut Diagnostics,
+) -> Option<HttpRule> {
+    let field = format!("spec.rules[{}]", origin.rule);
+    let mut matches = Vec::new();
+    match r.matches.as_deref() {
+        None | Some([]) => matches.push(RouteMatch::any()),
+        Some(ms) => {
+            for (mi, m) in ms.iter().enumerate() {
+                match route_match(m) {
+                    Ok(m) => matches.push(m),
+                    Err(e) => {
+                        diags.error(object, format!("{field}.matches[{mi}]: {e}; match skipped"))
+                    }
+                }
+            }
+        }
+    }
+    if matches.is_empty() {
+        diags.error(object, format!("{field}: no valid match; rule skipped"));
+        return None;
+    }
+    let all_prefix = matches
+        .iter()
+        .all(|m| matches!(m.path, PathMatch::Prefix(_)));
+
+    let mut filters = Vec::new();
+    let mut redirect = None;
+    let mut unsupported = None;
+    for (fi, f) in r.filters.iter().flatten().enumerate() {
+        let ffield = format!("{field}.filters[{fi}]");
+        match translate_filter(f, all_prefix) {
+            Ok(FilterOut::Filter(f)) => filters.push(f),
+            Ok(FilterOut::Redirect(rd)) => redirect = Some(rd),
+            Ok(FilterOut::Unsupported(name)) => unsupported = Some(name),
+            Err(e) => {
+                diags.error(object, format!("{ffield}: {e}; rule skipped"));
+                return None;
+            }
+        }
+    }
+    if redirect.is_some()
+        && filters
+            .iter()
+            .any(|f| matches!(f, Filter::UrlRewrite { .. }))
+    {
+        diags.error(
+            object,
+            format!("{field}: RequestRedirect and URLRewrite cannot be combined; rule skipped"),
+        );
+        return None;
+    }
+
+    let action = if let Some(name) = unsupported {
+        let reason = format!("filter {name} is not supported");
+        diags.error(
+            object,
+            format!("{field}: {reason}; matching requests get 500"),
+        );
+        Action::Forward(BackendGroup {
+            backends: vec![WeightedBackend {
+                weight: 1,
+                backend: Backend::Invalid {
+                    status: 500,
+                    reason,
+                },
+                filters: vec![],
+            }],
+        })
+    } else if let Some(rd) = redirect {
+        Action::Redirect(rd)
+    } else {
+        Action::Forward(backend_group(
+            r.backend_refs.as_deref().unwrap_or(&[]),
+            &field,
+            all_prefix,
+            object,
+            refs,
+            diags,
+        ))
+    };
+    Some(HttpRule {
+        origin,
+        matches,
+        filters,
+        action,
+    })
+}
+
+/// Re-reads a value as another generated type with the same JSON shape (the gateway-api crate generates separate,
+/// identical types for rule-level and backend-level filters, and for request and response header modifiers).
+fn recast<A: Serialize, B: DeserializeOwned>(a: &A) -> Option<B> {
+    serde_json::to_value(a)
+        .ok()
+        .and_then(|v| serde_json::from_value(v).ok())
+}
+
+fn route_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
+    let path = match &m.path {
+        None => PathMatch::Prefix("/".into()),
+        Some(p) => {
+            let value = p.value.as_deref().unwrap_or("/");
+            match p.r#type.as_ref().unwrap_or(&PathType::PathPrefix) {
+                PathType::Exact | PathType::PathPrefix if !value.starts_with('/') => {
+                    return Err(format!("path {value:?} must begin with '/'"));
+                }
+                PathType::Exact => PathMatch::Exact(value.to_string()),
+                PathType::PathPrefix => PathMatch::prefix(value),
+                PathType::RegularExpression => {
+                    check_regex(value)?;
+                    PathMatch::RegularExpression(value.to_string())
+                }
+            }
+        }
+    };
+    let mut headers: Vec<HeaderMatch> = Vec::new();
+    for h in m.headers.iter().flatten() {
+        let name = h.name.to_ascii_lowercase();
+        // "If multiple entries specify equivalent header names, only the first entry with an equivalent name
+        // MUST be considered for a match."
+        if headers.iter().any(|x| x.name == name) {
+            continue;
+        }
+        let value = match h.r#type.as_ref().unwrap_or(&HeaderType::Exact) {
+            HeaderType::Exact => StringMatch::Exact(h.value.clone()),
+            HeaderType::RegularExpression => {
+                check_regex(&h.value)?;
+                StringMatch::RegularExpression(h.value.clone())
+            }
+        };
+        headers.push(HeaderMatch { name, value });
+    }
+    let mut query_params: Vec<QueryParamMatch> = Vec::new();
+    for q in m.query_params.iter().flatten() {
+        if query_params.iter().any(|x| x.name == q.name) {
+            continue;
+        }
+        let value = match q.r#type.as_ref().unwrap_or(&QueryType::Exact) {
+            QueryType::Exact => StringMatch::Exact(q.value.clone()),
+            QueryType::RegularExpression => {
+                check_regex(&q.value)?;
+                StringMatch::RegularExpression(q.value.clone())
+            }
+        };
+        query_params.push(QueryParamMatch {
+            name: q.name.clone(),
+            value,
+        });
+    }
+    let method = m.method.as_ref().map(|m| {
+        match m {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Connect => "CONNECT",
+            Method::Options => "OPTIONS",
+            Method::Trace => "TRACE",
+            Method::Patch => "PATCH",
+        }
+        .to_string()
+    });
+    Ok(RouteMatch {
+        path,
+        method,
+        headers,
+        query_params,
+    })
+}
+
+fn check_regex(re: &str) -> Result<(), String> {
+    regex::Regex::new(&format!("^(?:{re})$"))
+        .map(|_| ())
+        .map_err(|e| format!("invalid regular expression {re:?}: {e}"))
+}
+
+enum FilterOut {
+    Filter(Filter),
+    Redirect(Redirect),
+    Unsupported(&'static str),
+}
+
+fn translate_filter(f: &HttpRouteRulesFilters, all_prefix: bool) -> Result<FilterOut, String> {
+    match f.r#type {
+        FilterType::RequestHeaderModifier => {
+            let m = f
+                .request_header_modifier
+                .as_ref()
+                .ok_or("type RequestHeaderModifier needs requestHeaderModifier")?;
+            Ok(FilterOut::Filter(Filter::RequestHeaderModifier(
+                header_modifier(m)?,
+            )))
+        }
+        FilterType::ResponseHeaderModifier => {
+            let m: HeaderMod = f
+                .response_header_modifier
+                .as_ref()
+                .and_then(recast)
+                .ok_or("type ResponseHeaderModifier needs responseHeaderModifier")?;
+            Ok(FilterOut::Filter(Filter::ResponseHeaderModifier(
+                header_modifier(&m)?,
+            )))
+        }
+        FilterType::RequestRedirect => {
+            let rd = f
+                .request_redirect
+                .as_ref()
+                .ok_or("type RequestRedirect needs requestRedirect")?;
+            Ok(FilterOut::Redirect(redirect(rd, all_prefix)?))
+        }
+        FilterType::UrlRewrite => {
+            let rw = f
+                .url_rewrite
+                .as_ref()
+                .ok_or("type URLRewrite needs urlRewrite")?;
+            url_rewrite(rw, all_prefix).map(FilterOut::Filter)
+        }
+        FilterType::RequestMirror => Ok(FilterOut::Unsupported("RequestMirror")),
+        FilterType::Cors => Ok(FilterOut::Unsupported("CORS")),
+        FilterType::ExtensionRef => Ok(FilterOut::Unsupported("ExtensionRef")),
+        FilterType::ExternalAuth => Ok(FilterOut::Unsupported("ExternalAuth")),
+    }
+}
+
+fn valid_header_name(name: &str) -> Result<String, String> {
+    http::HeaderName::from_bytes(name.as_bytes())
+        .map(|n| n.as_str().to_string())
+        .map_err(|_| format!("{name:?} is not a valid header name"))
+}
+
+fn valid_header_value(value: &str) -> Result<String, String> {
+    http::HeaderValue::from_str(value)
+        .map(|_| value.to_string())
+        .map_err(|_| format!("{value:?} is not a valid header value"))
+}
+
+fn header_modifier(m: &HeaderMod) -> Result<HeaderModifier, String> {
+    let mut out = HeaderModifier::default();
+    for s in m.set.iter().flatten() {
+        out.set
+            .push((valid_header_name(&s.name)?, valid_header_value(&s.value)?));
+    }
+    for a in m.add.iter().flatten() {
+        out.add
+            .push((valid_header_name(&a.name)?, valid_header_value(&a.value)?));
+    }
+    for r in m.remove.iter().flatten() {
+        out.remove.push(valid_header_name(r)?);
+    }
+    Ok(out)
+}
+
+fn path_modifier(
+    full: Option<&String>,
+    prefix: Option<&String>,
+    is_full: bool,
+    all_prefix: bool,
+) -> Result<PathModifier, String> {
+    if is_full {
+        let v = full.ok_or("path type ReplaceFullPath needs replaceFullPath")?;
+        Ok(PathModifier::ReplaceFullPath(v.clone()))
+    } else {
+        let v = prefix.ok_or("path type ReplacePrefixMatch needs replacePrefixMatch")?;
+        if !all_prefix {
+            return Err(
+                "ReplacePrefixMatch needs every match of the rule to be a PathPrefix match".into(),
+            );
+        }
+        Ok(PathModifier::ReplacePrefixMatch(v.clone()))
+    }
+}
+
+fn redirect(
+    rd: &HttpRouteRulesFiltersRequestRedirect,
+    all_prefix: bool,
+) -> Result<Redirect, String> {
+    let status = match rd.status_code.unwrap_or(302) {
+        s @ (301 | 302 | 303 | 307 | 308) => s as u16,
+        other => return Err(format!("statusCode {other} is not a redirect status")),
+    };
+    let port = rd
+        .port
+        .map(|p| u16::try_from(p).map_err(|_| format!("port {p} is out of range")))
+        .transpose()?;
+    let path = rd
+        .path
+        .as_ref()
+        .map(|p| {
+            path_modifier(
+                p.replace_full_path.as_ref(),
+                p.replace_prefix_match.as_ref(),
+                p.r#type == RedirectPathType::ReplaceFullPath,
+                all_prefix,
+            )
+        })
+        .transpose()?;
+    Ok(Redirect {
+        scheme: rd.scheme.as_ref().map(|s| {
+            match s {
+                Scheme::Http => "http",
+                Scheme::Https => "https",
+            }
+            .to_string()
+        }),
+        hostname: rd.hostname.clone(),
+        port,
+        path,
+        status,
+    })
+}
+
+fn url_rewrite(rw: &HttpRouteRulesFiltersUrlRewrite, all_prefix: bool) -> Result<Filter, String> {
+    let path = rw
+        .path
+        .as_ref()
+        .map(|p| {
+            path_modifier(
+                p.replace_full_path.as_ref(),
+                p.replace_prefix_match.as_ref(),
+                p.r#type == RewritePathType::ReplaceFullPath,
+                all_prefix,
+            )
+        })
+        .transpose()?;
+    Ok(Filter::UrlRewrite {
+        hostname: rw.hostname.clone(),
+        path,
+    })
+}
+
+fn invalid(status: u16, reason: impl Into<String>) -> Backend {
+    Backend::Invalid {
+        status,
+        reason: reason.into(),
+    }
+}
+
+/// The weighted backends of a rule. Invalid references become `Backend::Invalid` with 500 (the spec's answer for
+/// requests that would have gone to them) and are reported; a Service without ready endpoints answers 503.
+fn backend_group(
+    brefs: &[HttpRouteRulesBackendRefs],
+    field: &str,
+    all_prefix: bool,
+    object: &ObjectRef,
+    refs: &Resolver<'_>,
+    diags: &mut Diagnostics,
+) -> BackendGroup {
+    let route_ns = object.namespace.as_deref().unwrap_or("default");
+    if brefs.is_empty() {
+        return BackendGroup {
+            backends: vec![WeightedBackend {
+                weight: 1,
+                backend: invalid(500, "rule has no backendRefs"),
+                filters: vec![],
+            }],
+        };
+    }
+    let mut backends = Vec::new();
+    for (bi, b) in brefs.iter().enumerate() {
+        let bfield = format!("{field}.backendRefs[{bi}]");
+        let weight = match b.weight {
+            None => 1,
+            Some(w) if w >= 0 => w as u32,
+            Some(w) => {
+                diags.error(
+                    object,
+                    format!("{bfield}: weight {w} is negative; backend skipped"),
+                );
+                continue;
+            }
+        };
+        let mut filters = Vec::new();
+        let mut backend = None;
+        for (fi, f) in b.filters.iter().flatten().enumerate() {
+            let rule_level: Option<HttpRouteRulesFilters> = recast(f);
+            let out = rule_level
+                .ok_or_else(|| "unreadable filter".to_string())
+                .and_then(|f| translate_filter(&f, all_prefix));
+            match out {
+                Ok(FilterOut::Filter(f)) => filters.push(f),
+                Ok(FilterOut::Redirect(_)) => {
+                    let reason = "RequestRedirect is not supported as a backendRef filter";
+                    diags.error(object, format!("{bfield}.filters[{fi}]: {reason}"));
+                    backend = Some(invalid(500, reason));
+                }
+                Ok(FilterOut::Unsupported(name)) => {
+                    let reason = format!("filter {name} is not supported");
+                    diags.error(object, format!("{bfield}.filters[{fi}]: {reason}"));
+                    backend = Some(invalid(500, reason));
+                }
+                Err(e) => {
+                    diags.error(object, format!("{bfield}.filters[{fi}]: {e}"));
+                    backend = Some(invalid(500, e));
+                }
+            }
+        }
+        let backend =
+            backend.unwrap_or_else(|| resolve_backend(b, &bfield, route_ns, object, refs, diags));
+        backends.push(WeightedBackend {
+            weight,
+            backend,
+            filters,
+        });
+    }
+    BackendGroup { backends }
+}
+
+fn resolve_backend(
+    b: &HttpRouteRulesBackendRefs,
+    bfield: &str,
+    route_ns: &str,
+    object: &ObjectRef,
+    refs: &Resolver<'_>,
+    diags: &mut Diagnostics,
+) -> Backend {
+    let group = b.group.as_deref().unwrap_or("");
+    let kind = b.kind.as_deref().unwrap_or("Service");
+    if !group.is_empty() || kind != "Service" {
+        let reason = format!("backend kind {group}/{kind} is not supported (only core Service)");
+        diags.error(object, format!("{bfield}: {reason}"));
+        return invalid(500, reason);
+    }
+    let ns = b.namespace.as_deref().unwrap_or(route_ns);
+    if !refs.grant_allows(ROUTE_KIND, route_ns, ("", "Service"), ns, &b.name) {
+        let reason = format!(
+            "reference to Service {ns}/{} is not permitted: no ReferenceGrant in {ns} allows it",
+            b.name
+        );
+        diags.error(object, format!("{bfield}: {reason}"));
+        return invalid(500, reason);
+    }
+    let Some(port) = b.port else {
+        let reason = format!("port is required for Service {ns}/{}", b.name);
+        diags.error(object, format!("{bfield}: {reason}"));
+        return invalid(500, reason);
+    };
+    match refs.service_backend(ns, &b.name, PortRef::Number(port)) {
+        Ok(s) => Backend::Service(s),
+        Err(e) if e.is_unavailable() => invalid(503, e.to_string()),
+        Err(e) => {
+            diags.error(object, format!("{bfield}: {e}"));
+            invalid(500, e.to_string())
+        }
+    }
+}

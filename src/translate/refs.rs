@@ -1,0 +1,222 @@
+//! References between objects: Service ports to ready endpoints (through EndpointSlices), namespace labels, and
+//! ReferenceGrants for cross-namespace references.
+
+use crate::k8s::gw::ReferenceGrant;
+use crate::k8s::{EndpointSlice, Namespace, Service};
+use crate::model::{Endpoint, ServiceBackend};
+use crate::source::{HasMeta, Input};
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+/// The label that ties an EndpointSlice to its Service.
+pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// How a backend names the Service port it wants.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum PortRef<'a> {
+    /// `port.number` / `port` (the Service's port, not the target port).
+    Number(i32),
+    /// `port.name` (Ingress only).
+    Name(&'a str),
+}
+
+/// Why a Service reference does not give endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum BackendError {
+    #[error("service {0}/{1} not found")]
+    ServiceNotFound(String, String),
+    #[error("service {0}/{1} has no port {2}")]
+    PortNotFound(String, String, String),
+    #[error("service {0}/{1} is of type ExternalName, which is not supported")]
+    ExternalName(String, String),
+    #[error("service {0}/{1} port {2} has no ready endpoints")]
+    NoReadyEndpoints(String, String, u16),
+}
+
+impl BackendError {
+    /// `true` when the reference itself is fine and only endpoints are missing (503 rather than 500).
+    pub(crate) fn is_unavailable(&self) -> bool {
+        matches!(self, BackendError::NoReadyEndpoints(..))
+    }
+}
+
+/// Indexes over the input for reference lookups. Built once per translation.
+pub(crate) struct Resolver<'a> {
+    services: HashMap<(&'a str, &'a str), &'a Service>,
+    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+    namespaces: HashMap<&'a str, &'a Namespace>,
+    grants: HashMap<&'a str, Vec<&'a ReferenceGrant>>,
+}
+
+fn ns_name<T: HasMeta>(o: &T) -> (&str, &str) {
+    let m = o.meta();
+    (
+        m.namespace.as_deref().unwrap_or("default"),
+        m.name.as_deref().unwrap_or(""),
+    )
+}
+
+impl<'a> Resolver<'a> {
+    pub(crate) fn new(input: &'a Input) -> Self {
+        let services = input
+            .services
+            .iter()
+            .map(|s| (ns_name(s.as_ref()), s.as_ref()))
+            .collect();
+        let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        for s in &input.endpoint_slices {
+            let label = s
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL));
+            if let Some(svc) = label {
+                let (ns, _) = ns_name(s.as_ref());
+                slices.entry((ns, svc.as_str())).or_default().push(s);
+            }
+        }
+        let namespaces = input
+            .namespaces
+            .iter()
+            .filter_map(|n| n.metadata.name.as_deref().map(|name| (name, n.as_ref())))
+            .collect();
+        let mut grants: HashMap<&str, Vec<&ReferenceGrant>> = HashMap::new();
+        for g in &input.reference_grants {
+            grants.entry(ns_name(g.as_ref()).0).or_default().push(g);
+        }
+        Resolver {
+            services,
+            slices,
+            namespaces,
+            grants,
+        }
+    }
+
+    /// The Service, if it exists.
+    pub(crate) fn service(&self, ns: &str, name: &str) -> Option<&'a Service> {
+        self.services.get(&(ns, name)).copied()
+    }
+
+    /// Resolves a Service port to its ready endpoints.
+    ///
+    /// The Service port is found by number or name; its endpoints are the `ready` addresses of the Service's
+    /// EndpointSlices, each with the slice port whose name equals the Service port's name. Endpoints whose ready
+    /// condition is unset count as ready, as the EndpointSlice API says.
+    pub(crate) fn service_backend(
+        &self,
+        ns: &str,
+        name: &str,
+        port: PortRef<'_>,
+    ) -> Result<ServiceBackend, BackendError> {
+        let svc = self
+            .service(ns, name)
+            .ok_or_else(|| BackendError::ServiceNotFound(ns.into(), name.into()))?;
+        let spec = svc.spec.as_ref();
+        if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+            return Err(BackendError::ExternalName(ns.into(), name.into()));
+        }
+        let ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or(&[]);
+        let svc_port = ports
+            .iter()
+            .find(|p| match port {
+                PortRef::Number(n) => p.port == n,
+                PortRef::Name(want) => p.name.as_deref() == Some(want),
+            })
+            .ok_or_else(|| {
+                let what = match port {
+                    PortRef::Number(n) => n.to_string(),
+                    PortRef::Name(s) => format!("named {s:?}"),
+                };
+                BackendError::PortNotFound(ns.into(), name.into(), what)
+            })?;
+        let port_number = u16::try_from(svc_port.port).map_err(|_| {
+            BackendError::PortNotFound(ns.into(), name.into(), svc_port.port.to_string())
+        })?;
+        let port_name = svc_port.name.as_deref().unwrap_or("");
+
+        let mut endpoints = Vec::new();
+        for slice in self
+            .slices
+            .get(&(ns, name))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+        {
+            if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
+                continue;
+            }
+            let target = slice
+                .ports
+                .as_deref()
+                .unwrap_or(&[])
+                .iter()
+                .find(|p| p.name.as_deref().unwrap_or("") == port_name)
+                .and_then(|p| p.port)
+                .and_then(|p| u16::try_from(p).ok());
+            let Some(target) = target else { continue };
+            for ep in slice.endpoints.iter().flatten() {
+                let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                if !ready {
+                    continue;
+                }
+                for addr in &ep.addresses {
+                    if let Ok(ip) = addr.parse::<IpAddr>() {
+                        endpoints.push(Endpoint { ip, port: target });
+                    }
+                }
+            }
+        }
+        endpoints.sort();
+        endpoints.dedup();
+        if endpoints.is_empty() {
+            return Err(BackendError::NoReadyEndpoints(
+                ns.into(),
+                name.into(),
+                port_number,
+            ));
+        }
+        Ok(ServiceBackend {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            port: port_number,
+            endpoints,
+        })
+    }
+
+    /// The labels of a namespace (empty when the namespace object is not known).
+    pub(crate) fn namespace_labels(&self, ns: &str) -> BTreeMap<String, String> {
+        self.namespaces
+            .get(ns)
+            .and_then(|n| n.metadata.labels.clone())
+            .unwrap_or_default()
+    }
+
+    /// Does a ReferenceGrant in `to_ns` allow an object of `from` (group, kind) in `from_ns` to reference the object
+    /// `to` (group, kind) named `to_name`? Same-namespace references need no grant.
+    pub(crate) fn grant_allows(
+        &self,
+        from: (&str, &str),
+        from_ns: &str,
+        to: (&str, &str),
+        to_ns: &str,
+        to_name: &str,
+    ) -> bool {
+        if from_ns == to_ns {
+            return true;
+        }
+        self.grants.get(to_ns).is_some_and(|grants| {
+            grants.iter().any(|g| {
+                let from_ok = g
+                    .spec
+                    .from
+                    .iter()
+                    .any(|f| f.group == from.0 && f.kind == from.1 && f.namespace == from_ns);
+                let to_ok = g.spec.to.iter().any(|t| {
+                    t.group == to.0
+                        && t.kind == to.1
+                        && t.name.as_deref().is_none_or(|n| n == to_name)
+                });
+                from_ok && to_ok
+            })
+        })
+    }
+}
