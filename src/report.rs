@@ -114,25 +114,31 @@ fn action_text(rule: &HttpRule) -> Vec<String> {
     }
 }
 
-/// The routing table: per port, per host, rows in the order the router tries them (precedence order), then the
-/// default backend.
+/// The routing table: per port, per hostname, rows in the order the router tries them (precedence order, Ingress
+/// and Gateway API rules merged), then the default backend.
 pub fn route_rows(model: &Model) -> Vec<RouteRow> {
     let mut rows = Vec::new();
     for l in &model.listeners {
-        for vh in &l.virtual_hosts {
-            let mut entries: Vec<(&HttpRule, usize)> = vh
-                .rules
+        let mut hosts: Vec<&HostPattern> = l.virtual_hosts.iter().map(|v| &v.hostname).collect();
+        hosts.sort();
+        hosts.dedup();
+        for host in hosts {
+            let mut entries: Vec<(Option<&HostPattern>, &HttpRule, usize)> = l
+                .virtual_hosts
                 .iter()
-                .flat_map(|r| (0..r.matches.len()).map(move |i| (r, i)))
+                .filter(|vh| &vh.hostname == host)
+                .flat_map(|vh| {
+                    vh.rules.iter().flat_map(move |r| {
+                        (0..r.matches.len()).map(move |i| (vh.listener_hostname.as_ref(), r, i))
+                    })
+                })
                 .collect();
-            entries.sort_by(|a, b| {
-                precedence::compare((&vh.hostname, a.0, a.1), (&vh.hostname, b.0, b.1))
-            });
-            for (rule, i) in entries {
+            entries.sort_by(|a, b| precedence::compare((host, a.1, a.2), (host, b.1, b.2)));
+            for (listener, rule, i) in entries {
                 rows.push(RouteRow {
                     port: l.port,
-                    host: vh.hostname.to_string(),
-                    listener_hostname: vh.listener_hostname.as_ref().map(HostPattern::to_string),
+                    host: host.to_string(),
+                    listener_hostname: listener.map(HostPattern::to_string),
                     matches: rule.matches[i].to_string(),
                     filters: rule.filters.iter().map(filter_text).collect(),
                     backends: action_text(rule),
@@ -162,7 +168,7 @@ pub fn route_table(rows: &[RouteRow]) -> String {
         .iter()
         .map(|r| {
             let host = match &r.listener_hostname {
-                Some(l) if *l != r.host => format!("{} (listener {l})", r.host),
+                Some(l) if *l != r.host && l != "*" => format!("{} (via listener {l})", r.host),
                 _ => r.host.clone(),
             };
             [

@@ -628,7 +628,10 @@ fn resolve_backend(
             "reference to Service {ns}/{} is not permitted: no ReferenceGrant in {ns} allows it",
             b.name
         );
-        diags.error(object, format!("{bfield}: {reason}"));
+        diags.warning(
+            object,
+            format!("{bfield}: {reason}; requests routed to it get 500"),
+        );
         return invalid(500, reason);
     }
     let Some(port) = b.port else {
@@ -640,7 +643,10 @@ fn resolve_backend(
         Ok(s) => Backend::Service(s),
         Err(e) if e.is_unavailable() => invalid(503, e.to_string()),
         Err(e) => {
-            diags.error(object, format!("{bfield}: {e}"));
+            diags.warning(
+                object,
+                format!("{bfield}: {e}; requests routed to it get 500"),
+            );
             invalid(500, e.to_string())
         }
     }
