@@ -219,6 +219,10 @@ pub fn normalize_host<'b>(raw: &[u8], buf: &'b mut [u8; 256]) -> Option<&'b str>
         }
     };
     let host = host.strip_suffix(b".").unwrap_or(host);
+    // 255 bytes is the most a DNS name can take (in wire form); a longer Host cannot be one.
+    if host.len() > 255 {
+        return None;
+    }
     let out = buf.get_mut(..host.len())?;
     for (o, b) in out.iter_mut().zip(host) {
         *o = b.to_ascii_lowercase();

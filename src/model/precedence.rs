@@ -71,6 +71,32 @@ fn match_rank(m: &RouteMatch) -> impl Ord {
     )
 }
 
+/// `{namespace}/{name}`, ordered as that string is (the spec's words), without building it: comparing the
+/// (namespace, name) pair instead would put `team/x` before `team-a/x`, although `-` sorts before `/`.
+#[derive(PartialEq, Eq)]
+struct QualifiedName<'a>(&'a str, &'a str);
+
+impl QualifiedName<'_> {
+    fn bytes(&self) -> impl Iterator<Item = u8> + '_ {
+        self.0
+            .bytes()
+            .chain(std::iter::once(b'/'))
+            .chain(self.1.bytes())
+    }
+}
+
+impl PartialOrd for QualifiedName<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for QualifiedName<'_> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.bytes().cmp(other.bytes())
+    }
+}
+
 /// The tie-breaks between rules once their matches rank equal: HTTPRoute before Ingress, then the oldest object
 /// (objects without a creation time count as newest), then `namespace/name`, then rule order.
 fn origin_rank(r: &HttpRule) -> impl Ord + '_ {
@@ -78,10 +104,17 @@ fn origin_rank(r: &HttpRule) -> impl Ord + '_ {
         r.origin.kind != OriginKind::HttpRoute,
         r.origin.created.is_none(),
         r.origin.created,
-        &r.origin.namespace,
-        &r.origin.name,
+        QualifiedName(&r.origin.namespace, &r.origin.name),
         r.origin.rule,
     )
+}
+
+/// How specific a matching hostname is, as the spec counts it: exact before wildcard before none, then the number
+/// of characters. Whether a wildcard covers one label (Ingress) or several (Gateway API) does not count: the two
+/// tie, so that a tie between an Ingress and an HTTPRoute on `*.example.com` is decided like one on an exact host.
+fn host_rank(h: &HostPattern) -> (u8, usize) {
+    let (kind, len, _single_label) = h.specificity();
+    (kind, len)
 }
 
 /// Orders (host, rule, match index) entries so that the first entry that matches a request is the one that must
@@ -92,8 +125,8 @@ pub fn compare(
 ) -> Ordering {
     let (ah, ar, ai) = a;
     let (bh, br, bi) = b;
-    Reverse(ah.specificity())
-        .cmp(&Reverse(bh.specificity()))
+    Reverse(host_rank(ah))
+        .cmp(&Reverse(host_rank(bh)))
         .then_with(|| {
             Reverse(match_rank(&ar.matches[ai])).cmp(&Reverse(match_rank(&br.matches[bi])))
         })
