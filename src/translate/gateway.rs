@@ -189,8 +189,8 @@ fn gateway_listeners<'a>(
                         diags.error(
                             &object,
                             format!(
-                                "{field}.allowedRoutes.kinds: {}/{} cannot attach to a {:?} listener",
-                                pair.0, pair.1, protocol
+                                "{field}.allowedRoutes.kinds: {}/{} cannot attach to a listener of protocol {}",
+                                pair.0, pair.1, l.protocol
                             ),
                         );
                     }

@@ -67,6 +67,15 @@ fn translate_one(
         }
     }
 
+    // Dropping invalid names must not turn a route meant for some hostnames into one for every hostname.
+    if hostnames.is_empty() && route.spec.hostnames.as_ref().is_some_and(|h| !h.is_empty()) {
+        diags.error(
+            &object,
+            "spec.hostnames: no valid hostname; route not attached",
+        );
+        return;
+    }
+
     let attachments = attach(route, &object, ns, &hostnames, listeners, refs, diags);
     if attachments.is_empty() {
         return;
@@ -251,6 +260,16 @@ fn translate_rule(
         );
         return None;
     }
+    // Gateway API CEL rule on HTTPRouteRule: "RequestRedirect filter must not be used together with backendRefs".
+    if redirect.is_some() && r.backend_refs.as_ref().is_some_and(|b| !b.is_empty()) {
+        diags.error(
+            object,
+            format!(
+                "{field}: RequestRedirect cannot be used together with backendRefs; rule skipped"
+            ),
+        );
+        return None;
+    }
 
     let action = if let Some(name) = unsupported {
         let reason = format!("filter {name} is not supported");
@@ -316,7 +335,8 @@ fn route_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
     };
     let mut headers: Vec<HeaderMatch> = Vec::new();
     for h in m.headers.iter().flatten() {
-        let name = h.name.to_ascii_lowercase();
+        // Lowercase, and a name the router can compile: one bad name must not stop the whole table compiling.
+        let name = valid_header_name(&h.name)?;
         // "If multiple entries specify equivalent header names, only the first entry with an equivalent name
         // MUST be considered for a match."
         if headers.iter().any(|x| x.name == name) {
@@ -370,10 +390,26 @@ fn route_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
     })
 }
 
+/// Checks a RegularExpression match value. The router compiles it anchored, as `^(?:{re})$`, so the pattern is
+/// first checked on its own: `/a)|(/b` is invalid alone but valid once wrapped, and would then escape the anchors
+/// (matching any path that starts with `/a` or ends with `/b`).
 fn check_regex(re: &str) -> Result<(), String> {
-    regex::Regex::new(&format!("^(?:{re})$"))
+    regex::Regex::new(re)
+        .and_then(|_| regex::Regex::new(&format!("^(?:{re})$")))
         .map(|_| ())
-        .map_err(|e| format!("invalid regular expression {re:?}: {e}"))
+        .map_err(|e| format!("invalid regular expression {re:?}: {}", regex_error(&e)))
+}
+
+/// The regex crate's error as one line: its syntax errors span several lines (the pattern, a caret, then
+/// `error: <what>`), which would break one-line diagnostics and status messages.
+fn regex_error(e: &regex::Error) -> String {
+    let text = e.to_string();
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    last.trim().trim_start_matches("error: ").to_string()
 }
 
 enum FilterOut {
@@ -436,15 +472,24 @@ fn valid_header_value(value: &str) -> Result<String, String> {
         .map_err(|_| format!("{value:?} is not a valid header value"))
 }
 
+/// Gateway API `HTTPHeader`: "If multiple entries specify equivalent header names, the first entry with an
+/// equivalent name MUST be considered ... Subsequent entries with an equivalent header name MUST be ignored."
+/// Names are lowercase here, so equivalent names are equal.
+fn push_first(list: &mut Vec<(String, String)>, name: String, value: String) {
+    if !list.iter().any(|(n, _)| *n == name) {
+        list.push((name, value));
+    }
+}
+
 fn header_modifier(m: &HeaderMod) -> Result<HeaderModifier, String> {
     let mut out = HeaderModifier::default();
     for s in m.set.iter().flatten() {
-        out.set
-            .push((valid_header_name(&s.name)?, valid_header_value(&s.value)?));
+        let (name, value) = (valid_header_name(&s.name)?, valid_header_value(&s.value)?);
+        push_first(&mut out.set, name, value);
     }
     for a in m.add.iter().flatten() {
-        out.add
-            .push((valid_header_name(&a.name)?, valid_header_value(&a.value)?));
+        let (name, value) = (valid_header_name(&a.name)?, valid_header_value(&a.value)?);
+        push_first(&mut out.add, name, value);
     }
     for r in m.remove.iter().flatten() {
         out.remove.push(valid_header_name(r)?);
