@@ -7,9 +7,11 @@
 //! | `GET /config` | the current model as JSON (`version`, `listeners`) |
 //! | `GET /diagnostics` | the problems found in the current configuration sources, as JSON strings |
 //! | `GET /listeners` | the listener ports and whether they are bound |
+//! | `GET /status` | Gateway API status of our GatewayClasses, Gateways, ListenerSets and routes (Kubernetes field names) |
 
 use crate::proxy::ListenerState;
 use crate::snapshot::Store;
+use crate::translate::status::Statuses;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -22,6 +24,7 @@ use std::sync::{Arc, Mutex};
 pub struct Admin {
     store: Arc<Store>,
     diagnostics: Arc<ArcSwap<Vec<String>>>,
+    statuses: Arc<ArcSwap<Statuses>>,
     listeners: Arc<Mutex<Vec<ListenerState>>>,
 }
 
@@ -30,13 +33,51 @@ impl Admin {
     pub fn new(
         store: Arc<Store>,
         diagnostics: Arc<ArcSwap<Vec<String>>>,
+        statuses: Arc<ArcSwap<Statuses>>,
         listeners: Arc<Mutex<Vec<ListenerState>>>,
     ) -> Self {
         Admin {
             store,
             diagnostics,
+            statuses,
             listeners,
         }
+    }
+
+    /// The computed status, with what only the data plane knows merged in: a Gateway whose address cannot be
+    /// bound is `Programmed=False` with reason `AddressNotUsable`.
+    pub fn status(&self) -> Statuses {
+        let mut st = (*self.statuses.load_full()).clone();
+        let states = self.listeners.lock().map(|s| s.clone()).unwrap_or_default();
+        for gw in &mut st.gateways {
+            let addresses: Vec<String> = gw
+                .status
+                .addresses
+                .iter()
+                .flatten()
+                .map(|a| a.value.clone())
+                .collect();
+            let failed = states.iter().find(|s| {
+                !s.bound
+                    && s.model_address
+                        .is_some_and(|ip| addresses.contains(&ip.to_string()))
+            });
+            if let Some(f) = failed {
+                let msg = format!(
+                    "address {} cannot be used: {}",
+                    f.address.ip(),
+                    f.error.as_deref().unwrap_or("not bound")
+                );
+                for c in &mut gw.status.conditions {
+                    if c.type_ == "Programmed" {
+                        c.status = "False".into();
+                        c.reason = "AddressNotUsable".into();
+                        c.message = msg.clone();
+                    }
+                }
+            }
+        }
+        st
     }
 
     /// The response for `method path` (separate from the Pingora plumbing so it can be tested directly).
@@ -72,6 +113,18 @@ impl Admin {
                 })
             }
             "/diagnostics" => json(&*self.diagnostics.load_full()),
+            "/status" => {
+                #[derive(Serialize)]
+                struct Status {
+                    version: u64,
+                    #[serde(flatten)]
+                    statuses: Statuses,
+                }
+                json(&Status {
+                    version: self.store.load().version,
+                    statuses: self.status(),
+                })
+            }
             "/listeners" => {
                 let states = self.listeners.lock().map(|s| s.clone()).unwrap_or_default();
                 json(&states)

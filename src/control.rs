@@ -4,6 +4,7 @@
 use crate::report;
 use crate::snapshot::Store;
 use crate::source::file::{FileLoader, Loaded, Watcher};
+use crate::translate::status::Statuses;
 use crate::translate::{self, Options, Severity};
 use arc_swap::ArcSwap;
 use std::collections::BTreeSet;
@@ -14,6 +15,7 @@ pub struct Control {
     store: Arc<Store>,
     options: Options,
     diagnostics: Arc<ArcSwap<Vec<String>>>,
+    statuses: Arc<ArcSwap<Statuses>>,
     logged: BTreeSet<String>,
 }
 
@@ -35,8 +37,14 @@ impl Control {
             store,
             options,
             diagnostics: Arc::new(ArcSwap::from_pointee(Vec::new())),
+            statuses: Arc::new(ArcSwap::from_pointee(Statuses::default())),
             logged: BTreeSet::new(),
         }
+    }
+
+    /// The Gateway API status computed by the latest round.
+    pub fn statuses(&self) -> Arc<ArcSwap<Statuses>> {
+        self.statuses.clone()
     }
 
     /// The problems of the latest round, formatted with their locations.
@@ -69,6 +77,7 @@ impl Control {
         }
         self.logged = current;
         self.diagnostics.store(Arc::new(lines));
+        self.statuses.store(Arc::new(out.statuses));
 
         match self.store.publish(out.model) {
             Ok(Some(v)) => {

@@ -16,4 +16,5 @@ pub mod router;
 pub mod snapshot;
 pub mod source;
 pub mod telemetry;
+pub mod tls;
 pub mod translate;

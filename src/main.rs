@@ -5,7 +5,7 @@ use clap::Parser;
 use portcullis::admin::Admin;
 use portcullis::config::{Cli, Command, RoutesArgs, RunArgs, ValidateArgs};
 use portcullis::control::Control;
-use portcullis::proxy::{accept_loop, bind, Connections, ListenerManager};
+use portcullis::proxy::{accept_loop, bind, Connections, Handshake, ListenerManager};
 use portcullis::report;
 use portcullis::snapshot::Store;
 use portcullis::source::file::{self, FileLoader};
@@ -134,6 +134,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     let admin = Arc::new(Admin::new(
         store.clone(),
         control.diagnostics(),
+        control.statuses(),
         listener_states,
     ));
     let admin_listener = control_rt
@@ -149,6 +150,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                     tokio::spawn(accept_loop(
                         admin_listener,
                         admin,
+                        Handshake::Plain,
                         stop_rx.clone(),
                         shutdown_rx,
                         Connections::default(),

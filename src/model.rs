@@ -10,6 +10,7 @@
 mod host;
 pub mod precedence;
 mod rule;
+mod tls;
 
 pub use host::{HostPattern, HostPatternError};
 pub use rule::{
@@ -18,19 +19,25 @@ pub use rule::{
     StringMatch, WeightedBackend,
 };
 
+pub use tls::{ClientValidation, ListenerCertificate, ListenerTls, Redacted};
+
 use serde::Serialize;
+use std::net::IpAddr;
 
 /// The whole routing configuration at one point in time.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Model {
-    /// One entry per port the proxy serves, sorted by port. Ports are logical (before `--port-offset`).
+    /// One entry per (address, port) the proxy serves, sorted by address then port. Ports are logical (before
+    /// `--port-offset`).
     pub listeners: Vec<Listener>,
 }
 
 impl Model {
-    /// The listener on `port`, if any.
+    /// The listener on `port` at the default address, if any.
     pub fn listener(&self, port: u16) -> Option<&Listener> {
-        self.listeners.iter().find(|l| l.port == port)
+        self.listeners
+            .iter()
+            .find(|l| l.port == port && l.address.is_none())
     }
 
     /// Number of route rules in the whole model (each rule counted once per virtual host it appears in).
@@ -46,17 +53,25 @@ impl Model {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
-    /// Plain-text HTTP/1.1.
+    /// Plain-text HTTP/1.1 (and HTTP/2 with prior knowledge).
     Http,
+    /// HTTP over TLS terminated here (HTTP/2 or HTTP/1.1 by ALPN).
+    Https,
 }
 
-/// Everything served on one port.
+/// Everything served on one (address, port).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Listener {
+    /// The IP address to bind: a Gateway's `spec.addresses`; `None` means the process's `--bind-address`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<IpAddr>,
     /// The logical port (what the manifests say, before `--port-offset`).
     pub port: u16,
     /// What clients speak on this port.
     pub protocol: Protocol,
+    /// Certificates and client validation, for [`Protocol::Https`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
     /// Virtual hosts, sorted by (listener hostname, hostname). Several entries may share a hostname when they
     /// come from different Gateway listeners; the router keeps them apart (listener isolation).
     pub virtual_hosts: Vec<VirtualHost>,

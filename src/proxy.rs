@@ -9,4 +9,4 @@
 pub mod http;
 pub mod listeners;
 
-pub use listeners::{accept_loop, bind, Connections, ListenerManager, ListenerState};
+pub use listeners::{accept_loop, bind, Connections, Handshake, ListenerManager, ListenerState};

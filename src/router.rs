@@ -42,6 +42,8 @@ type RuleList = Box<[Arc<RouteEntry>]>;
 /// Everything served on one port.
 #[derive(Debug)]
 pub struct ListenerTable {
+    /// Address (`None` = the process's bind address).
+    pub address: Option<std::net::IpAddr>,
     /// Logical port.
     pub port: u16,
     /// Protocol spoken to clients.
@@ -242,7 +244,18 @@ impl Router {
 
     /// The table of `port`, if that port is served.
     pub fn listener(&self, port: u16) -> Option<&ListenerTable> {
-        self.listeners.iter().find(|l| l.port == port)
+        self.listener_at(None, port)
+    }
+
+    /// The table of (`address`, `port`), if served.
+    pub fn listener_at(
+        &self,
+        address: Option<std::net::IpAddr>,
+        port: u16,
+    ) -> Option<&ListenerTable> {
+        self.listeners
+            .iter()
+            .find(|l| l.port == port && l.address == address)
     }
 
     /// All listener tables, sorted by port.
@@ -258,15 +271,52 @@ impl ListenerTable {
     /// host take part (Ingress rules take part under every listener hostname). Then the first matching entry of the
     /// host's precedence-sorted list wins; when none matches, the default backend (if any) answers.
     pub fn find(&self, host: &str, req: &RequestParts<'_>) -> Option<&Arc<RouteEntry>> {
-        if let Some(list) = self.groups.get(host).and_then(|g| g.get(host)) {
+        match self.lookup(host, None, req) {
+            Lookup::Route(e) => Some(e),
+            Lookup::NotFound | Lookup::Misdirected => None,
+        }
+    }
+
+    /// Like [`ListenerTable::find`], for a TLS connection whose SNI was `sni`: when the SNI and the Host header
+    /// select different Gateway listeners, the request was sent over a connection meant for another listener and
+    /// must be refused with 421 Misdirected Request (RFC 9110 section 15.5.20; Gateway API
+    /// GatewayHTTPSListenerDetectMisdirectedRequests).
+    pub fn lookup(&self, host: &str, sni: Option<&str>, req: &RequestParts<'_>) -> Lookup<'_> {
+        let group = self.groups.get(host);
+        if let Some(sni) = sni {
+            let by_sni = self.groups.get(sni);
+            let same = match (group, by_sni) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                return Lookup::Misdirected;
+            }
+        }
+        if let Some(list) = group.and_then(|g| g.get(host)) {
             for e in list.iter() {
                 if e.matcher.is_match(req) {
-                    return Some(e);
+                    return Lookup::Route(e);
                 }
             }
         }
-        self.default.as_ref()
+        match &self.default {
+            Some(d) => Lookup::Route(d),
+            None => Lookup::NotFound,
+        }
     }
+}
+
+/// The outcome of a lookup.
+#[derive(Debug)]
+pub enum Lookup<'a> {
+    /// This entry serves the request.
+    Route(&'a Arc<RouteEntry>),
+    /// No rule matches: 404.
+    NotFound,
+    /// The Host header belongs to another listener than the TLS SNI: 421.
+    Misdirected,
 }
 
 struct BuildEntry<'m> {
@@ -322,12 +372,20 @@ fn compile_listener(l: &crate::model::Listener) -> Result<ListenerTable, Compile
         v
     };
     let has_ingress = entries.iter().any(|e| e.listener.is_none());
+    // One group per listener hostname, shared by every index slot of that hostname, so that two hosts select
+    // "the same listener" exactly when they get the same Arc (the misdirected-request check relies on it).
+    let mut by_key: HashMap<HostPattern, Arc<HostIndex<RuleList>>> = HashMap::new();
     let groups = HostIndex::build(listener_patterns, has_ingress, |key, _| {
-        let members: Vec<&BuildEntry<'_>> = entries
-            .iter()
-            .filter(|e| e.listener.is_none_or(|lh| lh == key))
-            .collect();
-        Arc::new(host_index(&members))
+        by_key
+            .entry(key.clone())
+            .or_insert_with(|| {
+                let members: Vec<&BuildEntry<'_>> = entries
+                    .iter()
+                    .filter(|e| e.listener.is_none_or(|lh| lh == key))
+                    .collect();
+                Arc::new(host_index(&members))
+            })
+            .clone()
     });
 
     let default = match &l.default_backend {
@@ -351,6 +409,7 @@ fn compile_listener(l: &crate::model::Listener) -> Result<ListenerTable, Compile
     };
 
     Ok(ListenerTable {
+        address: l.address,
         port: l.port,
         protocol: l.protocol,
         groups,

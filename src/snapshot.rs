@@ -3,12 +3,18 @@
 use crate::model::Model;
 use crate::router::{CompileError, Router};
 use arc_swap::ArcSwap;
+use pingora::listeners::tls::Acceptor;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
 
-/// One consistent configuration version: the model and the router compiled from it.
-#[derive(Debug, Default)]
+/// A listener's place in the model: (address, logical port); `None` is the process's bind address.
+pub type ListenerAddr = (Option<IpAddr>, u16);
+
+/// One consistent configuration version: the model, the router compiled from it, and the TLS acceptors of its
+/// TLS listeners.
+#[derive(Default)]
 pub struct Snapshot {
     /// Increases by one with every publish; 0 is the empty configuration before the first publish.
     pub version: u64,
@@ -16,6 +22,29 @@ pub struct Snapshot {
     pub model: Arc<Model>,
     /// The compiled index over `model`.
     pub router: Router,
+    acceptors: Vec<(ListenerAddr, Arc<Acceptor>)>,
+    /// TLS listeners whose acceptor could not be built, with the reason (their handshakes fail).
+    pub tls_errors: Vec<(ListenerAddr, String)>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("version", &self.version)
+            .field("model", &self.model)
+            .field("tls_listeners", &self.acceptors.len())
+            .finish()
+    }
+}
+
+impl Snapshot {
+    /// The TLS acceptor of the listener at (`address`, `port`).
+    pub fn acceptor(&self, address: Option<IpAddr>, port: u16) -> Option<&Arc<Acceptor>> {
+        self.acceptors
+            .iter()
+            .find(|(k, _)| *k == (address, port))
+            .map(|(_, a)| a)
+    }
 }
 
 /// Holds the current [`Snapshot`] and readiness.
@@ -76,11 +105,26 @@ impl Store {
             return Ok(None);
         }
         let router = Router::compile(&model)?;
+        let mut acceptors = Vec::new();
+        let mut tls_errors = Vec::new();
+        for l in &model.listeners {
+            if let Some(tls) = &l.tls {
+                match crate::tls::acceptor(tls) {
+                    Ok(a) => acceptors.push(((l.address, l.port), Arc::new(a))),
+                    Err(e) => {
+                        tracing::error!(port = l.port, error = %e, "TLS listener cannot be configured");
+                        tls_errors.push(((l.address, l.port), e.to_string()));
+                    }
+                }
+            }
+        }
         let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
         self.current.store(Arc::new(Snapshot {
             version,
             model: Arc::new(model),
             router,
+            acceptors,
+            tls_errors,
         }));
         self.ready.store(true, Ordering::Release);
         self.changed.send_replace(version);

@@ -9,10 +9,13 @@ mod gateway;
 mod httproute;
 mod ingress;
 mod refs;
+mod routes;
+pub mod status;
 
 use crate::model::Model;
 use crate::source::{Input, ObjectRef};
-use serde::Serialize;
+use serde::{de::DeserializeOwned, Serialize};
+use status::Statuses;
 use std::fmt;
 
 /// Process settings that change how objects translate.
@@ -26,6 +29,15 @@ pub struct Options {
     pub ingress_controller: String,
     /// `spec.controllerName` of the GatewayClasses that are ours.
     pub gateway_controller: String,
+}
+
+/// Re-reads a value as another generated type with the same JSON shape (the gateway-api crate generates separate,
+/// identical types for rule-level and backend-level filters, for request and response header modifiers, and for
+/// Gateway and ListenerSet listeners).
+pub(crate) fn recast<A: Serialize, B: DeserializeOwned>(a: &A) -> Option<B> {
+    serde_json::to_value(a)
+        .ok()
+        .and_then(|v| serde_json::from_value(v).ok())
 }
 
 /// The IngressClass controller value Portcullis answers to.
@@ -82,6 +94,8 @@ pub struct Output {
     pub model: Model,
     /// Problems, sorted by object then message.
     pub diagnostics: Vec<Diagnostic>,
+    /// Gateway API status of our objects.
+    pub statuses: Statuses,
 }
 
 /// Collects diagnostics while translating.
@@ -117,12 +131,30 @@ pub fn translate(input: &Input, opts: &Options) -> Output {
     let refs = refs::Resolver::new(input);
     let mut model = builder::ModelBuilder::new(opts);
 
+    let mut statuses = Statuses::default();
+
     ingress::translate(input, opts, &refs, &mut model, &mut diags);
-    gateway::translate(input, opts, &refs, &mut model, &mut diags);
+    gateway::class_statuses(input, opts, &mut statuses);
+    let mut gws = gateway::translate(input, opts, &refs, &mut model, &mut diags);
+    httproute::translate(
+        input,
+        &mut gws,
+        &refs,
+        &mut model,
+        &mut diags,
+        &mut statuses,
+        opts,
+    );
+    gws.finish(&mut statuses);
+    statuses.sort();
 
     let model = model.finish(&mut diags);
     let mut diagnostics = diags.0;
     diagnostics.sort();
     diagnostics.dedup();
-    Output { model, diagnostics }
+    Output {
+        model,
+        diagnostics,
+        statuses,
+    }
 }

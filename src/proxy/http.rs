@@ -10,9 +10,10 @@
 
 use crate::model::{Filter, HeaderModifier, PathModifier, Redirect};
 use crate::router::{
-    normalize_host, CompiledAction, CompiledBackend, RequestParts, RouteEntry, Target,
+    normalize_host, CompiledAction, CompiledBackend, Lookup, RequestParts, RouteEntry, Target,
 };
 use crate::snapshot::{Snapshot, Store};
+use crate::tls::HandshakeInfo;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{HOST, LOCATION};
@@ -20,25 +21,43 @@ use http::{HeaderValue, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// How long connecting to an endpoint may take before the request fails with 502.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The `ProxyHttp` implementation for one listener port.
+/// The `ProxyHttp` implementation for one listener (address, port).
 pub struct HttpApp {
     store: Arc<Store>,
+    address: Option<IpAddr>,
     port: u16,
     tls: bool,
 }
 
 impl HttpApp {
-    /// An app serving the logical `port` from `store`; `tls` when clients connect with TLS.
-    pub fn new(store: Arc<Store>, port: u16, tls: bool) -> Self {
-        HttpApp { store, port, tls }
+    /// An app serving the listener at (address, logical port) from `store`; `tls` when clients connect with TLS.
+    pub fn new(store: Arc<Store>, key: (Option<IpAddr>, u16), tls: bool) -> Self {
+        HttpApp {
+            store,
+            address: key.0,
+            port: key.1,
+            tls,
+        }
     }
+}
+
+/// The SNI of a TLS connection, as the handshake recorded it.
+fn sni(session: &Session) -> Option<&str> {
+    session
+        .digest()?
+        .ssl_digest
+        .as_ref()?
+        .extension
+        .get::<HandshakeInfo>()?
+        .server_name
+        .as_deref()
 }
 
 /// Per-request state: one snapshot for the whole request.
@@ -262,13 +281,15 @@ impl ProxyHttp for HttpApp {
             query: req.uri.query(),
             headers: &req.headers,
         };
-        let entry = snap
-            .router
-            .listener(self.port)
-            .and_then(|l| l.find(host, &parts))
-            .cloned();
-        let Some(entry) = entry else {
-            return respond(session, 404, None).await;
+        let sni = if self.tls { sni(session) } else { None };
+        let lookup = match snap.router.listener_at(self.address, self.port) {
+            Some(l) => l.lookup(host, sni, &parts),
+            None => Lookup::NotFound,
+        };
+        let entry = match lookup {
+            Lookup::Route(e) => e.clone(),
+            Lookup::NotFound => return respond(session, 404, None).await,
+            Lookup::Misdirected => return respond(session, 421, None).await,
         };
         let outcome = match &entry.rule.action {
             CompiledAction::Redirect(rd) => {

@@ -50,11 +50,27 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// How accepted connections are set up before the application sees them.
+#[derive(Clone)]
+pub enum Handshake {
+    /// Plain TCP.
+    Plain,
+    /// TLS, with the acceptor the current snapshot has for this listener (so certificate changes apply to new
+    /// connections at once, and connections keep the configuration they started with).
+    Tls {
+        /// Where the acceptor comes from.
+        store: Arc<Store>,
+        /// The listener's (address, port) in the model.
+        key: (Option<IpAddr>, u16),
+    },
+}
+
 /// Accepts connections on `listener` until `stop` turns true, handing each to `app` on its own task. Connections
 /// already accepted keep running after the loop stops; `shutdown` tells them to finish (no more keep-alive).
 pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     listener: tokio::net::TcpListener,
     app: Arc<A>,
+    handshake: Handshake,
     mut stop: watch::Receiver<bool>,
     shutdown: ShutdownWatch,
     connections: Connections,
@@ -74,9 +90,27 @@ pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
                     let shutdown = shutdown.clone();
                     connections.0.fetch_add(1, Ordering::Relaxed);
                     let guard = ConnectionGuard(connections.0.clone());
+                    let handshake = handshake.clone();
                     tokio::spawn(async move {
                         let _guard = guard;
-                        app.process_new(Box::new(stream), &shutdown).await;
+                        match handshake {
+                            Handshake::Plain => {
+                                app.process_new(Box::new(stream), &shutdown).await;
+                            }
+                            Handshake::Tls { store, key } => {
+                                let acceptor = store.load().acceptor(key.0, key.1).cloned();
+                                let Some(acceptor) = acceptor else {
+                                    tracing::debug!(port = key.1, "no TLS configuration; connection closed");
+                                    return;
+                                };
+                                match acceptor.tls_handshake(stream).await {
+                                    Ok(tls) => {
+                                        app.process_new(Box::new(tls), &shutdown).await;
+                                    }
+                                    Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
+                                }
+                            }
+                        }
                     });
                 }
                 Err(e) => {
@@ -92,8 +126,13 @@ pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
 /// What happened to one listener port, for logs and the admin API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ListenerState {
+    /// The address from the model (a Gateway's `spec.addresses`), absent for the default bind address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_address: Option<IpAddr>,
     /// Logical port (from the manifests).
     pub port: u16,
+    /// The protocol served.
+    pub protocol: Protocol,
     /// The address actually bound (`port + --port-offset`).
     pub address: SocketAddr,
     /// `true` while accepting connections.
@@ -115,7 +154,7 @@ pub struct ListenerManager {
     bind_ip: IpAddr,
     port_offset: u16,
     conf: Arc<ServerConf>,
-    bound: BTreeMap<u16, Bound>,
+    bound: BTreeMap<(Option<IpAddr>, u16), Bound>,
     shutdown: ShutdownWatch,
     states: Arc<Mutex<Vec<ListenerState>>>,
     connections: Connections,
@@ -152,104 +191,104 @@ impl ListenerManager {
         self.states.clone()
     }
 
-    fn address(&self, port: u16) -> Option<SocketAddr> {
-        port.checked_add(self.port_offset)
-            .map(|p| SocketAddr::new(self.bind_ip, p))
+    fn address(&self, key: (Option<IpAddr>, u16)) -> Option<SocketAddr> {
+        key.1
+            .checked_add(self.port_offset)
+            .map(|p| SocketAddr::new(key.0.unwrap_or(self.bind_ip), p))
     }
 
-    /// Binds ports that appeared, releases ports that disappeared. Returns `true` when every port is bound.
+    /// Binds listeners that appeared, releases listeners that disappeared or changed protocol. Returns `true`
+    /// when every listener is bound.
     pub fn reconcile(&mut self) -> bool {
         let snap = self.store.load();
-        let wanted: BTreeMap<u16, Protocol> = snap
+        let wanted: BTreeMap<(Option<IpAddr>, u16), Protocol> = snap
             .model
             .listeners
             .iter()
-            .map(|l| (l.port, l.protocol))
+            .map(|l| ((l.address, l.port), l.protocol))
             .collect();
 
-        // Release ports that are gone or changed protocol. Accepted connections finish on their own.
-        let gone: Vec<u16> = self
+        // Release what is gone or changed protocol. Accepted connections finish on their own.
+        let gone: Vec<(Option<IpAddr>, u16)> = self
             .bound
             .iter()
-            .filter(|(port, b)| wanted.get(port) != Some(&b.protocol))
-            .map(|(port, _)| *port)
+            .filter(|(key, b)| wanted.get(key) != Some(&b.protocol))
+            .map(|(key, _)| *key)
             .collect();
-        for port in gone {
-            if let Some(b) = self.bound.remove(&port) {
+        for key in gone {
+            if let Some(b) = self.bound.remove(&key) {
                 let _ = b.stop.send(true);
                 drop(b.task);
-                tracing::info!(port, "listener released");
+                tracing::info!(port = key.1, address = ?key.0, "listener released");
             }
         }
 
         let mut states = Vec::new();
         let mut all_bound = true;
-        for (&port, &protocol) in &wanted {
-            let Some(addr) = self.address(port) else {
+        for (&key, &protocol) in &wanted {
+            let port = key.1;
+            let state = |address: SocketAddr, error: Option<String>| ListenerState {
+                model_address: key.0,
+                port,
+                protocol,
+                address,
+                bound: error.is_none(),
+                error,
+            };
+            let Some(addr) = self.address(key) else {
                 all_bound = false;
-                states.push(ListenerState {
-                    port,
-                    address: SocketAddr::new(self.bind_ip, 0),
-                    bound: false,
-                    error: Some(format!(
+                states.push(state(
+                    SocketAddr::new(key.0.unwrap_or(self.bind_ip), 0),
+                    Some(format!(
                         "port {port} + offset {} exceeds 65535",
                         self.port_offset
                     )),
-                });
+                ));
                 continue;
             };
-            if self.bound.contains_key(&port) {
-                states.push(ListenerState {
-                    port,
-                    address: addr,
-                    bound: true,
-                    error: None,
-                });
+            if self.bound.contains_key(&key) {
+                states.push(state(addr, None));
                 continue;
             }
             match bind(addr) {
                 Ok(listener) => {
                     let (stop_tx, stop_rx) = watch::channel(false);
-                    let task = match protocol {
-                        Protocol::Http => {
-                            let proxy = pingora::proxy::http_proxy(
-                                &self.conf,
-                                HttpApp::new(self.store.clone(), port, false),
-                            );
-                            tokio::spawn(accept_loop(
-                                listener,
-                                Arc::new(proxy),
-                                stop_rx,
-                                self.shutdown.clone(),
-                                self.connections.clone(),
-                            ))
+                    let tls = protocol == Protocol::Https;
+                    let proxy = pingora::proxy::http_proxy(
+                        &self.conf,
+                        HttpApp::new(self.store.clone(), key, tls),
+                    );
+                    let handshake = if tls {
+                        Handshake::Tls {
+                            store: self.store.clone(),
+                            key,
                         }
+                    } else {
+                        Handshake::Plain
                     };
+                    let task = tokio::spawn(accept_loop(
+                        listener,
+                        Arc::new(proxy),
+                        handshake,
+                        stop_rx,
+                        self.shutdown.clone(),
+                        self.connections.clone(),
+                    ));
                     tracing::info!(port, %addr, ?protocol, "listener bound");
                     self.bound.insert(
-                        port,
+                        key,
                         Bound {
                             protocol,
                             stop: stop_tx,
                             task,
                         },
                     );
-                    states.push(ListenerState {
-                        port,
-                        address: addr,
-                        bound: true,
-                        error: None,
-                    });
+                    states.push(state(addr, None));
                 }
                 Err(e) => {
                     all_bound = false;
                     tracing::error!(port, %addr, error = %e, "cannot bind listener; retrying every 5s");
-                    states.push(ListenerState {
-                        port,
-                        address: addr,
-                        bound: false,
-                        error: Some(e.to_string()),
-                    });
+                    states.push(state(addr, Some(e.to_string())));
                 }
             }
         }

@@ -2,21 +2,44 @@
 
 use super::{Diagnostics, Options};
 use crate::model::precedence::MatchKey;
-use crate::model::{HostPattern, HttpRule, Listener, Model, OriginKind, Protocol, VirtualHost};
+use crate::model::{
+    ClientValidation, HostPattern, HttpRule, Listener, ListenerCertificate, ListenerTls, Model,
+    OriginKind, Protocol, VirtualHost,
+};
 use crate::source::ObjectRef;
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 
 type VhostKey = (Option<HostPattern>, HostPattern);
+
+/// Where a listener is bound: an address (`None` = the process's bind address) and a logical port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct ListenerKey {
+    pub address: Option<IpAddr>,
+    pub port: u16,
+}
+
+impl ListenerKey {
+    /// The default address.
+    pub(crate) fn port(port: u16) -> Self {
+        ListenerKey {
+            address: None,
+            port,
+        }
+    }
+}
 
 struct ListenerBuilder {
     protocol: Protocol,
     vhosts: BTreeMap<VhostKey, Vec<HttpRule>>,
     default_backend: Option<HttpRule>,
+    certificates: Vec<ListenerCertificate>,
+    client_validation: Option<ClientValidation>,
 }
 
-/// Collects rules per port and host while the API translators run.
+/// Collects rules per listener and host while the API translators run.
 pub(crate) struct ModelBuilder {
-    listeners: BTreeMap<u16, ListenerBuilder>,
+    listeners: BTreeMap<ListenerKey, ListenerBuilder>,
 }
 
 impl ModelBuilder {
@@ -27,24 +50,26 @@ impl ModelBuilder {
             listeners: BTreeMap::new(),
         };
         // A fresh builder has no listener that could conflict.
-        let _ = b.ensure_listener(opts.http_port, Protocol::Http);
+        let _ = b.ensure_listener(ListenerKey::port(opts.http_port), Protocol::Http);
         b
     }
 
-    /// Makes sure a listener exists on `port`. Returns the protocol it already had when that differs (a
-    /// conflict the caller must report); the existing protocol is kept.
+    /// Makes sure a listener exists at `key`. Returns the protocol it already had when that differs (a conflict
+    /// the caller must report); the existing protocol is kept.
     pub(crate) fn ensure_listener(
         &mut self,
-        port: u16,
+        key: ListenerKey,
         protocol: Protocol,
     ) -> Result<(), Protocol> {
         let l = self
             .listeners
-            .entry(port)
+            .entry(key)
             .or_insert_with(|| ListenerBuilder {
                 protocol,
                 vhosts: BTreeMap::new(),
                 default_backend: None,
+                certificates: Vec::new(),
+                client_validation: None,
             });
         if l.protocol == protocol {
             Ok(())
@@ -53,15 +78,15 @@ impl ModelBuilder {
         }
     }
 
-    /// Adds a rule for `hostname` on `port` (the listener must exist).
+    /// Adds a rule for `hostname` at `key` (the listener must exist).
     pub(crate) fn add_rule(
         &mut self,
-        port: u16,
+        key: ListenerKey,
         listener_hostname: Option<HostPattern>,
         hostname: HostPattern,
         rule: HttpRule,
     ) {
-        if let Some(l) = self.listeners.get_mut(&port) {
+        if let Some(l) = self.listeners.get_mut(&key) {
             l.vhosts
                 .entry((listener_hostname, hostname))
                 .or_default()
@@ -69,13 +94,31 @@ impl ModelBuilder {
         }
     }
 
-    /// Sets the default backend of `port`; returns the one already set (which keeps its place) on conflict.
+    /// Adds a certificate to the TLS listener at `key`; the first certificate for a hostname wins.
+    pub(crate) fn add_certificate(&mut self, key: ListenerKey, cert: ListenerCertificate) {
+        if let Some(l) = self.listeners.get_mut(&key) {
+            if !l.certificates.iter().any(|c| c.hostname == cert.hostname) {
+                l.certificates.push(cert);
+            }
+        }
+    }
+
+    /// Sets client-certificate validation on the TLS listener at `key` (the first setting wins).
+    pub(crate) fn set_client_validation(&mut self, key: ListenerKey, v: ClientValidation) {
+        if let Some(l) = self.listeners.get_mut(&key) {
+            if l.client_validation.is_none() {
+                l.client_validation = Some(v);
+            }
+        }
+    }
+
+    /// Sets the default backend at `key`; returns the one already set (which keeps its place) on conflict.
     pub(crate) fn set_default_backend(
         &mut self,
-        port: u16,
+        key: ListenerKey,
         rule: HttpRule,
     ) -> Result<(), &HttpRule> {
-        let Some(l) = self.listeners.get_mut(&port) else {
+        let Some(l) = self.listeners.get_mut(&key) else {
             return Ok(());
         };
         match l.default_backend {
@@ -87,14 +130,38 @@ impl ModelBuilder {
         }
     }
 
-    /// Finishes the model, reporting Ingress paths that another rule makes unreachable.
+    /// Finishes the model, reporting Ingress paths that another rule makes unreachable. TLS listeners that ended
+    /// up without a certificate are dropped (they could not complete a handshake).
     pub(crate) fn finish(self, diags: &mut Diagnostics) -> Model {
         let mut listeners = Vec::with_capacity(self.listeners.len());
-        for (port, l) in self.listeners {
+        for (key, l) in self.listeners {
             report_shadowed_ingress_paths(&l.vhosts, diags);
+            let tls = match l.protocol {
+                Protocol::Http => None,
+                Protocol::Https => {
+                    if l.certificates.is_empty() {
+                        continue;
+                    }
+                    let mut certificates = l.certificates;
+                    // Most specific first; a catch-all certificate, if any, goes first of all so that it answers
+                    // clients without SNI.
+                    certificates.sort_by(|a, b| {
+                        let any = |c: &ListenerCertificate| c.hostname != HostPattern::Any;
+                        any(a)
+                            .cmp(&any(b))
+                            .then_with(|| a.hostname.cmp(&b.hostname))
+                    });
+                    Some(ListenerTls {
+                        certificates,
+                        client_validation: l.client_validation,
+                    })
+                }
+            };
             listeners.push(Listener {
-                port,
+                address: key.address,
+                port: key.port,
                 protocol: l.protocol,
+                tls,
                 virtual_hosts: l
                     .vhosts
                     .into_iter()

@@ -1,63 +1,183 @@
-//! Gateway API GatewayClass, Gateway and listeners: which Gateways are ours, what each listener serves and which
-//! routes it accepts. Route attachment itself is in `httproute.rs`.
+//! Gateway API GatewayClass, Gateway, ListenerSet and listeners: which are ours, what each listener serves, which
+//! routes it accepts, the listener and Gateway status, and the listeners' places in the model (address, port,
+//! protocol, certificates). Route attachment is in `routes.rs`.
 
-use super::builder::ModelBuilder;
+use super::builder::{ListenerKey, ModelBuilder};
 use super::refs::Resolver;
-use super::{httproute, Diagnostics, Options};
+use super::status::{
+    Condition, GatewayClassStatus, GatewayStatus, GatewayStatusAddress, ListenerStatus, Named,
+    RouteGroupKind, Statuses, SupportedFeature,
+};
+use super::{recast, Diagnostics, Options};
 use crate::k8s::gw::types::{
+    GatewayAllowedListenersNamespacesFrom as ListenersFrom, GatewayListeners,
     GatewayListenersAllowedRoutesNamespacesFrom as From,
     GatewayListenersAllowedRoutesNamespacesSelector as Selector,
+    GatewayListenersTlsMode as TlsMode,
 };
-use crate::k8s::gw::{Gateway, GatewayClass};
+use crate::k8s::gw::{Gateway, GatewayClass, ListenerSet};
 use crate::k8s::GATEWAY_GROUP;
-use crate::model::{HostPattern, Protocol};
+use crate::model::{ClientValidation, HostPattern, ListenerCertificate, Protocol};
 use crate::source::{Input, ObjectRef};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
-/// One listener of one of our Gateways, as routes see it.
+/// Features we claim in `GatewayClass.status.supportedFeatures` (GEP-2162). Only what is implemented and tested.
+pub(crate) const SUPPORTED_FEATURES: &[&str] = &[
+    "Gateway",
+    "GatewayHTTPListenerIsolation",
+    "GatewayPort8080",
+    "HTTPRoute",
+    "HTTPRouteDestinationPortMatching",
+    "HTTPRouteHostRewrite",
+    "HTTPRouteMethodMatching",
+    "HTTPRouteParentRefPort",
+    "HTTPRoutePathRedirect",
+    "HTTPRoutePathRewrite",
+    "HTTPRoutePortRedirect",
+    "HTTPRouteQueryParamMatching",
+    "HTTPRouteResponseHeaderModification",
+    "HTTPRouteSchemeRedirect",
+    "HTTPRoute303RedirectStatusCode",
+    "HTTPRoute307RedirectStatusCode",
+    "HTTPRoute308RedirectStatusCode",
+    "HTTPRouteBackendRequestHeaderModification",
+    "ListenerSet",
+    "ReferenceGrant",
+];
+
+/// What a parent reference can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ParentKind {
+    Gateway,
+    ListenerSet,
+}
+
+impl ParentKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ParentKind::Gateway => "Gateway",
+            ParentKind::ListenerSet => "ListenerSet",
+        }
+    }
+}
+
+/// A Gateway or ListenerSet of ours: something a route's parentRef can name.
 #[derive(Debug)]
-pub(crate) struct GatewayListener<'a> {
-    /// Gateway namespace.
-    pub gateway_ns: &'a str,
-    /// Gateway name.
-    pub gateway_name: &'a str,
-    /// Listener name (`sectionName` in parentRefs).
-    pub name: &'a str,
-    /// Listener port.
-    pub port: u16,
-    /// Hostname the listener is restricted to (`Any` when unset).
-    pub hostname: HostPattern,
-    /// Which namespaces may attach routes.
-    pub from: AllowedNamespaces<'a>,
-    /// Route kinds (group, kind) that may attach.
-    pub kinds: Vec<(String, String)>,
+pub(crate) struct Parent {
+    pub kind: ParentKind,
+    pub ns: String,
+    pub name: String,
+    /// Listeners (indices into [`Gateways::listeners`]).
+    pub listeners: Vec<usize>,
+    /// `false` for a ListenerSet its Gateway does not allow: routes cannot attach through it.
+    pub accepted: bool,
 }
 
 /// `allowedRoutes.namespaces`.
-#[derive(Debug)]
-pub(crate) enum AllowedNamespaces<'a> {
+#[derive(Debug, Clone)]
+pub(crate) enum AllowedNamespaces {
     Same,
     All,
-    Selector(&'a Selector),
+    Selector(Selector),
 }
 
-impl GatewayListener<'_> {
+/// One listener of a Gateway or ListenerSet of ours, as routes see it.
+#[derive(Debug)]
+pub(crate) struct GatewayListener {
+    /// Namespace of the Gateway or ListenerSet that declares it (allowedRoutes `Same` means this one).
+    pub ns: String,
+    pub name: String,
+    pub port: u16,
+    pub hostname: HostPattern,
+    pub from: AllowedNamespaces,
+    /// Route kinds (group, kind) that may attach.
+    pub kinds: Vec<(String, String)>,
+    /// Where it is served.
+    pub keys: Vec<ListenerKey>,
+    /// Accepted and programmed: routes attach and traffic flows.
+    pub ready: bool,
+    status: StatusSlot,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct StatusSlot {
+    listener_set: bool,
+    object: usize,
+    listener: usize,
+}
+
+impl GatewayListener {
     /// May a route of `kind` in namespace `route_ns` attach here?
-    pub(crate) fn allows(&self, kind: (&str, &str), route_ns: &str, refs: &Resolver<'_>) -> bool {
-        let kind_ok = self.kinds.iter().any(|(g, k)| g == kind.0 && k == kind.1);
-        let ns_ok = match self.from {
-            AllowedNamespaces::Same => route_ns == self.gateway_ns,
+    pub(crate) fn allows_kind(&self, kind: (&str, &str)) -> bool {
+        self.kinds.iter().any(|(g, k)| g == kind.0 && k == kind.1)
+    }
+
+    /// May a route in namespace `route_ns` attach here?
+    pub(crate) fn allows_namespace(&self, route_ns: &str, refs: &Resolver<'_>) -> bool {
+        match &self.from {
+            AllowedNamespaces::Same => route_ns == self.ns,
             AllowedNamespaces::All => true,
             AllowedNamespaces::Selector(sel) => {
                 selector_matches(sel, &refs.namespace_labels(route_ns))
             }
-        };
-        kind_ok && ns_ok
+        }
+    }
+}
+
+/// Everything the Gateway side produced, for route attachment and status.
+#[derive(Debug, Default)]
+pub(crate) struct Gateways {
+    pub parents: Vec<Parent>,
+    pub listeners: Vec<GatewayListener>,
+    gateway_status: Vec<Named<GatewayStatus>>,
+    listener_set_status: Vec<Named<GatewayStatus>>,
+    /// Per listener: the routes attached to it (kind, namespace, name).
+    attached: Vec<BTreeSet<(String, String, String)>>,
+}
+
+impl Gateways {
+    /// The parent a route's parentRef names, if it is one of ours.
+    pub(crate) fn parent(&self, kind: ParentKind, ns: &str, name: &str) -> Option<&Parent> {
+        self.parents
+            .iter()
+            .find(|p| p.kind == kind && p.ns == ns && p.name == name)
+    }
+
+    /// Records that a route is attached to listener `index` (counted once per route).
+    pub(crate) fn record_attachment(&mut self, index: usize, route: (&str, &str, &str)) {
+        if let Some(set) = self.attached.get_mut(index) {
+            set.insert((
+                route.0.to_string(),
+                route.1.to_string(),
+                route.2.to_string(),
+            ));
+        }
+    }
+
+    /// Writes attachedRoutes into the listener statuses and hands the statuses over.
+    pub(crate) fn finish(mut self, statuses: &mut Statuses) {
+        for (i, l) in self.listeners.iter().enumerate() {
+            let n = self.attached.get(i).map_or(0, |s| s.len() as i32);
+            let list = if l.status.listener_set {
+                &mut self.listener_set_status
+            } else {
+                &mut self.gateway_status
+            };
+            if let Some(ls) = list
+                .get_mut(l.status.object)
+                .and_then(|o| o.status.listeners.get_mut(l.status.listener))
+            {
+                ls.attached_routes = n;
+            }
+        }
+        statuses.gateways.append(&mut self.gateway_status);
+        statuses.listener_sets.append(&mut self.listener_set_status);
     }
 }
 
 /// Kubernetes label selector semantics: every matchLabels pair and every expression must hold.
-fn selector_matches(sel: &Selector, labels: &BTreeMap<String, String>) -> bool {
+pub(crate) fn selector_matches(sel: &Selector, labels: &BTreeMap<String, String>) -> bool {
     let labels_ok = sel
         .match_labels
         .iter()
@@ -95,48 +215,381 @@ pub(crate) fn our_gateways<'a>(input: &'a Input, opts: &Options) -> Vec<&'a Gate
         .collect()
 }
 
+/// GatewayClass status for our classes.
+pub(crate) fn class_statuses(input: &Input, opts: &Options, statuses: &mut Statuses) {
+    for c in &input.gateway_classes {
+        if !class_is_ours(c, opts) {
+            continue;
+        }
+        let generation = c.metadata.generation;
+        let accepted = if c.spec.parameters_ref.is_some() {
+            Condition::new(
+                "Accepted",
+                false,
+                "InvalidParameters",
+                "parametersRef is not supported by portcullis",
+                generation,
+            )
+        } else {
+            Condition::new(
+                "Accepted",
+                true,
+                "Accepted",
+                "Accepted by portcullis",
+                generation,
+            )
+        };
+        statuses.gateway_classes.push(Named {
+            kind: None,
+            namespace: None,
+            name: c.metadata.name.clone().unwrap_or_default(),
+            status: GatewayClassStatus {
+                conditions: vec![accepted],
+                supported_features: {
+                    let mut f: Vec<SupportedFeature> = SUPPORTED_FEATURES
+                        .iter()
+                        .map(|f| SupportedFeature {
+                            name: (*f).to_string(),
+                        })
+                        .collect();
+                    f.sort_by(|a, b| a.name.cmp(&b.name));
+                    f
+                },
+            },
+        });
+    }
+}
+
+/// The route kinds a listener of this protocol accepts.
+fn supported_kinds(protocol: Protocol) -> Vec<(String, String)> {
+    match protocol {
+        Protocol::Http | Protocol::Https => {
+            vec![(GATEWAY_GROUP.to_string(), "HTTPRoute".to_string())]
+        }
+    }
+}
+
+/// A listener before validation: from a Gateway, or from a ListenerSet (recast to the Gateway listener type,
+/// which has the same shape).
+struct Candidate {
+    parent: usize,
+    ns: String,
+    spec: GatewayListeners,
+    slot: StatusSlot,
+}
+
+/// Conditions being gathered for one listener.
+struct ListenerConds {
+    accepted: Option<(&'static str, String)>,
+    resolved: Option<(&'static str, String)>,
+    conflicted: Option<(&'static str, String)>,
+    programmed: bool,
+}
+
+impl ListenerConds {
+    fn new() -> Self {
+        ListenerConds {
+            accepted: None,
+            resolved: None,
+            conflicted: None,
+            programmed: true,
+        }
+    }
+
+    fn conditions(&self, generation: Option<i64>) -> Vec<Condition> {
+        let mut out = Vec::with_capacity(4);
+        out.push(match &self.accepted {
+            None => Condition::new(
+                "Accepted",
+                true,
+                "Accepted",
+                "listener accepted",
+                generation,
+            ),
+            Some((r, m)) => Condition::new("Accepted", false, r, m.clone(), generation),
+        });
+        out.push(match &self.conflicted {
+            None => Condition::new(
+                "Conflicted",
+                false,
+                "NoConflicts",
+                "no conflicts",
+                generation,
+            ),
+            Some((r, m)) => Condition::new("Conflicted", true, r, m.clone(), generation),
+        });
+        let programmed = self.programmed && self.accepted.is_none() && self.conflicted.is_none();
+        out.push(if programmed {
+            Condition::new(
+                "Programmed",
+                true,
+                "Programmed",
+                "listener programmed",
+                generation,
+            )
+        } else {
+            Condition::new(
+                "Programmed",
+                false,
+                "Invalid",
+                "listener is not programmed",
+                generation,
+            )
+        });
+        out.push(match &self.resolved {
+            None => Condition::new(
+                "ResolvedRefs",
+                true,
+                "ResolvedRefs",
+                "all references resolved",
+                generation,
+            ),
+            Some((r, m)) => Condition::new("ResolvedRefs", false, r, m.clone(), generation),
+        });
+        out
+    }
+
+    fn ready(&self) -> bool {
+        self.programmed && self.accepted.is_none() && self.conflicted.is_none()
+    }
+}
+
+/// The Gateway side of translation: listeners into the model, statuses, and what routes attach to.
 pub(crate) fn translate(
     input: &Input,
     opts: &Options,
     refs: &Resolver<'_>,
     model: &mut ModelBuilder,
     diags: &mut Diagnostics,
-) {
-    let mut listeners = Vec::new();
+) -> Gateways {
+    let mut out = Gateways::default();
     for gw in our_gateways(input, opts) {
-        listeners.extend(gateway_listeners(gw, model, diags));
+        gateway(gw, input, refs, model, diags, &mut out);
     }
-    httproute::translate(input, &listeners, refs, model, diags);
+    out.attached = vec![BTreeSet::new(); out.listeners.len()];
+    out
 }
 
-/// The usable listeners of one Gateway; unusable ones are reported.
-fn gateway_listeners<'a>(
-    gw: &'a Gateway,
+fn gateway(
+    gw: &Gateway,
+    input: &Input,
+    refs: &Resolver<'_>,
     model: &mut ModelBuilder,
     diags: &mut Diagnostics,
-) -> Vec<GatewayListener<'a>> {
+    out: &mut Gateways,
+) {
     let object = ObjectRef::new("Gateway", &gw.metadata);
-    let ns = gw.metadata.namespace.as_deref().unwrap_or("default");
-    let name = gw.metadata.name.as_deref().unwrap_or("");
-    let mut out = Vec::new();
-    for (i, l) in gw.spec.listeners.iter().enumerate() {
-        let field = format!("spec.listeners[{i}] ({})", l.name);
-        let Ok(port) = u16::try_from(l.port) else {
-            diags.error(&object, format!("{field}: port {} is out of range", l.port));
-            continue;
+    let ns = gw
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = gw.metadata.name.clone().unwrap_or_default();
+    let generation = gw.metadata.generation;
+
+    // Addresses: IPAddress entries are bound; anything else is not supported.
+    let mut ips: Vec<IpAddr> = Vec::new();
+    let mut unsupported_address = None;
+    for (i, a) in gw.spec.addresses.iter().flatten().enumerate() {
+        let t = a.r#type.as_deref().unwrap_or("IPAddress");
+        let value = a.value.as_deref().unwrap_or("");
+        match (t, value.parse::<IpAddr>()) {
+            ("IPAddress", Ok(ip)) => {
+                if !ips.contains(&ip) {
+                    ips.push(ip);
+                }
+            }
+            ("IPAddress", Err(_)) => {
+                unsupported_address = Some(format!(
+                    "spec.addresses[{i}]: {value:?} is not an IP address"
+                ));
+            }
+            (other, _) => {
+                unsupported_address = Some(format!(
+                    "spec.addresses[{i}]: address type {other} is not supported"
+                ));
+            }
+        }
+    }
+    let keys_for = |port: u16| -> Vec<ListenerKey> {
+        if ips.is_empty() {
+            vec![ListenerKey::port(port)]
+        } else {
+            ips.iter()
+                .map(|ip| ListenerKey {
+                    address: Some(*ip),
+                    port,
+                })
+                .collect()
+        }
+    };
+
+    let gw_index = out.parents.len();
+    out.parents.push(Parent {
+        kind: ParentKind::Gateway,
+        ns: ns.clone(),
+        name: name.clone(),
+        listeners: Vec::new(),
+        accepted: true,
+    });
+    let gw_status_index = out.gateway_status.len();
+    out.gateway_status.push(Named {
+        kind: None,
+        namespace: Some(ns.clone()),
+        name: name.clone(),
+        status: GatewayStatus::default(),
+    });
+
+    let mut candidates: Vec<Candidate> = gw
+        .spec
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| Candidate {
+            parent: gw_index,
+            ns: ns.clone(),
+            spec: l.clone(),
+            slot: StatusSlot {
+                listener_set: false,
+                object: gw_status_index,
+                listener: i,
+            },
+        })
+        .collect();
+
+    // ListenerSets that name this Gateway, oldest first (older ones win conflicts).
+    let mut sets: Vec<&ListenerSet> = input
+        .listener_sets
+        .iter()
+        .map(|l| l.as_ref())
+        .filter(|ls| {
+            let p = &ls.spec.parent_ref;
+            let ls_ns = ls.metadata.namespace.as_deref().unwrap_or("default");
+            p.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+                && p.kind.as_deref().unwrap_or("Gateway") == "Gateway"
+                && p.name == name
+                && p.namespace.as_deref().unwrap_or(ls_ns) == ns
+        })
+        .collect();
+    sets.sort_by_key(|ls| {
+        (
+            super::created(&ls.metadata).map_or((1, 0), |t| (0, t)),
+            ls.metadata.namespace.clone(),
+            ls.metadata.name.clone(),
+        )
+    });
+    let mut attached_sets = 0;
+    let mut set_outcomes: Vec<(usize, bool)> = Vec::new();
+    for ls in sets {
+        let ls_ns = ls
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let allowed = listener_set_allowed(gw, &ns, &ls_ns, refs);
+        let idx = out.parents.len();
+        out.parents.push(Parent {
+            kind: ParentKind::ListenerSet,
+            ns: ls_ns.clone(),
+            name: ls.metadata.name.clone().unwrap_or_default(),
+            listeners: Vec::new(),
+            accepted: allowed,
+        });
+        let status_index = out.listener_set_status.len();
+        let conditions = if allowed {
+            attached_sets += 1;
+            vec![]
+        } else {
+            let msg = "the parent Gateway's allowedListeners do not admit this ListenerSet";
+            vec![
+                Condition::new("Accepted", false, "NotAllowed", msg, ls.metadata.generation),
+                Condition::new(
+                    "Programmed",
+                    false,
+                    "NotAllowed",
+                    msg,
+                    ls.metadata.generation,
+                ),
+            ]
         };
-        if port == 0 {
-            diags.error(&object, format!("{field}: port 0 is not allowed"));
+        out.listener_set_status.push(Named {
+            kind: None,
+            namespace: Some(ls_ns.clone()),
+            name: ls.metadata.name.clone().unwrap_or_default(),
+            status: GatewayStatus {
+                addresses: None,
+                conditions,
+                listeners: Vec::new(),
+                attached_listener_sets: None,
+            },
+        });
+        set_outcomes.push((status_index, allowed));
+        if !allowed {
             continue;
         }
-        let protocol = match l.protocol.as_str() {
-            "HTTP" => Protocol::Http,
-            other => {
-                diags.warning(
-                    &object,
-                    format!("{field}: protocol {other} is not supported yet; listener skipped"),
-                );
+        for (i, l) in ls.spec.listeners.iter().enumerate() {
+            let Some(spec) = recast::<_, GatewayListeners>(l) else {
                 continue;
+            };
+            candidates.push(Candidate {
+                parent: idx,
+                ns: ls_ns.clone(),
+                spec,
+                slot: StatusSlot {
+                    listener_set: true,
+                    object: status_index,
+                    listener: i,
+                },
+            });
+        }
+    }
+
+    // Validate every listener; the first listener on a (port, hostname) wins conflicts.
+    let mut taken: Vec<(u16, Protocol, HostPattern)> = Vec::new();
+    let mut any_programmed = false;
+    for c in candidates {
+        let generation_of = if c.slot.listener_set {
+            input
+                .listener_sets
+                .iter()
+                .find(|ls| {
+                    ls.metadata.namespace.as_deref() == Some(c.ns.as_str())
+                        && Some(out.parents[c.parent].name.as_str()) == ls.metadata.name.as_deref()
+                })
+                .and_then(|ls| ls.metadata.generation)
+        } else {
+            generation
+        };
+        let l = &c.spec;
+        let owner = if c.slot.listener_set {
+            ObjectRef {
+                kind: "ListenerSet".into(),
+                namespace: Some(c.ns.clone()),
+                name: out.parents[c.parent].name.clone(),
+            }
+        } else {
+            object.clone()
+        };
+        let field = format!("spec.listeners[{}] ({})", c.slot.listener, l.name);
+        let mut conds = ListenerConds::new();
+
+        let protocol = match l.protocol.as_str() {
+            "HTTP" => Some(Protocol::Http),
+            "HTTPS" => Some(Protocol::Https),
+            other => {
+                let msg = format!("protocol {other} is not supported");
+                diags.warning(&owner, format!("{field}: {msg}; listener not served"));
+                conds.accepted = Some(("UnsupportedProtocol", msg));
+                None
+            }
+        };
+        let port = match u16::try_from(l.port) {
+            Ok(p) if p > 0 => Some(p),
+            _ => {
+                let msg = format!("port {} is out of range", l.port);
+                diags.error(&owner, format!("{field}: {msg}"));
+                conds.accepted = Some(("PortUnavailable", msg));
+                None
             }
         };
         let hostname = match l.hostname.as_deref() {
@@ -144,20 +597,14 @@ fn gateway_listeners<'a>(
             Some(h) => match HostPattern::gateway(h) {
                 Ok(p) => p,
                 Err(e) => {
-                    diags.error(&object, format!("{field}.hostname: {e}; listener skipped"));
-                    continue;
+                    diags.error(&owner, format!("{field}.hostname: {e}"));
+                    conds.accepted = Some(("UnsupportedValue", e.to_string()));
+                    HostPattern::Any
                 }
             },
         };
-        if let Err(existing) = model.ensure_listener(port, protocol) {
-            diags.error(
-                &object,
-                format!(
-                    "{field}: port {port} already serves {existing:?}; a port serves one protocol; listener skipped"
-                ),
-            );
-            continue;
-        }
+
+        // allowedRoutes.
         let allowed = l.allowed_routes.as_ref();
         let from = match allowed
             .and_then(|a| a.namespaces.as_ref())
@@ -165,16 +612,16 @@ fn gateway_listeners<'a>(
         {
             None | Some((None, _)) | Some((Some(From::Same), _)) => AllowedNamespaces::Same,
             Some((Some(From::All), _)) => AllowedNamespaces::All,
-            Some((Some(From::Selector), Some(sel))) => AllowedNamespaces::Selector(sel),
+            Some((Some(From::Selector), Some(sel))) => AllowedNamespaces::Selector(sel.clone()),
             Some((Some(From::Selector), None)) => {
                 diags.error(
-                    &object,
-                    format!("{field}.allowedRoutes.namespaces: from Selector needs a selector; no routes may attach"),
+                    &owner,
+                    format!("{field}.allowedRoutes.namespaces: from Selector needs a selector"),
                 );
-                continue;
+                AllowedNamespaces::Selector(Selector::default())
             }
         };
-        let supported = supported_kinds(protocol);
+        let supported = protocol.map(supported_kinds).unwrap_or_default();
         let kinds = match allowed.and_then(|a| a.kinds.as_ref()) {
             None => supported.clone(),
             Some(k) if k.is_empty() => supported.clone(),
@@ -184,36 +631,413 @@ fn gateway_listeners<'a>(
                     let group = k.group.clone().unwrap_or_else(|| GATEWAY_GROUP.to_string());
                     let pair = (group, k.kind.clone());
                     if supported.contains(&pair) {
-                        ok.push(pair);
+                        if !ok.contains(&pair) {
+                            ok.push(pair);
+                        }
                     } else {
-                        diags.error(
-                            &object,
-                            format!(
-                                "{field}.allowedRoutes.kinds: {}/{} cannot attach to a listener of protocol {}",
-                                pair.0, pair.1, l.protocol
-                            ),
+                        let msg = format!(
+                            "route kind {}/{} is not supported on this listener",
+                            pair.0, pair.1
                         );
+                        diags.error(&owner, format!("{field}.allowedRoutes.kinds: {msg}"));
+                        conds.resolved = Some(("InvalidRouteKinds", msg));
                     }
                 }
                 ok
             }
         };
-        out.push(GatewayListener {
-            gateway_ns: ns,
-            gateway_name: name,
-            name: &l.name,
-            port,
+
+        // TLS.
+        let mut certificates = Vec::new();
+        if protocol == Some(Protocol::Https) {
+            match &l.tls {
+                None => {
+                    let msg = "an HTTPS listener needs tls.certificateRefs".to_string();
+                    diags.error(&owner, format!("{field}: {msg}"));
+                    conds.resolved = Some(("InvalidCertificateRef", msg));
+                    conds.programmed = false;
+                }
+                Some(tls) => {
+                    if tls.mode == Some(TlsMode::Passthrough) {
+                        let msg =
+                            "tls.mode Passthrough is not valid on an HTTPS listener".to_string();
+                        diags.error(&owner, format!("{field}: {msg}"));
+                        conds.accepted = Some(("UnsupportedValue", msg));
+                    }
+                    for (ri, r) in tls.certificate_refs.iter().flatten().enumerate() {
+                        let rfield = format!("{field}.tls.certificateRefs[{ri}]");
+                        let group = r.group.as_deref().unwrap_or("");
+                        let kind = r.kind.as_deref().unwrap_or("Secret");
+                        if !group.is_empty() || kind != "Secret" {
+                            let msg = format!("{group}/{kind} is not supported; only core Secrets");
+                            diags.error(&owner, format!("{rfield}: {msg}"));
+                            conds.resolved = Some(("InvalidCertificateRef", msg));
+                            continue;
+                        }
+                        let sns = r.namespace.as_deref().unwrap_or(&c.ns);
+                        let from_kind = if c.slot.listener_set {
+                            "ListenerSet"
+                        } else {
+                            "Gateway"
+                        };
+                        if !refs.grant_allows(
+                            (GATEWAY_GROUP, from_kind),
+                            &c.ns,
+                            ("", "Secret"),
+                            sns,
+                            &r.name,
+                        ) {
+                            let msg = format!(
+                                "Secret {sns}/{} is in another namespace and no ReferenceGrant allows it",
+                                r.name
+                            );
+                            diags.error(&owner, format!("{rfield}: {msg}"));
+                            conds.resolved = Some(("RefNotPermitted", msg));
+                            continue;
+                        }
+                        match refs.tls_secret(sns, &r.name) {
+                            Ok((cert, key)) => certificates.push(ListenerCertificate {
+                                hostname: hostname.clone(),
+                                source: format!("Secret {sns}/{}", r.name),
+                                cert_pem: cert,
+                                key_pem: key,
+                            }),
+                            Err(e) => {
+                                diags.error(&owner, format!("{rfield}: {e}"));
+                                conds.resolved = Some(("InvalidCertificateRef", e));
+                            }
+                        }
+                    }
+                    if certificates.is_empty() {
+                        conds.programmed = false;
+                        if conds.resolved.is_none() {
+                            conds.resolved =
+                                Some(("InvalidCertificateRef", "no certificateRefs".to_string()));
+                        }
+                    }
+                }
+            }
+        }
+
+        let validation = match (protocol, port) {
+            (Some(Protocol::Https), Some(port)) => {
+                client_validation(gw, &ns, port, refs, &owner, &mut conds, diags)
+            }
+            _ => None,
+        };
+
+        // Conflicts within this Gateway (and its ListenerSets): one protocol per port, one listener per hostname.
+        if let (Some(port), Some(protocol)) = (port, protocol) {
+            if conds.accepted.is_none() {
+                if let Some((_, p, _)) = taken
+                    .iter()
+                    .find(|(tp, p, _)| *tp == port && *p != protocol)
+                {
+                    let msg = format!("port {port} is already used by a {p:?} listener");
+                    conds.conflicted = Some(("ProtocolConflict", msg.clone()));
+                    diags.error(&owner, format!("{field}: {msg}"));
+                } else if taken
+                    .iter()
+                    .any(|(tp, p, h)| *tp == port && *p == protocol && *h == hostname)
+                {
+                    let msg =
+                        format!("another listener on port {port} already has hostname {hostname}");
+                    conds.conflicted = Some(("HostnameConflict", msg.clone()));
+                    diags.error(&owner, format!("{field}: {msg}"));
+                } else {
+                    taken.push((port, protocol, hostname.clone()));
+                }
+            }
+        }
+
+        // Into the model.
+        let keys = port.map(keys_for).unwrap_or_default();
+        if conds.ready() {
+            if let (Some(port), Some(protocol)) = (port, protocol) {
+                for key in &keys {
+                    if let Err(existing) = model.ensure_listener(*key, protocol) {
+                        let msg = format!(
+                            "port {port} is already served as {existing:?} by another object"
+                        );
+                        diags.error(&owner, format!("{field}: {msg}"));
+                        conds.conflicted = Some(("ProtocolConflict", msg));
+                        break;
+                    }
+                }
+                if conds.ready() && protocol == Protocol::Https {
+                    for key in &keys {
+                        for cert in &certificates {
+                            model.add_certificate(*key, cert.clone());
+                        }
+                        if let Some(v) = &validation {
+                            model.set_client_validation(*key, v.clone());
+                        }
+                    }
+                }
+            }
+        }
+
+        let ready = conds.ready();
+        any_programmed |= ready;
+        let listener_status = ListenerStatus {
+            name: l.name.clone(),
+            supported_kinds: kinds
+                .iter()
+                .map(|(g, k)| RouteGroupKind {
+                    group: g.clone(),
+                    kind: k.clone(),
+                })
+                .collect(),
+            attached_routes: 0,
+            conditions: conds.conditions(generation_of),
+        };
+        let list = if c.slot.listener_set {
+            &mut out.listener_set_status
+        } else {
+            &mut out.gateway_status
+        };
+        if let Some(o) = list.get_mut(c.slot.object) {
+            // Slots are filled in listener order; pad if an earlier listener was skipped by recasting.
+            while o.status.listeners.len() < c.slot.listener {
+                o.status.listeners.push(ListenerStatus {
+                    name: String::new(),
+                    supported_kinds: vec![],
+                    attached_routes: 0,
+                    conditions: vec![],
+                });
+            }
+            o.status.listeners.push(listener_status);
+        }
+        let index = out.listeners.len();
+        out.parents[c.parent].listeners.push(index);
+        out.listeners.push(GatewayListener {
+            ns: c.ns,
+            name: l.name.clone(),
+            port: port.unwrap_or(0),
             hostname,
             from,
             kinds,
+            keys,
+            ready,
+            status: c.slot,
         });
     }
-    out
+
+    // ListenerSet conditions once their listeners are known.
+    for (idx, allowed) in set_outcomes {
+        if !allowed {
+            continue;
+        }
+        if let Some(o) = out.listener_set_status.get_mut(idx) {
+            let programmed = o.status.listeners.iter().any(|l| {
+                l.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Programmed" && c.status == "True")
+            });
+            let g = input
+                .listener_sets
+                .iter()
+                .find(|ls| {
+                    ls.metadata.namespace == o.namespace
+                        && ls.metadata.name.as_deref() == Some(&o.name)
+                })
+                .and_then(|ls| ls.metadata.generation);
+            o.status.conditions = vec![
+                Condition::new("Accepted", true, "Accepted", "ListenerSet accepted", g),
+                if programmed {
+                    Condition::new(
+                        "Programmed",
+                        true,
+                        "Programmed",
+                        "ListenerSet programmed",
+                        g,
+                    )
+                } else {
+                    Condition::new(
+                        "Programmed",
+                        false,
+                        "Invalid",
+                        "no listener is programmed",
+                        g,
+                    )
+                },
+            ];
+        }
+    }
+
+    // Gateway conditions.
+    let st = &mut out.gateway_status[gw_status_index].status;
+    st.attached_listener_sets = Some(attached_sets);
+    st.addresses = Some(
+        ips.iter()
+            .map(|ip| GatewayStatusAddress {
+                type_: "IPAddress".into(),
+                value: ip.to_string(),
+            })
+            .collect(),
+    );
+    let params = gw
+        .spec
+        .infrastructure
+        .as_ref()
+        .and_then(|i| i.parameters_ref.as_ref());
+    let accepted = if let Some(msg) = &unsupported_address {
+        diags.error(&object, msg.clone());
+        Condition::new(
+            "Accepted",
+            false,
+            "UnsupportedAddress",
+            msg.clone(),
+            generation,
+        )
+    } else if params.is_some() {
+        let msg = "spec.infrastructure.parametersRef is not supported";
+        diags.error(&object, msg);
+        Condition::new("Accepted", false, "InvalidParameters", msg, generation)
+    } else if !gw.spec.listeners.is_empty() && !any_programmed {
+        Condition::new(
+            "Accepted",
+            false,
+            "ListenersNotValid",
+            "no listener is valid",
+            generation,
+        )
+    } else {
+        Condition::new("Accepted", true, "Accepted", "Gateway accepted", generation)
+    };
+    let programmed =
+        if accepted.status == "True" && (any_programmed || gw.spec.listeners.is_empty()) {
+            Condition::new(
+                "Programmed",
+                true,
+                "Programmed",
+                "Gateway programmed",
+                generation,
+            )
+        } else {
+            Condition::new(
+                "Programmed",
+                false,
+                "Invalid",
+                "Gateway is not programmed",
+                generation,
+            )
+        };
+    st.conditions = vec![accepted, programmed];
 }
 
-/// The route kinds a listener of this protocol accepts.
-fn supported_kinds(protocol: Protocol) -> Vec<(String, String)> {
-    match protocol {
-        Protocol::Http => vec![(GATEWAY_GROUP.to_string(), "HTTPRoute".to_string())],
+/// Does the Gateway's `spec.allowedListeners` admit a ListenerSet in `ls_ns`? The default is to admit none.
+fn listener_set_allowed(gw: &Gateway, gw_ns: &str, ls_ns: &str, refs: &Resolver<'_>) -> bool {
+    let Some(n) = gw
+        .spec
+        .allowed_listeners
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref())
+    else {
+        return false;
+    };
+    match n.from.as_ref() {
+        None | Some(ListenersFrom::None) => false,
+        Some(ListenersFrom::Same) => gw_ns == ls_ns,
+        Some(ListenersFrom::All) => true,
+        Some(ListenersFrom::Selector) => n.selector.as_ref().is_some_and(|s| {
+            let sel: Option<Selector> = recast(s);
+            sel.is_some_and(|sel| selector_matches(&sel, &refs.namespace_labels(ls_ns)))
+        }),
     }
+}
+
+/// Frontend client-certificate validation for HTTPS listeners on `port` (`spec.tls.frontend`: the per-port
+/// entry, else the default).
+fn client_validation(
+    gw: &Gateway,
+    gw_ns: &str,
+    port: u16,
+    refs: &Resolver<'_>,
+    owner: &ObjectRef,
+    conds: &mut ListenerConds,
+    diags: &mut Diagnostics,
+) -> Option<ClientValidation> {
+    let frontend = gw.spec.tls.as_ref()?.frontend.as_ref()?;
+    #[derive(serde::Deserialize, serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct CaRef {
+        group: String,
+        kind: String,
+        name: String,
+        namespace: Option<String>,
+    }
+    #[derive(serde::Deserialize, serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Validation {
+        #[serde(rename = "caCertificateRefs")]
+        ca_certificate_refs: Vec<CaRef>,
+        mode: Option<String>,
+    }
+    let per_port = frontend
+        .per_port
+        .iter()
+        .flatten()
+        .find(|p| p.port == i32::from(port))
+        .and_then(|p| p.tls.validation.as_ref())
+        .and_then(recast::<_, Validation>);
+    let v = match per_port {
+        Some(v) => v,
+        None => frontend
+            .default
+            .validation
+            .as_ref()
+            .and_then(recast::<_, Validation>)?,
+    };
+    let mut bundles = Vec::new();
+    let mut sources = Vec::new();
+    for r in &v.ca_certificate_refs {
+        if !r.group.is_empty() || r.kind != "ConfigMap" {
+            let msg = format!(
+                "CA certificate reference kind {}/{} is not supported",
+                r.group, r.kind
+            );
+            diags.error(owner, format!("spec.tls.frontend: {msg}"));
+            conds.resolved = Some(("InvalidCACertificateKind", msg));
+            continue;
+        }
+        let ns = r.namespace.as_deref().unwrap_or(gw_ns);
+        if !refs.grant_allows(
+            (GATEWAY_GROUP, "Gateway"),
+            gw_ns,
+            ("", "ConfigMap"),
+            ns,
+            &r.name,
+        ) {
+            let msg = format!(
+                "ConfigMap {ns}/{} is in another namespace and no ReferenceGrant allows it",
+                r.name
+            );
+            diags.error(owner, format!("spec.tls.frontend: {msg}"));
+            conds.resolved = Some(("RefNotPermitted", msg));
+            continue;
+        }
+        match refs.ca_config_map(ns, &r.name) {
+            Ok(pem) => {
+                bundles.push(pem);
+                sources.push(format!("ConfigMap {ns}/{}", r.name));
+            }
+            Err(e) => {
+                diags.error(owner, format!("spec.tls.frontend: {e}"));
+                conds.resolved = Some(("InvalidCACertificateRef", e));
+            }
+        }
+    }
+    if bundles.is_empty() {
+        conds.accepted = Some((
+            "NoValidCACertificate",
+            "no valid CA certificate for client validation".to_string(),
+        ));
+        return None;
+    }
+    Some(ClientValidation {
+        ca_bundles: bundles,
+        sources,
+        insecure_fallback: v.mode.as_deref() == Some("AllowInsecureFallback"),
+    })
 }

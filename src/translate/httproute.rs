@@ -2,9 +2,11 @@
 //! translation of rules (matches, filters, weighted backendRefs) into model rules.
 
 use super::builder::ModelBuilder;
-use super::gateway::GatewayListener;
+use super::gateway::Gateways;
 use super::refs::{PortRef, Resolver};
-use super::{created, Diagnostics};
+use super::routes::{self, RouteView, RuleReport};
+use super::status::Statuses;
+use super::{created, recast, Diagnostics, Options};
 use crate::k8s::gw::types::{
     HttpRouteRules, HttpRouteRulesBackendRefs, HttpRouteRulesFilters,
     HttpRouteRulesFiltersRequestHeaderModifier as HeaderMod, HttpRouteRulesFiltersRequestRedirect,
@@ -23,38 +25,35 @@ use crate::model::{
     StringMatch, WeightedBackend,
 };
 use crate::source::{Input, ObjectRef};
-use serde::{de::DeserializeOwned, Serialize};
 
 const ROUTE_KIND: (&str, &str) = (GATEWAY_GROUP, "HTTPRoute");
 
 pub(crate) fn translate(
     input: &Input,
-    listeners: &[GatewayListener<'_>],
+    gws: &mut Gateways,
     refs: &Resolver<'_>,
     model: &mut ModelBuilder,
     diags: &mut Diagnostics,
+    statuses: &mut Statuses,
+    opts: &Options,
 ) {
     for route in &input.http_routes {
-        translate_one(route, listeners, refs, model, diags);
+        translate_one(route, gws, refs, model, diags, statuses, opts);
     }
-}
-
-/// Where one route attaches: a listener port, that listener's hostname, and the effective hostnames.
-struct Attachment {
-    port: u16,
-    listener_hostname: HostPattern,
-    hostnames: Vec<HostPattern>,
 }
 
 fn translate_one(
     route: &HTTPRoute,
-    listeners: &[GatewayListener<'_>],
+    gws: &mut Gateways,
     refs: &Resolver<'_>,
     model: &mut ModelBuilder,
     diags: &mut Diagnostics,
+    statuses: &mut Statuses,
+    opts: &Options,
 ) {
     let object = ObjectRef::new("HTTPRoute", &route.metadata);
     let ns = route.metadata.namespace.as_deref().unwrap_or("default");
+    let name = route.metadata.name.as_deref().unwrap_or("");
 
     let mut hostnames = Vec::new();
     for (i, h) in route.spec.hostnames.iter().flatten().enumerate() {
@@ -76,12 +75,28 @@ fn translate_one(
         return;
     }
 
-    let attachments = attach(route, &object, ns, &hostnames, listeners, refs, diags);
-    if attachments.is_empty() {
+    let view = RouteView {
+        kind: "HTTPRoute",
+        object: &object,
+        ns,
+        name,
+        generation: route.metadata.generation,
+        hostnames: &hostnames,
+        parent_refs: route
+            .spec
+            .parent_refs
+            .iter()
+            .flatten()
+            .filter_map(recast)
+            .collect(),
+    };
+    let (attachments, outcomes) = routes::attach(&view, gws, refs, diags);
+    if outcomes.is_empty() {
+        // No parentRef names a parent of ours: another controller's route.
         return;
     }
 
-    let name = route.metadata.name.as_deref().unwrap_or("");
+    let mut report = RuleReport::default();
     let rules: Vec<HttpRule> = route
         .spec
         .rules
@@ -89,6 +104,7 @@ fn translate_one(
         .flatten()
         .enumerate()
         .filter_map(|(ri, r)| {
+            report.total_rules += 1;
             let origin = Origin {
                 kind: OriginKind::HttpRoute,
                 namespace: ns.to_string(),
@@ -97,110 +113,23 @@ fn translate_one(
                 rule_name: r.name.clone(),
                 created: created(&route.metadata),
             };
-            translate_rule(origin, r, &object, refs, diags)
+            translate_rule(origin, r, &object, refs, diags, &mut report)
         })
         .collect();
 
-    for a in attachments {
-        for host in a.hostnames {
-            for rule in &rules {
-                model.add_rule(
-                    a.port,
-                    Some(a.listener_hostname.clone()),
-                    host.clone(),
-                    rule.clone(),
-                );
-            }
-        }
-    }
-}
-
-/// Resolves parentRefs to listeners of our Gateways, applying sectionName, port, allowedRoutes and hostname
-/// intersection. References to Gateways that are not ours are ignored (another controller serves them).
-fn attach(
-    route: &HTTPRoute,
-    object: &ObjectRef,
-    ns: &str,
-    hostnames: &[HostPattern],
-    listeners: &[GatewayListener<'_>],
-    refs: &Resolver<'_>,
-    diags: &mut Diagnostics,
-) -> Vec<Attachment> {
-    let mut out: Vec<Attachment> = Vec::new();
-    for (pi, p) in route.spec.parent_refs.iter().flatten().enumerate() {
-        let group = p.group.as_deref().unwrap_or(GATEWAY_GROUP);
-        let kind = p.kind.as_deref().unwrap_or("Gateway");
-        if group != GATEWAY_GROUP || kind != "Gateway" {
-            continue;
-        }
-        let gw_ns = p.namespace.as_deref().unwrap_or(ns);
-        let of_gateway: Vec<&GatewayListener<'_>> = listeners
-            .iter()
-            .filter(|l| l.gateway_ns == gw_ns && l.gateway_name == p.name)
-            .collect();
-        if of_gateway.is_empty() {
-            continue;
-        }
-        let field = format!("spec.parentRefs[{pi}] (Gateway {gw_ns}/{})", p.name);
-        let selected: Vec<&&GatewayListener<'_>> = of_gateway
-            .iter()
-            .filter(|l| p.section_name.as_deref().is_none_or(|s| s == l.name))
-            .filter(|l| p.port.is_none_or(|port| i32::from(l.port) == port))
-            .collect();
-        if selected.is_empty() {
-            diags.error(
-                object,
-                format!("{field}: no listener matches sectionName/port; not attached"),
-            );
-            continue;
-        }
-        let mut attached = false;
-        let mut hostname_mismatch = false;
-        for l in selected {
-            if !l.allows(ROUTE_KIND, ns, refs) {
-                continue;
-            }
-            let effective: Vec<HostPattern> = if hostnames.is_empty() {
-                vec![l.hostname.clone()]
-            } else {
-                hostnames
-                    .iter()
-                    .filter_map(|h| h.intersect(&l.hostname))
-                    .collect()
-            };
-            if effective.is_empty() {
-                hostname_mismatch = true;
-                continue;
-            }
-            attached = true;
-            match out
-                .iter_mut()
-                .find(|a| a.port == l.port && a.listener_hostname == l.hostname)
-            {
-                Some(a) => {
-                    for h in effective {
-                        if !a.hostnames.contains(&h) {
-                            a.hostnames.push(h);
-                        }
-                    }
+    for a in &attachments {
+        let l = &gws.listeners[a.listener];
+        for key in &l.keys {
+            for host in &a.hostnames {
+                for rule in &rules {
+                    model.add_rule(*key, Some(l.hostname.clone()), host.clone(), rule.clone());
                 }
-                None => out.push(Attachment {
-                    port: l.port,
-                    listener_hostname: l.hostname.clone(),
-                    hostnames: effective,
-                }),
             }
         }
-        if !attached {
-            let why = if hostname_mismatch {
-                "none of the route's hostnames intersects the listener hostnames"
-            } else {
-                "the listeners' allowedRoutes do not admit this route"
-            };
-            diags.error(object, format!("{field}: not attached: {why}"));
-        }
     }
-    out
+    if let Some(st) = routes::route_status(&view, outcomes, &report, &opts.gateway_controller) {
+        statuses.routes.push(st);
+    }
 }
 
 /// Translates one rule; `None` when the rule is invalid as a whole (reported).
@@ -210,8 +139,13 @@ fn translate_rule(
     object: &ObjectRef,
     refs: &Resolver<'_>,
     diags: &mut Diagnostics,
+    report: &mut RuleReport,
 ) -> Option<HttpRule> {
     let field = format!("spec.rules[{}]", origin.rule);
+    let mut invalid = |diags: &mut Diagnostics, msg: String| {
+        diags.error(object, format!("{msg}; rule skipped"));
+        report.invalid_rules.push(msg);
+    };
     let mut matches = Vec::new();
     match r.matches.as_deref() {
         None | Some([]) => matches.push(RouteMatch::any()),
@@ -227,7 +161,7 @@ fn translate_rule(
         }
     }
     if matches.is_empty() {
-        diags.error(object, format!("{field}: no valid match; rule skipped"));
+        invalid(diags, format!("{field}: no valid match"));
         return None;
     }
     let all_prefix = matches
@@ -244,7 +178,7 @@ fn translate_rule(
             Ok(FilterOut::Redirect(rd)) => redirect = Some(rd),
             Ok(FilterOut::Unsupported(name)) => unsupported = Some(name),
             Err(e) => {
-                diags.error(object, format!("{ffield}: {e}; rule skipped"));
+                invalid(diags, format!("{ffield}: {e}"));
                 return None;
             }
         }
@@ -254,19 +188,17 @@ fn translate_rule(
             .iter()
             .any(|f| matches!(f, Filter::UrlRewrite { .. }))
     {
-        diags.error(
-            object,
-            format!("{field}: RequestRedirect and URLRewrite cannot be combined; rule skipped"),
+        invalid(
+            diags,
+            format!("{field}: RequestRedirect and URLRewrite cannot be combined"),
         );
         return None;
     }
     // Gateway API CEL rule on HTTPRouteRule: "RequestRedirect filter must not be used together with backendRefs".
     if redirect.is_some() && r.backend_refs.as_ref().is_some_and(|b| !b.is_empty()) {
-        diags.error(
-            object,
-            format!(
-                "{field}: RequestRedirect cannot be used together with backendRefs; rule skipped"
-            ),
+        invalid(
+            diags,
+            format!("{field}: RequestRedirect cannot be used together with backendRefs"),
         );
         return None;
     }
@@ -297,6 +229,7 @@ fn translate_rule(
             object,
             refs,
             diags,
+            report,
         ))
     };
     Some(HttpRule {
@@ -305,14 +238,6 @@ fn translate_rule(
         filters,
         action,
     })
-}
-
-/// Re-reads a value as another generated type with the same JSON shape (the gateway-api crate generates separate,
-/// identical types for rule-level and backend-level filters, and for request and response header modifiers).
-fn recast<A: Serialize, B: DeserializeOwned>(a: &A) -> Option<B> {
-    serde_json::to_value(a)
-        .ok()
-        .and_then(|v| serde_json::from_value(v).ok())
 }
 
 fn route_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
@@ -591,6 +516,7 @@ fn backend_group(
     object: &ObjectRef,
     refs: &Resolver<'_>,
     diags: &mut Diagnostics,
+    report: &mut RuleReport,
 ) -> BackendGroup {
     let route_ns = object.namespace.as_deref().unwrap_or("default");
     if brefs.is_empty() {
@@ -641,8 +567,8 @@ fn backend_group(
                 }
             }
         }
-        let backend =
-            backend.unwrap_or_else(|| resolve_backend(b, &bfield, route_ns, object, refs, diags));
+        let backend = backend
+            .unwrap_or_else(|| resolve_backend(b, &bfield, route_ns, object, refs, diags, report));
         backends.push(WeightedBackend {
             weight,
             backend,
@@ -659,12 +585,14 @@ fn resolve_backend(
     object: &ObjectRef,
     refs: &Resolver<'_>,
     diags: &mut Diagnostics,
+    report: &mut RuleReport,
 ) -> Backend {
     let group = b.group.as_deref().unwrap_or("");
     let kind = b.kind.as_deref().unwrap_or("Service");
     if !group.is_empty() || kind != "Service" {
         let reason = format!("backend kind {group}/{kind} is not supported (only core Service)");
         diags.error(object, format!("{bfield}: {reason}"));
+        report.unresolved("InvalidKind", reason.clone());
         return invalid(500, reason);
     }
     let ns = b.namespace.as_deref().unwrap_or(route_ns);
@@ -677,11 +605,13 @@ fn resolve_backend(
             object,
             format!("{bfield}: {reason}; requests routed to it get 500"),
         );
+        report.unresolved("RefNotPermitted", reason.clone());
         return invalid(500, reason);
     }
     let Some(port) = b.port else {
         let reason = format!("port is required for Service {ns}/{}", b.name);
         diags.error(object, format!("{bfield}: {reason}"));
+        report.unresolved("BackendNotFound", reason.clone());
         return invalid(500, reason);
     };
     match refs.service_backend(ns, &b.name, PortRef::Number(port)) {
@@ -692,6 +622,7 @@ fn resolve_backend(
                 object,
                 format!("{bfield}: {e}; requests routed to it get 500"),
             );
+            report.unresolved("BackendNotFound", e.to_string());
             invalid(500, e.to_string())
         }
     }

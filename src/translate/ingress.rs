@@ -10,13 +10,13 @@
 //! compares element by element split on `/` and ignores a trailing slash; `ImplementationSpecific` is treated as
 //! `Prefix` (documented in docs/routing.md).
 
-use super::builder::ModelBuilder;
+use super::builder::{ListenerKey, ModelBuilder};
 use super::refs::{BackendError, PortRef, Resolver};
 use super::{Diagnostics, Options};
 use crate::k8s::{Ingress, IngressClass};
 use crate::model::{
-    Action, Backend, BackendGroup, HostPattern, HttpRule, Origin, OriginKind, PathMatch,
-    RouteMatch, WeightedBackend,
+    Action, Backend, BackendGroup, HostPattern, HttpRule, ListenerCertificate, Origin, OriginKind,
+    PathMatch, Protocol, RouteMatch, WeightedBackend,
 };
 use crate::source::{Input, ObjectRef};
 use k8s_openapi::api::networking::v1::IngressBackend;
@@ -84,9 +84,99 @@ pub(crate) fn translate(
         .collect();
     ours.sort_by_key(|i| created(i).map_or((1, 0), |t| (0, t)));
 
-    for ing in ours {
-        translate_one(ing, opts, refs, model, diags);
+    // TLS first: the HTTPS listener exists when at least one Ingress has a usable certificate, and then serves
+    // every Ingress rule, as ingress-nginx does (hosts without a certificate of their own get the first one).
+    let https = ListenerKey::port(opts.https_port);
+    let mut certificates = Vec::new();
+    for ing in &ours {
+        certificates.extend(tls_certificates(ing, refs, diags));
     }
+    let mut keys = vec![ListenerKey::port(opts.http_port)];
+    if !certificates.is_empty() {
+        match model.ensure_listener(https, Protocol::Https) {
+            Ok(()) => {
+                for c in certificates {
+                    model.add_certificate(https, c);
+                }
+                keys.push(https);
+            }
+            Err(existing) => {
+                if let Some(ing) = ours.first() {
+                    diags.error(
+                        &ObjectRef::new("Ingress", &ing.metadata),
+                        format!(
+                            "spec.tls: the HTTPS port {} already serves {existing:?}; TLS hosts are not served",
+                            opts.https_port
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    for ing in ours {
+        translate_one(ing, &keys, refs, model, diags);
+    }
+}
+
+/// The certificates of an Ingress's `spec.tls`, each for the hosts it lists (all hosts when it lists none). The
+/// Secret must be in the Ingress's namespace.
+fn tls_certificates(
+    ing: &Ingress,
+    refs: &Resolver<'_>,
+    diags: &mut Diagnostics,
+) -> Vec<ListenerCertificate> {
+    let object = ObjectRef::new("Ingress", &ing.metadata);
+    let ns = ing.metadata.namespace.as_deref().unwrap_or("default");
+    let mut out = Vec::new();
+    for (i, t) in ing
+        .spec
+        .iter()
+        .flat_map(|s| s.tls.iter().flatten())
+        .enumerate()
+    {
+        let Some(secret) = t.secret_name.as_deref().filter(|s| !s.is_empty()) else {
+            diags.error(
+                &object,
+                format!("spec.tls[{i}]: secretName is required; entry skipped"),
+            );
+            continue;
+        };
+        let (cert, key) = match refs.tls_secret(ns, secret) {
+            Ok(pair) => pair,
+            Err(e) => {
+                diags.error(
+                    &object,
+                    format!("spec.tls[{i}]: {e}; these hosts get no certificate"),
+                );
+                continue;
+            }
+        };
+        let hosts = t.hosts.as_deref().unwrap_or(&[]);
+        let patterns: Vec<HostPattern> = if hosts.is_empty() {
+            vec![HostPattern::Any]
+        } else {
+            hosts
+                .iter()
+                .filter_map(|h| match HostPattern::ingress(h) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        diags.error(&object, format!("spec.tls[{i}].hosts: {e}; host skipped"));
+                        None
+                    }
+                })
+                .collect()
+        };
+        for hostname in patterns {
+            out.push(ListenerCertificate {
+                hostname,
+                source: format!("Secret {ns}/{secret}"),
+                cert_pem: cert.clone(),
+                key_pem: key.clone(),
+            });
+        }
+    }
+    out
 }
 
 fn created(ing: &Ingress) -> Option<i64> {
@@ -95,7 +185,7 @@ fn created(ing: &Ingress) -> Option<i64> {
 
 fn translate_one(
     ing: &Ingress,
-    opts: &Options,
+    keys: &[ListenerKey],
     refs: &Resolver<'_>,
     model: &mut ModelBuilder,
     diags: &mut Diagnostics,
@@ -127,12 +217,16 @@ fn translate_one(
                 diags,
             ))),
         };
-        if let Err(existing) = model.set_default_backend(opts.http_port, rule) {
-            let msg = format!(
-                "spec.defaultBackend is ignored: {} already sets the default backend (the oldest Ingress wins)",
-                existing.origin
-            );
-            diags.warning(&object, msg);
+        for (i, key) in keys.iter().enumerate() {
+            if let Err(existing) = model.set_default_backend(*key, rule.clone()) {
+                if i == 0 {
+                    let msg = format!(
+                        "spec.defaultBackend is ignored: {} already sets the default backend (the oldest Ingress wins)",
+                        existing.origin
+                    );
+                    diags.warning(&object, msg);
+                }
+            }
         }
     }
 
@@ -168,22 +262,20 @@ fn translate_one(
                 &format!("{field}.backend"),
                 diags,
             );
-            model.add_rule(
-                opts.http_port,
-                None,
-                host.clone(),
-                HttpRule {
-                    origin: origin(this),
-                    matches: vec![RouteMatch {
-                        path: m,
-                        method: None,
-                        headers: vec![],
-                        query_params: vec![],
-                    }],
-                    filters: vec![],
-                    action: Action::Forward(group(be)),
-                },
-            );
+            let rule = HttpRule {
+                origin: origin(this),
+                matches: vec![RouteMatch {
+                    path: m,
+                    method: None,
+                    headers: vec![],
+                    query_params: vec![],
+                }],
+                filters: vec![],
+                action: Action::Forward(group(be)),
+            };
+            for key in keys {
+                model.add_rule(*key, None, host.clone(), rule.clone());
+            }
         }
     }
 }

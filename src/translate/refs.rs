@@ -2,8 +2,8 @@
 //! ReferenceGrants for cross-namespace references.
 
 use crate::k8s::gw::ReferenceGrant;
-use crate::k8s::{EndpointSlice, Namespace, Service};
-use crate::model::{Endpoint, ServiceBackend};
+use crate::k8s::{ConfigMap, EndpointSlice, Namespace, Secret, Service};
+use crate::model::{Endpoint, Redacted, ServiceBackend};
 use crate::source::{HasMeta, Input};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -46,6 +46,16 @@ pub(crate) struct Resolver<'a> {
     slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
     namespaces: HashMap<&'a str, &'a Namespace>,
     grants: HashMap<&'a str, Vec<&'a ReferenceGrant>>,
+    secrets: HashMap<(&'a str, &'a str), &'a Secret>,
+    config_maps: HashMap<(&'a str, &'a str), &'a ConfigMap>,
+}
+
+/// The text of `key` in a Secret, from `data` (already base64-decoded) or `stringData` (files often use it).
+fn secret_value(s: &Secret, key: &str) -> Option<String> {
+    if let Some(v) = s.data.as_ref().and_then(|d| d.get(key)) {
+        return String::from_utf8(v.0.clone()).ok();
+    }
+    s.string_data.as_ref().and_then(|d| d.get(key)).cloned()
 }
 
 fn ns_name<T: HasMeta>(o: &T) -> (&str, &str) {
@@ -84,12 +94,62 @@ impl<'a> Resolver<'a> {
         for g in &input.reference_grants {
             grants.entry(ns_name(g.as_ref()).0).or_default().push(g);
         }
+        let secrets = input
+            .secrets
+            .iter()
+            .map(|s| (ns_name(s.as_ref()), s.as_ref()))
+            .collect();
+        let config_maps = input
+            .config_maps
+            .iter()
+            .map(|c| (ns_name(c.as_ref()), c.as_ref()))
+            .collect();
         Resolver {
             services,
             slices,
             namespaces,
             grants,
+            secrets,
+            config_maps,
         }
+    }
+
+    /// The certificate chain and key of a TLS Secret, checked to parse and to belong together.
+    pub(crate) fn tls_secret(&self, ns: &str, name: &str) -> Result<(String, Redacted), String> {
+        let s = self
+            .secrets
+            .get(&(ns, name))
+            .ok_or_else(|| format!("Secret {ns}/{name} not found"))?;
+        if let Some(t) = s.type_.as_deref() {
+            if t != "kubernetes.io/tls" && t != "Opaque" {
+                return Err(format!(
+                    "Secret {ns}/{name} is of type {t}, not kubernetes.io/tls"
+                ));
+            }
+        }
+        let cert = secret_value(s, "tls.crt")
+            .ok_or_else(|| format!("Secret {ns}/{name} has no tls.crt"))?;
+        let key = secret_value(s, "tls.key")
+            .ok_or_else(|| format!("Secret {ns}/{name} has no tls.key"))?;
+        crate::tls::parse_certified_key(cert.as_bytes(), key.as_bytes())
+            .map_err(|e| format!("Secret {ns}/{name}: {e}"))?;
+        Ok((cert, Redacted::new(key)))
+    }
+
+    /// The PEM CA bundle under `ca.crt` of a ConfigMap, checked to parse.
+    pub(crate) fn ca_config_map(&self, ns: &str, name: &str) -> Result<String, String> {
+        let c = self
+            .config_maps
+            .get(&(ns, name))
+            .ok_or_else(|| format!("ConfigMap {ns}/{name} not found"))?;
+        let pem = c
+            .data
+            .as_ref()
+            .and_then(|d| d.get("ca.crt"))
+            .ok_or_else(|| format!("ConfigMap {ns}/{name} has no ca.crt"))?;
+        crate::tls::parse_ca_bundle(pem.as_bytes())
+            .map_err(|e| format!("ConfigMap {ns}/{name}: {e}"))?;
+        Ok(pem.clone())
     }
 
     /// The Service, if it exists.

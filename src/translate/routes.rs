@@ -1,0 +1,280 @@
+//! Route attachment, shared by every route kind: parentRefs (Gateway or ListenerSet, sectionName, port),
+//! allowedRoutes, hostname intersection, attachedRoutes counting, and the route parent status.
+
+use super::gateway::{Gateways, ParentKind};
+use super::refs::Resolver;
+use super::status::{Condition, Named, ParentRef, RouteParentStatus, RouteStatus};
+use super::Diagnostics;
+use crate::k8s::GATEWAY_GROUP;
+use crate::model::HostPattern;
+use crate::source::ObjectRef;
+
+/// A parentRef as a route wrote it.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ParentRefView {
+    pub group: Option<String>,
+    pub kind: Option<String>,
+    pub name: String,
+    pub namespace: Option<String>,
+    pub section_name: Option<String>,
+    pub port: Option<i32>,
+}
+
+/// What attachment needs to know about a route.
+pub(crate) struct RouteView<'a> {
+    /// `HTTPRoute`, ...
+    pub kind: &'static str,
+    pub object: &'a ObjectRef,
+    pub ns: &'a str,
+    pub name: &'a str,
+    pub generation: Option<i64>,
+    /// Valid hostnames (empty = all).
+    pub hostnames: &'a [HostPattern],
+    pub parent_refs: Vec<ParentRefView>,
+}
+
+/// One listener a route attached to, with the hostnames it serves there.
+#[derive(Debug, Clone)]
+pub(crate) struct Attachment {
+    /// Index into [`Gateways::listeners`].
+    pub listener: usize,
+    /// Effective hostnames (route hostnames intersected with the listener hostname).
+    pub hostnames: Vec<HostPattern>,
+}
+
+/// The outcome of one parentRef that names a parent of ours.
+pub(crate) struct ParentOutcome {
+    parent_ref: ParentRef,
+    accepted: Result<(), (&'static str, String)>,
+}
+
+/// Resolves a route's parentRefs against our Gateways and ListenerSets. Returns the attachments (deduplicated
+/// per listener) and one outcome per parentRef of ours; counts attachedRoutes.
+pub(crate) fn attach(
+    route: &RouteView<'_>,
+    gws: &mut Gateways,
+    refs: &Resolver<'_>,
+    diags: &mut Diagnostics,
+) -> (Vec<Attachment>, Vec<ParentOutcome>) {
+    let route_kind = (GATEWAY_GROUP, route.kind);
+    let mut attachments: Vec<Attachment> = Vec::new();
+    let mut outcomes = Vec::new();
+    for (pi, p) in route.parent_refs.iter().enumerate() {
+        let group = p.group.as_deref().unwrap_or(GATEWAY_GROUP);
+        let kind = match (group, p.kind.as_deref().unwrap_or("Gateway")) {
+            (GATEWAY_GROUP, "Gateway") => ParentKind::Gateway,
+            (GATEWAY_GROUP, "ListenerSet") => ParentKind::ListenerSet,
+            _ => continue,
+        };
+        let pns = p.namespace.as_deref().unwrap_or(route.ns);
+        let Some(parent) = gws.parent(kind, pns, &p.name) else {
+            continue;
+        };
+        let field = format!("spec.parentRefs[{pi}] ({} {pns}/{})", kind.as_str(), p.name);
+        let parent_ref = ParentRef {
+            group: Some(group.to_string()),
+            kind: Some(kind.as_str().to_string()),
+            name: p.name.clone(),
+            namespace: Some(pns.to_string()),
+            section_name: p.section_name.clone(),
+            port: p.port,
+        };
+        let fail = |reason: &'static str, msg: String, diags: &mut Diagnostics| {
+            diags.error(route.object, format!("{field}: not attached: {msg}"));
+            ParentOutcome {
+                parent_ref: parent_ref.clone(),
+                accepted: Err((reason, msg)),
+            }
+        };
+        if !parent.accepted {
+            outcomes.push(fail(
+                "NotAllowedByParent",
+                "the ListenerSet is not accepted by its Gateway".into(),
+                diags,
+            ));
+            continue;
+        }
+        let selected: Vec<usize> = parent
+            .listeners
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let l = &gws.listeners[i];
+                p.section_name.as_deref().is_none_or(|s| s == l.name)
+                    && p.port.is_none_or(|port| i32::from(l.port) == port)
+            })
+            .collect();
+        if selected.is_empty() {
+            outcomes.push(fail(
+                "NoMatchingParent",
+                "no listener matches the sectionName/port".into(),
+                diags,
+            ));
+            continue;
+        }
+        let mut attached = false;
+        let (mut kind_refused, mut ns_refused, mut host_refused, mut not_ready) =
+            (false, false, false, false);
+        for i in selected {
+            let l = &gws.listeners[i];
+            if !l.ready {
+                not_ready = true;
+                continue;
+            }
+            if !l.allows_kind(route_kind) {
+                kind_refused = true;
+                continue;
+            }
+            if !l.allows_namespace(route.ns, refs) {
+                ns_refused = true;
+                continue;
+            }
+            let effective: Vec<HostPattern> = if route.hostnames.is_empty() {
+                vec![l.hostname.clone()]
+            } else {
+                route
+                    .hostnames
+                    .iter()
+                    .filter_map(|h| h.intersect(&l.hostname))
+                    .collect()
+            };
+            if effective.is_empty() {
+                host_refused = true;
+                continue;
+            }
+            attached = true;
+            gws.record_attachment(i, (route.kind, route.ns, route.name));
+            match attachments.iter_mut().find(|a| a.listener == i) {
+                Some(a) => {
+                    for h in effective {
+                        if !a.hostnames.contains(&h) {
+                            a.hostnames.push(h);
+                        }
+                    }
+                }
+                None => attachments.push(Attachment {
+                    listener: i,
+                    hostnames: effective,
+                }),
+            }
+        }
+        let outcome = if attached {
+            ParentOutcome {
+                parent_ref,
+                accepted: Ok(()),
+            }
+        } else if kind_refused {
+            fail(
+                "NotAllowedByListeners",
+                format!("no listener allows routes of kind {}", route.kind),
+                diags,
+            )
+        } else if ns_refused {
+            fail(
+                "NotAllowedByListeners",
+                format!("no listener's allowedRoutes admits namespace {}", route.ns),
+                diags,
+            )
+        } else if host_refused {
+            fail(
+                "NoMatchingListenerHostname",
+                "none of the route's hostnames intersects a listener hostname".into(),
+                diags,
+            )
+        } else if not_ready {
+            fail(
+                "NoMatchingParent",
+                "no listener of the parent is ready".into(),
+                diags,
+            )
+        } else {
+            fail("NoMatchingParent", "no listener matches".into(), diags)
+        };
+        outcomes.push(outcome);
+    }
+    (attachments, outcomes)
+}
+
+/// What rule translation found, for the route's conditions.
+#[derive(Debug, Default)]
+pub(crate) struct RuleReport {
+    /// The first unresolved reference: (reason, message) for `ResolvedRefs=False`.
+    pub unresolved: Option<(&'static str, String)>,
+    /// Rules that were refused (messages).
+    pub invalid_rules: Vec<String>,
+    /// How many rules there are in total.
+    pub total_rules: usize,
+}
+
+impl RuleReport {
+    /// Records an unresolved reference (the first one is reported in status).
+    pub(crate) fn unresolved(&mut self, reason: &'static str, message: impl Into<String>) {
+        if self.unresolved.is_none() {
+            self.unresolved = Some((reason, message.into()));
+        }
+    }
+}
+
+/// The route's status: one parent entry per parentRef of ours.
+pub(crate) fn route_status(
+    route: &RouteView<'_>,
+    outcomes: Vec<ParentOutcome>,
+    report: &RuleReport,
+    controller: &str,
+) -> Option<Named<RouteStatus>> {
+    if outcomes.is_empty() {
+        return None;
+    }
+    let g = route.generation;
+    let all_invalid = report.total_rules > 0 && report.invalid_rules.len() == report.total_rules;
+    let parents = outcomes
+        .into_iter()
+        .map(|o| {
+            let mut conditions = Vec::with_capacity(3);
+            conditions.push(match (&o.accepted, all_invalid) {
+                (Err((r, m)), _) => Condition::new("Accepted", false, r, m.clone(), g),
+                (Ok(()), true) => Condition::new(
+                    "Accepted",
+                    false,
+                    "UnsupportedValue",
+                    format!("every rule is invalid: {}", report.invalid_rules.join("; ")),
+                    g,
+                ),
+                (Ok(()), false) => {
+                    Condition::new("Accepted", true, "Accepted", "route accepted", g)
+                }
+            });
+            conditions.push(match &report.unresolved {
+                None => Condition::new(
+                    "ResolvedRefs",
+                    true,
+                    "ResolvedRefs",
+                    "all references resolved",
+                    g,
+                ),
+                Some((r, m)) => Condition::new("ResolvedRefs", false, r, m.clone(), g),
+            });
+            if !report.invalid_rules.is_empty() && !all_invalid {
+                conditions.push(Condition::new(
+                    "PartiallyInvalid",
+                    true,
+                    "UnsupportedValue",
+                    report.invalid_rules.join("; "),
+                    g,
+                ));
+            }
+            RouteParentStatus {
+                parent_ref: o.parent_ref,
+                controller_name: controller.to_string(),
+                conditions,
+            }
+        })
+        .collect();
+    Some(Named {
+        kind: Some(route.kind.to_string()),
+        namespace: Some(route.ns.to_string()),
+        name: route.name.to_string(),
+        status: RouteStatus { parents },
+    })
+}
