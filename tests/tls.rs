@@ -1,0 +1,403 @@
+//! End-to-end TLS: Ingress `spec.tls` and Gateway HTTPS listeners with certificates from Secrets, SNI selection,
+//! HTTP/2 by ALPN, 421 for misdirected requests, and frontend client-certificate validation.
+
+mod common;
+
+use anyhow::{Context, Result};
+use common::{echo, free_port, service_yaml, Proxy, CLASSES};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Ca {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn ca(name: &str) -> Result<Ca> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key)?;
+    Ok(Ca {
+        pem: cert.pem(),
+        issuer: Issuer::new(params, key),
+    })
+}
+
+/// A leaf certificate for `names`, signed by `ca`: (cert PEM, key PEM).
+fn leaf(ca: &Ca, names: &[&str]) -> Result<(String, String)> {
+    let key = KeyPair::generate()?;
+    let params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+    let cert = params.signed_by(&key, &ca.issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn indent(pem: &str) -> String {
+    pem.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+fn tls_secret(ns: &str, name: &str, cert: &(String, String)) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}---\n",
+        indent(&cert.0),
+        indent(&cert.1)
+    )
+}
+
+/// The result of one HTTPS request.
+struct TlsResponse {
+    alpn: Option<Vec<u8>>,
+    /// DER of the leaf certificate the server presented.
+    server_cert: Vec<u8>,
+    status: u16,
+    body: String,
+}
+
+/// One HTTP/1.1 request over TLS with `sni`, trusting `ca_pem`, offering ALPN h2 and http/1.1.
+fn https_get(
+    port: u16,
+    sni: &str,
+    host: &str,
+    path: &str,
+    ca_pem: &str,
+    client: Option<&(String, String)>,
+) -> Result<TlsResponse> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let mut config = match client {
+        Some((cert, key)) => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<_, _>>()?;
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes())?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from(sni.to_string())?)?;
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    // Complete the handshake before looking at ALPN.
+    tls.flush()?;
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(tls.sock)?;
+    }
+    let alpn = tls.conn.alpn_protocol().map(<[u8]>::to_vec);
+    let server_cert = tls
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .context("no server certificate")?;
+    if alpn.as_deref() == Some(b"h2") {
+        // Speaking HTTP/2 is not needed to check the negotiation.
+        return Ok(TlsResponse {
+            alpn,
+            server_cert,
+            status: 0,
+            body: String::new(),
+        });
+    }
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status line")?;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Ok(TlsResponse {
+        alpn,
+        server_cert,
+        status,
+        body,
+    })
+}
+
+/// Same as `https_get` but without ALPN h2, so an HTTP/1.1 exchange happens.
+fn https_get_h1(
+    port: u16,
+    sni: &str,
+    host: &str,
+    path: &str,
+    ca_pem: &str,
+    client: Option<&(String, String)>,
+) -> Result<TlsResponse> {
+    // The server prefers h2 when offered; offer only http/1.1 by asking with a different SNI-less config.
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let mut config = match client {
+        Some((cert, key)) => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<_, _>>()?;
+            builder.with_client_auth_cert(chain, PrivateKeyDer::from_pem_slice(key.as_bytes())?)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from(sni.to_string())?)?;
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    let read = tls.read_to_end(&mut raw);
+    if raw.is_empty() {
+        read?;
+    }
+    let alpn = tls.conn.alpn_protocol().map(<[u8]>::to_vec);
+    let server_cert = tls
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no status line in {text:?}"))?;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Ok(TlsResponse {
+        alpn,
+        server_cert,
+        status,
+        body,
+    })
+}
+
+fn der_of(pem: &str) -> Vec<u8> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .and_then(|c| c.ok())
+        .map(|c| c.to_vec())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_tls_and_gateway_https() -> Result<()> {
+    let web = echo("web-7d9f8b6c4-aaaaa", "shop").await?;
+    let api = echo("api-5c6d7e8f9-bbbbb", "shop").await?;
+    let ca = ca("test ca")?;
+    let shop_cert = leaf(&ca, &["shop.example.com"])?;
+    let wild_cert = leaf(&ca, &["*.example.org"])?;
+    let client_ca = ca_pem_and_client()?;
+
+    let http = free_port();
+    let https = free_port();
+    let gw_port = free_port();
+    let mtls_port = free_port();
+    let yaml = format!(
+        "{CLASSES}{}{}{}{}{}
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: client-ca, namespace: shop}}
+data:
+  ca.crt: |
+{}---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: shop, namespace: shop}}
+spec:
+  tls:
+  - hosts: [shop.example.com]
+    secretName: shop-tls
+  rules:
+  - host: shop.example.com
+    http:
+      paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: shop}}
+spec:
+  gatewayClassName: portcullis
+  listeners:
+  - name: exact
+    port: {gw_port}
+    protocol: HTTPS
+    hostname: shop.example.com
+    tls: {{certificateRefs: [{{name: shop-tls}}]}}
+  - name: wildcard
+    port: {gw_port}
+    protocol: HTTPS
+    hostname: \"*.example.org\"
+    tls: {{certificateRefs: [{{name: wild-tls}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: mtls, namespace: shop}}
+spec:
+  gatewayClassName: portcullis
+  tls:
+    frontend:
+      default:
+        validation:
+          caCertificateRefs: [{{group: \"\", kind: ConfigMap, name: client-ca}}]
+  listeners:
+  - name: https
+    port: {mtls_port}
+    protocol: HTTPS
+    tls: {{certificateRefs: [{{name: shop-tls}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: api, namespace: shop}}
+spec:
+  parentRefs: [{{name: gw}}, {{name: mtls}}]
+  rules:
+  - backendRefs: [{{name: api, port: 80}}]
+",
+        service_yaml("shop", "web", 80, &[&web]),
+        service_yaml("shop", "api", 80, &[&api]),
+        tls_secret("shop", "shop-tls", &shop_cert),
+        tls_secret("shop", "wild-tls", &wild_cert),
+        "",
+        indent(&client_ca.0)
+    );
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("all.yaml"), yaml)?;
+    let proxy = Proxy::start(dir.path(), http, &["--https-port", &https.to_string()])?;
+    let ca_pem = ca.pem.clone();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        // Ingress TLS on the HTTPS port, HTTP/2 offered by ALPN.
+        let r = https_get(
+            https,
+            "shop.example.com",
+            "shop.example.com",
+            "/",
+            &ca_pem,
+            None,
+        )?;
+        assert_eq!(r.alpn.as_deref(), Some(&b"h2"[..]));
+        assert_eq!(r.server_cert, der_of(&shop_cert.0));
+        let r = https_get_h1(
+            https,
+            "shop.example.com",
+            "shop.example.com",
+            "/x",
+            &ca_pem,
+            None,
+        )?;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(
+            r.body.contains("\"pod\": \"web-7d9f8b6c4-aaaaa\""),
+            "{}",
+            r.body
+        );
+        assert!(
+            r.body.contains("\"X-Forwarded-Proto\": [\n   \"https\""),
+            "{}",
+            r.body
+        );
+        // The same host stays reachable over plain HTTP.
+        assert_eq!(proxy.get("shop.example.com", "/x")?.status, 200);
+
+        // Gateway HTTPS listener: the certificate is chosen by SNI, most specific first.
+        let r = https_get_h1(
+            gw_port,
+            "shop.example.com",
+            "shop.example.com",
+            "/",
+            &ca_pem,
+            None,
+        )?;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.server_cert, der_of(&shop_cert.0));
+        assert!(r.body.contains("api-5c6d7e8f9-bbbbb"));
+        let r = https_get_h1(
+            gw_port,
+            "a.example.org",
+            "a.example.org",
+            "/",
+            &ca_pem,
+            None,
+        )?;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.server_cert, der_of(&wild_cert.0));
+        // A request whose Host belongs to another listener than its SNI: 421.
+        let r = https_get_h1(
+            gw_port,
+            "a.example.org",
+            "shop.example.com",
+            "/",
+            &ca_pem,
+            None,
+        )?;
+        assert_eq!(r.status, 421);
+
+        // Client-certificate validation: no certificate, no connection; a valid one gets through.
+        assert!(https_get_h1(
+            mtls_port,
+            "shop.example.com",
+            "shop.example.com",
+            "/",
+            &ca_pem,
+            None
+        )
+        .is_err());
+        let r = https_get_h1(
+            mtls_port,
+            "shop.example.com",
+            "shop.example.com",
+            "/",
+            &ca_pem,
+            Some(&client_ca.1),
+        )?;
+        assert_eq!(r.status, 200);
+
+        // Status: the listeners are programmed and the route attached to both Gateways.
+        let st: serde_json::Value = serde_json::from_slice(&proxy.admin("/status")?.body)?;
+        let gw = st["gateways"]
+            .as_array()
+            .and_then(|g| g.iter().find(|g| g["name"] == "gw"))
+            .context("gateway status")?;
+        for l in gw["status"]["listeners"].as_array().context("listeners")? {
+            assert_eq!(l["attachedRoutes"], 1, "{l}");
+            assert!(l["conditions"].as_array().is_some_and(|c| c
+                .iter()
+                .any(|c| c["type"] == "Programmed" && c["status"] == "True")));
+        }
+        Ok(())
+    })
+    .await??;
+    Ok(())
+}
+
+/// A client CA (PEM) and a client certificate it signed.
+fn ca_pem_and_client() -> Result<(String, (String, String))> {
+    let ca = ca("client ca")?;
+    let client = leaf(&ca, &["client.example.com"])?;
+    Ok((ca.pem, client))
+}
