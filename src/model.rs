@@ -14,9 +14,9 @@ mod tls;
 
 pub use host::{HostPattern, HostPatternError};
 pub use rule::{
-    Action, Backend, BackendGroup, Endpoint, Filter, HeaderMatch, HeaderModifier, HttpRule, Origin,
-    OriginKind, PathMatch, PathModifier, QueryParamMatch, Redirect, RouteMatch, ServiceBackend,
-    StringMatch, WeightedBackend,
+    Action, Backend, BackendGroup, BackendProtocol, Cors, Endpoint, Filter, HeaderMatch,
+    HeaderModifier, HttpRule, Mirror, Origin, OriginKind, PathMatch, PathModifier, QueryParamMatch,
+    Redirect, Retry, RouteMatch, ServiceBackend, StringMatch, Timeouts, WeightedBackend,
 };
 
 pub use tls::{ClientValidation, ListenerCertificate, ListenerTls, Redacted};

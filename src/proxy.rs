@@ -8,5 +8,6 @@
 
 pub mod http;
 pub mod listeners;
+pub mod mirror;
 
 pub use listeners::{accept_loop, bind, Connections, Handshake, ListenerManager, ListenerState};

@@ -56,6 +56,15 @@ fn filter_text(f: &Filter) -> String {
             }
             format!("rewrite({})", parts.join(" "))
         }
+        Filter::RequestMirror(m) => {
+            let share = if m.per_million >= 1_000_000 {
+                String::new()
+            } else {
+                format!(" {}%", f64::from(m.per_million) / 10_000.0)
+            };
+            format!("mirror({}{share})", m.backend)
+        }
+        Filter::Cors(c) => format!("cors(origins={})", c.allow_origins.join(",")),
     }
 }
 

@@ -11,8 +11,8 @@ pub use hosts::HostIndex;
 pub use matcher::RequestParts;
 
 use crate::model::{
-    precedence, Action, Backend, BackendGroup, Filter, HostPattern, HttpRule, Model, Origin,
-    Protocol, Redirect,
+    precedence, Action, Backend, BackendGroup, BackendProtocol, Cors, Filter, HostPattern,
+    HttpRule, Model, Origin, Protocol, Redirect, Retry, Timeouts,
 };
 use matcher::Matcher;
 use std::collections::HashMap;
@@ -72,10 +72,108 @@ impl RouteEntry {
 pub struct CompiledRule {
     /// Where it came from.
     pub origin: Origin,
-    /// Rule-level filters in order.
+    /// Rule-level filters in order (mirrors and CORS are also compiled into `mirrors` and `cors`).
     pub filters: Box<[Filter]>,
     /// What answers.
     pub action: CompiledAction,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Retry policy.
+    pub retry: Option<Retry>,
+    /// Request mirrors of the rule.
+    pub mirrors: Box<[CompiledMirror]>,
+    /// CORS settings of the rule.
+    pub cors: Option<CompiledCors>,
+}
+
+/// A request mirror ready to use.
+#[derive(Debug)]
+pub struct CompiledMirror {
+    /// Where copies go.
+    pub target: Target,
+    /// Share of requests mirrored, in millionths.
+    pub per_million: u32,
+}
+
+impl CompiledMirror {
+    /// Should this request be mirrored (a random draw against the share)?
+    pub fn sample(&self) -> bool {
+        self.per_million >= 1_000_000 || fastrand::u32(0..1_000_000) < self.per_million
+    }
+}
+
+fn compile_mirrors(filters: &[Filter]) -> Box<[CompiledMirror]> {
+    filters
+        .iter()
+        .filter_map(|f| match f {
+            Filter::RequestMirror(m) => Some(CompiledMirror {
+                target: Target::new(&m.backend),
+                per_million: m.per_million,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An allowed CORS origin.
+#[derive(Debug, Clone)]
+enum OriginPattern {
+    Any,
+    /// Exact origin, lowercase.
+    Exact(String),
+    /// `scheme://*.suffix` (one or more labels).
+    Wildcard {
+        scheme: String,
+        suffix: String,
+    },
+}
+
+/// A CORS filter ready to use.
+#[derive(Debug)]
+pub struct CompiledCors {
+    origins: Vec<OriginPattern>,
+    /// The settings.
+    pub cors: Cors,
+}
+
+impl CompiledCors {
+    fn new(cors: &Cors) -> Self {
+        let origins = cors
+            .allow_origins
+            .iter()
+            .map(|o| {
+                let o = o.to_ascii_lowercase();
+                if o == "*" {
+                    return OriginPattern::Any;
+                }
+                match o.split_once("://") {
+                    Some((scheme, host)) if host.starts_with("*.") => OriginPattern::Wildcard {
+                        scheme: scheme.to_string(),
+                        suffix: host[1..].to_string(),
+                    },
+                    _ => OriginPattern::Exact(o),
+                }
+            })
+            .collect();
+        CompiledCors {
+            origins,
+            cors: cors.clone(),
+        }
+    }
+
+    /// Is `origin` (the request's `Origin` header) allowed?
+    pub fn allows(&self, origin: &str) -> bool {
+        let origin = origin.to_ascii_lowercase();
+        self.origins.iter().any(|p| match p {
+            OriginPattern::Any => true,
+            OriginPattern::Exact(o) => *o == origin,
+            OriginPattern::Wildcard { scheme, suffix } => {
+                origin.split_once("://").is_some_and(|(s, host)| {
+                    s == scheme && host.ends_with(suffix.as_str()) && host.len() > suffix.len()
+                })
+            }
+        })
+    }
 }
 
 /// What answers a matched request.
@@ -106,6 +204,7 @@ impl WeightedBackends {
             backends.push(CompiledBackend {
                 target: Target::new(&b.backend),
                 filters: b.filters.clone().into_boxed_slice(),
+                mirrors: compile_mirrors(&b.filters),
             });
         }
         WeightedBackends {
@@ -142,6 +241,8 @@ pub struct CompiledBackend {
     pub target: Target,
     /// Backend-level filters.
     pub filters: Box<[Filter]>,
+    /// Backend-level request mirrors.
+    pub mirrors: Box<[CompiledMirror]>,
 }
 
 /// A backend target.
@@ -169,6 +270,7 @@ impl Target {
                     .collect(),
                 next: AtomicUsize::new(0),
                 service: format!("{}/{}:{}", s.namespace, s.name, s.port).into_boxed_str(),
+                protocol: s.protocol,
             }),
             Backend::Invalid { status, reason } => Target::Status {
                 status: *status,
@@ -185,6 +287,8 @@ pub struct Endpoints {
     next: AtomicUsize,
     /// `namespace/name:port`, for logs.
     pub service: Box<str>,
+    /// What the endpoints speak.
+    pub protocol: BackendProtocol,
 }
 
 impl Endpoints {
@@ -336,6 +440,13 @@ fn compile_rule(rule: &HttpRule) -> Result<Arc<CompiledRule>, CompileError> {
         origin: rule.origin.clone(),
         filters: rule.filters.clone().into_boxed_slice(),
         action,
+        timeouts: rule.timeouts,
+        retry: rule.retry.clone(),
+        mirrors: compile_mirrors(&rule.filters),
+        cors: rule.filters.iter().find_map(|f| match f {
+            Filter::Cors(c) => Some(CompiledCors::new(c)),
+            _ => None,
+        }),
     }))
 }
 

@@ -157,6 +157,8 @@ mod tests {
             matches: vec![m],
             filters: vec![],
             action: Action::Forward(BackendGroup { backends: vec![] }),
+            timeouts: Default::default(),
+            retry: None,
         }
     }
 

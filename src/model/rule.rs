@@ -76,6 +76,43 @@ pub struct HttpRule {
     pub filters: Vec<Filter>,
     /// What answers the request.
     pub action: Action,
+    /// Request and per-attempt timeouts.
+    #[serde(skip_serializing_if = "Timeouts::is_empty")]
+    pub timeouts: Timeouts,
+    /// Retries of failed attempts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+}
+
+/// HTTPRoute `timeouts`, in milliseconds. `None` means no timeout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Timeouts {
+    /// From the start of the request to the end of the response, retries included (504 when it passes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_ms: Option<u64>,
+    /// For each attempt to a backend (504 when it passes, and retried if the rule retries).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend_request_ms: Option<u64>,
+}
+
+impl Timeouts {
+    /// No timeout set.
+    pub fn is_empty(&self) -> bool {
+        self.request_ms.is_none() && self.backend_request_ms.is_none()
+    }
+}
+
+/// HTTPRoute `retry`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Retry {
+    /// How many times a failed attempt is retried (so at most `attempts + 1` attempts).
+    pub attempts: u32,
+    /// Response statuses that are retried. Connection errors and backend timeouts are always retried.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<u16>,
+    /// Pause before each retry, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff_ms: Option<u64>,
 }
 
 /// Conditions a request must meet (AND).
@@ -219,6 +256,39 @@ pub enum Filter {
         #[serde(skip_serializing_if = "Option::is_none")]
         path: Option<PathModifier>,
     },
+    /// Send a copy of the request to another backend; its response is discarded.
+    RequestMirror(Mirror),
+    /// Answer CORS preflight requests and add CORS headers to responses.
+    Cors(Cors),
+}
+
+/// A request mirror.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Mirror {
+    /// Where copies go.
+    pub backend: Backend,
+    /// Share of requests mirrored, in millionths (1_000_000 = all).
+    pub per_million: u32,
+}
+
+/// CORS settings (HTTPRoute `CORS` filter).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Cors {
+    /// Allowed origins: `*`, exact origins (`https://a.com`), or with a wildcard host (`https://*.a.com`).
+    pub allow_origins: Vec<String>,
+    /// Allowed methods (`*` allowed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    /// Allowed request headers (`*` allowed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    /// Response headers exposed to the page.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    /// `Access-Control-Allow-Credentials: true`.
+    pub allow_credentials: bool,
+    /// Preflight cache lifetime in seconds.
+    pub max_age: u32,
 }
 
 /// Header changes, applied in the order set, add, remove (as Gateway API defines them).
@@ -320,6 +390,26 @@ pub struct ServiceBackend {
     pub port: u16,
     /// Ready endpoints, sorted.
     pub endpoints: Vec<Endpoint>,
+    /// What the backend speaks (from the Service port's `appProtocol`).
+    #[serde(skip_serializing_if = "BackendProtocol::is_default")]
+    pub protocol: BackendProtocol,
+}
+
+/// The application protocol of a backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+pub enum BackendProtocol {
+    /// HTTP/1.1 (upgrades such as WebSocket pass through).
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge (`appProtocol: kubernetes.io/h2c`).
+    H2c,
+}
+
+impl BackendProtocol {
+    /// `true` for HTTP/1.1.
+    pub fn is_default(&self) -> bool {
+        *self == BackendProtocol::Http1
+    }
 }
 
 /// One ready endpoint.

@@ -2,13 +2,19 @@
 //!
 //! Phases:
 //! - `request_filter`: load the snapshot (the only shared-state access of the request), find the route, and answer
-//!   directly when the route says so (404, redirect, 500/503 for invalid backends); otherwise pick the backend and
-//!   endpoint.
-//! - `upstream_peer`: the chosen endpoint.
-//! - `upstream_request_filter`: `X-Forwarded-*`, rule and backend filters (header modifiers, URL rewrite).
-//! - `response_filter`: response header modifiers.
+//!   directly when the route says so (404, 421, redirects, CORS preflights, 500/503 for invalid backends);
+//!   otherwise pick the backend and endpoint, and note the request deadline.
+//! - `upstream_peer`: the chosen endpoint (a fresh one on each retry), with the per-attempt timeout.
+//! - `upstream_request_filter`: `X-Forwarded-*`, rule and backend filters (header modifiers, URL rewrite), then
+//!   the request mirrors start with the headers as sent upstream.
+//! - `request_body_filter`: body chunks are copied to the mirrors.
+//! - `upstream_response_filter`: retry on the statuses the rule's retry policy names.
+//! - `response_filter`: response header modifiers and CORS headers.
+//! - `error_while_proxy` / `fail_to_connect` / `fail_to_proxy`: retries of connection errors and timeouts, and
+//!   the status the client gets (504 for timeouts).
 
-use crate::model::{Filter, HeaderModifier, PathModifier, Redirect};
+use super::mirror::{MirrorBodies, Mirrors};
+use crate::model::{BackendProtocol, Cors, Filter, HeaderModifier, PathModifier, Redirect};
 use crate::router::{
     normalize_host, CompiledAction, CompiledBackend, Lookup, RequestParts, RouteEntry, Target,
 };
@@ -21,9 +27,10 @@ use http::{HeaderValue, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::proxy::FailToProxy;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long connecting to an endpoint may take before the request fails with 502.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,6 +41,7 @@ pub struct HttpApp {
     address: Option<IpAddr>,
     port: u16,
     tls: bool,
+    mirrors: Mirrors,
 }
 
 impl HttpApp {
@@ -44,6 +52,7 @@ impl HttpApp {
             address: key.0,
             port: key.1,
             tls,
+            mirrors: Mirrors::default(),
         }
     }
 }
@@ -67,9 +76,35 @@ pub struct Ctx {
     entry: Option<Arc<RouteEntry>>,
     backend: usize,
     peer: Option<SocketAddr>,
+    /// Attempts made so far (1 on the first try).
+    attempts: u32,
+    /// When the request timeout passes.
+    deadline: Option<Instant>,
+    /// The request's `Origin`, when the rule has CORS and the origin is allowed.
+    cors_origin: Option<HeaderValue>,
+    mirrors: MirrorBodies,
+    mirrors_started: bool,
 }
 
 impl Ctx {
+    /// May a failed attempt be tried again (retry policy, attempts left, deadline not passed)?
+    fn can_retry(&self) -> bool {
+        let Some(entry) = &self.entry else {
+            return false;
+        };
+        let Some(r) = &entry.rule.retry else {
+            return false;
+        };
+        self.attempts <= r.attempts && self.deadline.is_none_or(|d| Instant::now() < d)
+    }
+
+    fn retry_codes(&self) -> &[u16] {
+        self.entry
+            .as_ref()
+            .and_then(|e| e.rule.retry.as_ref())
+            .map_or(&[][..], |r| r.codes.as_slice())
+    }
+
     fn backend(&self) -> Option<&CompiledBackend> {
         match &self.entry.as_ref()?.rule.action {
             CompiledAction::Forward(w) => w.backends().get(self.backend),
@@ -249,7 +284,7 @@ fn apply_request_filters(
                     req.set_raw_path(target.as_bytes())?;
                 }
             }
-            Filter::ResponseHeaderModifier(_) => {}
+            Filter::ResponseHeaderModifier(_) | Filter::RequestMirror(_) | Filter::Cors(_) => {}
         }
     }
     Ok(())
@@ -260,6 +295,80 @@ fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
         PingoraAddr::Inet(a) => Some(a.ip()),
         _ => None,
     }
+}
+
+/// Is this a CORS preflight (an OPTIONS request with `Origin` and `Access-Control-Request-Method`)?
+fn is_preflight(req: &RequestHeader) -> bool {
+    req.method == http::Method::OPTIONS
+        && req.headers.contains_key(http::header::ORIGIN)
+        && req
+            .headers
+            .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+/// Answers an allowed CORS preflight without contacting a backend.
+async fn respond_preflight(
+    session: &mut Session,
+    cors: &Cors,
+    origin: HeaderValue,
+) -> Result<bool> {
+    let req = session.req_header();
+    let mut resp = ResponseHeader::build(StatusCode::OK, Some(8))?;
+    resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin)?;
+    // A wildcard is answered with what was asked for, which is valid with and without credentials.
+    let requested_method = req
+        .headers
+        .get(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+        .cloned();
+    if cors.allow_methods.iter().any(|m| m == "*") {
+        if let Some(m) = requested_method {
+            resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_METHODS, m)?;
+        }
+    } else if !cors.allow_methods.is_empty() {
+        resp.insert_header(
+            http::header::ACCESS_CONTROL_ALLOW_METHODS,
+            cors.allow_methods.join(", "),
+        )?;
+    }
+    let requested_headers = req
+        .headers
+        .get(http::header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .cloned();
+    if cors.allow_headers.iter().any(|h| h == "*") {
+        if let Some(h) = requested_headers {
+            resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_HEADERS, h)?;
+        }
+    } else if !cors.allow_headers.is_empty() {
+        resp.insert_header(
+            http::header::ACCESS_CONTROL_ALLOW_HEADERS,
+            cors.allow_headers.join(", "),
+        )?;
+    }
+    if !cors.expose_headers.is_empty() {
+        resp.insert_header(
+            http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            cors.expose_headers.join(", "),
+        )?;
+    }
+    resp.insert_header(
+        http::header::ACCESS_CONTROL_MAX_AGE,
+        cors.max_age.to_string(),
+    )?;
+    if cors.allow_credentials {
+        resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")?;
+    }
+    resp.insert_header(http::header::VARY, "Origin")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    session.write_response_header(Box::new(resp), true).await?;
+    Ok(true)
+}
+
+/// Does the request carry a body (so mirrors must wait for it)?
+fn has_body(req: &RequestHeader) -> bool {
+    req.headers
+        .get(http::header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || req.headers.contains_key(http::header::TRANSFER_ENCODING)
 }
 
 #[async_trait]
@@ -291,6 +400,16 @@ impl ProxyHttp for HttpApp {
             Lookup::NotFound => return respond(session, 404, None).await,
             Lookup::Misdirected => return respond(session, 421, None).await,
         };
+        // CORS: answer allowed preflights here; remember allowed origins for the response.
+        if let Some(cors) = &entry.rule.cors {
+            let origin = req.headers.get(http::header::ORIGIN).cloned();
+            if let Some(origin) = origin.filter(|o| o.to_str().is_ok_and(|o| cors.allows(o))) {
+                if is_preflight(req) {
+                    return respond_preflight(session, &cors.cors, origin).await;
+                }
+                ctx.cors_origin = Some(origin);
+            }
+        }
         let outcome = match &entry.rule.action {
             CompiledAction::Redirect(rd) => {
                 let loc = location(rd, req, self.tls, self.port, entry.matched_prefix());
@@ -317,12 +436,20 @@ impl ProxyHttp for HttpApp {
                 },
             },
         };
+        if let Some(ms) = entry.rule.timeouts.request_ms {
+            ctx.deadline = Some(Instant::now() + Duration::from_millis(ms));
+        }
+        let retries = entry.rule.retry.is_some();
         ctx.snap = Some(snap);
         ctx.entry = Some(entry);
         match outcome {
             Ok((index, addr)) => {
                 ctx.backend = index;
                 ctx.peer = Some(addr);
+                if retries {
+                    // Keep the request body so that a retry can send it again.
+                    session.enable_retry_buffering();
+                }
                 Ok(false)
             }
             Err((status, loc)) => respond(session, status, loc).await,
@@ -330,11 +457,50 @@ impl ProxyHttp for HttpApp {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        ctx.attempts += 1;
+        if ctx.attempts > 1 {
+            // A retry: back off if the policy says so, and move to the next endpoint.
+            let backoff = ctx
+                .entry
+                .as_ref()
+                .and_then(|e| e.rule.retry.as_ref())
+                .and_then(|r| r.backoff_ms);
+            if let Some(ms) = backoff {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            if let Some(Target::Endpoints(eps)) = ctx.backend().map(|b| &b.target) {
+                if let Some(next) = eps.next() {
+                    ctx.peer = Some(next);
+                }
+            }
+        }
         let addr = ctx
             .peer
             .ok_or_else(|| Error::explain(HTTPStatus(500), "no endpoint chosen"))?;
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
+        if let Some(Target::Endpoints(eps)) = ctx.backend().map(|b| &b.target) {
+            if eps.protocol == BackendProtocol::H2c {
+                peer.options.set_http_version(2, 2);
+            }
+        }
+        // The attempt may last the backend timeout, and no longer than what is left of the request timeout.
+        let mut limit = ctx
+            .entry
+            .as_ref()
+            .and_then(|e| e.rule.timeouts.backend_request_ms)
+            .map(Duration::from_millis);
+        if let Some(deadline) = ctx.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::explain(HTTPStatus(504), "request timeout"));
+            }
+            limit = Some(limit.map_or(left, |l| l.min(left)));
+        }
+        if let Some(l) = limit {
+            peer.options.read_timeout = Some(l);
+            peer.options.write_timeout = Some(l);
+        }
         Ok(Box::new(peer))
     }
 
@@ -364,13 +530,62 @@ impl ProxyHttp for HttpApp {
             upstream.insert_header("x-forwarded-host", h)?;
         }
 
-        let Some(entry) = ctx.entry.as_ref() else {
+        let Some(entry) = ctx.entry.clone() else {
             return Ok(());
         };
         let prefix = entry.matched_prefix();
         apply_request_filters(&entry.rule.filters, upstream, prefix)?;
         if let Some(b) = ctx.backend() {
             apply_request_filters(&b.filters, upstream, prefix)?;
+        }
+        // Mirrors get the request as it goes upstream, once (not again on retries).
+        if !ctx.mirrors_started {
+            ctx.mirrors_started = true;
+            let body = has_body(upstream);
+            self.mirrors
+                .start(&entry.rule.mirrors, upstream, body, &mut ctx.mirrors);
+            if let CompiledAction::Forward(w) = &entry.rule.action {
+                if let Some(b) = w.backends().get(ctx.backend) {
+                    self.mirrors
+                        .start(&b.mirrors, upstream, body, &mut ctx.mirrors);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if !ctx.mirrors.is_empty() {
+            if let Some(chunk) = body.as_ref() {
+                ctx.mirrors.send(chunk);
+            }
+            if end_of_stream {
+                ctx.mirrors.finish();
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let status = resp.status.as_u16();
+        if ctx.retry_codes().contains(&status) && ctx.can_retry() {
+            let mut e = Error::explain(
+                HTTPStatus(status),
+                "retrying: the retry policy names this status",
+            );
+            e.set_retry(true);
+            return Err(e);
         }
         Ok(())
     }
@@ -396,7 +611,87 @@ impl ProxyHttp for HttpApp {
                 }
             }
         }
+        if let (Some(origin), Some(cors)) = (ctx.cors_origin.clone(), entry.rule.cors.as_ref()) {
+            let cors = &cors.cors;
+            resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin)?;
+            if cors.allow_credentials {
+                resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")?;
+            }
+            if !cors.expose_headers.is_empty() {
+                resp.insert_header(
+                    http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                    cors.expose_headers.join(", "),
+                )?;
+            }
+            resp.append_header(http::header::VARY, "Origin")?;
+        }
         Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if ctx.can_retry() {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if ctx.entry.as_ref().is_some_and(|en| en.rule.retry.is_some()) {
+            // The route's policy decides: connection errors and timeouts are retried while attempts last,
+            // unless the request body could not be kept for a retry.
+            let retry = ctx.can_retry() && !session.as_ref().retry_buffer_truncated();
+            e.set_retry(retry);
+        } else if !session.req_header().method.is_idempotent()
+            || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            // Pingora's default: a reused upstream connection that failed may be retried once.
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = match e.etype() {
+            HTTPStatus(code) => *code,
+            ConnectTimedout | ReadTimedout | WriteTimedout => 504,
+            _ => match e.esource() {
+                // Retries used up on connection errors: the backend is unavailable.
+                ErrorSource::Upstream
+                    if ctx.entry.as_ref().is_some_and(|en| en.rule.retry.is_some()) =>
+                {
+                    503
+                }
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    WriteError | ReadError | ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 {
+            let _ = respond(session, code, None).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 }
 

@@ -20,9 +20,9 @@ use crate::k8s::gw::types::{
 use crate::k8s::gw::HTTPRoute;
 use crate::k8s::GATEWAY_GROUP;
 use crate::model::{
-    Action, Backend, BackendGroup, Filter, HeaderMatch, HeaderModifier, HostPattern, HttpRule,
-    Origin, OriginKind, PathMatch, PathModifier, QueryParamMatch, Redirect, RouteMatch,
-    StringMatch, WeightedBackend,
+    Action, Backend, BackendGroup, Cors, Filter, HeaderMatch, HeaderModifier, HostPattern,
+    HttpRule, Mirror, Origin, OriginKind, PathMatch, PathModifier, QueryParamMatch, Redirect,
+    Retry, RouteMatch, StringMatch, Timeouts, WeightedBackend,
 };
 use crate::source::{Input, ObjectRef};
 
@@ -142,10 +142,10 @@ fn translate_rule(
     report: &mut RuleReport,
 ) -> Option<HttpRule> {
     let field = format!("spec.rules[{}]", origin.rule);
-    let mut invalid = |diags: &mut Diagnostics, msg: String| {
+    fn refuse(diags: &mut Diagnostics, report: &mut RuleReport, object: &ObjectRef, msg: String) {
         diags.error(object, format!("{msg}; rule skipped"));
         report.invalid_rules.push(msg);
-    };
+    }
     let mut matches = Vec::new();
     match r.matches.as_deref() {
         None | Some([]) => matches.push(RouteMatch::any()),
@@ -161,7 +161,7 @@ fn translate_rule(
         }
     }
     if matches.is_empty() {
-        invalid(diags, format!("{field}: no valid match"));
+        refuse(diags, report, object, format!("{field}: no valid match"));
         return None;
     }
     let all_prefix = matches
@@ -171,16 +171,35 @@ fn translate_rule(
     let mut filters = Vec::new();
     let mut redirect = None;
     let mut unsupported = None;
+    let route_ns = object.namespace.as_deref().unwrap_or("default");
+    let cx = FilterCtx {
+        all_prefix,
+        route_ns,
+        refs,
+    };
     for (fi, f) in r.filters.iter().flatten().enumerate() {
         let ffield = format!("{field}.filters[{fi}]");
-        match translate_filter(f, all_prefix) {
+        match translate_filter(f, &cx) {
             Ok(FilterOut::Filter(f)) => filters.push(f),
             Ok(FilterOut::Redirect(rd)) => redirect = Some(rd),
             Ok(FilterOut::Unsupported(name)) => unsupported = Some(name),
             Err(e) => {
-                invalid(diags, format!("{ffield}: {e}"));
+                refuse(diags, report, object, format!("{ffield}: {e}"));
                 return None;
             }
+        }
+    }
+    for (fi, f) in filters.iter().enumerate() {
+        if let Filter::RequestMirror(Mirror {
+            backend: Backend::Invalid { reason, .. },
+            ..
+        }) = f
+        {
+            diags.warning(
+                object,
+                format!("{field}.filters: RequestMirror #{fi}: {reason}; no copies are sent"),
+            );
+            report.unresolved("BackendNotFound", reason.clone());
         }
     }
     if redirect.is_some()
@@ -188,16 +207,20 @@ fn translate_rule(
             .iter()
             .any(|f| matches!(f, Filter::UrlRewrite { .. }))
     {
-        invalid(
+        refuse(
             diags,
+            report,
+            object,
             format!("{field}: RequestRedirect and URLRewrite cannot be combined"),
         );
         return None;
     }
     // Gateway API CEL rule on HTTPRouteRule: "RequestRedirect filter must not be used together with backendRefs".
     if redirect.is_some() && r.backend_refs.as_ref().is_some_and(|b| !b.is_empty()) {
-        invalid(
+        refuse(
             diags,
+            report,
+            object,
             format!("{field}: RequestRedirect cannot be used together with backendRefs"),
         );
         return None;
@@ -232,11 +255,84 @@ fn translate_rule(
             report,
         ))
     };
+    let mut timeouts = Timeouts::default();
+    if let Some(t) = &r.timeouts {
+        for (name, value, slot) in [
+            ("request", &t.request, &mut timeouts.request_ms),
+            (
+                "backendRequest",
+                &t.backend_request,
+                &mut timeouts.backend_request_ms,
+            ),
+        ] {
+            if let Some(v) = value {
+                match parse_duration(v) {
+                    // "0s" disables the timeout.
+                    Ok(0) => {}
+                    Ok(ms) => *slot = Some(ms),
+                    Err(e) => {
+                        refuse(
+                            diags,
+                            report,
+                            object,
+                            format!("{field}.timeouts.{name}: {e}"),
+                        );
+                        return None;
+                    }
+                }
+            }
+        }
+        if let (Some(req), Some(be)) = (timeouts.request_ms, timeouts.backend_request_ms) {
+            if be > req {
+                diags.warning(
+                    object,
+                    format!(
+                        "{field}.timeouts: backendRequest is longer than request; request applies"
+                    ),
+                );
+            }
+        }
+    }
+    let retry = match &r.retry {
+        None => None,
+        Some(rt) => {
+            let backoff_ms = match rt.backoff.as_deref().map(parse_duration).transpose() {
+                Ok(b) => b,
+                Err(e) => {
+                    refuse(diags, report, object, format!("{field}.retry.backoff: {e}"));
+                    return None;
+                }
+            };
+            let mut codes = Vec::new();
+            for c in rt.codes.iter().flatten() {
+                match u16::try_from(*c) {
+                    Ok(c) if (400..=599).contains(&c) => codes.push(c),
+                    _ => {
+                        refuse(
+                            diags,
+                            report,
+                            object,
+                            format!("{field}.retry.codes: {c} is not a 4xx/5xx status"),
+                        );
+                        return None;
+                    }
+                }
+            }
+            let attempts = rt.attempts.unwrap_or(1).clamp(0, 100) as u32;
+            (attempts > 0).then_some(Retry {
+                attempts,
+                codes,
+                backoff_ms,
+            })
+        }
+    };
     Some(HttpRule {
         origin,
         matches,
         filters,
         action,
+        timeouts,
+        retry,
     })
 }
 
@@ -343,7 +439,18 @@ enum FilterOut {
     Unsupported(&'static str),
 }
 
-fn translate_filter(f: &HttpRouteRulesFilters, all_prefix: bool) -> Result<FilterOut, String> {
+/// What filter translation needs besides the filter itself.
+struct FilterCtx<'a, 'r> {
+    all_prefix: bool,
+    route_ns: &'a str,
+    refs: &'a Resolver<'r>,
+}
+
+fn translate_filter(
+    f: &HttpRouteRulesFilters,
+    cx: &FilterCtx<'_, '_>,
+) -> Result<FilterOut, String> {
+    let all_prefix = cx.all_prefix;
     match f.r#type {
         FilterType::RequestHeaderModifier => {
             let m = f
@@ -378,11 +485,117 @@ fn translate_filter(f: &HttpRouteRulesFilters, all_prefix: bool) -> Result<Filte
                 .ok_or("type URLRewrite needs urlRewrite")?;
             url_rewrite(rw, all_prefix).map(FilterOut::Filter)
         }
-        FilterType::RequestMirror => Ok(FilterOut::Unsupported("RequestMirror")),
-        FilterType::Cors => Ok(FilterOut::Unsupported("CORS")),
+        FilterType::RequestMirror => {
+            let m = f
+                .request_mirror
+                .as_ref()
+                .ok_or("type RequestMirror needs requestMirror")?;
+            mirror(m, cx).map(|m| FilterOut::Filter(Filter::RequestMirror(m)))
+        }
+        FilterType::Cors => {
+            let c = f.cors.as_ref().ok_or("type CORS needs cors")?;
+            Ok(FilterOut::Filter(Filter::Cors(Cors {
+                allow_origins: c.allow_origins.clone().unwrap_or_default(),
+                allow_methods: c.allow_methods.clone().unwrap_or_default(),
+                allow_headers: c.allow_headers.clone().unwrap_or_default(),
+                expose_headers: c.expose_headers.clone().unwrap_or_default(),
+                allow_credentials: c.allow_credentials.unwrap_or(false),
+                // The Gateway API default.
+                max_age: c.max_age.and_then(|a| u32::try_from(a).ok()).unwrap_or(5),
+            })))
+        }
         FilterType::ExtensionRef => Ok(FilterOut::Unsupported("ExtensionRef")),
         FilterType::ExternalAuth => Ok(FilterOut::Unsupported("ExternalAuth")),
     }
+}
+
+/// A RequestMirror: the mirrored Service (same reference rules as backendRefs) and the share of requests.
+fn mirror(
+    m: &crate::k8s::gw::types::HttpRouteRulesFiltersRequestMirror,
+    cx: &FilterCtx<'_, '_>,
+) -> Result<Mirror, String> {
+    let b = &m.backend_ref;
+    let group = b.group.as_deref().unwrap_or("");
+    let kind = b.kind.as_deref().unwrap_or("Service");
+    if !group.is_empty() || kind != "Service" {
+        return Err(format!(
+            "mirror backend kind {group}/{kind} is not supported"
+        ));
+    }
+    let ns = b.namespace.as_deref().unwrap_or(cx.route_ns);
+    if !cx
+        .refs
+        .grant_allows(ROUTE_KIND, cx.route_ns, ("", "Service"), ns, &b.name)
+    {
+        return Err(format!(
+            "mirror to Service {ns}/{} is not permitted: no ReferenceGrant allows it",
+            b.name
+        ));
+    }
+    let port = b
+        .port
+        .ok_or_else(|| format!("mirror to Service {ns}/{} needs a port", b.name))?;
+    let backend = match cx.refs.service_backend(ns, &b.name, PortRef::Number(port)) {
+        Ok(s) => Backend::Service(s),
+        Err(e) => Backend::Invalid {
+            status: if e.is_unavailable() { 503 } else { 500 },
+            reason: e.to_string(),
+        },
+    };
+    // `percent` or `fraction` (numerator / denominator, default denominator 100); neither means all.
+    let per_million = match (&m.percent, &m.fraction) {
+        (Some(p), _) => (i64::from((*p).clamp(0, 100)) * 10_000) as u32,
+        (None, Some(f)) => {
+            let den = i64::from(f.denominator.unwrap_or(100).max(1));
+            let num = i64::from(f.numerator.clamp(0, i32::MAX)).min(den);
+            (num * 1_000_000 / den) as u32
+        }
+        (None, None) => 1_000_000,
+    };
+    Ok(Mirror {
+        backend,
+        per_million,
+    })
+}
+
+/// A Gateway API duration (GEP-2257): one to four `<number><unit>` parts, units `h`, `m`, `s`, `ms`, e.g.
+/// `1h30m`, `500ms`, `0s`. Returns milliseconds.
+pub(crate) fn parse_duration(text: &str) -> Result<u64, String> {
+    let err = || format!("{text:?} is not a duration like 500ms, 10s, 1m30s");
+    let bytes = text.as_bytes();
+    if bytes.is_empty() {
+        return Err(err());
+    }
+    let (mut i, mut total, mut parts) = (0usize, 0u64, 0);
+    while i < bytes.len() {
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == start || i - start > 5 {
+            return Err(err());
+        }
+        let n: u64 = text[start..i].parse().map_err(|_| err())?;
+        let unit_ms = if text[i..].starts_with("ms") {
+            i += 2;
+            1
+        } else {
+            let u = bytes.get(i).ok_or_else(err)?;
+            i += 1;
+            match u {
+                b'h' => 3_600_000,
+                b'm' => 60_000,
+                b's' => 1_000,
+                _ => return Err(err()),
+            }
+        };
+        total += n * unit_ms;
+        parts += 1;
+        if parts > 4 {
+            return Err(err());
+        }
+    }
+    Ok(total)
 }
 
 fn valid_header_name(name: &str) -> Result<String, String> {
@@ -548,7 +761,16 @@ fn backend_group(
             let rule_level: Option<HttpRouteRulesFilters> = recast(f);
             let out = rule_level
                 .ok_or_else(|| "unreadable filter".to_string())
-                .and_then(|f| translate_filter(&f, all_prefix));
+                .and_then(|f| {
+                    translate_filter(
+                        &f,
+                        &FilterCtx {
+                            all_prefix,
+                            route_ns,
+                            refs,
+                        },
+                    )
+                });
             match out {
                 Ok(FilterOut::Filter(f)) => filters.push(f),
                 Ok(FilterOut::Redirect(_)) => {

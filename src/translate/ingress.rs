@@ -16,7 +16,7 @@ use super::{Diagnostics, Options};
 use crate::k8s::{Ingress, IngressClass};
 use crate::model::{
     Action, Backend, BackendGroup, HostPattern, HttpRule, ListenerCertificate, Origin, OriginKind,
-    PathMatch, Protocol, RouteMatch, WeightedBackend,
+    PathMatch, Protocol, RouteMatch, Timeouts, WeightedBackend,
 };
 use crate::source::{Input, ObjectRef};
 use k8s_openapi::api::networking::v1::IngressBackend;
@@ -208,6 +208,8 @@ fn translate_one(
             origin: origin(Origin::DEFAULT_BACKEND),
             matches: vec![RouteMatch::any()],
             filters: vec![],
+            timeouts: Timeouts::default(),
+            retry: None,
             action: Action::Forward(group(backend(
                 default,
                 ns,
@@ -272,6 +274,8 @@ fn translate_one(
                 }],
                 filters: vec![],
                 action: Action::Forward(group(be)),
+                timeouts: Timeouts::default(),
+                retry: None,
             };
             for key in keys {
                 model.add_rule(*key, None, host.clone(), rule.clone());

@@ -3,7 +3,7 @@
 
 use crate::k8s::gw::ReferenceGrant;
 use crate::k8s::{ConfigMap, EndpointSlice, Namespace, Secret, Service};
-use crate::model::{Endpoint, Redacted, ServiceBackend};
+use crate::model::{BackendProtocol, Endpoint, Redacted, ServiceBackend};
 use crate::source::{HasMeta, Input};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -234,11 +234,16 @@ impl<'a> Resolver<'a> {
                 port_number,
             ));
         }
+        let protocol = match svc_port.app_protocol.as_deref() {
+            Some("kubernetes.io/h2c") => BackendProtocol::H2c,
+            _ => BackendProtocol::Http1,
+        };
         Ok(ServiceBackend {
             namespace: ns.to_string(),
             name: name.to_string(),
             port: port_number,
             endpoints,
+            protocol,
         })
     }
 
