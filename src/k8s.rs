@@ -34,6 +34,7 @@ pub mod gw {
         pub use gateway_api::apis::experimental::httproutes::*;
         pub use gateway_api::apis::experimental::listenersets::*;
         pub use gateway_api::apis::experimental::referencegrants::*;
+        pub use gateway_api::apis::experimental::tlsroutes::*;
     }
 }
 

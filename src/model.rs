@@ -14,9 +14,10 @@ mod tls;
 
 pub use host::{HostPattern, HostPatternError};
 pub use rule::{
-    Action, Backend, BackendGroup, BackendProtocol, Cors, Endpoint, Filter, HeaderMatch,
-    HeaderModifier, HttpRule, Mirror, Origin, OriginKind, PathMatch, PathModifier, QueryParamMatch,
-    Redirect, Retry, RouteMatch, ServiceBackend, StringMatch, Timeouts, WeightedBackend,
+    Action, Backend, BackendGroup, BackendProtocol, BackendTls, ClientCertificate, Cors, Endpoint,
+    Filter, HeaderMatch, HeaderModifier, HttpRule, Mirror, Origin, OriginKind, PathMatch,
+    PathModifier, QueryParamMatch, Redirect, Retry, RouteMatch, ServiceBackend, StringMatch,
+    SubjectAltName, Timeouts, WeightedBackend,
 };
 
 pub use tls::{ClientValidation, ListenerCertificate, ListenerTls, Redacted};
@@ -57,6 +58,9 @@ pub enum Protocol {
     Http,
     /// HTTP over TLS terminated here (HTTP/2 or HTTP/1.1 by ALPN).
     Https,
+    /// TLS passed through to the backend unopened, routed by SNI (TLSRoute).
+    #[serde(rename = "TLS")]
+    TlsPassthrough,
 }
 
 /// Everything served on one (address, port).
@@ -77,6 +81,22 @@ pub struct Listener {
     pub virtual_hosts: Vec<VirtualHost>,
     /// What answers when no rule matches (Ingress `spec.defaultBackend`); `None` means 404.
     pub default_backend: Option<HttpRule>,
+    /// TLS passthrough routes, for [`Protocol::TlsPassthrough`] listeners.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tls_routes: Vec<TlsRoute>,
+}
+
+/// A TLS passthrough route: connections whose SNI matches `hostname` go, still encrypted, to `backends`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TlsRoute {
+    /// The Gateway listener hostname it attached through (listener isolation, as for HTTP).
+    pub listener_hostname: HostPattern,
+    /// SNI names it serves (route hostnames intersected with the listener hostname).
+    pub hostname: HostPattern,
+    /// Where it came from.
+    pub origin: Origin,
+    /// Weighted backends.
+    pub backends: BackendGroup,
 }
 
 /// The rules reachable for one hostname pattern through one Gateway listener (or through Ingress).

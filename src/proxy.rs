@@ -9,5 +9,7 @@
 pub mod http;
 pub mod listeners;
 pub mod mirror;
+pub mod passthrough;
+pub mod upstream_tls;
 
 pub use listeners::{accept_loop, bind, Connections, Handshake, ListenerManager, ListenerState};

@@ -12,7 +12,7 @@ pub use matcher::RequestParts;
 
 use crate::model::{
     precedence, Action, Backend, BackendGroup, BackendProtocol, Cors, Filter, HostPattern,
-    HttpRule, Model, Origin, Protocol, Redirect, Retry, Timeouts,
+    HttpRule, Model, Origin, Protocol, Redirect, Retry, Timeouts, TlsRoute,
 };
 use matcher::Matcher;
 use std::collections::HashMap;
@@ -50,6 +50,16 @@ pub struct ListenerTable {
     pub protocol: Protocol,
     groups: HostIndex<Arc<HostIndex<RuleList>>>,
     default: Option<Arc<RouteEntry>>,
+    tls_routes: HostIndex<Arc<HostIndex<Arc<TlsRouteEntry>>>>,
+}
+
+/// A TLS passthrough route ready to serve.
+#[derive(Debug)]
+pub struct TlsRouteEntry {
+    /// Where it came from.
+    pub origin: Origin,
+    /// Weighted backends.
+    pub backends: WeightedBackends,
 }
 
 /// One (rule, match) pair: what a successful lookup returns.
@@ -262,16 +272,28 @@ pub enum Target {
 impl Target {
     fn new(b: &Backend) -> Self {
         match b {
-            Backend::Service(s) => Target::Endpoints(Endpoints {
-                addrs: s
-                    .endpoints
-                    .iter()
-                    .map(|e| SocketAddr::new(e.ip, e.port))
-                    .collect(),
-                next: AtomicUsize::new(0),
-                service: format!("{}/{}:{}", s.namespace, s.name, s.port).into_boxed_str(),
-                protocol: s.protocol,
-            }),
+            Backend::Service(s) => {
+                let tls = match s.tls.as_deref().map(crate::tls::upstream).transpose() {
+                    Ok(t) => t.map(Arc::new),
+                    Err(e) => {
+                        return Target::Status {
+                            status: 500,
+                            reason: format!("backend TLS cannot be configured: {e}").into(),
+                        }
+                    }
+                };
+                Target::Endpoints(Endpoints {
+                    addrs: s
+                        .endpoints
+                        .iter()
+                        .map(|e| SocketAddr::new(e.ip, e.port))
+                        .collect(),
+                    next: AtomicUsize::new(0),
+                    service: format!("{}/{}:{}", s.namespace, s.name, s.port).into_boxed_str(),
+                    protocol: s.protocol,
+                    tls,
+                })
+            }
             Backend::Invalid { status, reason } => Target::Status {
                 status: *status,
                 reason: reason.as_str().into(),
@@ -289,6 +311,8 @@ pub struct Endpoints {
     pub service: Box<str>,
     /// What the endpoints speak.
     pub protocol: BackendProtocol,
+    /// TLS to the endpoints (BackendTLSPolicy).
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
 }
 
 impl Endpoints {
@@ -379,6 +403,13 @@ impl ListenerTable {
             Lookup::Route(e) => Some(e),
             Lookup::NotFound | Lookup::Misdirected => None,
         }
+    }
+
+    /// The TLS passthrough route for a connection whose SNI is `sni` (lowercase; empty when the client sent
+    /// none): the most specific listener hostname covering it, then the most specific route hostname, then the
+    /// oldest route.
+    pub fn find_tls(&self, sni: &str) -> Option<&Arc<TlsRouteEntry>> {
+        self.tls_routes.get(sni).and_then(|g| g.get(sni))
     }
 
     /// Like [`ListenerTable::find`], for a TLS connection whose SNI was `sni`: when the SNI and the Host header
@@ -519,12 +550,80 @@ fn compile_listener(l: &crate::model::Listener) -> Result<ListenerTable, Compile
         None => None,
     };
 
+    let tls_routes = compile_tls_routes(&l.tls_routes);
+
     Ok(ListenerTable {
+        tls_routes,
         address: l.address,
         port: l.port,
         protocol: l.protocol,
         groups,
         default,
+    })
+}
+
+fn compile_tls_routes(routes: &[TlsRoute]) -> HostIndex<Arc<HostIndex<Arc<TlsRouteEntry>>>> {
+    let compiled: Vec<(&TlsRoute, Arc<TlsRouteEntry>)> = routes
+        .iter()
+        .map(|r| {
+            (
+                r,
+                Arc::new(TlsRouteEntry {
+                    origin: r.origin.clone(),
+                    backends: WeightedBackends::new(&r.backends),
+                }),
+            )
+        })
+        .collect();
+    let listener_patterns: Vec<&HostPattern> = {
+        let mut v: Vec<&HostPattern> = routes.iter().map(|r| &r.listener_hostname).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let mut by_key: HashMap<HostPattern, Arc<HostIndex<Arc<TlsRouteEntry>>>> = HashMap::new();
+    HostIndex::build(listener_patterns, false, |key, _| {
+        by_key
+            .entry(key.clone())
+            .or_insert_with(|| {
+                let members: Vec<&(&TlsRoute, Arc<TlsRouteEntry>)> = compiled
+                    .iter()
+                    .filter(|(r, _)| &r.listener_hostname == key)
+                    .collect();
+                let patterns: Vec<&HostPattern> =
+                    members.iter().map(|(r, _)| &r.hostname).collect();
+                let has_any = patterns.iter().any(|p| **p == HostPattern::Any);
+                let inner = HostIndex::build(patterns, has_any, |_, rep| {
+                    let covering = members.iter().filter(|(r, _)| match rep {
+                        Some(rep) => r.hostname.matches(rep),
+                        None => r.hostname == HostPattern::Any,
+                    });
+                    let best = covering.min_by(|(a, _), (b, _)| {
+                        b.hostname
+                            .specificity()
+                            .cmp(&a.hostname.specificity())
+                            .then_with(|| {
+                                (
+                                    a.origin.created.is_none(),
+                                    a.origin.created,
+                                    &a.origin.namespace,
+                                    &a.origin.name,
+                                )
+                                    .cmp(&(
+                                        b.origin.created.is_none(),
+                                        b.origin.created,
+                                        &b.origin.namespace,
+                                        &b.origin.name,
+                                    ))
+                            })
+                    });
+                    // Every key has at least its own route, so `best` is always found.
+                    best.map(|(_, e)| e.clone())
+                        .unwrap_or_else(|| members[0].1.clone())
+                });
+                Arc::new(inner)
+            })
+            .clone()
     })
 }
 

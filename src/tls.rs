@@ -245,3 +245,163 @@ impl ClientCertVerifier for InsecureFallback {
         self.0.supported_verify_schemes()
     }
 }
+
+/// TLS from the proxy to a backend, ready to connect: the rustls client configuration (trust anchors, name
+/// checks, client certificate), the SNI, and a key that keeps pooled connections of different TLS settings apart.
+#[derive(Debug)]
+pub struct UpstreamTls {
+    /// The client configuration.
+    pub config: Arc<rustls::ClientConfig>,
+    /// SNI to send.
+    pub server_name: rustls::pki_types::ServerName<'static>,
+    /// Distinguishes connection pools (Pingora's `HttpPeer::group_key`).
+    pub group_key: u64,
+}
+
+/// Builds the upstream TLS configuration of a backend (BackendTLSPolicy).
+pub fn upstream(tls: &crate::model::BackendTls) -> Result<UpstreamTls, TlsError> {
+    install_provider();
+    let mut roots = RootCertStore::empty();
+    for pem in &tls.ca_bundles {
+        roots.roots.extend(parse_ca_bundle(pem.as_bytes())?.roots);
+    }
+    let roots = Arc::new(roots);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = if tls.subject_alt_names.is_empty() {
+        builder.with_root_certificates(roots)
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SanVerifier {
+                roots,
+                sans: tls.subject_alt_names.clone(),
+                provider,
+            }))
+    };
+    let mut config = match &tls.client_certificate {
+        Some(cc) => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(cc.cert_pem.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+            let key = PrivateKeyDer::from_pem_slice(cc.key_pem.expose().as_bytes())
+                .map_err(|e| TlsError::BadKey(e.to_string()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| TlsError::Mismatch(e.to_string()))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let server_name = rustls::pki_types::ServerName::try_from(tls.hostname.clone())
+        .map_err(|e| TlsError::Config(format!("hostname {:?}: {e}", tls.hostname)))?;
+    let group_key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        tls.policy.hash(&mut h);
+        tls.hostname.hash(&mut h);
+        tls.client_certificate
+            .as_ref()
+            .map(|c| &c.source)
+            .hash(&mut h);
+        h.finish() | 1
+    };
+    Ok(UpstreamTls {
+        config: Arc::new(config),
+        server_name,
+        group_key,
+    })
+}
+
+/// Checks a backend certificate against trust anchors and a list of acceptable subject alternative names (DNS
+/// names or URIs such as SPIFFE IDs), instead of the SNI.
+#[derive(Debug)]
+struct SanVerifier {
+    roots: Arc<RootCertStore>,
+    sans: Vec<crate::model::SubjectAltName>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+fn has_uri_san(der: &[u8], uri: &str) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return false;
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    san.value
+        .general_names
+        .iter()
+        .any(|n| matches!(n, x509_parser::extensions::GeneralName::URI(u) if *u == uri))
+}
+
+impl rustls::client::danger::ServerCertVerifier for SanVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        let ok = self.sans.iter().any(|san| match san {
+            crate::model::SubjectAltName::Hostname(h) => {
+                rustls::pki_types::ServerName::try_from(h.as_str())
+                    .is_ok_and(|name| rustls::client::verify_server_name(&cert, &name).is_ok())
+            }
+            crate::model::SubjectAltName::Uri(u) => has_uri_san(end_entity, u),
+        });
+        if ok {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

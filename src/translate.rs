@@ -4,6 +4,7 @@
 //! become [`Diagnostic`]s (and, for Gateway API, the status the spec requires), never an `Err` or a panic: one bad
 //! object never stops the others from being served.
 
+mod backendtls;
 mod builder;
 mod gateway;
 mod httproute;
@@ -11,6 +12,7 @@ mod ingress;
 mod refs;
 mod routes;
 pub mod status;
+mod tlsroute;
 
 use crate::model::Model;
 use crate::source::{Input, ObjectRef};
@@ -136,15 +138,24 @@ pub fn translate(input: &Input, opts: &Options) -> Output {
     ingress::translate(input, opts, &refs, &mut model, &mut diags);
     gateway::class_statuses(input, opts, &mut statuses);
     let mut gws = gateway::translate(input, opts, &refs, &mut model, &mut diags);
+    let policies = backendtls::Policies::new(input, &refs);
+    let cx = httproute::RouteCtx {
+        refs: &refs,
+        policies: &policies,
+        opts,
+    };
+    let mut usage = httproute::ServiceUsage::new();
     httproute::translate(
         input,
         &mut gws,
-        &refs,
+        &cx,
         &mut model,
         &mut diags,
         &mut statuses,
-        opts,
+        &mut usage,
     );
+    tlsroute::translate(input, &mut gws, &cx, &mut model, &mut diags, &mut statuses);
+    statuses.backend_tls_policies = policies.statuses(&usage, &opts.gateway_controller);
     gws.finish(&mut statuses);
     statuses.sort();
 

@@ -401,3 +401,227 @@ fn ca_pem_and_client() -> Result<(String, (String, String))> {
     let client = leaf(&ca, &["client.example.com"])?;
     Ok((ca.pem, client))
 }
+
+/// A leaf certificate with DNS and URI subject alternative names.
+fn leaf_with_uri(ca: &Ca, names: &[&str], uris: &[&str]) -> Result<(String, String)> {
+    let key = KeyPair::generate()?;
+    let mut params =
+        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+    for u in uris {
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::URI(rcgen::string::Ia5String::try_from(*u)?));
+    }
+    let cert = params.signed_by(&key, &ca.issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn secure_service(name: &str, https_port: u16) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default}}
+spec:
+  ports: [{{name: btls, port: 443}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}
+  namespace: default
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+ports: [{{name: btls, port: {https_port}}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+---
+"
+    )
+}
+
+fn policy(name: &str, service: &str, ca_map: &str, sans: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {{name: {name}, namespace: default}}
+spec:
+  targetRefs: [{{group: \"\", kind: Service, name: {service}, sectionName: btls}}]
+  validation:
+    caCertificateRefs: [{{group: \"\", kind: ConfigMap, name: {ca_map}}}]
+    hostname: abc.example.com
+{sans}---
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_tls_policy_client_certificate_and_passthrough() -> Result<()> {
+    let ca = ca("backend ca")?;
+    let other_ca = ca_pem_and_client()?;
+    let server = leaf_with_uri(
+        &ca,
+        &["abc.example.com", "other.example.com"],
+        &["spiffe://abc.example.com/test-identity"],
+    )?;
+    let client_cert = leaf(&ca, &["gateway.example.com"])?;
+    let mut cfg = proto_conformance::echo::EchoConfig::new(
+        "secure-7d9f8b6c4-aaaaa",
+        "default",
+        "127.0.0.1:0".parse()?,
+    );
+    cfg.https = Some(proto_conformance::echo::EchoTls {
+        addr: "127.0.0.1:0".parse()?,
+        cert_pem: server.0.clone(),
+        key_pem: server.1.clone(),
+        client_ca_pem: Some(ca.pem.clone()),
+    });
+    let backend = proto_conformance::echo::EchoServer::start(cfg).await?;
+    let https_port = backend.https_addr().context("https listener")?.port();
+
+    let http = free_port();
+    let passthrough = free_port();
+    let yaml = format!(
+        "{CLASSES}{}{}{}{}
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: backend-ca, namespace: default}}
+data:
+  ca.crt: |
+{}---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: unrelated-ca, namespace: default}}
+data:
+  ca.crt: |
+{}---
+{}{}{}
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: portcullis
+  tls:
+    backend:
+      clientCertificateRef: {{name: gateway-client}}
+  listeners:
+  - {{name: http, port: {http}, protocol: HTTP}}
+  - name: passthrough
+    port: {passthrough}
+    protocol: TLS
+    hostname: \"*.example.com\"
+    tls: {{mode: Passthrough}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r, namespace: default}}
+spec:
+  parentRefs: [{{name: gw, sectionName: http}}]
+  rules:
+  - matches: [{{path: {{type: Exact, value: /san-uri}}}}]
+    backendRefs: [{{name: secure, port: 443}}]
+  - matches: [{{path: {{type: Exact, value: /san-mismatch}}}}]
+    backendRefs: [{{name: secure-mismatch, port: 443}}]
+  - matches: [{{path: {{type: Exact, value: /wrong-ca}}}}]
+    backendRefs: [{{name: secure-wrong-ca, port: 443}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{name: pass, namespace: default}}
+spec:
+  parentRefs: [{{name: gw, sectionName: passthrough}}]
+  hostnames: [abc.example.com]
+  rules:
+  - backendRefs: [{{name: secure, port: 443}}]
+",
+        secure_service("secure", https_port),
+        secure_service("secure-mismatch", https_port),
+        secure_service("secure-wrong-ca", https_port),
+        tls_secret("default", "gateway-client", &client_cert),
+        indent(&ca.pem),
+        indent(&other_ca.0),
+        policy(
+            "san-uri",
+            "secure",
+            "backend-ca",
+            "    subjectAltNames: [{type: URI, uri: \"spiffe://abc.example.com/test-identity\"}]\n"
+        ),
+        policy(
+            "san-mismatch",
+            "secure-mismatch",
+            "backend-ca",
+            "    subjectAltNames: [{type: Hostname, hostname: dce.example.com}]\n"
+        ),
+        policy("wrong-ca", "secure-wrong-ca", "unrelated-ca", ""),
+    );
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("all.yaml"), yaml)?;
+    let proxy = Proxy::start(dir.path(), http, &[])?;
+    let ca_pem = ca.pem.clone();
+    let client_pem = client_cert.0.clone();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        // TLS to the backend, the certificate checked against the URI SAN; the Gateway's client certificate
+        // is presented.
+        let r = proxy.get("abc.example.com", "/san-uri")?;
+        assert_eq!(r.status, 200, "{}\n{}", r.text(), proxy.log_text());
+        let e = r.echo()?;
+        assert_eq!(e["tls"]["serverName"], "abc.example.com");
+        let peer = e["tls"]["peerCertificates"][0].as_str().unwrap_or("");
+        assert_eq!(peer.trim(), client_pem.trim());
+        // A SAN the certificate does not carry, or an unrelated CA: the request fails.
+        assert!([502, 503].contains(&proxy.get("abc.example.com", "/san-mismatch")?.status));
+        assert!([502, 503].contains(&proxy.get("abc.example.com", "/wrong-ca")?.status));
+
+        // TLS passthrough by SNI: the client talks TLS with the backend itself.
+        let r = https_get_h1(
+            passthrough,
+            "abc.example.com",
+            "abc.example.com",
+            "/",
+            &ca_pem,
+            None,
+        )?;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(
+            r.body.contains("\"serverName\": \"abc.example.com\""),
+            "{}",
+            r.body
+        );
+        // No TLSRoute for this SNI: the connection is closed.
+        assert!(https_get_h1(
+            passthrough,
+            "zzz.example.com",
+            "zzz.example.com",
+            "/",
+            &ca_pem,
+            None
+        )
+        .is_err());
+
+        // Status: the policy is accepted for the Gateway; the TLSRoute is attached.
+        let st: serde_json::Value = serde_json::from_slice(&proxy.admin("/status")?.body)?;
+        let p = &st["backendTLSPolicies"];
+        let san = p
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["name"] == "san-uri"))
+            .context("policy status")?;
+        assert_eq!(san["status"]["ancestors"][0]["ancestorRef"]["name"], "gw");
+        let wrong = p
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["name"] == "wrong-ca"))
+            .context("policy status")?;
+        assert_eq!(
+            wrong["status"]["ancestors"][0]["conditions"][1]["status"],
+            "True"
+        );
+        let route = st["routes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["kind"] == "TLSRoute"))
+            .context("TLSRoute status")?;
+        assert_eq!(
+            route["status"]["parents"][0]["conditions"][0]["status"],
+            "True"
+        );
+        Ok(())
+    })
+    .await??;
+    Ok(())
+}

@@ -12,6 +12,9 @@ pub enum OriginKind {
     HttpRoute,
     /// A networking.k8s.io/v1 Ingress.
     Ingress,
+    /// A Gateway API TLSRoute.
+    #[serde(rename = "TLSRoute")]
+    TlsRoute,
 }
 
 impl OriginKind {
@@ -20,6 +23,7 @@ impl OriginKind {
         match self {
             OriginKind::HttpRoute => "HTTPRoute",
             OriginKind::Ingress => "Ingress",
+            OriginKind::TlsRoute => "TLSRoute",
         }
     }
 }
@@ -393,6 +397,51 @@ pub struct ServiceBackend {
     /// What the backend speaks (from the Service port's `appProtocol`).
     #[serde(skip_serializing_if = "BackendProtocol::is_default")]
     pub protocol: BackendProtocol,
+    /// TLS to the backend (from a BackendTLSPolicy), when required.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Box<BackendTls>>,
+}
+
+/// TLS from the proxy to a backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BackendTls {
+    /// The BackendTLSPolicy that asks for it (`namespace/name`).
+    pub policy: String,
+    /// SNI sent, and the name the certificate must carry when `subject_alt_names` is empty.
+    pub hostname: String,
+    /// PEM CA bundles the backend certificate must chain to.
+    #[serde(skip)]
+    pub ca_bundles: Vec<String>,
+    /// When not empty, the certificate must carry one of these names (instead of `hostname`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<SubjectAltName>,
+    /// Client certificate presented to the backend (a Gateway's `spec.tls.backend.clientCertificateRef`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<ClientCertificate>,
+}
+
+/// A certificate and key the proxy presents.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClientCertificate {
+    /// Where it came from.
+    pub source: String,
+    /// PEM chain.
+    #[serde(skip)]
+    pub cert_pem: String,
+    /// PEM key.
+    #[serde(skip)]
+    pub key_pem: super::Redacted,
+}
+
+/// A subject alternative name a backend certificate may have to carry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", content = "value")]
+pub enum SubjectAltName {
+    /// A DNS name.
+    Hostname(String),
+    /// A URI, such as a SPIFFE ID.
+    #[serde(rename = "URI")]
+    Uri(String),
 }
 
 /// The application protocol of a backend.

@@ -14,6 +14,7 @@
 //!   the status the client gets (504 for timeouts).
 
 use super::mirror::{MirrorBodies, Mirrors};
+use super::upstream_tls::TlsConnect;
 use crate::model::{BackendProtocol, Cors, Filter, HeaderModifier, PathModifier, Redirect};
 use crate::router::{
     normalize_host, CompiledAction, CompiledBackend, Lookup, RequestParts, RouteEntry, Target,
@@ -482,6 +483,10 @@ impl ProxyHttp for HttpApp {
         if let Some(Target::Endpoints(eps)) = ctx.backend().map(|b| &b.target) {
             if eps.protocol == BackendProtocol::H2c {
                 peer.options.set_http_version(2, 2);
+            }
+            if let Some(tls) = &eps.tls {
+                peer.options.custom_l4 = Some(Arc::new(TlsConnect(tls.clone())));
+                peer.group_key = tls.group_key;
             }
         }
         // The attempt may last the backend timeout, and no longer than what is left of the request timeout.

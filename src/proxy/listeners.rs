@@ -40,9 +40,16 @@ impl Connections {
     pub fn open(&self) -> usize {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Counts one more open connection until the guard is dropped.
+    pub fn guard(&self) -> ConnectionGuard {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard(self.0.clone())
+    }
 }
 
-struct ConnectionGuard(Arc<AtomicUsize>);
+/// One open connection (see [`Connections::guard`]).
+pub struct ConnectionGuard(Arc<AtomicUsize>);
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
@@ -88,8 +95,7 @@ pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
                     let _ = stream.set_nodelay();
                     let app = app.clone();
                     let shutdown = shutdown.clone();
-                    connections.0.fetch_add(1, Ordering::Relaxed);
-                    let guard = ConnectionGuard(connections.0.clone());
+                    let guard = connections.guard();
                     let handshake = handshake.clone();
                     tokio::spawn(async move {
                         let _guard = guard;
@@ -251,6 +257,26 @@ impl ListenerManager {
                 continue;
             }
             match bind(addr) {
+                Ok(listener) if protocol == Protocol::TlsPassthrough => {
+                    let (stop_tx, stop_rx) = watch::channel(false);
+                    let task = tokio::spawn(super::passthrough::accept_loop(
+                        listener,
+                        self.store.clone(),
+                        key,
+                        stop_rx,
+                        self.connections.clone(),
+                    ));
+                    tracing::info!(port, %addr, ?protocol, "listener bound");
+                    self.bound.insert(
+                        key,
+                        Bound {
+                            protocol,
+                            stop: stop_tx,
+                            task,
+                        },
+                    );
+                    states.push(state(addr, None));
+                }
                 Ok(listener) => {
                     let (stop_tx, stop_rx) = watch::channel(false);
                     let tls = protocol == Protocol::Https;

@@ -4,7 +4,7 @@ use super::{Diagnostics, Options};
 use crate::model::precedence::MatchKey;
 use crate::model::{
     ClientValidation, HostPattern, HttpRule, Listener, ListenerCertificate, ListenerTls, Model,
-    OriginKind, Protocol, VirtualHost,
+    OriginKind, Protocol, TlsRoute, VirtualHost,
 };
 use crate::source::ObjectRef;
 use std::collections::{BTreeMap, HashMap};
@@ -31,6 +31,7 @@ impl ListenerKey {
 
 struct ListenerBuilder {
     protocol: Protocol,
+    tls_routes: Vec<TlsRoute>,
     vhosts: BTreeMap<VhostKey, Vec<HttpRule>>,
     default_backend: Option<HttpRule>,
     certificates: Vec<ListenerCertificate>,
@@ -66,6 +67,7 @@ impl ModelBuilder {
             .entry(key)
             .or_insert_with(|| ListenerBuilder {
                 protocol,
+                tls_routes: Vec::new(),
                 vhosts: BTreeMap::new(),
                 default_backend: None,
                 certificates: Vec::new(),
@@ -91,6 +93,13 @@ impl ModelBuilder {
                 .entry((listener_hostname, hostname))
                 .or_default()
                 .push(rule);
+        }
+    }
+
+    /// Adds a TLS passthrough route at `key` (the listener must exist).
+    pub(crate) fn add_tls_route(&mut self, key: ListenerKey, route: TlsRoute) {
+        if let Some(l) = self.listeners.get_mut(&key) {
+            l.tls_routes.push(route);
         }
     }
 
@@ -137,7 +146,7 @@ impl ModelBuilder {
         for (key, l) in self.listeners {
             report_shadowed_ingress_paths(&l.vhosts, diags);
             let tls = match l.protocol {
-                Protocol::Http => None,
+                Protocol::Http | Protocol::TlsPassthrough => None,
                 Protocol::Https => {
                     if l.certificates.is_empty() {
                         continue;
@@ -172,6 +181,7 @@ impl ModelBuilder {
                     })
                     .collect(),
                 default_backend: l.default_backend,
+                tls_routes: l.tls_routes,
             });
         }
         Model { listeners }

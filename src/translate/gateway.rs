@@ -17,7 +17,9 @@ use crate::k8s::gw::types::{
 };
 use crate::k8s::gw::{Gateway, GatewayClass, ListenerSet};
 use crate::k8s::GATEWAY_GROUP;
-use crate::model::{ClientValidation, HostPattern, ListenerCertificate, Protocol};
+use crate::model::{
+    ClientCertificate, ClientValidation, HostPattern, ListenerCertificate, Protocol,
+};
 use crate::source::{Input, ObjectRef};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -85,6 +87,10 @@ pub(crate) enum AllowedNamespaces {
 /// One listener of a Gateway or ListenerSet of ours, as routes see it.
 #[derive(Debug)]
 pub(crate) struct GatewayListener {
+    /// The Gateway (namespace, name) it belongs to (for a ListenerSet listener, the ListenerSet's Gateway).
+    pub gateway: (String, String),
+    /// The client certificate the Gateway presents to TLS backends (`spec.tls.backend.clientCertificateRef`).
+    pub backend_client_cert: Option<ClientCertificate>,
     /// Namespace of the Gateway or ListenerSet that declares it (allowedRoutes `Same` means this one).
     pub ns: String,
     pub name: String,
@@ -266,6 +272,7 @@ fn supported_kinds(protocol: Protocol) -> Vec<(String, String)> {
         Protocol::Http | Protocol::Https => {
             vec![(GATEWAY_GROUP.to_string(), "HTTPRoute".to_string())]
         }
+        Protocol::TlsPassthrough => vec![(GATEWAY_GROUP.to_string(), "TLSRoute".to_string())],
     }
 }
 
@@ -424,6 +431,8 @@ fn gateway(
         }
     };
 
+    let backend_client_cert = backend_client_certificate(gw, &ns, refs, &object, diags);
+
     let gw_index = out.parents.len();
     out.parents.push(Parent {
         kind: ParentKind::Gateway,
@@ -576,6 +585,19 @@ fn gateway(
         let protocol = match l.protocol.as_str() {
             "HTTP" => Some(Protocol::Http),
             "HTTPS" => Some(Protocol::Https),
+            "TLS"
+                if l.tls.as_ref().and_then(|t| t.mode.as_ref()) == Some(&TlsMode::Passthrough) =>
+            {
+                Some(Protocol::TlsPassthrough)
+            }
+            "TLS" => {
+                let msg =
+                    "TLS listeners with mode Terminate are not supported yet (Passthrough is)"
+                        .to_string();
+                diags.warning(&owner, format!("{field}: {msg}; listener not served"));
+                conds.accepted = Some(("UnsupportedProtocol", msg));
+                None
+            }
             other => {
                 let msg = format!("protocol {other} is not supported");
                 diags.warning(&owner, format!("{field}: {msg}; listener not served"));
@@ -811,6 +833,8 @@ fn gateway(
         let index = out.listeners.len();
         out.parents[c.parent].listeners.push(index);
         out.listeners.push(GatewayListener {
+            gateway: (ns.clone(), name.clone()),
+            backend_client_cert: backend_client_cert.clone(),
             ns: c.ns,
             name: l.name.clone(),
             port: port.unwrap_or(0),
@@ -924,6 +948,64 @@ fn gateway(
             )
         };
     st.conditions = vec![accepted, programmed];
+}
+
+/// The client certificate a Gateway presents to backends (`spec.tls.backend.clientCertificateRef`).
+fn backend_client_certificate(
+    gw: &Gateway,
+    gw_ns: &str,
+    refs: &Resolver<'_>,
+    object: &ObjectRef,
+    diags: &mut Diagnostics,
+) -> Option<ClientCertificate> {
+    let r = gw
+        .spec
+        .tls
+        .as_ref()?
+        .backend
+        .as_ref()?
+        .client_certificate_ref
+        .as_ref()?;
+    let group = r.group.as_deref().unwrap_or("");
+    let kind = r.kind.as_deref().unwrap_or("Secret");
+    if !group.is_empty() || kind != "Secret" {
+        diags.error(
+            object,
+            format!("spec.tls.backend.clientCertificateRef: {group}/{kind} is not supported; use a Secret"),
+        );
+        return None;
+    }
+    let sns = r.namespace.as_deref().unwrap_or(gw_ns);
+    if !refs.grant_allows(
+        (GATEWAY_GROUP, "Gateway"),
+        gw_ns,
+        ("", "Secret"),
+        sns,
+        &r.name,
+    ) {
+        diags.error(
+            object,
+            format!(
+                "spec.tls.backend.clientCertificateRef: Secret {sns}/{} needs a ReferenceGrant",
+                r.name
+            ),
+        );
+        return None;
+    }
+    match refs.tls_secret(sns, &r.name) {
+        Ok((cert_pem, key_pem)) => Some(ClientCertificate {
+            source: format!("Secret {sns}/{}", r.name),
+            cert_pem,
+            key_pem,
+        }),
+        Err(e) => {
+            diags.error(
+                object,
+                format!("spec.tls.backend.clientCertificateRef: {e}"),
+            );
+            None
+        }
+    }
 }
 
 /// Does the Gateway's `spec.allowedListeners` admit a ListenerSet in `ls_ns`? The default is to admit none.

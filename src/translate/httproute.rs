@@ -1,6 +1,7 @@
 //! Gateway API HTTPRoute: attachment to Gateway listeners (parentRefs, allowedRoutes, hostname intersection) and
 //! translation of rules (matches, filters, weighted backendRefs) into model rules.
 
+use super::backendtls::{Policies, PortTls};
 use super::builder::ModelBuilder;
 use super::gateway::Gateways;
 use super::refs::{PortRef, Resolver};
@@ -20,37 +21,65 @@ use crate::k8s::gw::types::{
 use crate::k8s::gw::HTTPRoute;
 use crate::k8s::GATEWAY_GROUP;
 use crate::model::{
-    Action, Backend, BackendGroup, Cors, Filter, HeaderMatch, HeaderModifier, HostPattern,
-    HttpRule, Mirror, Origin, OriginKind, PathMatch, PathModifier, QueryParamMatch, Redirect,
-    Retry, RouteMatch, StringMatch, Timeouts, WeightedBackend,
+    Action, Backend, BackendGroup, ClientCertificate, Cors, Filter, HeaderMatch, HeaderModifier,
+    HostPattern, HttpRule, Mirror, Origin, OriginKind, PathMatch, PathModifier, QueryParamMatch,
+    Redirect, Retry, RouteMatch, StringMatch, Timeouts, WeightedBackend,
 };
 use crate::source::{Input, ObjectRef};
+use std::collections::{BTreeMap, BTreeSet};
 
 const ROUTE_KIND: (&str, &str) = (GATEWAY_GROUP, "HTTPRoute");
+
+/// Where Gateway API routes send traffic, for BackendTLSPolicy status: (namespace, Service) to the Gateways
+/// (namespace, name) whose routes use it.
+pub(crate) type ServiceUsage = BTreeMap<(String, String), BTreeSet<(String, String)>>;
+
+/// Shared inputs of route translation.
+pub(crate) struct RouteCtx<'a, 'r> {
+    pub refs: &'a Resolver<'r>,
+    pub policies: &'a Policies<'r>,
+    pub opts: &'a Options,
+}
 
 pub(crate) fn translate(
     input: &Input,
     gws: &mut Gateways,
-    refs: &Resolver<'_>,
+    cx: &RouteCtx<'_, '_>,
     model: &mut ModelBuilder,
     diags: &mut Diagnostics,
     statuses: &mut Statuses,
-    opts: &Options,
+    usage: &mut ServiceUsage,
 ) {
     for route in &input.http_routes {
-        translate_one(route, gws, refs, model, diags, statuses, opts);
+        translate_one(route, gws, cx, model, diags, statuses, usage);
     }
+}
+
+/// The rule with the Gateway's backend client certificate set on every TLS backend.
+fn with_client_certificate(rule: &HttpRule, cc: &ClientCertificate) -> HttpRule {
+    let mut rule = rule.clone();
+    if let Action::Forward(g) = &mut rule.action {
+        for b in &mut g.backends {
+            if let Backend::Service(s) = &mut b.backend {
+                if let Some(t) = &mut s.tls {
+                    t.client_certificate = Some(cc.clone());
+                }
+            }
+        }
+    }
+    rule
 }
 
 fn translate_one(
     route: &HTTPRoute,
     gws: &mut Gateways,
-    refs: &Resolver<'_>,
+    cx: &RouteCtx<'_, '_>,
     model: &mut ModelBuilder,
     diags: &mut Diagnostics,
     statuses: &mut Statuses,
-    opts: &Options,
+    usage: &mut ServiceUsage,
 ) {
+    let refs = cx.refs;
     let object = ObjectRef::new("HTTPRoute", &route.metadata);
     let ns = route.metadata.namespace.as_deref().unwrap_or("default");
     let name = route.metadata.name.as_deref().unwrap_or("");
@@ -113,21 +142,31 @@ fn translate_one(
                 rule_name: r.name.clone(),
                 created: created(&route.metadata),
             };
-            translate_rule(origin, r, &object, refs, diags, &mut report)
+            translate_rule(origin, r, &object, cx, diags, &mut report)
         })
         .collect();
 
     for a in &attachments {
         let l = &gws.listeners[a.listener];
+        for svc in &report.services {
+            usage
+                .entry(svc.clone())
+                .or_default()
+                .insert(l.gateway.clone());
+        }
         for key in &l.keys {
             for host in &a.hostnames {
                 for rule in &rules {
-                    model.add_rule(*key, Some(l.hostname.clone()), host.clone(), rule.clone());
+                    let rule = match &l.backend_client_cert {
+                        Some(cc) => with_client_certificate(rule, cc),
+                        None => rule.clone(),
+                    };
+                    model.add_rule(*key, Some(l.hostname.clone()), host.clone(), rule);
                 }
             }
         }
     }
-    if let Some(st) = routes::route_status(&view, outcomes, &report, &opts.gateway_controller) {
+    if let Some(st) = routes::route_status(&view, outcomes, &report, &cx.opts.gateway_controller) {
         statuses.routes.push(st);
     }
 }
@@ -137,10 +176,11 @@ fn translate_rule(
     origin: Origin,
     r: &HttpRouteRules,
     object: &ObjectRef,
-    refs: &Resolver<'_>,
+    cx: &RouteCtx<'_, '_>,
     diags: &mut Diagnostics,
     report: &mut RuleReport,
 ) -> Option<HttpRule> {
+    let refs = cx.refs;
     let field = format!("spec.rules[{}]", origin.rule);
     fn refuse(diags: &mut Diagnostics, report: &mut RuleReport, object: &ObjectRef, msg: String) {
         diags.error(object, format!("{msg}; rule skipped"));
@@ -172,14 +212,14 @@ fn translate_rule(
     let mut redirect = None;
     let mut unsupported = None;
     let route_ns = object.namespace.as_deref().unwrap_or("default");
-    let cx = FilterCtx {
+    let fcx = FilterCtx {
         all_prefix,
         route_ns,
         refs,
     };
     for (fi, f) in r.filters.iter().flatten().enumerate() {
         let ffield = format!("{field}.filters[{fi}]");
-        match translate_filter(f, &cx) {
+        match translate_filter(f, &fcx) {
             Ok(FilterOut::Filter(f)) => filters.push(f),
             Ok(FilterOut::Redirect(rd)) => redirect = Some(rd),
             Ok(FilterOut::Unsupported(name)) => unsupported = Some(name),
@@ -250,7 +290,7 @@ fn translate_rule(
             &field,
             all_prefix,
             object,
-            refs,
+            cx,
             diags,
             report,
         ))
@@ -727,10 +767,11 @@ fn backend_group(
     field: &str,
     all_prefix: bool,
     object: &ObjectRef,
-    refs: &Resolver<'_>,
+    cx: &RouteCtx<'_, '_>,
     diags: &mut Diagnostics,
     report: &mut RuleReport,
 ) -> BackendGroup {
+    let refs = cx.refs;
     let route_ns = object.namespace.as_deref().unwrap_or("default");
     if brefs.is_empty() {
         return BackendGroup {
@@ -790,7 +831,7 @@ fn backend_group(
             }
         }
         let backend = backend
-            .unwrap_or_else(|| resolve_backend(b, &bfield, route_ns, object, refs, diags, report));
+            .unwrap_or_else(|| resolve_backend(b, &bfield, route_ns, object, cx, diags, report));
         backends.push(WeightedBackend {
             weight,
             backend,
@@ -805,10 +846,11 @@ fn resolve_backend(
     bfield: &str,
     route_ns: &str,
     object: &ObjectRef,
-    refs: &Resolver<'_>,
+    cx: &RouteCtx<'_, '_>,
     diags: &mut Diagnostics,
     report: &mut RuleReport,
 ) -> Backend {
+    let refs = cx.refs;
     let group = b.group.as_deref().unwrap_or("");
     let kind = b.kind.as_deref().unwrap_or("Service");
     if !group.is_empty() || kind != "Service" {
@@ -837,8 +879,30 @@ fn resolve_backend(
         return invalid(500, reason);
     };
     match refs.service_backend(ns, &b.name, PortRef::Number(port)) {
-        Ok(s) => Backend::Service(s),
-        Err(e) if e.is_unavailable() => invalid(503, e.to_string()),
+        Ok(mut s) => {
+            report.services.insert((ns.to_string(), b.name.clone()));
+            let port_name = refs
+                .service_port_name(ns, &b.name, s.port)
+                .unwrap_or_default();
+            match cx.policies.for_port(ns, &b.name, &port_name) {
+                PortTls::None => Backend::Service(s),
+                PortTls::Tls(t) => {
+                    s.tls = Some(Box::new(t));
+                    Backend::Service(s)
+                }
+                PortTls::Invalid(reason) => {
+                    diags.warning(
+                        object,
+                        format!("{bfield}: {reason}; requests routed to it get 500"),
+                    );
+                    invalid(500, reason)
+                }
+            }
+        }
+        Err(e) if e.is_unavailable() => {
+            report.services.insert((ns.to_string(), b.name.clone()));
+            invalid(503, e.to_string())
+        }
         Err(e) => {
             diags.warning(
                 object,

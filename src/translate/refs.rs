@@ -244,7 +244,20 @@ impl<'a> Resolver<'a> {
             port: port_number,
             endpoints,
             protocol,
+            tls: None,
         })
+    }
+
+    /// The name of the Service port with this number (empty when the port has no name).
+    pub(crate) fn service_port_name(&self, ns: &str, name: &str, port: u16) -> Option<String> {
+        self.service(ns, name)?
+            .spec
+            .as_ref()?
+            .ports
+            .as_deref()?
+            .iter()
+            .find(|p| p.port == i32::from(port))
+            .map(|p| p.name.clone().unwrap_or_default())
     }
 
     /// The labels of a namespace (empty when the namespace object is not known).

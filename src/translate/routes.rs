@@ -205,6 +205,8 @@ pub(crate) struct RuleReport {
     pub invalid_rules: Vec<String>,
     /// How many rules there are in total.
     pub total_rules: usize,
+    /// Services (namespace, name) the rules send traffic to.
+    pub services: std::collections::BTreeSet<(String, String)>,
 }
 
 impl RuleReport {
