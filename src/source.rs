@@ -3,6 +3,8 @@
 
 pub mod file;
 
+pub use file::{LoadProblem, Loaded, Location};
+
 use crate::k8s::gw::{
     BackendTLSPolicy, GRPCRoute, Gateway, GatewayClass, HTTPRoute, ListenerSet, ReferenceGrant,
     TCPRoute, TLSRoute, UDPRoute,

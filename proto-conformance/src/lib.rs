@@ -2,3 +2,4 @@
 //! proxy's own end-to-end tests use.
 
 pub mod echo;
+pub mod harness;

@@ -35,7 +35,6 @@ pub struct CertStore {
 }
 
 struct Ca {
-    cert_pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -142,7 +141,6 @@ impl CertStore {
         let cert_pem = cert.pem();
         let key_pem = key.serialize_pem();
         self.add_secret(ns, name, &cert_pem, &key_pem);
-        let _ = &ca.cert_pem;
         Ok((cert_pem, key_pem))
     }
 
@@ -177,7 +175,6 @@ impl CertStore {
             "data": {"ca.crt": cert_pem},
         }));
         Ok(Ca {
-            cert_pem,
             issuer: Issuer::new(params, key),
         })
     }

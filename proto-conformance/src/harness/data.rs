@@ -15,24 +15,24 @@ pub struct Case {
     /// The ConformanceTest `ShortName`.
     pub test: String,
     /// The `t.Run` path.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub subtest: String,
     /// All YAML files of the test, relative to `gateway-api/`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub manifests: Vec<String>,
     /// The test's SupportedFeature names.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub features: Vec<String>,
     /// The test is marked Provisional upstream.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub provisional: bool,
     /// `http` (also for https) or `websocket`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub kind: String,
     /// `namespace/name` of the Gateway whose address the Go test used.
     pub gateway: String,
     /// Listener names passed to `NewGatewayRef`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub gateway_listeners: Vec<String>,
     /// The port the Go test put in the gateway address (`None`: an address without port).
     pub gateway_port: Option<u16>,
@@ -70,16 +70,16 @@ pub struct Case {
     #[serde(default)]
     pub weights: Option<BTreeMap<String, f64>>,
     /// The request must not succeed (see `expect_failure_mode`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub expect_failure: bool,
     /// `http_non_200` or `tls`.
     #[serde(default)]
     pub expect_failure_mode: Option<String>,
     /// Go appended a request id query parameter.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub adds_request_id_query: bool,
     /// World changes to make before this case.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub after_state_changes: Vec<String>,
     /// Hand-written semantics.
     #[serde(default)]
@@ -91,7 +91,7 @@ pub struct Case {
     #[serde(default)]
     pub websocket: Option<WebsocketSpec>,
     /// Go file:line of the assertion.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub source: String,
 }
 
@@ -125,7 +125,7 @@ pub struct CaseRequest {
     #[serde(default)]
     pub protocol: Option<String>,
     /// Do not follow redirects (the harness never follows them).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub unfollow_redirect: bool,
     /// Request body, rarely used.
     #[serde(default)]
@@ -145,7 +145,7 @@ pub struct ExpectedRequest {
     #[serde(default)]
     pub method: Option<String>,
     /// The echoed `path` (raw request URI).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub path_and_query: String,
     /// Headers the backend must see with exactly these values.
     #[serde(default)]
@@ -165,7 +165,7 @@ pub struct ExpectedRequest {
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct ExpectedResponse {
     /// Acceptable status codes.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub status: Vec<u16>,
     /// Exact header values.
     #[serde(default)]
@@ -177,7 +177,7 @@ pub struct ExpectedResponse {
     #[serde(default)]
     pub absent_headers: Option<Vec<String>>,
     /// Strip spaces before comparing header values.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub ignore_whitespace: bool,
     /// Expected response protocol, e.g. `HTTP/2.0`.
     #[serde(default)]
@@ -200,7 +200,7 @@ pub struct ExpectedRedirect {
     #[serde(default)]
     pub path: Option<String>,
     /// The redirect status (same as `response.status`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub status: Vec<u16>,
 }
 
@@ -239,28 +239,28 @@ pub struct TestInfo {
     /// ShortName.
     pub test: String,
     /// Upstream Go file.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub file: String,
     /// Manifests, relative to `gateway-api/`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub manifests: Vec<String>,
     /// SupportedFeatures.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub features: Vec<String>,
     /// Provisional upstream.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub provisional: bool,
     /// Upstream description.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub description: String,
     /// Number of HTTP cases.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub cases: usize,
     /// Number of gRPC cases.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub grpc_cases: usize,
     /// Number of L4 cases.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub l4_cases: usize,
 }
 
@@ -272,7 +272,7 @@ pub struct OtherCase {
     /// Test ShortName.
     pub test: String,
     /// SupportedFeatures.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub features: Vec<String>,
 }
 
@@ -280,10 +280,10 @@ pub struct OtherCase {
 #[derive(Clone, Debug, Deserialize)]
 pub struct FeatureInfo {
     /// Core / Extended.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub level: String,
     /// standard / experimental.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub channel: String,
 }
 
@@ -357,6 +357,15 @@ impl Conformance {
         cases.sort_by(|a, b| a.id.cmp(&b.id));
         cases
     }
+}
+
+/// `null` reads as the type's default (the derived files use `null` for absent values).
+fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 fn parse_jsonl<T: for<'de> Deserialize<'de>>(text: &str, name: &str) -> anyhow::Result<Vec<T>> {

@@ -132,10 +132,15 @@ impl Proxy {
         }
     }
 
-    /// The last `lines` lines of the proxy's log.
+    /// The last `lines` lines of the proxy's log, without colour codes and without the warnings about kinds
+    /// it does not read (Deployments).
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
+        let all: Vec<String> = text
+            .lines()
+            .map(strip_ansi)
+            .filter(|l| !l.contains("is not a kind portcullis reads"))
+            .collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
@@ -144,4 +149,26 @@ impl Proxy {
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
     }
+}
+
+/// Removes ANSI escape sequences (`ESC [ ... letter`).
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                // Bounded by the line: skip parameters up to the final letter.
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }

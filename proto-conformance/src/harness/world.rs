@@ -216,11 +216,7 @@ pub fn fill_placeholders(doc: &mut Value, class: &str, controller: &str) {
 
 fn replace_strings(v: &mut Value, f: &dyn Fn(&str) -> String) {
     match v {
-        Value::String(s) => {
-            if s.contains('{') {
-                *s = f(s);
-            }
-        }
+        Value::String(s) if s.contains('{') => *s = f(s),
         Value::Array(a) => a.iter_mut().for_each(|x| replace_strings(x, f)),
         Value::Object(m) => m.values_mut().for_each(|x| replace_strings(x, f)),
         _ => {}
@@ -703,6 +699,7 @@ pub fn build_world(
     for doc in files.iter_mut().flat_map(|f| f.docs.iter_mut()) {
         fill_placeholder_slice(doc, &pods);
     }
+    generated.iter_mut().for_each(apiserver_defaults);
     Ok(WorldPlan {
         files,
         generated,
