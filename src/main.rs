@@ -115,18 +115,23 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     );
     let listener_states = listeners.states();
     let connections = listeners.connections();
-    let all_bound = data_rt.block_on(async { listeners.reconcile() });
-    if !all_bound {
-        let states = listener_states
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_default();
-        let failed: Vec<String> = states
-            .iter()
-            .filter(|s| !s.bound)
-            .map(|s| format!("{} ({})", s.address, s.error.as_deref().unwrap_or("?")))
-            .collect();
-        anyhow::bail!("cannot bind listener(s): {}", failed.join(", "));
+    data_rt.block_on(async { listeners.reconcile() });
+    // The HTTP port must be bound at startup (a port in use or not permitted is a configuration mistake to fail
+    // on); other listeners, such as a Gateway's own address, are reported in status and retried.
+    let http_port = args.translate.http_port;
+    let states = listener_states
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_default();
+    if let Some(s) = states
+        .iter()
+        .find(|s| !s.bound && s.model_address.is_none() && s.port == http_port)
+    {
+        anyhow::bail!(
+            "cannot bind the HTTP port on {}: {}",
+            s.address,
+            s.error.as_deref().unwrap_or("unknown error")
+        );
     }
     data_rt.spawn(listeners.run(stop_rx.clone()));
 
