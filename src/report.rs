@@ -65,6 +65,7 @@ fn filter_text(f: &Filter) -> String {
             format!("mirror({}{share})", m.backend)
         }
         Filter::Cors(c) => format!("cors(origins={})", c.allow_origins.join(",")),
+        Filter::RequestRedirect(r) => format!("redirect({})", r.status),
     }
 }
 

@@ -215,6 +215,10 @@ impl WeightedBackends {
                 target: Target::new(&b.backend),
                 filters: b.filters.clone().into_boxed_slice(),
                 mirrors: compile_mirrors(&b.filters),
+                redirect: b.filters.iter().find_map(|f| match f {
+                    Filter::RequestRedirect(r) => Some(r.clone()),
+                    _ => None,
+                }),
             });
         }
         WeightedBackends {
@@ -253,6 +257,8 @@ pub struct CompiledBackend {
     pub filters: Box<[Filter]>,
     /// Backend-level request mirrors.
     pub mirrors: Box<[CompiledMirror]>,
+    /// A backend-level RequestRedirect: requests that pick this backend are redirected.
+    pub redirect: Option<Redirect>,
 }
 
 /// A backend target.

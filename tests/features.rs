@@ -117,7 +117,7 @@ async fn mirrors_cors_timeouts_and_retries() -> Result<()> {
         assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
         assert_eq!(r.header("access-control-max-age"), Some("600"));
         assert!(r.body.is_empty());
-        // A preflight from another origin is not answered with CORS headers (it goes to the backend).
+        // A preflight from another origin is refused by the proxy, without CORS headers.
         let r = proxy.request(
             "OPTIONS",
             host,
@@ -128,6 +128,7 @@ async fn mirrors_cors_timeouts_and_retries() -> Result<()> {
             ],
             b"",
         )?;
+        assert_eq!(r.status, 403);
         assert_eq!(r.header("access-control-allow-origin"), None);
         // An actual request from an allowed origin gets the CORS response headers.
         let r = proxy.request(

@@ -264,6 +264,9 @@ pub enum Filter {
     RequestMirror(Mirror),
     /// Answer CORS preflight requests and add CORS headers to responses.
     Cors(Cors),
+    /// Answer with a redirect (as a backendRef filter: the requests that pick this backend are redirected; a
+    /// rule-level redirect is [`Action::Redirect`]).
+    RequestRedirect(Redirect),
 }
 
 /// A request mirror.

@@ -285,7 +285,10 @@ fn apply_request_filters(
                     req.set_raw_path(target.as_bytes())?;
                 }
             }
-            Filter::ResponseHeaderModifier(_) | Filter::RequestMirror(_) | Filter::Cors(_) => {}
+            Filter::ResponseHeaderModifier(_)
+            | Filter::RequestMirror(_)
+            | Filter::Cors(_)
+            | Filter::RequestRedirect(_) => {}
         }
     }
     Ok(())
@@ -404,11 +407,15 @@ impl ProxyHttp for HttpApp {
         // CORS: answer allowed preflights here; remember allowed origins for the response.
         if let Some(cors) = &entry.rule.cors {
             let origin = req.headers.get(http::header::ORIGIN).cloned();
-            if let Some(origin) = origin.filter(|o| o.to_str().is_ok_and(|o| cors.allows(o))) {
-                if is_preflight(req) {
-                    return respond_preflight(session, &cors.cors, origin).await;
+            let allowed = origin.filter(|o| o.to_str().is_ok_and(|o| cors.allows(o)));
+            match (allowed, is_preflight(req)) {
+                (Some(origin), true) => {
+                    return respond_preflight(session, &cors.cors, origin).await
                 }
-                ctx.cors_origin = Some(origin);
+                // A preflight from an origin the rule does not allow is refused here, not sent to a backend.
+                (None, true) => return respond(session, 403, None).await,
+                (Some(origin), false) => ctx.cors_origin = Some(origin),
+                (None, false) => {}
             }
         }
         let outcome = match &entry.rule.action {
@@ -421,6 +428,16 @@ impl ProxyHttp for HttpApp {
             }
             CompiledAction::Forward(w) => match w.pick() {
                 None => Err((500, None)),
+                Some(b) if b.redirect.is_some() => {
+                    let loc = b.redirect.as_ref().and_then(|rd| {
+                        location(rd, req, self.tls, self.port, entry.matched_prefix())
+                            .map(|l| (rd.status, l))
+                    });
+                    match loc {
+                        Some((status, l)) => Err((status, Some(l))),
+                        None => Err((500, None)),
+                    }
+                }
                 Some(b) => match &b.target {
                     Target::Status { status, .. } => Err((*status, None)),
                     Target::Endpoints(eps) => match eps.next() {

@@ -3,7 +3,7 @@
 use super::http::HttpApp;
 use crate::model::Protocol;
 use crate::snapshot::Store;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::protocols::l4::listener::Listener;
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
@@ -280,10 +280,15 @@ impl ListenerManager {
                 Ok(listener) => {
                     let (stop_tx, stop_rx) = watch::channel(false);
                     let tls = protocol == Protocol::Https;
-                    let proxy = pingora::proxy::http_proxy(
+                    let mut proxy = pingora::proxy::http_proxy(
                         &self.conf,
                         HttpApp::new(self.store.clone(), key, tls),
                     );
+                    // Cleartext HTTP/2 with prior knowledge (gRPC, h2c clients) next to HTTP/1.1: Pingora peeks
+                    // for the HTTP/2 preface once per connection. TLS listeners negotiate by ALPN instead.
+                    let mut options = HttpServerOptions::default();
+                    options.h2c = !tls;
+                    proxy.server_options = Some(options);
                     let handshake = if tls {
                         Handshake::Tls {
                             store: self.store.clone(),

@@ -814,11 +814,8 @@ fn backend_group(
                 });
             match out {
                 Ok(FilterOut::Filter(f)) => filters.push(f),
-                Ok(FilterOut::Redirect(_)) => {
-                    let reason = "RequestRedirect is not supported as a backendRef filter";
-                    diags.error(object, format!("{bfield}.filters[{fi}]: {reason}"));
-                    backend = Some(invalid(500, reason));
-                }
+                // Requests sent to this backend are answered with the redirect instead.
+                Ok(FilterOut::Redirect(rd)) => filters.push(Filter::RequestRedirect(rd)),
                 Ok(FilterOut::Unsupported(name)) => {
                     let reason = format!("filter {name} is not supported");
                     diags.error(object, format!("{bfield}.filters[{fi}]: {reason}"));
