@@ -52,11 +52,22 @@ impl CertStore {
 
         // Self-signed serving certificates.
         store.self_signed(WEB_BACKEND, "certificate", &["*"])?;
-        store.self_signed(INFRA, "tls-validity-checks-certificate", &["*", "*.org", "*.wildcard.org"])?;
+        store.self_signed(
+            INFRA,
+            "tls-validity-checks-certificate",
+            &["*", "*.org", "*.wildcard.org"],
+        )?;
 
         // Frontend client-certificate validation: two CAs, each with a client certificate.
         let ca = store.ca_config_map(INFRA, "tls-validity-checks-ca-certificate")?;
-        store.signed(INFRA, "tls-validity-checks-client-certificate", &["example.org"], &[], &ca, Usage::Client)?;
+        store.signed(
+            INFRA,
+            "tls-validity-checks-client-certificate",
+            &["example.org"],
+            &[],
+            &ca,
+            Usage::Client,
+        )?;
         let ca = store.ca_config_map(INFRA, "tls-validity-checks-per-port-ca-certificate")?;
         store.signed(
             INFRA,
@@ -78,7 +89,14 @@ impl CertStore {
             &ca,
             Usage::Server,
         )?;
-        store.signed(INFRA, "tls-checks-client-certificate", &["abc.example.com"], &[], &ca, Usage::Client)?;
+        store.signed(
+            INFRA,
+            "tls-checks-client-certificate",
+            &["abc.example.com"],
+            &[],
+            &ca,
+            Usage::Client,
+        )?;
         let passthrough = store.signed(
             INFRA,
             "tls-passthrough-checks-certificate",
@@ -87,8 +105,20 @@ impl CertStore {
             &ca,
             Usage::Server,
         )?;
-        store.add_secret(APP_BACKEND, "tls-passthrough-checks-certificate", &passthrough.0, &passthrough.1);
-        store.signed(INFRA, "tls-terminate-checks-certificate", &["tls.example.com"], &[], &ca, Usage::Server)?;
+        store.add_secret(
+            APP_BACKEND,
+            "tls-passthrough-checks-certificate",
+            &passthrough.0,
+            &passthrough.1,
+        );
+        store.signed(
+            INFRA,
+            "tls-terminate-checks-certificate",
+            &["tls.example.com"],
+            &[],
+            &ca,
+            Usage::Server,
+        )?;
 
         // An unrelated CA, to make validation fail on purpose.
         store.ca_config_map(INFRA, "mismatch-ca-certificate")?;
@@ -157,7 +187,10 @@ impl CertStore {
             .distinguished_name
             .push(DnType::CommonName, format!("gatewayapi {name}"));
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyCertSign,
+        ];
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ClientAuth,
             ExtendedKeyUsagePurpose::ServerAuth,

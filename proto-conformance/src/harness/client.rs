@@ -269,9 +269,7 @@ fn build_request(
         .map_err(|e| RtError::Setup(format!("request {uri:?}: {e}")))
 }
 
-async fn read_response(
-    resp: http::Response<hyper::body::Incoming>,
-) -> Result<Captured, RtError> {
+async fn read_response(resp: http::Response<hyper::body::Incoming>) -> Result<Captured, RtError> {
     let status = resp.status().as_u16();
     let version = match resp.version() {
         http::Version::HTTP_09 => "HTTP/0.9",
@@ -327,7 +325,11 @@ async fn send_h1(io: Box<dyn IoBox>, spec: &RequestSpec) -> Result<Captured, RtE
     result
 }
 
-async fn send_h2(io: Box<dyn IoBox>, spec: &RequestSpec, scheme: &str) -> Result<Captured, RtError> {
+async fn send_h2(
+    io: Box<dyn IoBox>,
+    spec: &RequestSpec,
+    scheme: &str,
+) -> Result<Captured, RtError> {
     let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .handshake::<_, Full<Bytes>>(TokioIo::new(io))
         .await
@@ -386,7 +388,10 @@ pub struct WebsocketCheck {
 pub async fn websocket_round_trip(check: &WebsocketCheck) -> Result<(), String> {
     match tokio::time::timeout(check.timeout, websocket_inner(check)).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no complete exchange within {}s", check.timeout.as_secs_f32())),
+        Err(_) => Err(format!(
+            "no complete exchange within {}s",
+            check.timeout.as_secs_f32()
+        )),
     }
 }
 
@@ -414,7 +419,11 @@ async fn websocket_inner(check: &WebsocketCheck) -> Result<(), String> {
             .map_err(|e| format!("sending a text message: {e}"))?;
         match next_data(&mut ws).await? {
             Message::Text(t) if t.as_str() == expect => {}
-            other => return Err(format!("sent text {send:?}, expected {expect:?} back, got {other:?}")),
+            other => {
+                return Err(format!(
+                    "sent text {send:?}, expected {expect:?} back, got {other:?}"
+                ))
+            }
         }
     }
     if let Some((send, expect)) = &check.binary {

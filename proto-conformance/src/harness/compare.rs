@@ -249,9 +249,9 @@ fn check_echo(exp: &Expectation, res: &Captured) -> Result<(), String> {
         match res.header(name) {
             None => {
                 return Err(format!(
-                    "expected {name} response header to be set (one of {valid:?}), actual headers: {}",
-                    fmt_pairs(&res.headers)
-                ))
+                "expected {name} response header to be set (one of {valid:?}), actual headers: {}",
+                fmt_pairs(&res.headers)
+            ))
             }
             Some(got) => {
                 let got_n = norm(&got, exp.ignore_whitespace);
@@ -306,7 +306,12 @@ fn check_echo(exp: &Expectation, res: &Captured) -> Result<(), String> {
         let seen = echo
             .tls
             .as_ref()
-            .map(|t| t.peer_certificates.iter().map(|c| pem_body(c)).collect::<Vec<_>>())
+            .map(|t| {
+                t.peer_certificates
+                    .iter()
+                    .map(|c| pem_body(c))
+                    .collect::<Vec<_>>()
+            })
             .unwrap_or_default();
         if !seen.contains(&want) {
             return Err(format!(
@@ -327,7 +332,10 @@ fn show(s: &str) -> String {
 }
 
 fn fmt_headers(h: &BTreeMap<String, Vec<String>>) -> String {
-    let parts: Vec<String> = h.iter().map(|(k, v)| format!("{k}: {}", v.join(","))).collect();
+    let parts: Vec<String> = h
+        .iter()
+        .map(|(k, v)| format!("{k}: {}", v.join(",")))
+        .collect();
     format!("{{{}}}", parts.join("; "))
 }
 
@@ -399,10 +407,9 @@ pub fn resolve_location(
     let loc = loc.split('#').next().unwrap_or("");
     let scheme_end = loc.find(':').filter(|&i| {
         i > 0
-            && loc[..i]
-                .bytes()
-                .enumerate()
-                .all(|(j, b)| b.is_ascii_alphabetic() || (j > 0 && (b.is_ascii_digit() || b"+-.".contains(&b))))
+            && loc[..i].bytes().enumerate().all(|(j, b)| {
+                b.is_ascii_alphabetic() || (j > 0 && (b.is_ascii_digit() || b"+-.".contains(&b)))
+            })
     });
     let (scheme, rest) = match scheme_end {
         Some(i) => (loc[..i].to_ascii_lowercase(), &loc[i + 1..]),
@@ -433,7 +440,11 @@ pub fn resolve_location(
     })
 }
 
-fn check_redirect(exp: &ExpectedRedirect, sent: &SentRequest, res: &Captured) -> Result<(), String> {
+fn check_redirect(
+    exp: &ExpectedRedirect,
+    sent: &SentRequest,
+    res: &Captured,
+) -> Result<(), String> {
     let Some(location) = res.header_values("location").first().map(|s| s.to_string()) else {
         return Err(format!("{} redirect without a Location header", res.status));
     };
@@ -444,7 +455,11 @@ fn check_redirect(exp: &ExpectedRedirect, sent: &SentRequest, res: &Captured) ->
 /// Compares a resolved `Location` with the expected redirect, filling the defaults the suite fills
 /// (`setRedirectRequestDefaults`): no expected host → not checked; no expected scheme → the request's; no
 /// expected path → the request's path; no expected port → absent or the scheme's default.
-pub fn check_location(exp: &ExpectedRedirect, sent: &SentRequest, got: &Location) -> Result<(), String> {
+pub fn check_location(
+    exp: &ExpectedRedirect,
+    sent: &SentRequest,
+    got: &Location,
+) -> Result<(), String> {
     let want_host = exp.hostname.clone().unwrap_or_else(|| got.hostname.clone());
     if want_host != got.hostname {
         return Err(format!(
@@ -518,7 +533,9 @@ pub fn check_weights(
 ) -> Result<(), String> {
     let mut errs = Vec::new();
     if let Some(unexpected) = seen.keys().find(|b| !expected.contains_key(*b)) {
-        errs.push(format!("request was handled by an unexpected backend {unexpected:?}"));
+        errs.push(format!(
+            "request was handled by an unexpected backend {unexpected:?}"
+        ));
     }
     let active = expected.values().filter(|w| **w > 0.0).count();
     let seen_expected = seen.keys().filter(|b| expected.contains_key(*b)).count();

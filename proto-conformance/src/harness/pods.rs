@@ -45,7 +45,11 @@ pub async fn start_pods(plans: &[PodPlan]) -> anyhow::Result<Vec<RunningPod>> {
 }
 
 /// The running pods of a Deployment (= backend).
-pub fn pods_of<'a>(pods: &'a [RunningPod], namespace: &str, deployment: &str) -> Vec<&'a RunningPod> {
+pub fn pods_of<'a>(
+    pods: &'a [RunningPod],
+    namespace: &str,
+    deployment: &str,
+) -> Vec<&'a RunningPod> {
     pods.iter()
         .filter(|p| p.plan.namespace == namespace && p.plan.deployment == deployment)
         .collect()

@@ -81,7 +81,10 @@ impl Proxy {
             .arg(admin.to_string())
             .arg("--threads")
             .arg("2")
-            .env("RUST_LOG", std::env::var("PORTCULLIS_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("PORTCULLIS_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
@@ -99,7 +102,11 @@ impl Proxy {
     pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let start = Instant::now();
         loop {
-            if let Some(status) = self.child.try_wait().context("checking the proxy process")? {
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .context("checking the proxy process")?
+            {
                 bail!("portcullis exited during startup ({status})");
             }
             if let Ok(res) = client::get(self.admin, "/readyz", Duration::from_secs(2)).await {
@@ -108,7 +115,10 @@ impl Proxy {
                 }
             }
             if start.elapsed() > timeout {
-                bail!("GET /readyz did not answer 200 within {}s", timeout.as_secs());
+                bail!(
+                    "GET /readyz did not answer 200 within {}s",
+                    timeout.as_secs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

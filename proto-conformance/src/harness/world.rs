@@ -283,7 +283,10 @@ pub fn prepare_gateway_addresses(
 }
 
 /// Whether a label selector (`matchLabels`-style map) selects these labels.
-pub fn selector_matches(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+pub fn selector_matches(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
@@ -336,7 +339,13 @@ impl VolumeSources<'_> {
     }
 
     /// The content of file `path` in a pod with this spec, from its Secret/ConfigMap volumes.
-    pub fn mounted_file(&self, pod_spec: &Value, container: &Value, ns: &str, path: &str) -> Option<String> {
+    pub fn mounted_file(
+        &self,
+        pod_spec: &Value,
+        container: &Value,
+        ns: &str,
+        path: &str,
+    ) -> Option<String> {
         let mounts = container.get("volumeMounts")?.as_array()?;
         let (mount, rest) = mounts.iter().find_map(|m| {
             let mp = str_at(m, &["mountPath"])?.trim_end_matches('/');
@@ -405,7 +414,12 @@ pub fn plan_pods(
         .unwrap_or_default();
     let container_ports: Vec<(Option<String>, u16)> = containers
         .iter()
-        .flat_map(|c| c.get("ports").and_then(Value::as_array).cloned().unwrap_or_default())
+        .flat_map(|c| {
+            c.get("ports")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        })
         .filter_map(|p| {
             let port = p.get("containerPort")?.as_u64()?;
             Some((
@@ -441,7 +455,10 @@ fn plan_echo(
 ) -> (Option<EchoPlan>, Option<String>) {
     let image = str_at(container, &["image"]).unwrap_or("");
     if !image.contains("echo-basic") {
-        return (None, Some(format!("not an echo-basic pod (image {image}): not run")));
+        return (
+            None,
+            Some(format!("not an echo-basic pod (image {image}): not run")),
+        );
     }
     for mode in ["GRPC_ECHO_SERVER", "TCP_ECHO_SERVER", "UDP_ECHO_SERVER"] {
         if env_value(container, mode).is_some() {
