@@ -99,10 +99,10 @@ pub(crate) struct GatewayListener {
     pub from: AllowedNamespaces,
     /// Route kinds (group, kind) that may attach.
     pub kinds: Vec<(String, String)>,
-    /// Where it is served.
+    /// Where it is served; empty when it is not programmed (routes may still attach, but no traffic flows).
     pub keys: Vec<ListenerKey>,
-    /// Accepted and programmed: routes attach and traffic flows.
-    pub ready: bool,
+    /// Accepted and not in conflict: routes attach (and count in attachedRoutes).
+    pub attachable: bool,
     status: StatusSlot,
 }
 
@@ -304,44 +304,33 @@ impl ListenerConds {
     }
 
     fn conditions(&self, generation: Option<i64>) -> Vec<Condition> {
+        let g = generation;
         let mut out = Vec::with_capacity(4);
-        out.push(match &self.accepted {
-            None => Condition::new(
-                "Accepted",
-                true,
-                "Accepted",
-                "listener accepted",
-                generation,
-            ),
-            Some((r, m)) => Condition::new("Accepted", false, r, m.clone(), generation),
+        // A conflicted listener is not accepted either; both conditions carry the conflict's reason.
+        out.push(match (&self.accepted, &self.conflicted) {
+            (Some((r, m)), _) | (None, Some((r, m))) => {
+                Condition::new("Accepted", false, r, m.clone(), g)
+            }
+            (None, None) => Condition::new("Accepted", true, "Accepted", "listener accepted", g),
         });
         out.push(match &self.conflicted {
-            None => Condition::new(
-                "Conflicted",
-                false,
-                "NoConflicts",
-                "no conflicts",
-                generation,
-            ),
-            Some((r, m)) => Condition::new("Conflicted", true, r, m.clone(), generation),
+            None => Condition::new("Conflicted", false, "NoConflicts", "no conflicts", g),
+            Some((r, m)) => Condition::new("Conflicted", true, r, m.clone(), g),
         });
-        let programmed = self.programmed && self.accepted.is_none() && self.conflicted.is_none();
-        out.push(if programmed {
-            Condition::new(
-                "Programmed",
-                true,
-                "Programmed",
-                "listener programmed",
-                generation,
-            )
-        } else {
-            Condition::new(
+        out.push(match (&self.accepted, &self.conflicted) {
+            (Some((r, m)), _) | (None, Some((r, m))) => {
+                Condition::new("Programmed", false, r, m.clone(), g)
+            }
+            (None, None) if self.programmed => {
+                Condition::new("Programmed", true, "Programmed", "listener programmed", g)
+            }
+            (None, None) => Condition::new(
                 "Programmed",
                 false,
                 "Invalid",
-                "listener is not programmed",
-                generation,
-            )
+                "listener is not programmed: its references do not resolve",
+                g,
+            ),
         });
         out.push(match &self.resolved {
             None => Condition::new(
@@ -349,15 +338,21 @@ impl ListenerConds {
                 true,
                 "ResolvedRefs",
                 "all references resolved",
-                generation,
+                g,
             ),
-            Some((r, m)) => Condition::new("ResolvedRefs", false, r, m.clone(), generation),
+            Some((r, m)) => Condition::new("ResolvedRefs", false, r, m.clone(), g),
         });
         out
     }
 
+    /// Routes may attach (the listener is accepted and not in conflict), even if it cannot be programmed.
+    fn attachable(&self) -> bool {
+        self.accepted.is_none() && self.conflicted.is_none()
+    }
+
+    /// Traffic flows: attachable and programmed.
     fn ready(&self) -> bool {
-        self.programmed && self.accepted.is_none() && self.conflicted.is_none()
+        self.programmed && self.attachable()
     }
 }
 
@@ -371,7 +366,7 @@ pub(crate) fn translate(
 ) -> Gateways {
     let mut out = Gateways::default();
     for gw in our_gateways(input, opts) {
-        gateway(gw, input, refs, model, diags, &mut out);
+        gateway(gw, input, opts, refs, model, diags, &mut out);
     }
     out.attached = vec![BTreeSet::new(); out.listeners.len()];
     out
@@ -380,6 +375,7 @@ pub(crate) fn translate(
 fn gateway(
     gw: &Gateway,
     input: &Input,
+    opts: &Options,
     refs: &Resolver<'_>,
     model: &mut ModelBuilder,
     diags: &mut Diagnostics,
@@ -406,6 +402,8 @@ fn gateway(
                     ips.push(ip);
                 }
             }
+            // An address without a value asks the implementation to choose one: the default address.
+            ("IPAddress", Err(_)) if value.is_empty() => {}
             ("IPAddress", Err(_)) => {
                 unsupported_address = Some(format!(
                     "spec.addresses[{i}]: {value:?} is not an IP address"
@@ -431,7 +429,11 @@ fn gateway(
         }
     };
 
-    let backend_client_cert = backend_client_certificate(gw, &ns, refs, &object, diags);
+    let (backend_client_cert, backend_cert_problem) =
+        match backend_client_certificate(gw, &ns, refs, &object, diags) {
+            Ok(c) => (c, None),
+            Err(p) => (None, Some(p)),
+        };
 
     let gw_index = out.parents.len();
     out.parents.push(Parent {
@@ -487,7 +489,6 @@ fn gateway(
             ls.metadata.name.clone(),
         )
     });
-    let mut attached_sets = 0;
     let mut set_outcomes: Vec<(usize, bool)> = Vec::new();
     for ls in sets {
         let ls_ns = ls
@@ -506,7 +507,6 @@ fn gateway(
         });
         let status_index = out.listener_set_status.len();
         let conditions = if allowed {
-            attached_sets += 1;
             vec![]
         } else {
             let msg = "the parent Gateway's allowedListeners do not admit this ListenerSet";
@@ -801,6 +801,8 @@ fn gateway(
 
         let ready = conds.ready();
         any_programmed |= ready;
+        let attachable = conds.attachable();
+        let keys = if ready { keys } else { Vec::new() };
         let listener_status = ListenerStatus {
             name: l.name.clone(),
             supported_kinds: kinds
@@ -842,22 +844,23 @@ fn gateway(
             from,
             kinds,
             keys,
-            ready,
+            attachable,
             status: c.slot,
         });
     }
 
-    // ListenerSet conditions once their listeners are known.
+    // ListenerSet conditions once their listeners are known: accepted when at least one listener is valid.
+    let accepted_listener = |l: &ListenerStatus| {
+        l.conditions
+            .iter()
+            .any(|c| c.type_ == "Accepted" && c.status == "True")
+    };
+    let mut attached_sets = 0;
     for (idx, allowed) in set_outcomes {
         if !allowed {
             continue;
         }
         if let Some(o) = out.listener_set_status.get_mut(idx) {
-            let programmed = o.status.listeners.iter().any(|l| {
-                l.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Programmed" && c.status == "True")
-            });
             let g = input
                 .listener_sets
                 .iter()
@@ -866,37 +869,58 @@ fn gateway(
                         && ls.metadata.name.as_deref() == Some(&o.name)
                 })
                 .and_then(|ls| ls.metadata.generation);
-            o.status.conditions = vec![
-                Condition::new("Accepted", true, "Accepted", "ListenerSet accepted", g),
-                if programmed {
-                    Condition::new(
-                        "Programmed",
-                        true,
-                        "Programmed",
-                        "ListenerSet programmed",
-                        g,
-                    )
-                } else {
-                    Condition::new(
-                        "Programmed",
-                        false,
-                        "Invalid",
-                        "no listener is programmed",
-                        g,
-                    )
-                },
-            ];
+            let valid = o.status.listeners.iter().any(accepted_listener);
+            let programmed = o.status.listeners.iter().any(|l| {
+                l.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Programmed" && c.status == "True")
+            });
+            o.status.conditions = if valid {
+                attached_sets += 1;
+                vec![
+                    Condition::new("Accepted", true, "Accepted", "ListenerSet accepted", g),
+                    if programmed {
+                        Condition::new(
+                            "Programmed",
+                            true,
+                            "Programmed",
+                            "ListenerSet programmed",
+                            g,
+                        )
+                    } else {
+                        Condition::new(
+                            "Programmed",
+                            false,
+                            "Invalid",
+                            "no listener is programmed",
+                            g,
+                        )
+                    },
+                ]
+            } else {
+                let msg = "no listener of this ListenerSet is valid";
+                vec![
+                    Condition::new("Accepted", false, "ListenersNotValid", msg, g),
+                    Condition::new("Programmed", false, "ListenersNotValid", msg, g),
+                ]
+            };
         }
     }
 
     // Gateway conditions.
     let st = &mut out.gateway_status[gw_status_index].status;
     st.attached_listener_sets = Some(attached_sets);
+    let addresses: Vec<String> = if ips.is_empty() {
+        opts.default_addresses.clone()
+    } else {
+        ips.iter().map(IpAddr::to_string).collect()
+    };
     st.addresses = Some(
-        ips.iter()
-            .map(|ip| GatewayStatusAddress {
+        addresses
+            .into_iter()
+            .map(|value| GatewayStatusAddress {
                 type_: "IPAddress".into(),
-                value: ip.to_string(),
+                value,
             })
             .collect(),
     );
@@ -905,6 +929,8 @@ fn gateway(
         .infrastructure
         .as_ref()
         .and_then(|i| i.parameters_ref.as_ref());
+    let own_valid = st.listeners.iter().filter(|l| accepted_listener(l)).count();
+    let own_total = st.listeners.len();
     let accepted = if let Some(msg) = &unsupported_address {
         diags.error(&object, msg.clone());
         Condition::new(
@@ -918,12 +944,20 @@ fn gateway(
         let msg = "spec.infrastructure.parametersRef is not supported";
         diags.error(&object, msg);
         Condition::new("Accepted", false, "InvalidParameters", msg, generation)
-    } else if !gw.spec.listeners.is_empty() && !any_programmed {
+    } else if own_total > 0 && own_valid == 0 {
         Condition::new(
             "Accepted",
             false,
             "ListenersNotValid",
             "no listener is valid",
+            generation,
+        )
+    } else if own_valid < own_total {
+        Condition::new(
+            "Accepted",
+            true,
+            "ListenersNotValid",
+            "some listeners are not valid; the others are served",
             generation,
         )
     } else {
@@ -948,32 +982,56 @@ fn gateway(
             )
         };
     st.conditions = vec![accepted, programmed];
+    if let Some((reason, msg)) = backend_cert_problem {
+        st.conditions.push(Condition::new(
+            "ResolvedRefs",
+            false,
+            reason,
+            msg,
+            generation,
+        ));
+    } else if gw
+        .spec
+        .tls
+        .as_ref()
+        .and_then(|t| t.backend.as_ref())
+        .is_some()
+    {
+        st.conditions.push(Condition::new(
+            "ResolvedRefs",
+            true,
+            "ResolvedRefs",
+            "all references resolved",
+            generation,
+        ));
+    }
 }
 
-/// The client certificate a Gateway presents to backends (`spec.tls.backend.clientCertificateRef`).
+/// The client certificate a Gateway presents to backends (`spec.tls.backend.clientCertificateRef`), or the
+/// reason it cannot be used (for the Gateway's `ResolvedRefs` condition).
 fn backend_client_certificate(
     gw: &Gateway,
     gw_ns: &str,
     refs: &Resolver<'_>,
     object: &ObjectRef,
     diags: &mut Diagnostics,
-) -> Option<ClientCertificate> {
-    let r = gw
+) -> Result<Option<ClientCertificate>, (&'static str, String)> {
+    let Some(r) = gw
         .spec
         .tls
-        .as_ref()?
-        .backend
-        .as_ref()?
-        .client_certificate_ref
-        .as_ref()?;
+        .as_ref()
+        .and_then(|t| t.backend.as_ref())
+        .and_then(|b| b.client_certificate_ref.as_ref())
+    else {
+        return Ok(None);
+    };
+    let field = "spec.tls.backend.clientCertificateRef";
     let group = r.group.as_deref().unwrap_or("");
     let kind = r.kind.as_deref().unwrap_or("Secret");
     if !group.is_empty() || kind != "Secret" {
-        diags.error(
-            object,
-            format!("spec.tls.backend.clientCertificateRef: {group}/{kind} is not supported; use a Secret"),
-        );
-        return None;
+        let msg = format!("{group}/{kind} is not supported; use a Secret");
+        diags.error(object, format!("{field}: {msg}"));
+        return Err(("InvalidClientCertificateRef", msg));
     }
     let sns = r.namespace.as_deref().unwrap_or(gw_ns);
     if !refs.grant_allows(
@@ -983,27 +1041,22 @@ fn backend_client_certificate(
         sns,
         &r.name,
     ) {
-        diags.error(
-            object,
-            format!(
-                "spec.tls.backend.clientCertificateRef: Secret {sns}/{} needs a ReferenceGrant",
-                r.name
-            ),
+        let msg = format!(
+            "Secret {sns}/{} is in another namespace and no ReferenceGrant allows it",
+            r.name
         );
-        return None;
+        diags.error(object, format!("{field}: {msg}"));
+        return Err(("RefNotPermitted", msg));
     }
     match refs.tls_secret(sns, &r.name) {
-        Ok((cert_pem, key_pem)) => Some(ClientCertificate {
+        Ok((cert_pem, key_pem)) => Ok(Some(ClientCertificate {
             source: format!("Secret {sns}/{}", r.name),
             cert_pem,
             key_pem,
-        }),
+        })),
         Err(e) => {
-            diags.error(
-                object,
-                format!("spec.tls.backend.clientCertificateRef: {e}"),
-            );
-            None
+            diags.error(object, format!("{field}: {e}"));
+            Err(("InvalidClientCertificateRef", e))
         }
     }
 }

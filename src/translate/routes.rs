@@ -118,7 +118,7 @@ pub(crate) fn attach(
             (false, false, false, false);
         for i in selected {
             let l = &gws.listeners[i];
-            if !l.ready {
+            if !l.attachable {
                 not_ready = true;
                 continue;
             }
