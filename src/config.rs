@@ -50,6 +50,7 @@ impl TranslateArgs {
             https_port: self.https_port,
             ingress_controller: self.ingress_controller.clone(),
             gateway_controller: self.gateway_controller.clone(),
+            default_addresses: Vec::new(),
         }
     }
 }

@@ -92,7 +92,12 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         .thread_name("portcullis-control")
         .build()
         .context("cannot start the control-plane runtime")?;
-    let mut control = Control::new(store.clone(), args.translate.options());
+    let mut options = args.translate.options();
+    if !args.bind_address.is_unspecified() {
+        // Gateways without addresses of their own are reachable at the bind address.
+        options.default_addresses = vec![args.bind_address.to_string()];
+    }
+    let mut control = Control::new(store.clone(), options);
     let mut loader = FileLoader::new(args.manifests.clone());
     let watcher = file::watch(&args.manifests).context("cannot watch the manifests")?;
     control.apply(&loader.load());
