@@ -31,6 +31,9 @@ pub struct Options {
     pub ingress_controller: String,
     /// `spec.controllerName` of the GatewayClasses that are ours.
     pub gateway_controller: String,
+    /// Addresses reported in the status of Gateways that do not ask for their own (the bind address in
+    /// standalone mode, the published addresses in a cluster).
+    pub default_addresses: Vec<String>,
 }
 
 /// Re-reads a value as another generated type with the same JSON shape (the gateway-api crate generates separate,
@@ -54,6 +57,7 @@ impl Default for Options {
             https_port: 443,
             ingress_controller: INGRESS_CONTROLLER.to_string(),
             gateway_controller: GATEWAY_CONTROLLER.to_string(),
+            default_addresses: Vec::new(),
         }
     }
 }
