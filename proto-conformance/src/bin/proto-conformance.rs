@@ -16,6 +16,7 @@ USAGE: proto-conformance [OPTIONS]
 
 OPTIONS:
   --check FILE            compare with an expected-results file; exit 1 when a case expected to pass fails
+                          or an in-scope status-only test fails
   --write-expected FILE   write the expected-results file from this run
   --test NAME             only this test (ShortName); repeatable
   --case ID               only this case (e.g. HTTPRouteMatching/003); repeatable
@@ -254,6 +255,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             code = ExitCode::from(1);
         } else {
             println!("\ncheck: no regressions against the expected file");
+        }
+        // Every in-scope status-only test must pass too (skips are the out-of-scope ones, with their reason).
+        let status_failures: Vec<&str> = results
+            .status
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s.outcome,
+                    proto_conformance::harness::runner::Outcome::Fail { .. }
+                )
+            })
+            .map(|s| s.test.as_str())
+            .collect();
+        if !status_failures.is_empty() {
+            println!(
+                "\nSTATUS-ONLY FAILURES ({}): {}",
+                status_failures.len(),
+                status_failures.join(", ")
+            );
+            code = ExitCode::from(1);
         }
     }
     println!("\n{}", report::headline(&results));

@@ -370,38 +370,49 @@ async fn run_world(
     {
         return fail_all("harness: cannot write the world", format!("{e:#}"));
     }
-    let Some(offset) = choose_offset(&plan, opts.port_offset, index) else {
-        return fail_all(
-            "harness: no free port offset",
-            "every candidate --port-offset collides with a bound port".to_string(),
-        );
-    };
-    let admin = match free_admin_port() {
-        Ok(a) => a,
-        Err(e) => return fail_all("harness: no admin port", format!("{e:#}")),
-    };
     let pods = match start_pods(&plan.pods).await {
         Ok(p) => p,
         Err(e) => return fail_all("harness: cannot start the echo pods", format!("{e:#}")),
     };
-    let mut proxy = match Proxy::start(
-        &opts.binary,
-        &dir,
-        offset,
-        admin,
-        &dir.join("portcullis.log"),
-    ) {
-        Ok(p) => p,
-        Err(e) => return fail_all("harness: cannot start portcullis", format!("{e:#}")),
-    };
-    if let Err(e) = proxy.wait_ready(Duration::from_secs(30)).await {
-        let tail = proxy.log_tail(15);
-        proxy.stop().await;
-        return fail_all(
-            "proxy did not become ready",
-            format!("{e:#}\nlast log lines:\n{tail}"),
-        );
+    // Ports found free a moment ago can be taken by another process before the proxy binds them (other worlds,
+    // other tests on the machine); a proxy that exits on a bind error is started again on other ports.
+    let mut started = None;
+    let mut last_error = String::new();
+    for attempt in 0..3usize {
+        let Some(offset) = choose_offset(&plan, opts.port_offset, index + attempt * 11) else {
+            return fail_all(
+                "harness: no free port offset",
+                "every candidate --port-offset collides with a bound port".to_string(),
+            );
+        };
+        let admin = match free_admin_port() {
+            Ok(a) => a,
+            Err(e) => return fail_all("harness: no admin port", format!("{e:#}")),
+        };
+        let mut proxy = match Proxy::start(
+            &opts.binary,
+            &dir,
+            offset,
+            admin,
+            &dir.join("portcullis.log"),
+        ) {
+            Ok(p) => p,
+            Err(e) => return fail_all("harness: cannot start portcullis", format!("{e:#}")),
+        };
+        match proxy.wait_ready(Duration::from_secs(30)).await {
+            Ok(()) => {
+                started = Some((proxy, offset));
+                break;
+            }
+            Err(e) => {
+                last_error = format!("{e:#}\nlast log lines:\n{}", proxy.log_tail(15));
+                proxy.stop().await;
+            }
+        }
     }
+    let Some((mut proxy, offset)) = started else {
+        return fail_all("proxy did not become ready", last_error);
+    };
     let rt = Arc::new(WorldRuntime {
         plan: Mutex::new(plan),
         dir: dir.clone(),
