@@ -24,28 +24,53 @@ use crate::source::{Input, ObjectRef};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-/// Features we claim in `GatewayClass.status.supportedFeatures` (GEP-2162). Only what is implemented and tested.
+/// Features we claim in `GatewayClass.status.supportedFeatures` (GEP-2162): exactly those whose conformance cases
+/// pass (docs/conformance.md). TLSRoute means Passthrough mode.
 pub(crate) const SUPPORTED_FEATURES: &[&str] = &[
+    "BackendTLSPolicy",
+    "BackendTLSPolicySANValidation",
     "Gateway",
+    "GatewayAddressEmpty",
+    "GatewayBackendClientCertificate",
+    "GatewayFrontendClientCertificateValidation",
+    "GatewayFrontendClientCertificateValidationInsecureFallback",
     "GatewayHTTPListenerIsolation",
+    "GatewayHTTPSListenerDetectMisdirectedRequests",
+    "GatewayInfrastructurePropagation",
     "GatewayPort8080",
+    "GatewayStaticAddresses",
     "HTTPRoute",
+    "HTTPRoute303RedirectStatusCode",
+    "HTTPRoute307RedirectStatusCode",
+    "HTTPRoute308RedirectStatusCode",
+    "HTTPRouteBackendProtocolH2C",
+    "HTTPRouteBackendProtocolWebSocket",
+    "HTTPRouteBackendRequestHeaderModification",
+    "HTTPRouteBackendRequestRedirect",
+    "HTTPRouteBackendTimeout",
+    "HTTPRouteBackendURLRewrite",
+    "HTTPRouteCORS",
     "HTTPRouteDestinationPortMatching",
     "HTTPRouteHostRewrite",
     "HTTPRouteMethodMatching",
+    "HTTPRouteNamedRouteRule",
     "HTTPRouteParentRefPort",
     "HTTPRoutePathRedirect",
     "HTTPRoutePathRewrite",
     "HTTPRoutePortRedirect",
     "HTTPRouteQueryParamMatching",
+    "HTTPRouteRequestMirror",
+    "HTTPRouteRequestMultipleMirrors",
+    "HTTPRouteRequestPercentageMirror",
+    "HTTPRouteRequestTimeout",
     "HTTPRouteResponseHeaderModification",
+    "HTTPRouteRetry",
+    "HTTPRouteRetryBackendTimeout",
+    "HTTPRouteRetryConnectionError",
     "HTTPRouteSchemeRedirect",
-    "HTTPRoute303RedirectStatusCode",
-    "HTTPRoute307RedirectStatusCode",
-    "HTTPRoute308RedirectStatusCode",
-    "HTTPRouteBackendRequestHeaderModification",
     "ListenerSet",
     "ReferenceGrant",
+    "TLSRoute",
 ];
 
 /// What a parent reference can name.
@@ -554,7 +579,7 @@ fn gateway(
     }
 
     // Validate every listener; the first listener on a (port, hostname) wins conflicts.
-    let mut taken: Vec<(u16, Protocol, HostPattern)> = Vec::new();
+    let mut taken: Vec<(u16, String, HostPattern)> = Vec::new();
     let mut any_programmed = false;
     for c in candidates {
         let generation_of = if c.slot.listener_set {
@@ -749,26 +774,30 @@ fn gateway(
         };
 
         // Conflicts within this Gateway (and its ListenerSets): one protocol per port, one listener per hostname.
-        if let (Some(port), Some(protocol)) = (port, protocol) {
-            if conds.accepted.is_none() {
-                if let Some((_, p, _)) = taken
+        // Checked on the protocol as written, so a valid but unsupported protocol (TCP, say) that collides with
+        // an HTTP listener is reported as the conflict, which is what keeps it from being served. UDP ports are
+        // a separate space.
+        let proto_name = l.protocol.as_str();
+        if let Some(port) = port {
+            let udp = |p: &str| p == "UDP";
+            if let Some((_, p, _)) = taken
+                .iter()
+                .find(|(tp, p, _)| *tp == port && p != proto_name && udp(p) == udp(proto_name))
+            {
+                let msg = format!("port {port} is already used by a {p} listener");
+                conds.conflicted = Some(("ProtocolConflict", msg.clone()));
+                conds.accepted = None;
+                diags.error(&owner, format!("{field}: {msg}"));
+            } else if conds.accepted.is_none()
+                && taken
                     .iter()
-                    .find(|(tp, p, _)| *tp == port && *p != protocol)
-                {
-                    let msg = format!("port {port} is already used by a {p:?} listener");
-                    conds.conflicted = Some(("ProtocolConflict", msg.clone()));
-                    diags.error(&owner, format!("{field}: {msg}"));
-                } else if taken
-                    .iter()
-                    .any(|(tp, p, h)| *tp == port && *p == protocol && *h == hostname)
-                {
-                    let msg =
-                        format!("another listener on port {port} already has hostname {hostname}");
-                    conds.conflicted = Some(("HostnameConflict", msg.clone()));
-                    diags.error(&owner, format!("{field}: {msg}"));
-                } else {
-                    taken.push((port, protocol, hostname.clone()));
-                }
+                    .any(|(tp, p, h)| *tp == port && p == proto_name && *h == hostname)
+            {
+                let msg = format!("another listener on port {port} already has hostname {hostname}");
+                conds.conflicted = Some(("HostnameConflict", msg.clone()));
+                diags.error(&owner, format!("{field}: {msg}"));
+            } else {
+                taken.push((port, proto_name.to_string(), hostname.clone()));
             }
         }
 
@@ -869,12 +898,13 @@ fn gateway(
                         && ls.metadata.name.as_deref() == Some(&o.name)
                 })
                 .and_then(|ls| ls.metadata.generation);
-            let valid = o.status.listeners.iter().any(accepted_listener);
             let programmed = o.status.listeners.iter().any(|l| {
                 l.conditions
                     .iter()
                     .any(|c| c.type_ == "Programmed" && c.status == "True")
             });
+            // A ListenerSet is accepted when at least one of its listeners can be served.
+            let valid = programmed;
             o.status.conditions = if valid {
                 attached_sets += 1;
                 vec![
