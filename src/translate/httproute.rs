@@ -5,7 +5,7 @@ use super::backendtls::{Policies, PortTls};
 use super::builder::ModelBuilder;
 use super::gateway::Gateways;
 use super::refs::{PortRef, Resolver};
-use super::routes::{self, RouteView, RuleReport};
+use super::routes::{self, BackendRefView, RouteView, RuleReport};
 use super::status::Statuses;
 use super::{created, recast, Diagnostics, Options};
 use crate::k8s::gw::types::{
@@ -22,8 +22,8 @@ use crate::k8s::gw::HTTPRoute;
 use crate::k8s::GATEWAY_GROUP;
 use crate::model::{
     Action, Backend, BackendGroup, ClientCertificate, Cors, Filter, HeaderMatch, HeaderModifier,
-    HostPattern, HttpRule, Mirror, Origin, OriginKind, PathMatch, PathModifier, QueryParamMatch,
-    Redirect, Retry, RouteMatch, StringMatch, Timeouts, WeightedBackend,
+    HttpRule, Mirror, Origin, OriginKind, PathMatch, PathModifier, QueryParamMatch, Redirect,
+    Retry, RouteMatch, StringMatch, Timeouts, WeightedBackend,
 };
 use crate::source::{Input, ObjectRef};
 use std::collections::{BTreeMap, BTreeSet};
@@ -84,25 +84,13 @@ fn translate_one(
     let ns = route.metadata.namespace.as_deref().unwrap_or("default");
     let name = route.metadata.name.as_deref().unwrap_or("");
 
-    let mut hostnames = Vec::new();
-    for (i, h) in route.spec.hostnames.iter().flatten().enumerate() {
-        match HostPattern::gateway(h) {
-            Ok(p) => hostnames.push(p),
-            Err(e) => diags.error(
-                &object,
-                format!("spec.hostnames[{i}]: {e}; hostname skipped"),
-            ),
-        }
-    }
-
-    // Dropping invalid names must not turn a route meant for some hostnames into one for every hostname.
-    if hostnames.is_empty() && route.spec.hostnames.as_ref().is_some_and(|h| !h.is_empty()) {
-        diags.error(
-            &object,
-            "spec.hostnames: no valid hostname; route not attached",
-        );
+    let Some(hostnames) = routes::parse_hostnames(
+        route.spec.hostnames.as_deref().unwrap_or(&[]),
+        &object,
+        diags,
+    ) else {
         return;
-    }
+    };
 
     let view = RouteView {
         kind: "HTTPRoute",
@@ -847,66 +835,36 @@ fn resolve_backend(
     diags: &mut Diagnostics,
     report: &mut RuleReport,
 ) -> Backend {
-    let refs = cx.refs;
-    let group = b.group.as_deref().unwrap_or("");
-    let kind = b.kind.as_deref().unwrap_or("Service");
-    if !group.is_empty() || kind != "Service" {
-        let reason = format!("backend kind {group}/{kind} is not supported (only core Service)");
-        diags.error(object, format!("{bfield}: {reason}"));
-        report.unresolved("InvalidKind", reason.clone());
-        return invalid(500, reason);
-    }
-    let ns = b.namespace.as_deref().unwrap_or(route_ns);
-    if !refs.grant_allows(ROUTE_KIND, route_ns, ("", "Service"), ns, &b.name) {
-        let reason = format!(
-            "reference to Service {ns}/{} is not permitted: no ReferenceGrant in {ns} allows it",
-            b.name
-        );
-        diags.warning(
-            object,
-            format!("{bfield}: {reason}; requests routed to it get 500"),
-        );
-        report.unresolved("RefNotPermitted", reason.clone());
-        return invalid(500, reason);
-    }
-    let Some(port) = b.port else {
-        let reason = format!("port is required for Service {ns}/{}", b.name);
-        diags.error(object, format!("{bfield}: {reason}"));
-        report.unresolved("BackendNotFound", reason.clone());
-        return invalid(500, reason);
+    let view = BackendRefView {
+        route_kind: ROUTE_KIND,
+        route_ns,
+        group: b.group.as_deref(),
+        kind: b.kind.as_deref(),
+        name: &b.name,
+        namespace: b.namespace.as_deref(),
+        port: b.port,
     };
-    match refs.service_backend(ns, &b.name, PortRef::Number(port)) {
-        Ok(mut s) => {
-            report.services.insert((ns.to_string(), b.name.clone()));
-            let port_name = refs
-                .service_port_name(ns, &b.name, s.port)
-                .unwrap_or_default();
-            match cx.policies.for_port(ns, &b.name, &port_name) {
-                PortTls::None => Backend::Service(s),
-                PortTls::Tls(t) => {
-                    s.tls = Some(Box::new(t));
-                    Backend::Service(s)
-                }
-                PortTls::Invalid(reason) => {
-                    diags.warning(
-                        object,
-                        format!("{bfield}: {reason}; requests routed to it get 500"),
-                    );
-                    invalid(500, reason)
-                }
-            }
+    let mut s = match routes::resolve_service_ref(&view, bfield, object, cx.refs, diags, report) {
+        Ok(s) => s,
+        Err(answer) => return answer,
+    };
+    // TLS to the backend when a BackendTLSPolicy targets the Service port.
+    let port_name = cx
+        .refs
+        .service_port_name(&s.namespace, &s.name, s.port)
+        .unwrap_or_default();
+    match cx.policies.for_port(&s.namespace, &s.name, &port_name) {
+        PortTls::None => Backend::Service(s),
+        PortTls::Tls(t) => {
+            s.tls = Some(Box::new(t));
+            Backend::Service(s)
         }
-        Err(e) if e.is_unavailable() => {
-            report.services.insert((ns.to_string(), b.name.clone()));
-            invalid(503, e.to_string())
-        }
-        Err(e) => {
+        PortTls::Invalid(reason) => {
             diags.warning(
                 object,
-                format!("{bfield}: {e}; requests routed to it get 500"),
+                format!("{bfield}: {reason}; requests routed to it get 500"),
             );
-            report.unresolved("BackendNotFound", e.to_string());
-            invalid(500, e.to_string())
+            invalid(500, reason)
         }
     }
 }

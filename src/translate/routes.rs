@@ -2,11 +2,11 @@
 //! allowedRoutes, hostname intersection, attachedRoutes counting, and the route parent status.
 
 use super::gateway::{Gateways, ParentKind};
-use super::refs::Resolver;
+use super::refs::{PortRef, Resolver};
 use super::status::{Condition, Named, ParentRef, RouteParentStatus, RouteStatus};
 use super::Diagnostics;
 use crate::k8s::GATEWAY_GROUP;
-use crate::model::HostPattern;
+use crate::model::{Backend, HostPattern, ServiceBackend};
 use crate::source::ObjectRef;
 
 /// A parentRef as a route wrote it.
@@ -279,4 +279,104 @@ pub(crate) fn route_status(
         name: route.name.to_string(),
         status: RouteStatus { parents },
     })
+}
+
+/// A route's backendRef, as every route kind writes it, and where it is written.
+pub(crate) struct BackendRefView<'a> {
+    /// (group, kind) of the route that holds the reference (for ReferenceGrants).
+    pub route_kind: (&'a str, &'a str),
+    /// The route's namespace.
+    pub route_ns: &'a str,
+    pub group: Option<&'a str>,
+    pub kind: Option<&'a str>,
+    pub name: &'a str,
+    pub namespace: Option<&'a str>,
+    pub port: Option<i32>,
+}
+
+/// Resolves a backendRef of a route of kind `route_kind` in `route_ns` to a Service port with ready endpoints.
+/// Problems are reported (with the `ResolvedRefs` reason the spec gives them) and become the answer the spec
+/// requires for the requests that pick this backend: 500, or 503 when the Service has no ready endpoints.
+pub(crate) fn resolve_service_ref(
+    b: &BackendRefView<'_>,
+    field: &str,
+    object: &ObjectRef,
+    refs: &Resolver<'_>,
+    diags: &mut Diagnostics,
+    report: &mut RuleReport,
+) -> Result<ServiceBackend, Backend> {
+    let invalid = |status: u16, reason: String| Backend::Invalid { status, reason };
+    let (route_kind, route_ns) = (b.route_kind, b.route_ns);
+    let group = b.group.unwrap_or("");
+    let kind = b.kind.unwrap_or("Service");
+    if !group.is_empty() || kind != "Service" {
+        let reason = format!("backend kind {group}/{kind} is not supported (only core Service)");
+        diags.error(object, format!("{field}: {reason}"));
+        report.unresolved("InvalidKind", reason.clone());
+        return Err(invalid(500, reason));
+    }
+    let ns = b.namespace.unwrap_or(route_ns);
+    if !refs.grant_allows(route_kind, route_ns, ("", "Service"), ns, b.name) {
+        let reason = format!(
+            "reference to Service {ns}/{} is not permitted: no ReferenceGrant in {ns} allows it",
+            b.name
+        );
+        diags.warning(
+            object,
+            format!("{field}: {reason}; requests routed to it get 500"),
+        );
+        report.unresolved("RefNotPermitted", reason.clone());
+        return Err(invalid(500, reason));
+    }
+    let Some(port) = b.port else {
+        let reason = format!("port is required for Service {ns}/{}", b.name);
+        diags.error(object, format!("{field}: {reason}"));
+        report.unresolved("BackendNotFound", reason.clone());
+        return Err(invalid(500, reason));
+    };
+    match refs.service_backend(ns, b.name, PortRef::Number(port)) {
+        Ok(s) => {
+            report.services.insert((ns.to_string(), b.name.to_string()));
+            Ok(s)
+        }
+        Err(e) if e.is_unavailable() => {
+            report.services.insert((ns.to_string(), b.name.to_string()));
+            Err(invalid(503, e.to_string()))
+        }
+        Err(e) => {
+            diags.warning(
+                object,
+                format!("{field}: {e}; requests routed to it get 500"),
+            );
+            report.unresolved("BackendNotFound", e.to_string());
+            Err(invalid(500, e.to_string()))
+        }
+    }
+}
+
+/// A route's `spec.hostnames` parsed. `None` (reported) when names were given but none is valid: dropping them
+/// must not turn a route meant for some hostnames into one for every hostname.
+pub(crate) fn parse_hostnames(
+    names: &[String],
+    object: &ObjectRef,
+    diags: &mut Diagnostics,
+) -> Option<Vec<HostPattern>> {
+    let mut out = Vec::new();
+    for (i, h) in names.iter().enumerate() {
+        match HostPattern::gateway(h) {
+            Ok(p) => out.push(p),
+            Err(e) => diags.error(
+                object,
+                format!("spec.hostnames[{i}]: {e}; hostname skipped"),
+            ),
+        }
+    }
+    if out.is_empty() && !names.is_empty() {
+        diags.error(
+            object,
+            "spec.hostnames: no valid hostname; route not attached",
+        );
+        return None;
+    }
+    Some(out)
 }

@@ -3,15 +3,12 @@
 use super::builder::ModelBuilder;
 use super::gateway::Gateways;
 use super::httproute::RouteCtx;
-use super::refs::PortRef;
-use super::routes::{self, RouteView, RuleReport};
+use super::routes::{self, BackendRefView, RouteView, RuleReport};
 use super::status::Statuses;
 use super::{created, recast, Diagnostics};
 use crate::k8s::gw::TLSRoute;
 use crate::k8s::GATEWAY_GROUP;
-use crate::model::{
-    Backend, BackendGroup, HostPattern, Origin, OriginKind, TlsRoute, WeightedBackend,
-};
+use crate::model::{Backend, BackendGroup, Origin, OriginKind, TlsRoute, WeightedBackend};
 use crate::source::{Input, ObjectRef};
 
 const ROUTE_KIND: (&str, &str) = (GATEWAY_GROUP, "TLSRoute");
@@ -40,23 +37,9 @@ fn translate_one(
     let object = ObjectRef::new("TLSRoute", &route.metadata);
     let ns = route.metadata.namespace.as_deref().unwrap_or("default");
     let name = route.metadata.name.as_deref().unwrap_or("");
-    let mut hostnames = Vec::new();
-    for (i, h) in route.spec.hostnames.iter().enumerate() {
-        match HostPattern::gateway(h) {
-            Ok(p) => hostnames.push(p),
-            Err(e) => diags.error(
-                &object,
-                format!("spec.hostnames[{i}]: {e}; hostname skipped"),
-            ),
-        }
-    }
-    if hostnames.is_empty() && !route.spec.hostnames.is_empty() {
-        diags.error(
-            &object,
-            "spec.hostnames: no valid hostname; route not attached",
-        );
+    let Some(hostnames) = routes::parse_hostnames(&route.spec.hostnames, &object, diags) else {
         return;
-    }
+    };
     let view = RouteView {
         kind: "TLSRoute",
         object: &object,
@@ -145,47 +128,15 @@ fn resolve(
     diags: &mut Diagnostics,
     report: &mut RuleReport,
 ) -> Backend {
-    let invalid = |reason: String| Backend::Invalid {
-        status: 500,
-        reason,
+    let view = BackendRefView {
+        route_kind: ROUTE_KIND,
+        route_ns,
+        group: b.group.as_deref(),
+        kind: b.kind.as_deref(),
+        name: &b.name,
+        namespace: b.namespace.as_deref(),
+        port: b.port,
     };
-    let group = b.group.as_deref().unwrap_or("");
-    let kind = b.kind.as_deref().unwrap_or("Service");
-    if !group.is_empty() || kind != "Service" {
-        let reason = format!("backend kind {group}/{kind} is not supported (only core Service)");
-        diags.error(object, format!("{field}: {reason}"));
-        report.unresolved("InvalidKind", reason.clone());
-        return invalid(reason);
-    }
-    let ns = b.namespace.as_deref().unwrap_or(route_ns);
-    if !cx
-        .refs
-        .grant_allows(ROUTE_KIND, route_ns, ("", "Service"), ns, &b.name)
-    {
-        let reason = format!(
-            "reference to Service {ns}/{} is not permitted: no ReferenceGrant allows it",
-            b.name
-        );
-        diags.warning(object, format!("{field}: {reason}"));
-        report.unresolved("RefNotPermitted", reason.clone());
-        return invalid(reason);
-    }
-    let Some(port) = b.port else {
-        let reason = format!("port is required for Service {ns}/{}", b.name);
-        diags.error(object, format!("{field}: {reason}"));
-        report.unresolved("BackendNotFound", reason.clone());
-        return invalid(reason);
-    };
-    match cx.refs.service_backend(ns, &b.name, PortRef::Number(port)) {
-        Ok(s) => Backend::Service(s),
-        Err(e) if e.is_unavailable() => Backend::Invalid {
-            status: 503,
-            reason: e.to_string(),
-        },
-        Err(e) => {
-            diags.warning(object, format!("{field}: {e}"));
-            report.unresolved("BackendNotFound", e.to_string());
-            invalid(e.to_string())
-        }
-    }
+    routes::resolve_service_ref(&view, field, object, cx.refs, diags, report)
+        .map_or_else(|answer| answer, Backend::Service)
 }
