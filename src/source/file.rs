@@ -185,20 +185,31 @@ pub fn parse_str(text: &str, file: &Path) -> ParsedFile {
         file: file.to_path_buf(),
         line,
     };
-    let docs: Vec<serde_saphyr::Spanned<Value>> = match serde_saphyr::from_multiple(text) {
-        Ok(d) => d,
-        Err(e) => {
-            let line = e.location().map_or(0, |l| l.line() as usize);
-            out.unreadable = true;
-            out.problems.push(LoadProblem {
-                severity: Severity::Error,
-                location: loc(line),
-                object: None,
-                message: format!("not valid YAML: {}", first_line(&e.to_string())),
-            });
-            return out;
-        }
+    // serde-saphyr's default budget (1,024 documents, 250,000 nodes) protects against hostile input but is too
+    // small for a real folder of manifests (a `kubectl get -o yaml` dump of a big cluster); these limits keep the
+    // alias-expansion protections and allow files of millions of nodes.
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_documents: 1_000_000,
+            max_nodes: 50_000_000,
+            max_events: 200_000_000,
+        },
     };
+    let docs: Vec<serde_saphyr::Spanned<Value>> =
+        match serde_saphyr::from_multiple_with_options(text, options) {
+            Ok(d) => d,
+            Err(e) => {
+                let line = e.location().map_or(0, |l| l.line() as usize);
+                out.unreadable = true;
+                out.problems.push(LoadProblem {
+                    severity: Severity::Error,
+                    location: loc(line),
+                    object: None,
+                    message: format!("not valid YAML: {}", first_line(&e.to_string())),
+                });
+                return out;
+            }
+        };
     for doc in docs {
         let line = doc.referenced.line() as usize;
         read_document(doc.value, &loc(line), &mut out);
@@ -650,6 +661,16 @@ metadata: {name: d}
         let p = parse_str("kind: Service\nmetadata: {name: [\n", Path::new("y.yaml"));
         assert!(p.unreadable);
         assert!(p.problems[0].location.line >= 1, "{:?}", p.problems);
+    }
+
+    #[test]
+    fn reads_files_with_thousands_of_documents() {
+        let text: String = (0..3000)
+            .map(|i| format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns{i}}}\n---\n"))
+            .collect();
+        let p = parse_str(&text, Path::new("big.yaml"));
+        assert!(p.problems.is_empty(), "{:?}", p.problems.first());
+        assert_eq!(p.objects.len(), 3000);
     }
 
     #[test]
