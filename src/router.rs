@@ -37,7 +37,48 @@ pub struct Router {
     listeners: Vec<ListenerTable>,
 }
 
-type RuleList = Box<[Arc<RouteEntry>]>;
+/// A host's entries in precedence order, each with an inline [`Quick`] check so that the walk rejects most
+/// non-matching entries without following the `Arc` (the walk stays in one contiguous array).
+type RuleList = Box<[Candidate]>;
+
+/// One entry of a [`RuleList`].
+#[derive(Debug)]
+struct Candidate {
+    quick: Quick,
+    entry: Arc<RouteEntry>,
+}
+
+/// A necessary condition of an entry's path match, kept inline: `Some(head)` = the path must start with `head`
+/// (the first bytes of an Exact path or of a Prefix other than `/`), and be at least `min_len` long.
+#[derive(Debug)]
+struct Quick {
+    min_len: u32,
+    head_len: u8,
+    head: [u8; Quick::HEAD],
+}
+
+impl Quick {
+    const HEAD: usize = 22;
+
+    fn new(m: &Matcher) -> Quick {
+        let text = m.literal_path().unwrap_or("");
+        let n = text.len().min(Quick::HEAD);
+        let mut head = [0u8; Quick::HEAD];
+        head[..n].copy_from_slice(&text.as_bytes()[..n]);
+        Quick {
+            min_len: u32::try_from(text.len()).unwrap_or(u32::MAX),
+            head_len: n as u8,
+            head,
+        }
+    }
+
+    /// `false` only when the entry cannot match `path`.
+    #[inline]
+    fn may_match(&self, path: &[u8]) -> bool {
+        path.len() as u64 >= u64::from(self.min_len)
+            && path.get(..usize::from(self.head_len)) == self.head.get(..usize::from(self.head_len))
+    }
+}
 
 /// Everything served on one port.
 #[derive(Debug)]
@@ -436,9 +477,10 @@ impl ListenerTable {
             }
         }
         if let Some(list) = group.and_then(|g| g.get(host)) {
-            for e in list.iter() {
-                if e.matcher.is_match(req) {
-                    return Lookup::Route(e);
+            let path = req.path.as_bytes();
+            for c in list.iter() {
+                if c.quick.may_match(path) && c.entry.matcher.is_match(req) {
+                    return Lookup::Route(&c.entry);
                 }
             }
         }
@@ -671,7 +713,12 @@ fn host_index(members: &[&BuildEntry<'_>]) -> HostIndex<RuleList> {
         list.sort_by(|a, b| {
             precedence::compare((a.host, a.rule, a.index), (b.host, b.rule, b.index))
         });
-        list.iter().map(|e| e.compiled.clone()).collect()
+        list.iter()
+            .map(|e| Candidate {
+                quick: Quick::new(&e.compiled.matcher),
+                entry: e.compiled.clone(),
+            })
+            .collect()
     })
 }
 

@@ -294,6 +294,43 @@ fn apply_request_filters(
     Ok(())
 }
 
+/// `x-forwarded-for`, for lookups without parsing the name on every request.
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
+/// `ip` as text in `buf` (IPv4 written by hand, IPv6 through `Display`), without allocating.
+fn ip_text(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if o >= 100 {
+                    buf[n] = b'0' + o / 100;
+                    n += 1;
+                }
+                if o >= 10 {
+                    buf[n] = b'0' + (o / 10) % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + o % 10;
+                n += 1;
+            }
+            &buf[..n]
+        }
+        IpAddr::V6(_) => {
+            use std::io::Write;
+            let mut cur = std::io::Cursor::new(&mut buf[..]);
+            // At most 45 bytes: always fits.
+            let _ = write!(cur, "{ip}");
+            let n = usize::try_from(cur.position()).unwrap_or(0);
+            &buf[..n]
+        }
+    }
+}
+
 fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
     match session.client_addr()? {
         PingoraAddr::Inet(a) => Some(a.ip()),
@@ -534,20 +571,25 @@ impl ProxyHttp for HttpApp {
     ) -> Result<()> {
         // X-Forwarded-*: the client address is appended, proto and host describe this hop.
         if let Some(ip) = client_ip(session) {
-            let xff = match upstream.headers.get("x-forwarded-for") {
+            // The address is formatted on the stack: no String per request.
+            let mut buf = [0u8; 64];
+            let addr = ip_text(ip, &mut buf);
+            let xff = match upstream.headers.get(&X_FORWARDED_FOR) {
                 Some(prev) => {
-                    let mut v = prev.as_bytes().to_vec();
+                    let mut v = Vec::with_capacity(prev.len() + 2 + addr.len());
+                    v.extend_from_slice(prev.as_bytes());
                     v.extend_from_slice(b", ");
-                    v.extend_from_slice(ip.to_string().as_bytes());
+                    v.extend_from_slice(addr);
                     HeaderValue::from_bytes(&v).ok()
                 }
-                None => HeaderValue::from_str(&ip.to_string()).ok(),
+                None => HeaderValue::from_bytes(addr).ok(),
             };
             if let Some(v) = xff {
                 upstream.insert_header("x-forwarded-for", v)?;
             }
         }
-        upstream.insert_header("x-forwarded-proto", if self.tls { "https" } else { "http" })?;
+        let proto = HeaderValue::from_static(if self.tls { "https" } else { "http" });
+        upstream.insert_header("x-forwarded-proto", proto)?;
         if let Some(h) = upstream.headers.get(HOST).cloned() {
             upstream.insert_header("x-forwarded-host", h)?;
         }
@@ -735,6 +777,24 @@ mod tests {
         assert_eq!(replace_prefix("/strip-prefix", "/strip-prefix", "/"), "/");
         assert_eq!(replace_prefix("/foo", "/", "/v2"), "/v2/foo");
         assert_eq!(replace_prefix("/prefix/", "/prefix", "/one"), "/one/");
+    }
+
+    #[test]
+    fn ip_text_is_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.255.9",
+            "192.168.100.1",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:1.2.3.4",
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut buf = [0u8; 64];
+            assert_eq!(ip_text(ip, &mut buf), ip.to_string().as_bytes());
+        }
     }
 
     #[test]

@@ -3,6 +3,62 @@
 
 use crate::model::HostPattern;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// A fast, unkeyed hash for hostnames. The maps it serves are built from configuration and only *looked up* with
+/// request hosts, so a client cannot fill them with colliding keys (SipHash's keyed defence buys nothing here and
+/// cost a third of a lookup). Word-at-a-time multiply-rotate (as rustc's FxHash), with a final avalanche so that
+/// the low bits hashbrown indexes with depend on every input byte.
+#[derive(Default, Clone, Copy)]
+struct HostHasher(u64);
+
+const K: u64 = 0xf135_7aea_2e62_a9c5;
+
+impl HostHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0 ^ word).wrapping_mul(K).rotate_left(26);
+    }
+}
+
+impl Hasher for HostHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i) | 0x100);
+    }
+
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        // splitmix64's finalizer.
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+type HostMap<V> = HashMap<Box<str>, V, BuildHasherDefault<HostHasher>>;
 
 /// Values for the hosts of one wildcard suffix.
 #[derive(Debug)]
@@ -20,8 +76,8 @@ struct WildSlot<T> {
 /// stands for. Representatives use `*` as a stand-in label, which no real host or exact pattern contains.
 #[derive(Debug)]
 pub struct HostIndex<T> {
-    exact: HashMap<Box<str>, T>,
-    wildcard: HashMap<Box<str>, WildSlot<T>>,
+    exact: HostMap<T>,
+    wildcard: HostMap<WildSlot<T>>,
     any: Option<T>,
 }
 
@@ -33,8 +89,8 @@ impl<T> HostIndex<T> {
         with_any: bool,
         mut value: impl FnMut(&HostPattern, Option<&str>) -> T,
     ) -> Self {
-        let mut exact = HashMap::new();
-        let mut wildcard: HashMap<Box<str>, WildSlot<T>> = HashMap::new();
+        let mut exact = HostMap::default();
+        let mut wildcard: HostMap<WildSlot<T>> = HostMap::default();
         let mut any = None;
         let mut want_any = with_any;
         for p in patterns {
@@ -163,6 +219,24 @@ mod tests {
         assert_eq!(ix.get("w.x.b.example.com").unwrap(), "*,*.example.com");
         assert_eq!(ix.get("example.com").unwrap(), "*");
         assert_eq!(ix.get("other.org").unwrap(), "*");
+    }
+
+    #[test]
+    fn host_hash_spreads_similar_names() {
+        use std::hash::BuildHasher;
+        let b = BuildHasherDefault::<HostHasher>::default();
+        let n = 20_000usize;
+        let mut full: Vec<u64> = (0..n)
+            .map(|k| b.hash_one(format!("h{k}.bench.example.com").as_str()))
+            .collect();
+        // The low bits pick the bucket: similar names must not pile up in a few of them.
+        let mut low: Vec<u64> = full.iter().map(|h| h & 0xffff).collect();
+        full.sort_unstable();
+        full.dedup();
+        assert_eq!(full.len(), n);
+        low.sort_unstable();
+        low.dedup();
+        assert!(low.len() > n * 3 / 4, "{} distinct low halves", low.len());
     }
 
     #[test]

@@ -115,6 +115,16 @@ impl Matcher {
         }
     }
 
+    /// The literal every matching path starts with: an Exact path, or a Prefix other than `/` (a Prefix matches
+    /// `p`, `p/...`: both start with `p`). `None` when there is no such literal (regex, `/`).
+    pub(crate) fn literal_path(&self) -> Option<&str> {
+        match &self.path {
+            PathMatcher::Exact(p) => Some(p),
+            PathMatcher::Prefix(p) if &**p != "/" => Some(p),
+            PathMatcher::Prefix(_) | PathMatcher::Regex(_) => None,
+        }
+    }
+
     /// Does the request meet every condition?
     pub(crate) fn is_match(&self, req: &RequestParts<'_>) -> bool {
         let path_ok = match &self.path {

@@ -793,7 +793,8 @@ fn gateway(
                     .iter()
                     .any(|(tp, p, h)| *tp == port && p == proto_name && *h == hostname)
             {
-                let msg = format!("another listener on port {port} already has hostname {hostname}");
+                let msg =
+                    format!("another listener on port {port} already has hostname {hostname}");
                 conds.conflicted = Some(("HostnameConflict", msg.clone()));
                 diags.error(&owner, format!("{field}: {msg}"));
             } else {
