@@ -7,6 +7,7 @@
 //! `docs/adr/0001-own-listeners.md`.
 
 pub mod http;
+pub mod io;
 pub mod listeners;
 pub mod mirror;
 pub mod passthrough;

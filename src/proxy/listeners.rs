@@ -1,6 +1,7 @@
 //! Binding, accepting and releasing listener ports as the published configuration changes.
 
 use super::http::HttpApp;
+use super::io::BufferedIo;
 use crate::model::Protocol;
 use crate::snapshot::Store;
 use pingora::apps::{HttpServerOptions, ServerApp};
@@ -101,7 +102,8 @@ pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
                         let _guard = guard;
                         match handshake {
                             Handshake::Plain => {
-                                app.process_new(Box::new(stream), &shutdown).await;
+                                app.process_new(Box::new(BufferedIo::new(stream)), &shutdown)
+                                    .await;
                             }
                             Handshake::Tls { store, key } => {
                                 let acceptor = store.load().acceptor(key.0, key.1).cloned();
@@ -109,7 +111,7 @@ pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
                                     tracing::debug!(port = key.1, "no TLS configuration; connection closed");
                                     return;
                                 };
-                                match acceptor.tls_handshake(stream).await {
+                                match acceptor.tls_handshake(BufferedIo::new(stream)).await {
                                     Ok(tls) => {
                                         app.process_new(Box::new(tls), &shutdown).await;
                                     }
