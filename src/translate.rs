@@ -13,6 +13,7 @@ mod refs;
 mod routes;
 pub mod status;
 mod tlsroute;
+mod unsupported;
 
 use crate::model::Model;
 use crate::source::{Input, ObjectRef};
@@ -159,6 +160,7 @@ pub fn translate(input: &Input, opts: &Options) -> Output {
         &mut usage,
     );
     tlsroute::translate(input, &mut gws, &cx, &mut model, &mut diags, &mut statuses);
+    unsupported::translate(input, &mut gws, &cx, &mut diags, &mut statuses);
     statuses.backend_tls_policies = policies.statuses(&usage, &opts.gateway_controller);
     gws.finish(&mut statuses);
     statuses.sort();

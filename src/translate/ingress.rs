@@ -119,6 +119,32 @@ pub(crate) fn translate(
     }
 }
 
+/// Annotation prefixes of other Ingress controllers whose behaviour Portcullis does not implement.
+const FOREIGN_ANNOTATION_PREFIXES: &[&str] = &[
+    "nginx.ingress.kubernetes.io/",
+    "nginx.org/",
+    "traefik.ingress.kubernetes.io/",
+    "haproxy.org/",
+];
+
+/// Controller-specific annotations (ingress-nginx's `rewrite-target`, `ssl-redirect`, ...) change what an
+/// Ingress means under the controller they were written for. Portcullis does not implement them yet, so each
+/// one is reported (a warning: the Ingress is still served, without that behaviour) instead of being dropped
+/// without a word.
+fn report_controller_annotations(ing: &Ingress, object: &ObjectRef, diags: &mut Diagnostics) {
+    let Some(annotations) = &ing.metadata.annotations else {
+        return;
+    };
+    for key in annotations.keys() {
+        if FOREIGN_ANNOTATION_PREFIXES.iter().any(|p| key.starts_with(p)) {
+            diags.warning(
+                object,
+                format!("annotation {key} is not supported; the Ingress is served without it"),
+            );
+        }
+    }
+}
+
 /// The certificates of an Ingress's `spec.tls`, each for the hosts it lists (all hosts when it lists none). The
 /// Secret must be in the Ingress's namespace.
 fn tls_certificates(
@@ -193,6 +219,7 @@ fn translate_one(
     let object = ObjectRef::new("Ingress", &ing.metadata);
     let ns = ing.metadata.namespace.as_deref().unwrap_or("default");
     let name = ing.metadata.name.as_deref().unwrap_or("");
+    report_controller_annotations(ing, &object, diags);
     let Some(spec) = &ing.spec else { return };
     let origin = |rule: usize| Origin {
         kind: OriginKind::Ingress,
