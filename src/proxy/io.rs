@@ -9,11 +9,11 @@
 
 use async_trait::async_trait;
 use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::TlsRef;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, UniqueID, UniqueIDType,
 };
-use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::{SocketDigest, TimingDigest};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -36,13 +36,21 @@ impl BufferedIo {
 }
 
 impl AsyncRead for BufferedIo {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for BufferedIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
     }
 

@@ -136,7 +136,10 @@ fn report_controller_annotations(ing: &Ingress, object: &ObjectRef, diags: &mut 
         return;
     };
     for key in annotations.keys() {
-        if FOREIGN_ANNOTATION_PREFIXES.iter().any(|p| key.starts_with(p)) {
+        if FOREIGN_ANNOTATION_PREFIXES
+            .iter()
+            .any(|p| key.starts_with(p))
+        {
             diags.warning(
                 object,
                 format!("annotation {key} is not supported; the Ingress is served without it"),

@@ -19,13 +19,37 @@ pub(crate) fn translate(
     statuses: &mut Statuses,
 ) {
     for r in &input.grpc_routes {
-        one("GRPCRoute", &r.metadata, &r.spec.parent_refs, gws, cx, diags, statuses);
+        one(
+            "GRPCRoute",
+            &r.metadata,
+            &r.spec.parent_refs,
+            gws,
+            cx,
+            diags,
+            statuses,
+        );
     }
     for r in &input.tcp_routes {
-        one("TCPRoute", &r.metadata, &r.spec.parent_refs, gws, cx, diags, statuses);
+        one(
+            "TCPRoute",
+            &r.metadata,
+            &r.spec.parent_refs,
+            gws,
+            cx,
+            diags,
+            statuses,
+        );
     }
     for r in &input.udp_routes {
-        one("UDPRoute", &r.metadata, &r.spec.parent_refs, gws, cx, diags, statuses);
+        one(
+            "UDPRoute",
+            &r.metadata,
+            &r.spec.parent_refs,
+            gws,
+            cx,
+            diags,
+            statuses,
+        );
     }
 }
 
