@@ -18,7 +18,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve traffic for the Ingress and Gateway API objects in the given manifests, reloading them on change.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check manifests: print every error and warning with its location; exit 1 if there are errors.
     Validate(ValidateArgs),
     /// Print the compiled routing table for the given manifests.
@@ -59,8 +59,11 @@ impl TranslateArgs {
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Files or directories of Kubernetes YAML (`*.yaml`, `*.yml`, searched recursively), watched for changes.
-    #[arg(long, num_args = 1.., required = true, value_name = "PATH")]
+    #[arg(long, num_args = 1.., required_unless_present = "kubernetes", value_name = "PATH")]
     pub manifests: Vec<PathBuf>,
+    /// Kubernetes mode: watch the API server instead of reading manifests.
+    #[command(flatten)]
+    pub kube: KubeArgs,
     /// Translation settings.
     #[command(flatten)]
     pub translate: TranslateArgs,
@@ -80,6 +83,85 @@ pub struct RunArgs {
     /// Seconds to let open connections finish after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 5)]
     pub shutdown_grace: u64,
+}
+
+/// Kubernetes mode: `portcullis run --kubernetes ...`.
+#[derive(Debug, Clone, Args)]
+pub struct KubeArgs {
+    /// Watch the Kubernetes API (Ingress and Gateway API objects) instead of reading manifests.
+    #[arg(long, conflicts_with = "manifests")]
+    pub kubernetes: bool,
+    /// Kubeconfig file (default: in-cluster configuration, else KUBECONFIG or ~/.kube/config, as kubectl).
+    #[arg(long, requires = "kubernetes", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Our namespace, where the leader Lease lives (default: the pod's namespace, or the kubeconfig context's).
+    #[arg(long, requires = "kubernetes", value_name = "NS")]
+    pub namespace: Option<String>,
+    /// Watch namespaced objects only in these namespaces (default: all namespaces).
+    #[arg(long, num_args = 1.., requires = "kubernetes", value_name = "NS")]
+    pub watch_namespace: Vec<String>,
+    /// Elect one leader (Lease `portcullis-leader`) to write status; with `--leader-elect=false` this process
+    /// always writes status.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub leader_elect: bool,
+    /// Publish the addresses of this Service (its load balancer) in Ingress and Gateway status.
+    #[arg(
+        long,
+        requires = "kubernetes",
+        conflicts_with = "publish_status_address",
+        value_name = "NS/NAME"
+    )]
+    pub publish_service: Option<String>,
+    /// Publish these addresses (IPs or host names) in Ingress and Gateway status.
+    #[arg(long, num_args = 1.., requires = "kubernetes", value_name = "ADDRESS")]
+    pub publish_status_address: Vec<String>,
+    /// Seconds between checks for Gateway API CRDs installed (or removed) at run time.
+    #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = parse_seconds)]
+    pub discovery_interval: std::time::Duration,
+}
+
+fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if !(0.05..=86400.0).contains(&secs) {
+        return Err(format!("{s}: expected 0.05 to 86400 seconds"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+impl KubeArgs {
+    /// The settings of the Kubernetes source these flags describe.
+    pub fn settings(
+        &self,
+        translate: &TranslateArgs,
+    ) -> Result<crate::source::kube::Settings, String> {
+        use crate::source::kube::status::Publish;
+        let publish = match (&self.publish_service, &self.publish_status_address) {
+            (Some(svc), _) => {
+                let (namespace, name) = svc
+                    .split_once('/')
+                    .filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains('/'))
+                    .ok_or_else(|| format!("--publish-service {svc:?}: expected NAMESPACE/NAME"))?;
+                Publish::Service {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                }
+            }
+            (None, a) if !a.is_empty() => Publish::Addresses(a.clone()),
+            _ => Publish::None,
+        };
+        Ok(crate::source::kube::Settings {
+            kubeconfig: self.kubeconfig.clone(),
+            namespace: self.namespace.clone(),
+            watch_namespaces: self.watch_namespace.clone(),
+            leader_elect: self.leader_elect,
+            publish,
+            discovery_interval: self.discovery_interval,
+            lease: Default::default(),
+            ingress_controller: translate.ingress_controller.clone(),
+            gateway_controller: translate.gateway_controller.clone(),
+        })
+    }
 }
 
 /// `portcullis validate`.

@@ -13,6 +13,9 @@ pub use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, Serv
 pub use k8s_openapi::api::discovery::v1::EndpointSlice;
 pub use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+// Kubernetes mode (source::kube): the leader Lease and its timestamps.
+pub use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
 /// Gateway API resources (experimental channel types, see the module docs).
 pub mod gw {
@@ -35,6 +38,8 @@ pub mod gw {
         pub use gateway_api::apis::experimental::listenersets::*;
         pub use gateway_api::apis::experimental::referencegrants::*;
         pub use gateway_api::apis::experimental::tlsroutes::*;
+        // Status types the Kubernetes status writer normalizes through (source::kube::status).
+        pub use gateway_api::apis::standard::backendtlspolicies::BackendTlsPolicyStatusAncestors;
     }
 }
 

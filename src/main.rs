@@ -9,6 +9,8 @@ use portcullis::proxy::{accept_loop, bind, Connections, Handshake, ListenerManag
 use portcullis::report;
 use portcullis::snapshot::Store;
 use portcullis::source::file::{self, FileLoader};
+use portcullis::source::kube::status::StatusSource;
+use portcullis::source::kube::KubeSource;
 use portcullis::translate::{self, Severity};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     portcullis::telemetry::init();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Validate(args) => validate(&args),
         Command::Routes(args) => routes(&args),
     };
@@ -85,6 +87,14 @@ fn routes(args: &RoutesArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where configuration comes from.
+enum Source {
+    /// Manifest files, watched.
+    Files(FileLoader, file::Watcher),
+    /// The Kubernetes API.
+    Kube(Box<KubeSource>),
+}
+
 fn run(args: RunArgs) -> Result<ExitCode> {
     let store = Arc::new(Store::new());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -102,9 +112,21 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         options.default_addresses = vec![args.bind_address.to_string()];
     }
     let mut control = Control::new(store.clone(), options);
-    let mut loader = FileLoader::new(args.manifests.clone());
-    let watcher = file::watch(&args.manifests).context("cannot watch the manifests")?;
-    control.apply(&loader.load());
+    let source = if args.kube.kubernetes {
+        let settings = args
+            .kube
+            .settings(&args.translate)
+            .map_err(anyhow::Error::msg)?;
+        let kube = control_rt
+            .block_on(KubeSource::connect(settings))
+            .context("cannot configure the Kubernetes client")?;
+        Source::Kube(Box::new(kube))
+    } else {
+        let mut loader = FileLoader::new(args.manifests.clone());
+        let watcher = file::watch(&args.manifests).context("cannot watch the manifests")?;
+        control.apply(&loader.load());
+        Source::Files(loader, watcher)
+    };
 
     // Data plane.
     let mut data_rt = tokio::runtime::Builder::new_multi_thread();
@@ -151,6 +173,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         control.statuses(),
         listener_states,
     ));
+    let status_source: StatusSource = {
+        let admin = admin.clone();
+        Arc::new(move || admin.status())
+    };
     let admin_listener = control_rt
         .block_on(async { bind(args.admin_addr) })
         .with_context(|| format!("cannot bind the admin address {}", args.admin_addr))?;
@@ -169,10 +195,16 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                         shutdown_rx,
                         Connections::default(),
                     ));
-                    let mut stop = stop_rx;
-                    tokio::select! {
-                        _ = control.watch_files(loader, watcher) => {}
-                        _ = stop.wait_for(|s| *s) => {}
+                    match source {
+                        Source::Files(loader, watcher) => {
+                            let mut stop = stop_rx;
+                            tokio::select! {
+                                _ = control.watch_files(loader, watcher) => {}
+                                _ = stop.wait_for(|s| *s) => {}
+                            }
+                        }
+                        // Returns after stop, having released the leader Lease.
+                        Source::Kube(kube) => kube.run(control, status_source, stop_rx).await,
                     }
                 });
             }

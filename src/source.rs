@@ -2,6 +2,7 @@
 //! standalone mode, golden tests and the conformance harness all run the production translator.
 
 pub mod file;
+pub mod kube;
 
 pub use file::{LoadProblem, Loaded, Location};
 
