@@ -17,6 +17,7 @@ pub struct Control {
     diagnostics: Arc<ArcSwap<Vec<String>>>,
     statuses: Arc<ArcSwap<Statuses>>,
     logged: BTreeSet<String>,
+    after_round: Option<fn()>,
 }
 
 /// What one round did.
@@ -39,7 +40,14 @@ impl Control {
             diagnostics: Arc::new(ArcSwap::from_pointee(Vec::new())),
             statuses: Arc::new(ArcSwap::from_pointee(Statuses::default())),
             logged: BTreeSet::new(),
+            after_round: None,
         }
+    }
+
+    /// Runs `hook` at the end of every round, once the round's temporaries are freed. The binary uses it to
+    /// return that memory to the operating system at once (`main.rs`, `release_freed_memory`).
+    pub fn set_after_round(&mut self, hook: fn()) {
+        self.after_round = Some(hook);
     }
 
     /// The Gateway API status computed by the latest round.
@@ -79,7 +87,12 @@ impl Control {
         self.diagnostics.store(Arc::new(lines));
         self.statuses.store(Arc::new(out.statuses));
 
-        match self.store.publish(out.model) {
+        let published = self.store.publish(out.model);
+        drop(out.diagnostics);
+        if let Some(hook) = self.after_round {
+            hook();
+        }
+        match published {
             Ok(Some(v)) => {
                 tracing::info!(version = v, "configuration published");
                 Outcome::Published(v)

@@ -21,6 +21,16 @@ use tokio::sync::watch;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Returns the memory a configuration round freed (its temporaries, the previous model once the data plane let
+/// go of it) to the operating system at once, instead of when mimalloc next gets round to purging. Measured with
+/// 5,000 routes under churn (docs/kubernetes.md): mimalloc v3 peaked at 185 MB, 162 MB with this; v2 (the one
+/// used) 140 MB with this. Purging on every free instead (`MIMALLOC_PURGE_DELAY=0`) cost the data plane about
+/// 15% more CPU per request; one forced collection per round costs only the control plane.
+fn release_freed_memory() {
+    // SAFETY: mi_collect has no preconditions; any thread may call it at any time.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     portcullis::telemetry::init();
@@ -112,6 +122,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         options.default_addresses = vec![args.bind_address.to_string()];
     }
     let mut control = Control::new(store.clone(), options);
+    control.set_after_round(release_freed_memory);
     let source = if args.kube.kubernetes {
         let settings = args
             .kube
