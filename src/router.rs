@@ -48,8 +48,8 @@ struct Candidate {
     entry: Arc<RouteEntry>,
 }
 
-/// A necessary condition of an entry's path match, kept inline: `Some(head)` = the path must start with `head`
-/// (the first bytes of an Exact path or of a Prefix other than `/`), and be at least `min_len` long.
+/// A necessary condition of an entry's path match, kept inline: the path must start with `head` (the first bytes
+/// of an Exact path, of a Prefix other than `/`, or of a regex's literal prefix) and be at least `min_len` long.
 #[derive(Debug)]
 struct Quick {
     min_len: u32,
@@ -61,12 +61,12 @@ impl Quick {
     const HEAD: usize = 22;
 
     fn new(m: &Matcher) -> Quick {
-        let text = m.literal_path().unwrap_or("");
+        let (min_len, text) = m.path_hint();
         let n = text.len().min(Quick::HEAD);
         let mut head = [0u8; Quick::HEAD];
-        head[..n].copy_from_slice(&text.as_bytes()[..n]);
+        head[..n].copy_from_slice(&text[..n]);
         Quick {
-            min_len: u32::try_from(text.len()).unwrap_or(u32::MAX),
+            min_len: u32::try_from(min_len).unwrap_or(u32::MAX),
             head_len: n as u8,
             head,
         }

@@ -49,7 +49,28 @@ pub(crate) enum PathMatcher {
     Exact(Box<str>),
     /// Never ends in `/` unless it is `/`.
     Prefix(Box<str>),
-    Regex(Regex),
+    Regex {
+        re: Regex,
+        /// Every path the regex matches is at least this many bytes long ...
+        min_len: usize,
+        /// ... and starts with these bytes (the literal prefix regex-syntax finds; often empty).
+        head: Box<[u8]>,
+    },
+}
+
+/// What every path matched by the anchored `pattern` has: a minimum length and a literal prefix. Derived from
+/// the parsed pattern by regex-syntax (the parser the `regex` crate itself uses), so it is sound by construction:
+/// its prefix-literal contract is that every match starts with one of the extracted literals, and the pattern is
+/// anchored at the start of the path. Anything it cannot tell gives `(0, [])`, a check that never rejects.
+fn regex_hint(pattern: &str) -> (usize, Box<[u8]>) {
+    use regex_syntax::hir::literal::Extractor;
+    let Ok(hir) = regex_syntax::parse(pattern) else {
+        return (0, Box::default());
+    };
+    let min_len = hir.properties().minimum_len().unwrap_or(0);
+    let seq = Extractor::new().extract(&hir);
+    let head = seq.longest_common_prefix().unwrap_or(&[]).into();
+    (min_len, head)
 }
 
 /// A compiled [`RouteMatch`].
@@ -68,7 +89,9 @@ impl Matcher {
             PathMatch::Exact(p) => PathMatcher::Exact(p.as_str().into()),
             PathMatch::Prefix(p) => PathMatcher::Prefix(p.as_str().into()),
             PathMatch::RegularExpression(r) => {
-                PathMatcher::Regex(anchored(r).map_err(|e| e.to_string())?)
+                let re = anchored(r).map_err(|e| e.to_string())?;
+                let (min_len, head) = regex_hint(re.as_str());
+                PathMatcher::Regex { re, min_len, head }
             }
         };
         let method = m
@@ -115,13 +138,15 @@ impl Matcher {
         }
     }
 
-    /// The literal every matching path starts with: an Exact path, or a Prefix other than `/` (a Prefix matches
-    /// `p`, `p/...`: both start with `p`). `None` when there is no such literal (regex, `/`).
-    pub(crate) fn literal_path(&self) -> Option<&str> {
+    /// A necessary condition of the path match: every matching path is at least `.0` bytes long and starts
+    /// with `.1`. An Exact path is both; a Prefix other than `/` too (it matches `p` and `p/...`); a regex gives
+    /// what [`regex_hint`] finds; `/` gives nothing.
+    pub(crate) fn path_hint(&self) -> (usize, &[u8]) {
         match &self.path {
-            PathMatcher::Exact(p) => Some(p),
-            PathMatcher::Prefix(p) if &**p != "/" => Some(p),
-            PathMatcher::Prefix(_) | PathMatcher::Regex(_) => None,
+            PathMatcher::Exact(p) => (p.len(), p.as_bytes()),
+            PathMatcher::Prefix(p) if &**p != "/" => (p.len(), p.as_bytes()),
+            PathMatcher::Prefix(_) => (0, &[]),
+            PathMatcher::Regex { min_len, head, .. } => (*min_len, head),
         }
     }
 
@@ -130,7 +155,7 @@ impl Matcher {
         let path_ok = match &self.path {
             PathMatcher::Exact(p) => req.path == &**p,
             PathMatcher::Prefix(p) => prefix_matches(p, req.path),
-            PathMatcher::Regex(r) => r.is_match(req.path),
+            PathMatcher::Regex { re, .. } => re.is_match(req.path),
         };
         if !path_ok {
             return false;
@@ -254,5 +279,86 @@ mod tests {
         assert_eq!(query_value(None, "b"), None);
         assert_eq!(decode("100%"), "100%");
         assert_eq!(decode("%4"), "%4");
+    }
+
+    fn hint(re: &str) -> (usize, Vec<u8>) {
+        let (n, head) = regex_hint(anchored(re).expect("valid").as_str());
+        (n, head.into_vec())
+    }
+
+    #[test]
+    fn regex_hints_are_the_literal_prefix_and_minimum_length() {
+        assert_eq!(hint("/api/v[0-9]+/.*"), (8, b"/api/v".to_vec()));
+        assert_eq!(hint("/r12/[a-z]+"), (6, b"/r12/".to_vec()));
+        assert_eq!(hint("/exact"), (6, b"/exact".to_vec()));
+        // Alternatives share only their common prefix; case-insensitive letters fork the literals.
+        assert_eq!(hint("/foo/a|/foo/b"), (6, b"/foo/".to_vec()));
+        assert_eq!(hint("(?i)/Foo"), (4, b"/".to_vec()));
+        // Nothing literal up front, or an empty match allowed: no check.
+        assert_eq!(hint(".*"), (0, vec![]));
+        assert_eq!(hint("[a-z]*/x"), (2, vec![]));
+        assert_eq!(hint("(/a)?"), (0, vec![]));
+    }
+
+    /// The inline check never rejects a path the regex accepts (the router relies on it to skip regexes).
+    #[test]
+    fn regex_hints_never_reject_a_match() {
+        let patterns = [
+            "/api/v[0-9]+/.*",
+            "/foo/a|/foo/b",
+            "(?i)/Foo/bar",
+            "/caf\u{e9}/.+",
+            "/x{2,3}y",
+            "(/a|/ab)c?",
+            "/[^/]+/items/[0-9]{1,4}",
+            ".*\\.png",
+        ];
+        let paths = [
+            "/",
+            "/api/v1/",
+            "/api/v12/x",
+            "/api/vx/",
+            "/foo/a",
+            "/foo/b",
+            "/foo/c",
+            "/FOO/BAR",
+            "/foo/bar",
+            "/caf\u{e9}/1",
+            "/cafe/1",
+            "/xxy",
+            "/xxxy",
+            "/xy",
+            "/a",
+            "/ab",
+            "/abc",
+            "/ac",
+            "/shop/items/42",
+            "/shop/items/",
+            "/img/a.png",
+            "a.png",
+            "",
+        ];
+        let mut matched = 0;
+        for pat in patterns {
+            let re = anchored(pat).expect("valid");
+            let (min_len, head) = regex_hint(re.as_str());
+            for path in paths {
+                if re.is_match(path) {
+                    matched += 1;
+                    assert!(
+                        path.len() >= min_len,
+                        "{pat:?} matches {path:?} shorter than {min_len}"
+                    );
+                    assert!(
+                        path.as_bytes().starts_with(&head),
+                        "{pat:?} matches {path:?} without {head:?}"
+                    );
+                }
+            }
+        }
+        assert!(
+            matched >= 12,
+            "the sample paths should exercise the patterns ({matched} matches)"
+        );
     }
 }
