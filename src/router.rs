@@ -14,6 +14,7 @@ use crate::model::{
     precedence, Action, Backend, BackendGroup, BackendProtocol, Cors, Filter, HostPattern,
     HttpRule, Model, Origin, Protocol, Redirect, Retry, Timeouts, TlsRoute,
 };
+use http::HeaderName;
 use matcher::Matcher;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -48,27 +49,51 @@ struct Candidate {
     entry: Arc<RouteEntry>,
 }
 
-/// A necessary condition of an entry's path match, kept inline: the path must start with `head` (the first bytes
-/// of an Exact path, of a Prefix other than `/`, or of a regex's literal prefix) and be at least `min_len` long.
+/// Necessary conditions of an entry's match, kept inline: the path must start with `head` (the first bytes of an
+/// Exact path, of a Prefix other than `/`, or of a regex's literal prefix) and be at least `min_len` long; and
+/// when the entry requires a header to have an exact value, the request's value must hash to `header_hash`
+/// (`header` indexes the listener's `header_names`).
 #[derive(Debug)]
 struct Quick {
     min_len: u32,
     head_len: u8,
     head: [u8; Quick::HEAD],
+    header: u8,
+    header_hash: u64,
 }
 
 impl Quick {
     const HEAD: usize = 22;
+    /// `header` when the entry has no exact header condition (or the listener has too many header names).
+    const NO_HEADER: u8 = u8::MAX;
 
-    fn new(m: &Matcher) -> Quick {
+    fn new(m: &Matcher, header_names: &mut Vec<HeaderName>) -> Quick {
         let (min_len, text) = m.path_hint();
         let n = text.len().min(Quick::HEAD);
         let mut head = [0u8; Quick::HEAD];
         head[..n].copy_from_slice(&text[..n]);
+        let (header, header_hash) = match m.first_exact_header() {
+            Some((name, value)) => {
+                let idx = match header_names.iter().position(|h| h == name) {
+                    Some(i) => i,
+                    None => {
+                        header_names.push(name.clone());
+                        header_names.len() - 1
+                    }
+                };
+                match u8::try_from(idx) {
+                    Ok(i) if i != Quick::NO_HEADER => (i, hosts::bytes_hash(value)),
+                    _ => (Quick::NO_HEADER, 0),
+                }
+            }
+            None => (Quick::NO_HEADER, 0),
+        };
         Quick {
             min_len: u32::try_from(min_len).unwrap_or(u32::MAX),
             head_len: n as u8,
             head,
+            header,
+            header_hash,
         }
     }
 
@@ -77,6 +102,69 @@ impl Quick {
     fn may_match(&self, path: &[u8]) -> bool {
         path.len() as u64 >= u64::from(self.min_len)
             && path.get(..usize::from(self.head_len)) == self.head.get(..usize::from(self.head_len))
+    }
+}
+
+/// What one lookup learned of the request's headers named by the entries it walks, so that each name is looked
+/// up once per request, not once per entry.
+struct HeaderProbe<'a> {
+    names: &'a [HeaderName],
+    headers: &'a http::HeaderMap,
+    seen: [(u8, Probe); 4],
+    len: usize,
+}
+
+#[derive(Clone, Copy)]
+enum Probe {
+    Absent,
+    One(u64),
+    /// Repeated (compared joined, see `Matcher::is_match`) or unknown: the inline check cannot tell.
+    Unknown,
+}
+
+impl<'a> HeaderProbe<'a> {
+    fn new(names: &'a [HeaderName], headers: &'a http::HeaderMap) -> Self {
+        HeaderProbe {
+            names,
+            headers,
+            seen: [(0, Probe::Unknown); 4],
+            len: 0,
+        }
+    }
+
+    /// `false` only when the entry's exact header condition cannot hold.
+    #[inline]
+    fn may_match(&mut self, q: &Quick) -> bool {
+        if q.header == Quick::NO_HEADER {
+            return true;
+        }
+        match self.probe(q.header) {
+            Probe::Absent => false,
+            Probe::One(h) => h == q.header_hash,
+            Probe::Unknown => true,
+        }
+    }
+
+    fn probe(&mut self, idx: u8) -> Probe {
+        if let Some((_, p)) = self.seen[..self.len].iter().find(|(i, _)| *i == idx) {
+            return *p;
+        }
+        let p = match self.names.get(usize::from(idx)) {
+            Some(name) => {
+                let mut values = self.headers.get_all(name).iter();
+                match (values.next(), values.next()) {
+                    (None, _) => Probe::Absent,
+                    (Some(v), None) => Probe::One(hosts::bytes_hash(v.as_bytes())),
+                    _ => Probe::Unknown,
+                }
+            }
+            None => Probe::Unknown,
+        };
+        if self.len < self.seen.len() {
+            self.seen[self.len] = (idx, p);
+            self.len += 1;
+        }
+        p
     }
 }
 
@@ -92,6 +180,8 @@ pub struct ListenerTable {
     groups: HostIndex<Arc<HostIndex<RuleList>>>,
     default: Option<Arc<RouteEntry>>,
     tls_routes: HostIndex<Arc<HostIndex<Arc<TlsRouteEntry>>>>,
+    /// The header names of the entries' inline checks ([`Quick::header`]).
+    header_names: Box<[HeaderName]>,
 }
 
 /// A TLS passthrough route ready to serve.
@@ -478,8 +568,12 @@ impl ListenerTable {
         }
         if let Some(list) = group.and_then(|g| g.get(host)) {
             let path = req.path.as_bytes();
+            let mut probe = HeaderProbe::new(&self.header_names, req.headers);
             for c in list.iter() {
-                if c.quick.may_match(path) && c.entry.matcher.is_match(req) {
+                if c.quick.may_match(path)
+                    && probe.may_match(&c.quick)
+                    && c.entry.matcher.is_match(req)
+                {
                     return Lookup::Route(&c.entry);
                 }
             }
@@ -565,6 +659,7 @@ fn compile_listener(l: &crate::model::Listener) -> Result<ListenerTable, Compile
     // One group per listener hostname, shared by every index slot of that hostname, so that two hosts select
     // "the same listener" exactly when they get the same Arc (the misdirected-request check relies on it).
     let mut by_key: HashMap<HostPattern, Arc<HostIndex<RuleList>>> = HashMap::new();
+    let mut header_names: Vec<HeaderName> = Vec::new();
     let groups = HostIndex::build(listener_patterns, has_ingress, |key, _| {
         by_key
             .entry(key.clone())
@@ -573,7 +668,7 @@ fn compile_listener(l: &crate::model::Listener) -> Result<ListenerTable, Compile
                     .iter()
                     .filter(|e| e.listener.is_none_or(|lh| lh == key))
                     .collect();
-                Arc::new(host_index(&members))
+                Arc::new(host_index(&members, &mut header_names))
             })
             .clone()
     });
@@ -607,6 +702,7 @@ fn compile_listener(l: &crate::model::Listener) -> Result<ListenerTable, Compile
         protocol: l.protocol,
         groups,
         default,
+        header_names: header_names.into_boxed_slice(),
     })
 }
 
@@ -677,7 +773,10 @@ fn compile_tls_routes(routes: &[TlsRoute]) -> HostIndex<Arc<HostIndex<Arc<TlsRou
 
 /// The per-hostname index of one listener group: each key's list holds every entry whose hostname covers the key,
 /// sorted by precedence.
-fn host_index(members: &[&BuildEntry<'_>]) -> HostIndex<RuleList> {
+fn host_index(
+    members: &[&BuildEntry<'_>],
+    header_names: &mut Vec<HeaderName>,
+) -> HostIndex<RuleList> {
     // Buckets, so that building a list costs the entries that can match, not all entries.
     let mut exact: HashMap<&str, Vec<&BuildEntry<'_>>> = HashMap::new();
     let mut wild: HashMap<&str, Vec<&BuildEntry<'_>>> = HashMap::new();
@@ -715,7 +814,7 @@ fn host_index(members: &[&BuildEntry<'_>]) -> HostIndex<RuleList> {
         });
         list.iter()
             .map(|e| Candidate {
-                quick: Quick::new(&e.compiled.matcher),
+                quick: Quick::new(&e.compiled.matcher, header_names),
                 entry: e.compiled.clone(),
             })
             .collect()

@@ -58,6 +58,13 @@ impl Hasher for HostHasher {
     }
 }
 
+/// [`HostHasher`] over `bytes`: the router's inline header check compares header values by this hash.
+pub(crate) fn bytes_hash(bytes: &[u8]) -> u64 {
+    let mut h = HostHasher::default();
+    h.write(bytes);
+    h.finish()
+}
+
 type HostMap<V> = HashMap<Box<str>, V, BuildHasherDefault<HostHasher>>;
 
 /// Values for the hosts of one wildcard suffix.

@@ -150,6 +150,15 @@ impl Matcher {
         }
     }
 
+    /// The first header this match requires to have an exact value, with that value (for the router's inline
+    /// check).
+    pub(crate) fn first_exact_header(&self) -> Option<(&HeaderName, &[u8])> {
+        self.headers.iter().find_map(|(name, vm)| match vm {
+            ValueMatcher::Exact(v) => Some((name, v.as_bytes())),
+            ValueMatcher::Regex(_) => None,
+        })
+    }
+
     /// Does the request meet every condition?
     pub(crate) fn is_match(&self, req: &RequestParts<'_>) -> bool {
         let path_ok = match &self.path {

@@ -1848,3 +1848,46 @@ fn normalize_host_cases() {
     assert_eq!(norm(format!("{}:80", long(256)).as_bytes()), None);
     assert_eq!(norm("b".repeat(1000).as_bytes()), None);
 }
+
+/// The walk's inline checks (path literal prefix, exact header value hash) only skip entries that cannot match:
+/// more header names than a lookup caches, repeated headers (compared joined), absent headers, regex paths.
+#[test]
+fn inline_checks_never_skip_a_match() {
+    let hm = |name: &str, value: &str| {
+        json!({"path": {"type": "PathPrefix", "value": "/"},
+        "headers": [{"name": name, "value": value}]})
+    };
+    let mut rules: Vec<Value> = (0..6)
+        .map(|i| json!([hm(&format!("x-n{i}"), "v")]))
+        .collect();
+    rules.push(json!([hm("x-multi", "a,b")]));
+    rules.push(json!([{"path": {"type": "RegularExpression", "value": "/api/v[0-9]+/items"}}]));
+    rules.push(json!([{"path": {"type": "RegularExpression", "value": "(?i)/CaSe"}}]));
+    let f = routes_fixture(&[route("default", "r", OLD, &[], &rules)]);
+    let r = || req("h", "/x");
+    assert_eq!(f.who(&r()), "404");
+    for i in 0..6 {
+        // Earlier rules' headers present with other values: every name is probed, the right rule still wins.
+        let mut q = r();
+        for j in 0..6 {
+            q = q.header(&format!("x-n{j}"), if j == i { "v" } else { "w" });
+        }
+        assert_eq!(f.who(&q), format!("HTTPRoute default/r rule {i}"), "x-n{i}");
+    }
+    assert_eq!(
+        f.who(&r().header("x-multi", "a").header("x-multi", "b")),
+        "HTTPRoute default/r rule 6"
+    );
+    assert_eq!(
+        f.who(&r().header("x-multi", "a,b")),
+        "HTTPRoute default/r rule 6"
+    );
+    assert_eq!(f.who(&r().header("x-multi", "a")), "404");
+    assert_eq!(
+        f.who(&req("h", "/api/v12/items")),
+        "HTTPRoute default/r rule 7"
+    );
+    assert_eq!(f.who(&req("h", "/api/v/items")), "404");
+    assert_eq!(f.who(&req("h", "/case")), "HTTPRoute default/r rule 8");
+    assert_eq!(f.who(&req("h", "/CASE")), "HTTPRoute default/r rule 8");
+}
