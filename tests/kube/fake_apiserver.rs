@@ -792,17 +792,15 @@ impl State {
         Ok(obj)
     }
 
-    /// PUT: replaces the object (keeping `status` for kinds with a status subresource). A `resourceVersion` in
-    /// the body must match.
-    fn update(
+    /// The stored object at (`ns`, `name`) with its key: 404 when there is none, 409 when `body` carries a
+    /// `resourceVersion` other than the stored one.
+    fn current(
         &mut self,
         r: &ResourceDef,
-        version: &str,
         ns: Option<&str>,
         name: &str,
-        mut obj: Value,
-        announce: bool,
-    ) -> Result<Value, ApiError> {
+        body: &Value,
+    ) -> Result<((String, String), Value), ApiError> {
         let key = (ns.unwrap_or("").to_string(), name.to_string());
         let prev = self
             .collection(r)
@@ -816,7 +814,7 @@ impl State {
                     format!("{} \"{name}\" not found", r.plural),
                 )
             })?;
-        if let Some(rv) = obj["metadata"]["resourceVersion"].as_str() {
+        if let Some(rv) = body["metadata"]["resourceVersion"].as_str() {
             if Some(rv) != prev["metadata"]["resourceVersion"].as_str() {
                 return Err(err(
                     409,
@@ -828,19 +826,27 @@ impl State {
                 ));
             }
         }
+        Ok((key, prev))
+    }
+
+    /// PUT: replaces the object (keeping `status` for kinds with a status subresource). A `resourceVersion` in
+    /// the body must match.
+    fn update(
+        &mut self,
+        r: &ResourceDef,
+        version: &str,
+        ns: Option<&str>,
+        name: &str,
+        mut obj: Value,
+        announce: bool,
+    ) -> Result<Value, ApiError> {
+        let (key, prev) = self.current(r, ns, name, &obj)?;
         if let Some(ns) = ns {
             obj["metadata"]["namespace"] = json!(ns);
         }
         obj["metadata"]["name"] = json!(name);
         if r.status {
-            match prev.get("status") {
-                Some(s) => obj["status"] = s.clone(),
-                None => {
-                    if let Some(o) = obj.as_object_mut() {
-                        o.remove("status");
-                    }
-                }
-            }
+            copy_status(&mut obj, &prev);
         }
         self.stamp(r, version, &mut obj, Some(&prev));
         self.store(r, &key, obj.clone(), "MODIFIED", announce);
@@ -855,43 +861,12 @@ impl State {
         name: &str,
         patch: &Value,
     ) -> Result<(Value, bool), ApiError> {
-        let key = (ns.unwrap_or("").to_string(), name.to_string());
-        let prev = self
-            .collection(r)
-            .objects
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| {
-                err(
-                    404,
-                    "NotFound",
-                    format!("{} \"{name}\" not found", r.plural),
-                )
-            })?;
-        if let Some(rv) = patch["metadata"]["resourceVersion"].as_str() {
-            if Some(rv) != prev["metadata"]["resourceVersion"].as_str() {
-                return Err(err(
-                    409,
-                    "Conflict",
-                    format!(
-                        "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                        r.plural
-                    ),
-                ));
-            }
-        }
+        let (key, prev) = self.current(r, ns, name, patch)?;
         let mut patched = prev.clone();
         merge_patch(&mut patched, patch);
         // The status subresource changes status only.
         let mut obj = prev.clone();
-        match patched.get("status") {
-            Some(s) => obj["status"] = s.clone(),
-            None => {
-                if let Some(o) = obj.as_object_mut() {
-                    o.remove("status");
-                }
-            }
-        }
+        copy_status(&mut obj, &patched);
         if obj == prev {
             return Ok((with_version(prev, r, version), false));
         }
@@ -1584,4 +1559,16 @@ fn watch(shared: Arc<Shared>, target: &Target, q: &HashMap<String, String>) -> R
         .header("transfer-encoding", "chunked")
         .body(BodyExt::boxed(StreamBody::new(stream)))
         .expect("watch response")
+}
+
+/// Sets `obj`'s status to `from`'s (removing it when `from` has none).
+fn copy_status(obj: &mut Value, from: &Value) {
+    match from.get("status") {
+        Some(s) => obj["status"] = s.clone(),
+        None => {
+            if let Some(o) = obj.as_object_mut() {
+                o.remove("status");
+            }
+        }
+    }
 }

@@ -196,9 +196,7 @@ pub fn plan(
             obj.meta(),
             hash_of(&named.status, &[]),
             &mut |out| {
-                let existing = to_value(&obj.status);
-                let mut desired = to_value(&named.status);
-                fill_times(&mut desired, &existing, now);
+                let (desired, existing) = desired_and_existing(&named.status, &obj.status, now);
                 let keys = ["conditions", "supportedFeatures"];
                 whole_status::<GwClassStatus>(
                     out,
@@ -217,9 +215,7 @@ pub fn plan(
         };
         let hash = hash_of(&named.status, addresses);
         check(&mut out, "Gateway", obj.meta(), hash, &mut |out| {
-            let existing = to_value(&obj.status);
-            let mut desired = to_value(&named.status);
-            fill_times(&mut desired, &existing, now);
+            let (mut desired, existing) = desired_and_existing(&named.status, &obj.status, now);
             // A Gateway that asks for no address of its own is reachable where we publish (translation may
             // have put the bind address there; in a cluster the published addresses are the ones that reach it).
             let asks_none = obj.spec.addresses.as_ref().is_none_or(Vec::is_empty);
@@ -261,9 +257,7 @@ pub fn plan(
             obj.meta(),
             hash_of(&named.status, &[]),
             &mut |out| {
-                let existing = to_value(&obj.status);
-                let mut desired = to_value(&named.status);
-                fill_times(&mut desired, &existing, now);
+                let (desired, existing) = desired_and_existing(&named.status, &obj.status, now);
                 let keys = ["conditions", "listeners"];
                 whole_status::<GwListenerSetStatus>(
                     out,
@@ -604,6 +598,18 @@ fn pick(v: &Value, keys: &[&str]) -> Value {
         }
     }
     Value::Object(m)
+}
+
+/// `desired` and `existing` as JSON, with `desired`'s condition times filled from `existing` ([`fill_times`]).
+fn desired_and_existing<D: Serialize, E: Serialize>(
+    desired: &D,
+    existing: &E,
+    now: &str,
+) -> (Value, Value) {
+    let existing = to_value(existing);
+    let mut desired = to_value(desired);
+    fill_times(&mut desired, &existing, now);
+    (desired, existing)
 }
 
 /// Sets `lastTransitionTime` on every condition of `desired`: the existing time when the existing condition of
