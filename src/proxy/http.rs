@@ -420,6 +420,10 @@ impl ProxyHttp for HttpApp {
         Ctx::default()
     }
 
+    /// No downstream modules. Pingora's default adds its response-compression module switched off, which still
+    /// costs a boxed context and two filter calls per request; Portcullis does not compress responses.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snap = self.store.load();
         let req = session.req_header();
