@@ -91,17 +91,23 @@ def pids_of(p):
     return pids
 
 
-def cpu_ticks(pids):
-    """utime + stime of every thread of these processes, in clock ticks."""
-    total = 0
+def cpu_split(pids):
+    """(utime, stime) of every thread of these processes, in clock ticks: user space and kernel."""
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user += int(fields[11])
+            system += int(fields[12])
         except (OSError, IndexError, ValueError):
             pass
-    return total
+    return user, system
+
+
+def cpu_ticks(pids):
+    """utime + stime of every thread of these processes, in clock ticks."""
+    return sum(cpu_split(pids))
 
 
 def mem_kb(pids, key):
@@ -407,13 +413,16 @@ def portcullis_env(args, level):
 def measure(args, t, hostname, duration, connections, others_pids):
     pids = t.pids()
     busy0, all0 = machine_busy()
-    c0 = cpu_ticks(pids)
+    u0, s0 = cpu_split(pids)
     o0 = cpu_ticks(others_pids)
     r = run_wrk(args, t.port, hostname, duration, connections)
-    c1 = cpu_ticks(pids)
+    u1, s1 = cpu_split(pids)
     o1 = cpu_ticks(others_pids)
     busy1, all1 = machine_busy()
+    c0, c1 = u0 + s0, u1 + s1
     r["cpu_ticks"] = c1 - c0
+    r["user_ticks"] = u1 - u0
+    r["sys_ticks"] = s1 - s0
     # Busy CPU time on the machine that is neither the target, the upstream nor wrk: other people's work.
     ours = (c1 - c0) + (o1 - o0) + r["wrk_cpu_ticks"]
     r["background"] = max(0.0, ((busy1 - busy0) - ours) / max(1, all1 - all0))
@@ -506,6 +515,8 @@ def summarize(t):
         "p50": statistics.median(r["p50"] for r in runs),
         "p99": statistics.median(r["p99"] for r in runs),
         "cpu": sum(r["cpu_ticks"] for r in runs) * 1e6 / CLK_TCK / max(1, req),
+        "user": sum(r["user_ticks"] for r in runs) * 1e6 / CLK_TCK / max(1, req),
+        "sys": sum(r["sys_ticks"] for r in runs) * 1e6 / CLK_TCK / max(1, req),
         "rss": t.hwm_kb / 1024,
         "non2xx": sum(r["non2xx"] for r in runs),
         "sockerr": sum(r["sockerr"] for r in runs),
@@ -523,22 +534,27 @@ def print_throughput(args, results):
             f"per target, alternating (medians; CPU = all rounds)"
         )
         print()
-        print("| target | req/s | req/s min..max | p50 us | p99 us | CPU us/req | peak RSS MB | non-2xx | socket errors | background load |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("| target | req/s | req/s min..max | p50 us | p99 us | CPU us/req | user us/req | kernel us/req | peak RSS MB | non-2xx | socket errors | background load |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for t in targets:
             x = s[t.name]
             name = "direct (upstream nginx)" if t.name == "direct" else t.name
             print(
                 f"| {name} | {fmt(x['rps'])} | {fmt(x['spread'][0])}..{fmt(x['spread'][1])} | {fmt(x['p50'])} | "
-                f"{fmt(x['p99'])} | {fmt(x['cpu'], 1)} | {fmt(x['rss'], 1)} | {x['non2xx']} | {x['sockerr']} | "
+                f"{fmt(x['p99'])} | {fmt(x['cpu'], 1)} | {fmt(x['user'], 1)} | {fmt(x['sys'], 1)} | {fmt(x['rss'], 1)} | {x['non2xx']} | {x['sockerr']} | "
                 f"{x['background'] * 100:.0f}% |"
             )
         pc, ng, ha, d = s["portcullis"], s["nginx"], s["haproxy"], s["direct"]
         print()
         print(
             f"Portcullis/nginx: req/s {ratio(pc['rps'], ng['rps'])}, p50 {ratio(pc['p50'], ng['p50'])}, "
-            f"p99 {ratio(pc['p99'], ng['p99'])}, CPU/req {ratio(pc['cpu'], ng['cpu'])}, "
+            f"p99 {ratio(pc['p99'], ng['p99'])}, CPU/req {ratio(pc['cpu'], ng['cpu'])} "
+            f"(user {ratio(pc['user'], ng['user'])}, kernel {ratio(pc['sys'], ng['sys'])}), "
             f"RSS {ratio(pc['rss'], ng['rss'])}"
+        )
+        print(
+            f"CPU target (nginx's / 1.3): {fmt(ng['cpu'] / 1.3, 1)} us/req; kernel time alone per request: "
+            f"nginx {fmt(ng['sys'], 1)}, HAProxy {fmt(ha['sys'], 1)}, Portcullis {fmt(pc['sys'], 1)} us"
         )
         print(
             f"Portcullis/HAProxy: req/s {ratio(pc['rps'], ha['rps'])}, p99 {ratio(pc['p99'], ha['p99'])}, "
