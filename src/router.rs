@@ -36,6 +36,8 @@ pub struct CompileError {
 #[derive(Debug, Default)]
 pub struct Router {
     listeners: Vec<ListenerTable>,
+    /// Every path regex of the table, by pattern, for the next compile to reuse.
+    path_regexes: matcher::PathRegexes,
 }
 
 /// A host's entries in precedence order, each with an inline [`Quick`] check so that the walk rejects most
@@ -500,11 +502,24 @@ pub fn normalize_host<'b>(raw: &[u8], buf: &'b mut [u8; 256]) -> Option<&'b str>
 impl Router {
     /// Compiles a model.
     pub fn compile(model: &Model) -> Result<Router, CompileError> {
+        Router::compile_reusing(model, None)
+    }
+
+    /// [`Router::compile`], taking the compiled path regexes of `previous` whose pattern is unchanged (what a
+    /// configuration change does: most of a large table is the same as before).
+    pub fn compile_reusing(
+        model: &Model,
+        previous: Option<&Router>,
+    ) -> Result<Router, CompileError> {
+        let mut regexes = matcher::RegexCompiler::new(previous.map(|r| &r.path_regexes));
         let mut listeners = Vec::with_capacity(model.listeners.len());
         for l in &model.listeners {
-            listeners.push(compile_listener(l)?);
+            listeners.push(compile_listener(l, &mut regexes)?);
         }
-        Ok(Router { listeners })
+        Ok(Router {
+            listeners,
+            path_regexes: regexes.finish(),
+        })
     }
 
     /// The table of `port`, if that port is served.
@@ -623,13 +638,16 @@ fn compile_rule(rule: &HttpRule) -> Result<Arc<CompiledRule>, CompileError> {
     }))
 }
 
-fn compile_listener(l: &crate::model::Listener) -> Result<ListenerTable, CompileError> {
+fn compile_listener(
+    l: &crate::model::Listener,
+    regexes: &mut matcher::RegexCompiler<'_>,
+) -> Result<ListenerTable, CompileError> {
     let mut entries: Vec<BuildEntry<'_>> = Vec::new();
     for vh in &l.virtual_hosts {
         for rule in &vh.rules {
             let compiled = compile_rule(rule)?;
             for (index, m) in rule.matches.iter().enumerate() {
-                let matcher = Matcher::new(m).map_err(|reason| CompileError {
+                let matcher = Matcher::new(m, regexes).map_err(|reason| CompileError {
                     origin: rule.origin.to_string(),
                     reason,
                 })?;
@@ -681,7 +699,7 @@ fn compile_listener(l: &crate::model::Listener) -> Result<ListenerTable, Compile
                 .first()
                 .cloned()
                 .unwrap_or_else(crate::model::RouteMatch::any);
-            let matcher = Matcher::new(&m).map_err(|reason| CompileError {
+            let matcher = Matcher::new(&m, regexes).map_err(|reason| CompileError {
                 origin: rule.origin.to_string(),
                 reason,
             })?;

@@ -104,7 +104,7 @@ impl Store {
             self.ready.store(true, Ordering::Release);
             return Ok(None);
         }
-        let router = Router::compile(&model)?;
+        let router = Router::compile_reusing(&model, Some(&current.router))?;
         let mut acceptors = Vec::new();
         let mut tls_errors = Vec::new();
         for l in &model.listeners {

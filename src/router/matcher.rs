@@ -3,6 +3,8 @@
 use crate::model::{PathMatch, RouteMatch, StringMatch};
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// What the router needs to know about a request.
 #[derive(Debug, Clone, Copy)]
@@ -41,7 +43,110 @@ impl ValueMatcher {
 }
 
 fn anchored(re: &str) -> Result<Regex, regex::Error> {
-    Regex::new(&format!("^(?:{re})$"))
+    Regex::new(&anchored_pattern(re))
+}
+
+fn anchored_pattern(re: &str) -> String {
+    format!("^(?:{re})$")
+}
+
+/// A path regex's DFA is kept only while it is this small (bytes): regexes of 10k routes then cost at most ~40 MB,
+/// and most real patterns (`/api/v[0-9]+/.*`) need well under 1 KB in the sparse form.
+const PATH_DFA_MAX_BYTES: usize = 4 * 1024;
+/// Bounds the work of building a path regex's DFA (determinization can grow exponentially).
+const PATH_DFA_BUILD_LIMIT: usize = 256 * 1024;
+
+/// A compiled path regex.
+///
+/// When the anchored pattern determinizes into a small DFA, the DFA is all the router keeps: a match reads a few
+/// hundred contiguous bytes and needs no cache, where `Regex` keeps a lazy-DFA cache per pattern that a table of
+/// thousands of seldom-seen hosts leaves cold (the router's lookup then slowed with table size). The dense form
+/// (one table read per byte) is kept when it fits in [`PATH_DFA_MAX_BYTES`], else the sparse form (4-6x smaller,
+/// a short search per byte). Patterns the DFA cannot take (a Unicode word boundary) or that outgrow the limit
+/// (Unicode classes such as `\w` often do) keep the `regex` crate. All three are built by regex-automata from the
+/// same regex-syntax parse, so they accept the same paths.
+#[derive(Debug)]
+pub(crate) enum PathRegex {
+    Dense(regex_automata::dfa::dense::DFA<Vec<u32>>),
+    Sparse(regex_automata::dfa::sparse::DFA<Vec<u8>>),
+    Regex(Regex),
+}
+
+impl PathRegex {
+    /// Compiles the user's pattern `re`, anchored at both ends of the path.
+    fn new(re: &str) -> Result<Self, regex::Error> {
+        use regex_automata::dfa::{dense, StartKind};
+        let pattern = anchored_pattern(re);
+        let config = dense::Config::new()
+            .start_kind(StartKind::Anchored)
+            .dfa_size_limit(Some(PATH_DFA_BUILD_LIMIT))
+            .determinize_size_limit(Some(PATH_DFA_BUILD_LIMIT));
+        if let Ok(dfa) = dense::Builder::new().configure(config).build(&pattern) {
+            if dfa.memory_usage() <= PATH_DFA_MAX_BYTES {
+                return Ok(PathRegex::Dense(dfa));
+            }
+            if let Ok(sparse) = dfa.to_sparse() {
+                if sparse.memory_usage() <= PATH_DFA_MAX_BYTES {
+                    return Ok(PathRegex::Sparse(sparse));
+                }
+            }
+        }
+        Ok(PathRegex::Regex(Regex::new(&pattern)?))
+    }
+
+    fn is_match(&self, path: &str) -> bool {
+        match self {
+            PathRegex::Dense(dfa) => dfa_matches(dfa, path),
+            PathRegex::Sparse(dfa) => dfa_matches(dfa, path),
+            PathRegex::Regex(re) => re.is_match(path),
+        }
+    }
+}
+
+/// Compiled path regexes by pattern (as written in the route, before anchoring).
+pub(crate) type PathRegexes = HashMap<Box<str>, Arc<PathRegex>>;
+
+/// Compiles the path regexes of one router, taking those of the previous router when their pattern is the same:
+/// a rebuild of a table of thousands of regex routes then compiles only the patterns that changed (a DFA costs
+/// about 30 µs to build; 10k of them were most of a rebuild).
+pub(crate) struct RegexCompiler<'p> {
+    previous: Option<&'p PathRegexes>,
+    compiled: PathRegexes,
+}
+
+impl<'p> RegexCompiler<'p> {
+    pub(crate) fn new(previous: Option<&'p PathRegexes>) -> Self {
+        RegexCompiler {
+            previous,
+            compiled: HashMap::new(),
+        }
+    }
+
+    fn path(&mut self, re: &str) -> Result<Arc<PathRegex>, regex::Error> {
+        if let Some(r) = self.compiled.get(re) {
+            return Ok(r.clone());
+        }
+        let r = match self.previous.and_then(|p| p.get(re)) {
+            Some(r) => r.clone(),
+            None => Arc::new(PathRegex::new(re)?),
+        };
+        self.compiled.insert(re.into(), r.clone());
+        Ok(r)
+    }
+
+    /// The regexes this router holds, for the next one.
+    pub(crate) fn finish(self) -> PathRegexes {
+        self.compiled
+    }
+}
+
+/// Does the anchored DFA accept the whole path? No quit bytes are configured and the DFA has an anchored start
+/// state, so the search cannot fail; an error would count as no match.
+fn dfa_matches(dfa: &impl regex_automata::dfa::Automaton, path: &str) -> bool {
+    let input = regex_automata::Input::new(path)
+        .anchored(regex_automata::Anchored::Yes)
+        .earliest(true);
+    matches!(dfa.try_search_fwd(&input), Ok(Some(_)))
 }
 
 #[derive(Debug)]
@@ -50,7 +155,7 @@ pub(crate) enum PathMatcher {
     /// Never ends in `/` unless it is `/`.
     Prefix(Box<str>),
     Regex {
-        re: Regex,
+        re: Arc<PathRegex>,
         /// Every path the regex matches is at least this many bytes long ...
         min_len: usize,
         /// ... and starts with these bytes (the literal prefix regex-syntax finds; often empty).
@@ -84,13 +189,13 @@ pub(crate) struct Matcher {
 
 impl Matcher {
     /// Compiles a match. Fails only on input translation already validated (a regex, a header name).
-    pub(crate) fn new(m: &RouteMatch) -> Result<Self, String> {
+    pub(crate) fn new(m: &RouteMatch, regexes: &mut RegexCompiler<'_>) -> Result<Self, String> {
         let path = match &m.path {
             PathMatch::Exact(p) => PathMatcher::Exact(p.as_str().into()),
             PathMatch::Prefix(p) => PathMatcher::Prefix(p.as_str().into()),
             PathMatch::RegularExpression(r) => {
-                let re = anchored(r).map_err(|e| e.to_string())?;
-                let (min_len, head) = regex_hint(re.as_str());
+                let re = regexes.path(r).map_err(|e| e.to_string())?;
+                let (min_len, head) = regex_hint(&anchored_pattern(r));
                 PathMatcher::Regex { re, min_len, head }
             }
         };
@@ -288,6 +393,98 @@ mod tests {
         assert_eq!(query_value(None, "b"), None);
         assert_eq!(decode("100%"), "100%");
         assert_eq!(decode("%4"), "%4");
+    }
+
+    /// The DFA form of a path regex accepts exactly the paths the `regex` crate accepts, and patterns the DFA
+    /// cannot take keep the `regex` crate.
+    #[test]
+    fn path_regex_dfa_agrees_with_regex() {
+        let patterns = [
+            "/api/v[0-9]+/.*",
+            "/foo/a|/foo/b",
+            "(?i)/Foo/bar",
+            "/caf\u{e9}/.+",
+            "/x{2,3}y",
+            "(/a|/ab)c?",
+            "/[^/]+/items/[0-9]{1,4}",
+            ".*\\.png",
+            "/r1/[a-z]+/[0-9]+",
+            "/\\w+/",
+            "/[[:alpha:]]+",
+            "/[a-z]{2,8}/[0-9]{1,6}/(edit|view|delete)",
+            "(?i)/static/.+\\.(css|js|png)",
+            "",
+        ];
+        let paths = [
+            "/",
+            "/api/v1/",
+            "/api/v12/x",
+            "/api/vx/",
+            "/foo/a",
+            "/foo/b",
+            "/foo/c",
+            "/FOO/BAR",
+            "/foo/bar",
+            "/caf\u{e9}/1",
+            "/cafe/1",
+            "/xxy",
+            "/xxxy",
+            "/xy",
+            "/a",
+            "/ab",
+            "/abc",
+            "/ac",
+            "/shop/items/42",
+            "/shop/items/",
+            "/img/a.png",
+            "a.png",
+            "",
+            "/r1/abc/42",
+            "/r1/abc/42/",
+            "/r1//42",
+            "/\u{e9}t\u{e9}/",
+            "/word/",
+            "/Zeta",
+            "/line\nfeed",
+            "/ab/123/edit",
+            "/abcdefghi/1/view",
+            "/ab/1234567/delete",
+            "/STATIC/app.CSS",
+            "/static/.png",
+            "/static/a/b.js",
+        ];
+        let (mut dense, mut sparse, mut regexes) = (0, 0, 0);
+        for pat in patterns {
+            let re = anchored(pat).expect("valid");
+            let compiled = PathRegex::new(pat).expect("valid");
+            match compiled {
+                PathRegex::Dense(_) => dense += 1,
+                PathRegex::Sparse(_) => sparse += 1,
+                PathRegex::Regex(_) => regexes += 1,
+            }
+            for path in paths {
+                assert_eq!(
+                    compiled.is_match(path),
+                    re.is_match(path),
+                    "{pat:?} on {path:?}"
+                );
+            }
+        }
+        // Every form is exercised, and most patterns get a DFA.
+        assert!(
+            dense >= 8 && sparse >= 2 && regexes >= 1,
+            "dense {dense}, sparse {sparse}, regex {regexes}"
+        );
+        // A Unicode word boundary has no DFA; a pattern whose DFA is too big keeps the regex crate.
+        assert!(matches!(
+            PathRegex::new("/\\bx").expect("valid"),
+            PathRegex::Regex(_)
+        ));
+        assert!(matches!(
+            PathRegex::new("/\\w{20}[0-9]{1,8}\\w+").expect("valid"),
+            PathRegex::Regex(_)
+        ));
+        assert!(PathRegex::new("/(unclosed").is_err());
     }
 
     fn hint(re: &str) -> (usize, Vec<u8>) {

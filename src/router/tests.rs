@@ -818,6 +818,46 @@ fn httproute_regular_expression_ranks_between_exact_and_prefix() {
     );
 }
 
+/// A recompile takes the previous router's compiled path regexes for unchanged patterns (the same `Arc`), compiles
+/// new ones, drops those no longer used, and answers as a fresh compile does.
+#[test]
+fn recompiling_reuses_unchanged_path_regexes() {
+    let before = routes_fixture(&[
+        route("default", "a", OLD, &[], &[json!([regex("/a/[0-9]+")])]),
+        route("default", "b", OLD, &[], &[json!([regex("/b/[a-z]+")])]),
+    ]);
+    let after = routes_fixture(&[
+        route("default", "a", OLD, &[], &[json!([regex("/a/[0-9]+")])]),
+        route("default", "c", OLD, &[], &[json!([regex("/c/.+")])]),
+    ]);
+    let reused = Router::compile_reusing(&after.out.model, Some(&before.router)).expect("compiles");
+    let old = &before.router.path_regexes;
+    assert!(Arc::ptr_eq(
+        &reused.path_regexes["/a/[0-9]+"],
+        &old["/a/[0-9]+"]
+    ));
+    assert!(!Arc::ptr_eq(
+        &after.router.path_regexes["/a/[0-9]+"],
+        &old["/a/[0-9]+"]
+    ));
+    let mut kept: Vec<&str> = reused.path_regexes.keys().map(|k| &**k).collect();
+    kept.sort();
+    assert_eq!(kept, ["/a/[0-9]+", "/c/.+"]);
+    let reused = Fixture {
+        out: after.out.clone(),
+        router: reused,
+    };
+    for path in ["/a/12", "/a/x", "/b/x", "/c/x", "/c/"] {
+        assert_eq!(
+            reused.who(&req("h", path)),
+            after.who(&req("h", path)),
+            "{path}"
+        );
+    }
+    assert_eq!(reused.who(&req("h", "/c/x")), "HTTPRoute default/c rule 0");
+    assert_eq!(reused.who(&req("h", "/b/x")), "404");
+}
+
 #[test]
 fn httproute_more_specific_hostname_comes_first() {
     // > In the event that multiple HTTPRoutes specify intersecting hostnames (e.g. overlapping wildcard matching
