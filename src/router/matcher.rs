@@ -104,7 +104,17 @@ impl PathRegex {
 }
 
 /// Compiled path regexes by pattern (as written in the route, before anchoring).
-pub(crate) type PathRegexes = HashMap<Box<str>, Arc<PathRegex>>;
+pub(crate) type PathRegexes = HashMap<Box<str>, Arc<CompiledPathRegex>>;
+
+/// A path regex with the necessary condition the router's inline check uses (see [`regex_hint`]).
+#[derive(Debug)]
+pub(crate) struct CompiledPathRegex {
+    re: PathRegex,
+    /// Every path the regex matches is at least this many bytes long ...
+    min_len: usize,
+    /// ... and starts with these bytes (the literal prefix regex-syntax finds; often empty).
+    head: Box<[u8]>,
+}
 
 /// Compiles the path regexes of one router, taking those of the previous router when their pattern is the same:
 /// a rebuild of a table of thousands of regex routes then compiles only the patterns that changed (a DFA costs
@@ -122,13 +132,20 @@ impl<'p> RegexCompiler<'p> {
         }
     }
 
-    fn path(&mut self, re: &str) -> Result<Arc<PathRegex>, regex::Error> {
+    fn path(&mut self, re: &str) -> Result<Arc<CompiledPathRegex>, regex::Error> {
         if let Some(r) = self.compiled.get(re) {
             return Ok(r.clone());
         }
         let r = match self.previous.and_then(|p| p.get(re)) {
             Some(r) => r.clone(),
-            None => Arc::new(PathRegex::new(re)?),
+            None => {
+                let (min_len, head) = regex_hint(&anchored_pattern(re));
+                Arc::new(CompiledPathRegex {
+                    re: PathRegex::new(re)?,
+                    min_len,
+                    head,
+                })
+            }
         };
         self.compiled.insert(re.into(), r.clone());
         Ok(r)
@@ -154,13 +171,7 @@ pub(crate) enum PathMatcher {
     Exact(Box<str>),
     /// Never ends in `/` unless it is `/`.
     Prefix(Box<str>),
-    Regex {
-        re: Arc<PathRegex>,
-        /// Every path the regex matches is at least this many bytes long ...
-        min_len: usize,
-        /// ... and starts with these bytes (the literal prefix regex-syntax finds; often empty).
-        head: Box<[u8]>,
-    },
+    Regex(Arc<CompiledPathRegex>),
 }
 
 /// What every path matched by the anchored `pattern` has: a minimum length and a literal prefix. Derived from
@@ -194,9 +205,7 @@ impl Matcher {
             PathMatch::Exact(p) => PathMatcher::Exact(p.as_str().into()),
             PathMatch::Prefix(p) => PathMatcher::Prefix(p.as_str().into()),
             PathMatch::RegularExpression(r) => {
-                let re = regexes.path(r).map_err(|e| e.to_string())?;
-                let (min_len, head) = regex_hint(&anchored_pattern(r));
-                PathMatcher::Regex { re, min_len, head }
+                PathMatcher::Regex(regexes.path(r).map_err(|e| e.to_string())?)
             }
         };
         let method = m
@@ -251,7 +260,7 @@ impl Matcher {
             PathMatcher::Exact(p) => (p.len(), p.as_bytes()),
             PathMatcher::Prefix(p) if &**p != "/" => (p.len(), p.as_bytes()),
             PathMatcher::Prefix(_) => (0, &[]),
-            PathMatcher::Regex { min_len, head, .. } => (*min_len, head),
+            PathMatcher::Regex(r) => (r.min_len, &r.head),
         }
     }
 
@@ -269,7 +278,7 @@ impl Matcher {
         let path_ok = match &self.path {
             PathMatcher::Exact(p) => req.path == &**p,
             PathMatcher::Prefix(p) => prefix_matches(p, req.path),
-            PathMatcher::Regex { re, .. } => re.is_match(req.path),
+            PathMatcher::Regex(r) => r.re.is_match(req.path),
         };
         if !path_ok {
             return false;
