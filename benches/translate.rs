@@ -1,10 +1,17 @@
 //! What a configuration change costs the control plane, for 100, 1k and 10k rules (ten per host, one Ingress or
 //! HTTPRoute and one Service per host):
 //!
-//! - `translate/rebuild`: `Input` → model → compiled router (`translate` + `Router::compile`): the rebuild every
-//!   change costs once the objects are read;
-//! - `translate/model`: `translate` alone; `translate/compile`: `Router::compile` alone;
+//! - `translate/rebuild`: `Input` → model → compiled router (`translate` + `Router::compile_reusing` the previous
+//!   router, as a publish does): the rebuild every change costs once the objects are read;
+//! - `translate/model`: `translate` alone; `translate/compile`: `Router::compile` alone, from scratch (what the
+//!   first publish costs: no path regex to reuse);
+//!
+//! Regex checks are remembered by pattern across translations (`src/translate/httproute.rs`), so `model` and
+//! `rebuild` are measured with that memo warm, as every change after the first finds it.
 //! - `translate/parse`: YAML text → `Input` (standalone mode re-reads the manifests on every change).
+//!
+//! Groups: `translate/ingress` (Prefix paths), `translate/httproute` (Exact paths), `translate/httproute_regex`
+//! (RegularExpression paths, which the translator validates and the router compiles).
 //!
 //! `BENCH_RULES=100,1000` limits the sizes (default 100,1000,10000).
 
@@ -29,6 +36,7 @@ fn bench(c: &mut Criterion) {
     for (api, shape) in [
         ("ingress", Shape::IngressPrefix),
         ("httproute", Shape::RouteExact),
+        ("httproute_regex", Shape::RouteRegex),
     ] {
         let mut group = c.benchmark_group(format!("translate/{api}"));
         group
@@ -41,10 +49,12 @@ fn bench(c: &mut Criterion) {
             let model = common::model(&input);
             assert_eq!(model.rule_count(), rules);
             group.throughput(Throughput::Elements(rules as u64));
+            // What publishing a change costs: the previous router lends its compiled path regexes.
+            let previous = Router::compile(&model).expect("compiles");
             group.bench_with_input(BenchmarkId::new("rebuild", rules), &input, |b, input| {
                 b.iter(|| {
                     let out = translate(black_box(input), &opts);
-                    Router::compile(&out.model).expect("compiles")
+                    Router::compile_reusing(&out.model, Some(&previous)).expect("compiles")
                 })
             });
             group.bench_with_input(BenchmarkId::new("model", rules), &input, |b, input| {

@@ -30,7 +30,8 @@ pub enum Shape {
     IngressWildcard,
     /// HTTPRoute, exact host, `Exact` paths `/r{i}`.
     RouteExact,
-    /// HTTPRoute, exact host, `RegularExpression` paths `/r{i}/[a-z]+/[0-9]+`.
+    /// HTTPRoute, exact host, `RegularExpression` paths `/r{i}/[a-z]+/[0-9]+(/h{K})?` (a distinct pattern per
+    /// rule: the router compiles equal patterns once).
     RouteRegex,
     /// HTTPRoute, exact host, path prefix `/` and header `x-route: r{i}`.
     RouteHeader,
@@ -115,8 +116,9 @@ pub fn manifests(shape: Shape, routes: usize) -> Vec<String> {
                 for i in 0..n {
                     let m = match shape {
                         Shape::RouteExact => format!("{{path: {{type: Exact, value: /r{i}}}}}"),
+                        // Distinct per host, as in a real table (the router shares equal patterns).
                         Shape::RouteRegex => format!(
-                            "{{path: {{type: RegularExpression, value: \"/r{i}/[a-z]+/[0-9]+\"}}}}"
+                            "{{path: {{type: RegularExpression, value: \"/r{i}/[a-z]+/[0-9]+(/h{k})?\"}}}}"
                         ),
                         _ => format!(
                             "{{path: {{type: PathPrefix, value: /}}, headers: [{{name: x-route, value: r{i}}}]}}"
