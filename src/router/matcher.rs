@@ -404,64 +404,76 @@ mod tests {
         assert_eq!(decode("%4"), "%4");
     }
 
+    /// Path regexes with literal prefixes, alternatives, case folding, Unicode and repetition.
+    const SAMPLE_PATTERNS: &[&str] = &[
+        "/api/v[0-9]+/.*",
+        "/foo/a|/foo/b",
+        "(?i)/Foo/bar",
+        "/caf\u{e9}/.+",
+        "/x{2,3}y",
+        "(/a|/ab)c?",
+        "/[^/]+/items/[0-9]{1,4}",
+        ".*\\.png",
+    ];
+
+    /// Paths that exercise [`SAMPLE_PATTERNS`], matching and not.
+    const SAMPLE_PATHS: &[&str] = &[
+        "/",
+        "/api/v1/",
+        "/api/v12/x",
+        "/api/vx/",
+        "/foo/a",
+        "/foo/b",
+        "/foo/c",
+        "/FOO/BAR",
+        "/foo/bar",
+        "/caf\u{e9}/1",
+        "/cafe/1",
+        "/xxy",
+        "/xxxy",
+        "/xy",
+        "/a",
+        "/ab",
+        "/abc",
+        "/ac",
+        "/shop/items/42",
+        "/shop/items/",
+        "/img/a.png",
+        "a.png",
+        "",
+    ];
+
     /// The DFA form of a path regex accepts exactly the paths the `regex` crate accepts, and patterns the DFA
     /// cannot take keep the `regex` crate.
     #[test]
     fn path_regex_dfa_agrees_with_regex() {
-        let patterns = [
-            "/api/v[0-9]+/.*",
-            "/foo/a|/foo/b",
-            "(?i)/Foo/bar",
-            "/caf\u{e9}/.+",
-            "/x{2,3}y",
-            "(/a|/ab)c?",
-            "/[^/]+/items/[0-9]{1,4}",
-            ".*\\.png",
+        let patterns = SAMPLE_PATTERNS.iter().copied().chain([
             "/r1/[a-z]+/[0-9]+",
             "/\\w+/",
             "/[[:alpha:]]+",
             "/[a-z]{2,8}/[0-9]{1,6}/(edit|view|delete)",
             "(?i)/static/.+\\.(css|js|png)",
             "",
-        ];
-        let paths = [
-            "/",
-            "/api/v1/",
-            "/api/v12/x",
-            "/api/vx/",
-            "/foo/a",
-            "/foo/b",
-            "/foo/c",
-            "/FOO/BAR",
-            "/foo/bar",
-            "/caf\u{e9}/1",
-            "/cafe/1",
-            "/xxy",
-            "/xxxy",
-            "/xy",
-            "/a",
-            "/ab",
-            "/abc",
-            "/ac",
-            "/shop/items/42",
-            "/shop/items/",
-            "/img/a.png",
-            "a.png",
-            "",
-            "/r1/abc/42",
-            "/r1/abc/42/",
-            "/r1//42",
-            "/\u{e9}t\u{e9}/",
-            "/word/",
-            "/Zeta",
-            "/line\nfeed",
-            "/ab/123/edit",
-            "/abcdefghi/1/view",
-            "/ab/1234567/delete",
-            "/STATIC/app.CSS",
-            "/static/.png",
-            "/static/a/b.js",
-        ];
+        ]);
+        let paths: Vec<&str> = SAMPLE_PATHS
+            .iter()
+            .copied()
+            .chain([
+                "/r1/abc/42",
+                "/r1/abc/42/",
+                "/r1//42",
+                "/\u{e9}t\u{e9}/",
+                "/word/",
+                "/Zeta",
+                "/line\nfeed",
+                "/ab/123/edit",
+                "/abcdefghi/1/view",
+                "/ab/1234567/delete",
+                "/STATIC/app.CSS",
+                "/static/.png",
+                "/static/a/b.js",
+            ])
+            .collect();
         let (mut dense, mut sparse, mut regexes) = (0, 0, 0);
         for pat in patterns {
             let re = anchored(pat).expect("valid");
@@ -471,7 +483,7 @@ mod tests {
                 PathRegex::Sparse(_) => sparse += 1,
                 PathRegex::Regex(_) => regexes += 1,
             }
-            for path in paths {
+            for &path in &paths {
                 assert_eq!(
                     compiled.is_match(path),
                     re.is_match(path),
@@ -518,41 +530,7 @@ mod tests {
     /// The inline check never rejects a path the regex accepts (the router relies on it to skip regexes).
     #[test]
     fn regex_hints_never_reject_a_match() {
-        let patterns = [
-            "/api/v[0-9]+/.*",
-            "/foo/a|/foo/b",
-            "(?i)/Foo/bar",
-            "/caf\u{e9}/.+",
-            "/x{2,3}y",
-            "(/a|/ab)c?",
-            "/[^/]+/items/[0-9]{1,4}",
-            ".*\\.png",
-        ];
-        let paths = [
-            "/",
-            "/api/v1/",
-            "/api/v12/x",
-            "/api/vx/",
-            "/foo/a",
-            "/foo/b",
-            "/foo/c",
-            "/FOO/BAR",
-            "/foo/bar",
-            "/caf\u{e9}/1",
-            "/cafe/1",
-            "/xxy",
-            "/xxxy",
-            "/xy",
-            "/a",
-            "/ab",
-            "/abc",
-            "/ac",
-            "/shop/items/42",
-            "/shop/items/",
-            "/img/a.png",
-            "a.png",
-            "",
-        ];
+        let (patterns, paths) = (SAMPLE_PATTERNS, SAMPLE_PATHS);
         let mut matched = 0;
         for pat in patterns {
             let re = anchored(pat).expect("valid");
