@@ -711,6 +711,98 @@ def reload_phase(args, tmp, n, results):
     )
 
 
+GATEWAY_BASE = """---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portcullis}}
+spec: {{controllerName: portcullis.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: bench}}
+spec:
+  gatewayClassName: portcullis
+  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
+"""
+
+
+def regex_route(k):
+    """HTTPRoute of host k: ten RegularExpression paths, a distinct pattern per rule (as in a real table)."""
+    rules = "".join(
+        f'  - matches: [{{path: {{type: RegularExpression, value: "/r{i}/[a-z]+/[0-9]+(/h{k})?"}}}}]\n'
+        f"    backendRefs: [{{name: up, port: 80}}]\n"
+        for i in range(10)
+    )
+    return (
+        f"---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: h{k}, namespace: bench}}\n"
+        f"spec:\n  parentRefs: [{{name: gw}}]\n  hostnames: [{host(k)}]\n  rules:\n{rules}"
+    )
+
+
+def regex_phase(args, tmp, n, results):
+    """A table of n RegularExpression routes (n/10 hosts): time to serve, and memory once every rule has answered
+    a request (each compiled regex has then been used)."""
+    log(f"== regex table, {n} routes")
+    d = f"{tmp}/regex-{n}"
+    os.makedirs(d, exist_ok=True)
+    port = args.port + 1
+    with open(f"{d}/00-base.yaml", "w") as f:
+        f.write(PORTCULLIS_BASE.format())
+        f.write(GATEWAY_BASE.format(port=port))
+        f.write(SERVICE.format(name="up", port=args.port))
+    hosts = max(1, n // 10)
+    for start_k in range(0, hosts, 300):
+        with open(f"{d}/10-routes-{start_k // 300:03d}.yaml", "w") as f:
+            for k in range(start_k, min(hosts, start_k + 300)):
+                f.write(regex_route(k))
+    logfile = f"{tmp}/regex-{n}.log"
+    t0 = time.monotonic()
+    pc = start(
+        [args.binary, "run", "--manifests", d, "--http-port", str(port), "--bind-address", "127.0.0.1",
+         "--admin-addr", f"127.0.0.1:{args.port + 9}", "--threads", "1"],
+        args.proxy_cpu, logfile, env=portcullis_env(args, "info"),
+    )
+    if not wait_status(port, host(hosts - 1), 200, 120, path="/r9/abc/1"):
+        raise SystemExit(f"portcullis with {n} regex routes did not start (see {logfile})")
+    startup = time.monotonic() - t0
+    time.sleep(0.5)
+    pids = pids_of(pc)
+    rss_loaded = mem_kb(pids, "VmRSS") / 1024
+    # Every rule answers once, on one keep-alive connection.
+    ok = 0
+    t1 = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    for k in range(hosts):
+        for i in range(10):
+            conn.request("GET", f"/r{i}/abc/1", headers={"Host": host(k)})
+            r = conn.getresponse()
+            r.read()
+            ok += r.status == 200
+    conn.close()
+    walk = time.monotonic() - t1
+    rss_used = mem_kb(pids, "VmRSS") / 1024
+    hwm = mem_kb(pids, "VmHWM") / 1024
+    stop(pc)
+    STARTED.remove(pc)
+    results.append({"routes": n, "startup": startup, "rss_loaded": rss_loaded, "rss_used": rss_used, "hwm": hwm,
+                    "ok": ok, "requests": hosts * 10, "walk": walk})
+
+
+def print_regex(results):
+    if not results:
+        return
+    print()
+    print("### RegularExpression routes (Portcullis, standalone; ten distinct patterns per host, then one request "
+          "per rule)")
+    print()
+    print("| regex routes | start to serving s | RSS MB loaded | RSS MB after every rule answered | peak RSS MB | "
+          "200 answers | seconds for those requests |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['routes']:,} | {r['startup']:.2f} | {r['rss_loaded']:.1f} | {r['rss_used']:.1f} | "
+              f"{r['hwm']:.1f} | {r['ok']:,} / {r['requests']:,} | {r['walk']:.1f} |")
+
+
 def print_reload(args, results):
     print()
     print(
@@ -894,6 +986,8 @@ def main():
     ap.add_argument("--binary", required=True)
     ap.add_argument("--routes", default="1,1000", help="routing-table sizes for the throughput phase")
     ap.add_argument("--reload-routes", default="10,10000", help="table sizes for the configuration-change phase")
+    ap.add_argument("--regex-routes", default="10000",
+                    help="RegularExpression-route table sizes for the memory check of the reload phase ('' for none)")
     ap.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=32)
@@ -957,6 +1051,10 @@ def main():
             for n in [int(x) for x in args.reload_routes.split(",") if x]:
                 reload_phase(args, tmp, n, reloads)
             print_reload(args, reloads)
+            regexes = []
+            for n in [int(x) for x in args.regex_routes.split(",") if x]:
+                regex_phase(args, tmp, n, regexes)
+            print_regex(regexes)
         if args.only == "profile" or args.profile:
             os.makedirs(args.profile_dir, exist_ok=True)
             if args.only == "profile":
