@@ -74,24 +74,50 @@ pub(crate) enum PathRegex {
 
 impl PathRegex {
     /// Compiles the user's pattern `re`, anchored at both ends of the path.
+    #[cfg(test)]
     fn new(re: &str) -> Result<Self, regex::Error> {
-        use regex_automata::dfa::{dense, StartKind};
         let pattern = anchored_pattern(re);
+        let hir = regex_syntax::parse(&pattern).ok();
+        PathRegex::from_parsed(&pattern, hir.as_ref())
+    }
+
+    /// Compiles the anchored `pattern`, given its parse when it parsed (a pattern that does not parse is left to
+    /// `Regex::new`, which reports why).
+    fn from_parsed(
+        pattern: &str,
+        hir: Option<&regex_syntax::hir::Hir>,
+    ) -> Result<Self, regex::Error> {
+        if let Some(dfa) = hir.and_then(PathRegex::dfa) {
+            return Ok(dfa);
+        }
+        Ok(PathRegex::Regex(Regex::new(pattern)?))
+    }
+
+    /// The dense DFA of `hir` if it fits in [`PATH_DFA_MAX_BYTES`], else its sparse form if that fits.
+    fn dfa(hir: &regex_syntax::hir::Hir) -> Option<Self> {
+        use regex_automata::dfa::{dense, StartKind};
+        use regex_automata::nfa::thompson;
+        let nfa = thompson::Compiler::new()
+            .configure(
+                thompson::Config::new()
+                    .which_captures(thompson::WhichCaptures::None)
+                    .nfa_size_limit(Some(PATH_DFA_BUILD_LIMIT)),
+            )
+            .build_from_hir(hir)
+            .ok()?;
         let config = dense::Config::new()
             .start_kind(StartKind::Anchored)
             .dfa_size_limit(Some(PATH_DFA_BUILD_LIMIT))
             .determinize_size_limit(Some(PATH_DFA_BUILD_LIMIT));
-        if let Ok(dfa) = dense::Builder::new().configure(config).build(&pattern) {
-            if dfa.memory_usage() <= PATH_DFA_MAX_BYTES {
-                return Ok(PathRegex::Dense(dfa));
-            }
-            if let Ok(sparse) = dfa.to_sparse() {
-                if sparse.memory_usage() <= PATH_DFA_MAX_BYTES {
-                    return Ok(PathRegex::Sparse(sparse));
-                }
-            }
+        let dfa = dense::Builder::new()
+            .configure(config)
+            .build_from_nfa(&nfa)
+            .ok()?;
+        if dfa.memory_usage() <= PATH_DFA_MAX_BYTES {
+            return Some(PathRegex::Dense(dfa));
         }
-        Ok(PathRegex::Regex(Regex::new(&pattern)?))
+        let sparse = dfa.to_sparse().ok()?;
+        (sparse.memory_usage() <= PATH_DFA_MAX_BYTES).then_some(PathRegex::Sparse(sparse))
     }
 
     fn is_match(&self, path: &str) -> bool {
@@ -139,9 +165,12 @@ impl<'p> RegexCompiler<'p> {
         let r = match self.previous.and_then(|p| p.get(re)) {
             Some(r) => r.clone(),
             None => {
-                let (min_len, head) = regex_hint(&anchored_pattern(re));
+                // One parse serves the inline-check hint and the DFA.
+                let pattern = anchored_pattern(re);
+                let hir = regex_syntax::parse(&pattern).ok();
+                let (min_len, head) = hir.as_ref().map_or((0, Box::default()), regex_hint);
                 Arc::new(CompiledPathRegex {
-                    re: PathRegex::new(re)?,
+                    re: PathRegex::from_parsed(&pattern, hir.as_ref())?,
                     min_len,
                     head,
                 })
@@ -174,17 +203,14 @@ pub(crate) enum PathMatcher {
     Regex(Arc<CompiledPathRegex>),
 }
 
-/// What every path matched by the anchored `pattern` has: a minimum length and a literal prefix. Derived from
-/// the parsed pattern by regex-syntax (the parser the `regex` crate itself uses), so it is sound by construction:
+/// What every path matched by `hir` (an anchored pattern, parsed) has: a minimum length and a literal prefix.
+/// Derived by regex-syntax (the parser the `regex` crate itself uses), so it is sound by construction:
 /// its prefix-literal contract is that every match starts with one of the extracted literals, and the pattern is
 /// anchored at the start of the path. Anything it cannot tell gives `(0, [])`, a check that never rejects.
-fn regex_hint(pattern: &str) -> (usize, Box<[u8]>) {
+fn regex_hint(hir: &regex_syntax::hir::Hir) -> (usize, Box<[u8]>) {
     use regex_syntax::hir::literal::Extractor;
-    let Ok(hir) = regex_syntax::parse(pattern) else {
-        return (0, Box::default());
-    };
     let min_len = hir.properties().minimum_len().unwrap_or(0);
-    let seq = Extractor::new().extract(&hir);
+    let seq = Extractor::new().extract(hir);
     let head = seq.longest_common_prefix().unwrap_or(&[]).into();
     (min_len, head)
 }
@@ -508,8 +534,13 @@ mod tests {
         assert!(PathRegex::new("/(unclosed").is_err());
     }
 
+    /// The hint of the user's pattern `re`, anchored as the router compiles it.
+    fn parsed_hint(re: &str) -> (usize, Box<[u8]>) {
+        regex_hint(&regex_syntax::parse(&anchored_pattern(re)).expect("valid"))
+    }
+
     fn hint(re: &str) -> (usize, Vec<u8>) {
-        let (n, head) = regex_hint(anchored(re).expect("valid").as_str());
+        let (n, head) = parsed_hint(re);
         (n, head.into_vec())
     }
 
@@ -534,7 +565,7 @@ mod tests {
         let mut matched = 0;
         for pat in patterns {
             let re = anchored(pat).expect("valid");
-            let (min_len, head) = regex_hint(re.as_str());
+            let (min_len, head) = parsed_hint(pat);
             for path in paths {
                 if re.is_match(path) {
                     matched += 1;
