@@ -402,6 +402,12 @@ class Target:
         return pids_of(self.proc)
 
 
+def portcullis_argv(args, manifests):
+    """Portcullis serving `manifests` on the bench's proxy port (first port + 1), one data-plane thread."""
+    return [args.binary, "run", "--manifests", manifests, "--http-port", str(args.port + 1), "--bind-address",
+            "127.0.0.1", "--admin-addr", f"127.0.0.1:{args.port + 9}", "--threads", "1"]
+
+
 def portcullis_env(args, level):
     env = dict(os.environ, RUST_LOG=level)
     for kv in args.portcullis_env:
@@ -447,9 +453,7 @@ def throughput_phase(args, tmp, n, upstream, results):
     write_portcullis_manifests(pc_dir, args.port, n)
     env = portcullis_env(args, "warn")
     pc = start(
-        [args.binary, "run", "--manifests", pc_dir, "--http-port", str(args.port + 1), "--bind-address",
-         "127.0.0.1", "--admin-addr", f"127.0.0.1:{args.port + 9}", "--threads", "1"],
-        args.proxy_cpu, f"{tmp}/portcullis-{n}.log", env=env,
+        portcullis_argv(args, pc_dir), args.proxy_cpu, f"{tmp}/portcullis-{n}.log", env=env,
     )
     ng = start(
         ["nginx", "-p", tmp + "/", "-c", write_nginx_conf(tmp, args.port + 2, args.port, n), "-e",
@@ -636,9 +640,7 @@ def reload_phase(args, tmp, n, results):
     port = args.port + 1
     t0 = time.monotonic()
     pc = start(
-        [args.binary, "run", "--manifests", d, "--http-port", str(port), "--bind-address", "127.0.0.1",
-         "--admin-addr", f"127.0.0.1:{args.port + 9}", "--threads", "1"],
-        args.proxy_cpu, logfile, env=portcullis_env(args, "info"),
+        portcullis_argv(args, d), args.proxy_cpu, logfile, env=portcullis_env(args, "info"),
     )
     if not wait_status(port, host(n - 1), 200, 120):
         raise SystemExit(f"portcullis with {n} routes did not start (see {logfile})")
@@ -758,9 +760,7 @@ def regex_phase(args, tmp, n, results):
     logfile = f"{tmp}/regex-{n}.log"
     t0 = time.monotonic()
     pc = start(
-        [args.binary, "run", "--manifests", d, "--http-port", str(port), "--bind-address", "127.0.0.1",
-         "--admin-addr", f"127.0.0.1:{args.port + 9}", "--threads", "1"],
-        args.proxy_cpu, logfile, env=portcullis_env(args, "info"),
+        portcullis_argv(args, d), args.proxy_cpu, logfile, env=portcullis_env(args, "info"),
     )
     if not wait_status(port, host(hosts - 1), 200, 120, path="/r9/abc/1"):
         raise SystemExit(f"portcullis with {n} regex routes did not start (see {logfile})")
@@ -852,9 +852,7 @@ def profile_phase(args, tmp, n, report):
     pc_dir = f"{tmp}/profile-{n}"
     write_portcullis_manifests(pc_dir, args.port, n)
     peers = [
-        ("portcullis", args.port + 1,
-         [args.binary, "run", "--manifests", pc_dir, "--http-port", str(args.port + 1), "--bind-address",
-          "127.0.0.1", "--admin-addr", f"127.0.0.1:{args.port + 9}", "--threads", "1"]),
+        ("portcullis", args.port + 1, portcullis_argv(args, pc_dir)),
         ("nginx", args.port + 2,
          ["nginx", "-p", tmp + "/", "-c", write_nginx_conf(tmp, args.port + 2, args.port, n), "-e",
           f"{tmp}/nginx-prof.err"]),
