@@ -3,6 +3,8 @@
 use crate::model::{PathMatch, RouteMatch, StringMatch};
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
+use regex_automata::dfa::Automaton;
+use regex_automata::util::primitives::StateID;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -65,36 +67,40 @@ const PATH_DFA_BUILD_LIMIT: usize = 256 * 1024;
 /// a short search per byte). Patterns the DFA cannot take (a Unicode word boundary) or that outgrow the limit
 /// (Unicode classes such as `\w` often do) keep the `regex` crate. All three are built by regex-automata from the
 /// same regex-syntax parse, so they accept the same paths.
+///
+/// A DFA keeps the state it reaches after the pattern's literal prefix (`head` of [`CompiledPathRegex`], which
+/// every match starts with): a match compares the prefix bytes and walks the DFA over the rest of the path only,
+/// so a lookup in a big, cold table touches fewer of the DFA's rows (the start table and the prefix's states are
+/// never read).
 #[derive(Debug)]
 pub(crate) enum PathRegex {
-    Dense(regex_automata::dfa::dense::DFA<Vec<u32>>),
-    Sparse(regex_automata::dfa::sparse::DFA<Vec<u8>>),
+    Dense {
+        dfa: regex_automata::dfa::dense::DFA<Vec<u32>>,
+        after_head: StateID,
+    },
+    Sparse {
+        dfa: regex_automata::dfa::sparse::DFA<Vec<u8>>,
+        after_head: StateID,
+    },
     Regex(Regex),
 }
 
 impl PathRegex {
-    /// Compiles the user's pattern `re`, anchored at both ends of the path.
-    #[cfg(test)]
-    fn new(re: &str) -> Result<Self, regex::Error> {
-        let pattern = anchored_pattern(re);
-        let hir = regex_syntax::parse(&pattern).ok();
-        PathRegex::from_parsed(&pattern, hir.as_ref())
-    }
-
     /// Compiles the anchored `pattern`, given its parse when it parsed (a pattern that does not parse is left to
-    /// `Regex::new`, which reports why).
+    /// `Regex::new`, which reports why) and the literal prefix every match starts with.
     fn from_parsed(
         pattern: &str,
         hir: Option<&regex_syntax::hir::Hir>,
+        head: &[u8],
     ) -> Result<Self, regex::Error> {
-        if let Some(dfa) = hir.and_then(PathRegex::dfa) {
+        if let Some(dfa) = hir.and_then(|hir| PathRegex::dfa(hir, head)) {
             return Ok(dfa);
         }
         Ok(PathRegex::Regex(Regex::new(pattern)?))
     }
 
     /// The dense DFA of `hir` if it fits in [`PATH_DFA_MAX_BYTES`], else its sparse form if that fits.
-    fn dfa(hir: &regex_syntax::hir::Hir) -> Option<Self> {
+    fn dfa(hir: &regex_syntax::hir::Hir, head: &[u8]) -> Option<Self> {
         use regex_automata::dfa::{dense, StartKind};
         use regex_automata::nfa::thompson;
         let nfa = thompson::Compiler::new()
@@ -114,19 +120,51 @@ impl PathRegex {
             .build_from_nfa(&nfa)
             .ok()?;
         if dfa.memory_usage() <= PATH_DFA_MAX_BYTES {
-            return Some(PathRegex::Dense(dfa));
+            let after_head = state_after(&dfa, head)?;
+            return Some(PathRegex::Dense { dfa, after_head });
         }
-        let sparse = dfa.to_sparse().ok()?;
-        (sparse.memory_usage() <= PATH_DFA_MAX_BYTES).then_some(PathRegex::Sparse(sparse))
+        let dfa = dfa.to_sparse().ok()?;
+        if dfa.memory_usage() > PATH_DFA_MAX_BYTES {
+            return None;
+        }
+        let after_head = state_after(&dfa, head)?;
+        Some(PathRegex::Sparse { dfa, after_head })
     }
 
-    fn is_match(&self, path: &str) -> bool {
+    /// Does the whole path match? `head` is the prefix the DFA's `after_head` state was computed for.
+    fn is_match(&self, path: &str, head: &[u8]) -> bool {
+        let rest = || path.as_bytes().strip_prefix(head);
         match self {
-            PathRegex::Dense(dfa) => dfa_matches(dfa, path),
-            PathRegex::Sparse(dfa) => dfa_matches(dfa, path),
+            PathRegex::Dense { dfa, after_head } => {
+                rest().is_some_and(|rest| dfa_matches_from(dfa, *after_head, rest))
+            }
+            PathRegex::Sparse { dfa, after_head } => {
+                rest().is_some_and(|rest| dfa_matches_from(dfa, *after_head, rest))
+            }
             PathRegex::Regex(re) => re.is_match(path),
         }
     }
+}
+
+/// The state an anchored search of `dfa` is in after reading `head` from the start of the path (`None` only if
+/// the DFA has no anchored start state, which the build configuration rules out).
+fn state_after(dfa: &impl Automaton, head: &[u8]) -> Option<StateID> {
+    let config = regex_automata::util::start::Config::new().anchored(regex_automata::Anchored::Yes);
+    let start = dfa.start_state(&config).ok()?;
+    Some(head.iter().fold(start, |s, &b| dfa.next_state(s, b)))
+}
+
+/// Does the anchored DFA, in state `state`, accept `rest` as the end of the path? The pattern ends in `$`, so a
+/// match can only be seen after the end of input; a dead state ends the walk early. No quit bytes are configured,
+/// so a quit state cannot occur; one would count as no match.
+fn dfa_matches_from(dfa: &impl Automaton, mut state: StateID, rest: &[u8]) -> bool {
+    for &b in rest {
+        state = dfa.next_state(state, b);
+        if dfa.is_special_state(state) && (dfa.is_dead_state(state) || dfa.is_quit_state(state)) {
+            return false;
+        }
+    }
+    dfa.is_match_state(dfa.next_eoi_state(state))
 }
 
 /// Compiled path regexes by pattern (as written in the route, before anchoring).
@@ -140,6 +178,25 @@ pub(crate) struct CompiledPathRegex {
     min_len: usize,
     /// ... and starts with these bytes (the literal prefix regex-syntax finds; often empty).
     head: Box<[u8]>,
+}
+
+impl CompiledPathRegex {
+    /// Compiles the user's pattern `re`, anchored at both ends of the path. One parse serves the inline-check
+    /// hint and the DFA.
+    fn new(re: &str) -> Result<Self, regex::Error> {
+        let pattern = anchored_pattern(re);
+        let hir = regex_syntax::parse(&pattern).ok();
+        let (min_len, head) = hir.as_ref().map_or((0, Box::default()), regex_hint);
+        Ok(CompiledPathRegex {
+            re: PathRegex::from_parsed(&pattern, hir.as_ref(), &head)?,
+            min_len,
+            head,
+        })
+    }
+
+    fn is_match(&self, path: &str) -> bool {
+        self.re.is_match(path, &self.head)
+    }
 }
 
 /// Compiles the path regexes of one router, taking those of the previous router when their pattern is the same:
@@ -164,17 +221,7 @@ impl<'p> RegexCompiler<'p> {
         }
         let r = match self.previous.and_then(|p| p.get(re)) {
             Some(r) => r.clone(),
-            None => {
-                // One parse serves the inline-check hint and the DFA.
-                let pattern = anchored_pattern(re);
-                let hir = regex_syntax::parse(&pattern).ok();
-                let (min_len, head) = hir.as_ref().map_or((0, Box::default()), regex_hint);
-                Arc::new(CompiledPathRegex {
-                    re: PathRegex::from_parsed(&pattern, hir.as_ref())?,
-                    min_len,
-                    head,
-                })
-            }
+            None => Arc::new(CompiledPathRegex::new(re)?),
         };
         self.compiled.insert(re.into(), r.clone());
         Ok(r)
@@ -184,15 +231,6 @@ impl<'p> RegexCompiler<'p> {
     pub(crate) fn finish(self) -> PathRegexes {
         self.compiled
     }
-}
-
-/// Does the anchored DFA accept the whole path? No quit bytes are configured and the DFA has an anchored start
-/// state, so the search cannot fail; an error would count as no match.
-fn dfa_matches(dfa: &impl regex_automata::dfa::Automaton, path: &str) -> bool {
-    let input = regex_automata::Input::new(path)
-        .anchored(regex_automata::Anchored::Yes)
-        .earliest(true);
-    matches!(dfa.try_search_fwd(&input), Ok(Some(_)))
 }
 
 #[derive(Debug)]
@@ -304,7 +342,7 @@ impl Matcher {
         let path_ok = match &self.path {
             PathMatcher::Exact(p) => req.path == &**p,
             PathMatcher::Prefix(p) => prefix_matches(p, req.path),
-            PathMatcher::Regex(r) => r.re.is_match(req.path),
+            PathMatcher::Regex(r) => r.is_match(req.path),
         };
         if !path_ok {
             return false;
@@ -479,6 +517,7 @@ mod tests {
             "/[[:alpha:]]+",
             "/[a-z]{2,8}/[0-9]{1,6}/(edit|view|delete)",
             "(?i)/static/.+\\.(css|js|png)",
+            "/exact",
             "",
         ]);
         let paths: Vec<&str> = SAMPLE_PATHS
@@ -498,15 +537,20 @@ mod tests {
                 "/STATIC/app.CSS",
                 "/static/.png",
                 "/static/a/b.js",
+                // Shorter than, equal to and longer than a literal prefix the DFA starts after.
+                "/r",
+                "/api/v",
+                "/exact",
+                "/exactly",
             ])
             .collect();
         let (mut dense, mut sparse, mut regexes) = (0, 0, 0);
         for pat in patterns {
             let re = anchored(pat).expect("valid");
-            let compiled = PathRegex::new(pat).expect("valid");
-            match compiled {
-                PathRegex::Dense(_) => dense += 1,
-                PathRegex::Sparse(_) => sparse += 1,
+            let compiled = CompiledPathRegex::new(pat).expect("valid");
+            match compiled.re {
+                PathRegex::Dense { .. } => dense += 1,
+                PathRegex::Sparse { .. } => sparse += 1,
                 PathRegex::Regex(_) => regexes += 1,
             }
             for &path in &paths {
@@ -524,14 +568,16 @@ mod tests {
         );
         // A Unicode word boundary has no DFA; a pattern whose DFA is too big keeps the regex crate.
         assert!(matches!(
-            PathRegex::new("/\\bx").expect("valid"),
+            CompiledPathRegex::new("/\\bx").expect("valid").re,
             PathRegex::Regex(_)
         ));
         assert!(matches!(
-            PathRegex::new("/\\w{20}[0-9]{1,8}\\w+").expect("valid"),
+            CompiledPathRegex::new("/\\w{20}[0-9]{1,8}\\w+")
+                .expect("valid")
+                .re,
             PathRegex::Regex(_)
         ));
-        assert!(PathRegex::new("/(unclosed").is_err());
+        assert!(CompiledPathRegex::new("/(unclosed").is_err());
     }
 
     /// The hint of the user's pattern `re`, anchored as the router compiles it.
