@@ -79,7 +79,12 @@ fn requests(shape: Shape, routes: usize, pos: Position) -> Vec<Req> {
                     headers.insert("x-route", HeaderValue::from_str(&format!("r{i}")).unwrap());
                     "/api/items".to_string()
                 }
-                (Shape::RouteHeader, None) => {
+                (Shape::RouteHeaderRegex, Some(i)) => {
+                    let v = format!("r{i}-items");
+                    headers.insert("x-route", HeaderValue::from_str(&v).unwrap());
+                    "/api/items".to_string()
+                }
+                (Shape::RouteHeader | Shape::RouteHeaderRegex, None) => {
                     headers.insert("x-route", HeaderValue::from_static("nope"));
                     "/api/items".to_string()
                 }

@@ -4,14 +4,15 @@
 //! - `translate/rebuild`: `Input` → model → compiled router (`translate` + `Router::compile_reusing` the previous
 //!   router, as a publish does): the rebuild every change costs once the objects are read;
 //! - `translate/model`: `translate` alone; `translate/compile`: `Router::compile` alone, from scratch (what the
-//!   first publish costs: no path regex to reuse);
+//!   first publish costs: no regex to reuse);
 //!
 //! Regex checks are remembered by pattern across translations (`src/translate/httproute.rs`), so `model` and
 //! `rebuild` are measured with that memo warm, as every change after the first finds it.
 //! - `translate/parse`: YAML text → `Input` (standalone mode re-reads the manifests on every change).
 //!
 //! Groups: `translate/ingress` (Prefix paths), `translate/httproute` (Exact paths), `translate/httproute_regex`
-//! (RegularExpression paths, which the translator validates and the router compiles).
+//! (RegularExpression paths, which the translator validates and the router compiles) and
+//! `translate/httproute_header_regex` (RegularExpression header values, likewise).
 //!
 //! `BENCH_RULES=100,1000` limits the sizes (default 100,1000,10000).
 
@@ -37,6 +38,7 @@ fn bench(c: &mut Criterion) {
         ("ingress", Shape::IngressPrefix),
         ("httproute", Shape::RouteExact),
         ("httproute_regex", Shape::RouteRegex),
+        ("httproute_header_regex", Shape::RouteHeaderRegex),
     ] {
         let mut group = c.benchmark_group(format!("translate/{api}"));
         group
@@ -49,7 +51,7 @@ fn bench(c: &mut Criterion) {
             let model = common::model(&input);
             assert_eq!(model.rule_count(), rules);
             group.throughput(Throughput::Elements(rules as u64));
-            // What publishing a change costs: the previous router lends its compiled path regexes.
+            // What publishing a change costs: the previous router lends its compiled regexes.
             let previous = Router::compile(&model).expect("compiles");
             group.bench_with_input(BenchmarkId::new("rebuild", rules), &input, |b, input| {
                 b.iter(|| {

@@ -36,8 +36,8 @@ pub struct CompileError {
 #[derive(Debug, Default)]
 pub struct Router {
     listeners: Vec<ListenerTable>,
-    /// Every path regex of the table, by pattern, for the next compile to reuse.
-    path_regexes: matcher::PathRegexes,
+    /// Every regex of the table (paths, header and query values), by pattern, for the next compile to reuse.
+    regexes: matcher::CompiledRegexes,
 }
 
 /// A host's entries in precedence order, each with an inline [`Quick`] check so that the walk rejects most
@@ -505,20 +505,20 @@ impl Router {
         Router::compile_reusing(model, None)
     }
 
-    /// [`Router::compile`], taking the compiled path regexes of `previous` whose pattern is unchanged (what a
+    /// [`Router::compile`], taking the compiled regexes of `previous` whose pattern is unchanged (what a
     /// configuration change does: most of a large table is the same as before).
     pub fn compile_reusing(
         model: &Model,
         previous: Option<&Router>,
     ) -> Result<Router, CompileError> {
-        let mut regexes = matcher::RegexCompiler::new(previous.map(|r| &r.path_regexes));
+        let mut regexes = matcher::RegexCompiler::new(previous.map(|r| &r.regexes));
         let mut listeners = Vec::with_capacity(model.listeners.len());
         for l in &model.listeners {
             listeners.push(compile_listener(l, &mut regexes)?);
         }
         Ok(Router {
             listeners,
-            path_regexes: regexes.finish(),
+            regexes: regexes.finish(),
         })
     }
 

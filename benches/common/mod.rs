@@ -35,16 +35,20 @@ pub enum Shape {
     RouteRegex,
     /// HTTPRoute, exact host, path prefix `/` and header `x-route: r{i}`.
     RouteHeader,
+    /// HTTPRoute, exact host, path prefix `/` and a RegularExpression header `x-route: r{i}-[a-z]+(-h{K})?` (a
+    /// distinct pattern per rule).
+    RouteHeaderRegex,
 }
 
 impl Shape {
     /// Every shape, in bench order.
-    pub const ALL: [Shape; 5] = [
+    pub const ALL: [Shape; 6] = [
         Shape::IngressPrefix,
         Shape::IngressWildcard,
         Shape::RouteExact,
         Shape::RouteRegex,
         Shape::RouteHeader,
+        Shape::RouteHeaderRegex,
     ];
 
     /// Bench group name.
@@ -55,6 +59,7 @@ impl Shape {
             Shape::RouteExact => "exact_path",
             Shape::RouteRegex => "regex_path",
             Shape::RouteHeader => "header",
+            Shape::RouteHeaderRegex => "header_regex",
         }
     }
 
@@ -107,7 +112,10 @@ pub fn manifests(shape: Shape, routes: usize) -> Vec<String> {
                     );
                 }
             }
-            Shape::RouteExact | Shape::RouteRegex | Shape::RouteHeader => {
+            Shape::RouteExact
+            | Shape::RouteRegex
+            | Shape::RouteHeader
+            | Shape::RouteHeaderRegex => {
                 let _ = write!(
                     y,
                     "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: h{k}, namespace: bench}}\n\
@@ -119,6 +127,9 @@ pub fn manifests(shape: Shape, routes: usize) -> Vec<String> {
                         // Distinct per host, as in a real table (the router shares equal patterns).
                         Shape::RouteRegex => format!(
                             "{{path: {{type: RegularExpression, value: \"/r{i}/[a-z]+/[0-9]+(/h{k})?\"}}}}"
+                        ),
+                        Shape::RouteHeaderRegex => format!(
+                            "{{path: {{type: PathPrefix, value: /}}, headers: [{{type: RegularExpression, name: x-route, value: \"r{i}-[a-z]+(-h{k})?\"}}]}}"
                         ),
                         _ => format!(
                             "{{path: {{type: PathPrefix, value: /}}, headers: [{{name: x-route, value: r{i}}}]}}"

@@ -21,18 +21,19 @@ pub struct RequestParts<'a> {
     pub headers: &'a HeaderMap,
 }
 
-/// A compiled value condition.
+/// A compiled value condition (a header or query parameter value).
 #[derive(Debug)]
 pub(crate) enum ValueMatcher {
     Exact(Box<str>),
-    Regex(Regex),
+    /// The same compiled form as a path regex: anchored at both ends of the value.
+    Regex(Arc<CompiledRegex>),
 }
 
 impl ValueMatcher {
-    fn new(m: &StringMatch) -> Result<Self, regex::Error> {
+    fn new(m: &StringMatch, regexes: &mut RegexCompiler<'_>) -> Result<Self, regex::Error> {
         Ok(match m {
             StringMatch::Exact(v) => ValueMatcher::Exact(v.as_str().into()),
-            StringMatch::RegularExpression(r) => ValueMatcher::Regex(anchored(r)?),
+            StringMatch::RegularExpression(r) => ValueMatcher::Regex(regexes.compile(r)?),
         })
     }
 
@@ -44,36 +45,33 @@ impl ValueMatcher {
     }
 }
 
-fn anchored(re: &str) -> Result<Regex, regex::Error> {
-    Regex::new(&anchored_pattern(re))
-}
-
 fn anchored_pattern(re: &str) -> String {
     format!("^(?:{re})$")
 }
 
-/// A path regex's DFA is kept only while it is this small (bytes): regexes of 10k routes then cost at most ~40 MB,
-/// and most real patterns (`/api/v[0-9]+/.*`) need well under 1 KB in the sparse form.
-const PATH_DFA_MAX_BYTES: usize = 4 * 1024;
-/// Bounds the work of building a path regex's DFA (determinization can grow exponentially).
-const PATH_DFA_BUILD_LIMIT: usize = 256 * 1024;
+/// A regex's DFA is kept only while it is this small (bytes): regexes of 10k routes then cost at most ~40 MB, and
+/// most real patterns (`/api/v[0-9]+/.*`) need well under 1 KB in the sparse form.
+const DFA_MAX_BYTES: usize = 4 * 1024;
+/// Bounds the work of building a regex's DFA (determinization can grow exponentially).
+const DFA_BUILD_LIMIT: usize = 256 * 1024;
 
-/// A compiled path regex.
+/// A compiled regex of a match condition (a path, a header value or a query parameter value), anchored at both
+/// ends of the text.
 ///
 /// When the anchored pattern determinizes into a small DFA, the DFA is all the router keeps: a match reads a few
 /// hundred contiguous bytes and needs no cache, where `Regex` keeps a lazy-DFA cache per pattern that a table of
 /// thousands of seldom-seen hosts leaves cold (the router's lookup then slowed with table size). The dense form
-/// (one table read per byte) is kept when it fits in [`PATH_DFA_MAX_BYTES`], else the sparse form (4-6x smaller,
+/// (one table read per byte) is kept when it fits in [`DFA_MAX_BYTES`], else the sparse form (4-6x smaller,
 /// a short search per byte). Patterns the DFA cannot take (a Unicode word boundary) or that outgrow the limit
 /// (Unicode classes such as `\w` often do) keep the `regex` crate. All three are built by regex-automata from the
 /// same regex-syntax parse, so they accept the same paths.
 ///
-/// A DFA keeps the state it reaches after the pattern's literal prefix (`head` of [`CompiledPathRegex`], which
+/// A DFA keeps the state it reaches after the pattern's literal prefix (`head` of [`CompiledRegex`], which
 /// every match starts with): a match compares the prefix bytes and walks the DFA over the rest of the path only,
 /// so a lookup in a big, cold table touches fewer of the DFA's rows (the start table and the prefix's states are
 /// never read).
 #[derive(Debug)]
-pub(crate) enum PathRegex {
+pub(crate) enum RegexForm {
     Dense {
         dfa: regex_automata::dfa::dense::DFA<Vec<u32>>,
         after_head: StateID,
@@ -85,7 +83,7 @@ pub(crate) enum PathRegex {
     Regex(Regex),
 }
 
-impl PathRegex {
+impl RegexForm {
     /// Compiles the anchored `pattern`, given its parse when it parsed (a pattern that does not parse is left to
     /// `Regex::new`, which reports why) and the literal prefix every match starts with.
     fn from_parsed(
@@ -93,13 +91,13 @@ impl PathRegex {
         hir: Option<&regex_syntax::hir::Hir>,
         head: &[u8],
     ) -> Result<Self, regex::Error> {
-        if let Some(dfa) = hir.and_then(|hir| PathRegex::dfa(hir, head)) {
+        if let Some(dfa) = hir.and_then(|hir| RegexForm::dfa(hir, head)) {
             return Ok(dfa);
         }
-        Ok(PathRegex::Regex(Regex::new(pattern)?))
+        Ok(RegexForm::Regex(Regex::new(pattern)?))
     }
 
-    /// The dense DFA of `hir` if it fits in [`PATH_DFA_MAX_BYTES`], else its sparse form if that fits.
+    /// The dense DFA of `hir` if it fits in [`DFA_MAX_BYTES`], else its sparse form if that fits.
     fn dfa(hir: &regex_syntax::hir::Hir, head: &[u8]) -> Option<Self> {
         use regex_automata::dfa::{dense, StartKind};
         use regex_automata::nfa::thompson;
@@ -107,46 +105,46 @@ impl PathRegex {
             .configure(
                 thompson::Config::new()
                     .which_captures(thompson::WhichCaptures::None)
-                    .nfa_size_limit(Some(PATH_DFA_BUILD_LIMIT)),
+                    .nfa_size_limit(Some(DFA_BUILD_LIMIT)),
             )
             .build_from_hir(hir)
             .ok()?;
         let config = dense::Config::new()
             .start_kind(StartKind::Anchored)
-            .dfa_size_limit(Some(PATH_DFA_BUILD_LIMIT))
-            .determinize_size_limit(Some(PATH_DFA_BUILD_LIMIT));
+            .dfa_size_limit(Some(DFA_BUILD_LIMIT))
+            .determinize_size_limit(Some(DFA_BUILD_LIMIT));
         let dfa = dense::Builder::new()
             .configure(config)
             .build_from_nfa(&nfa)
             .ok()?;
-        if dfa.memory_usage() <= PATH_DFA_MAX_BYTES {
+        if dfa.memory_usage() <= DFA_MAX_BYTES {
             let after_head = state_after(&dfa, head)?;
-            return Some(PathRegex::Dense { dfa, after_head });
+            return Some(RegexForm::Dense { dfa, after_head });
         }
         let dfa = dfa.to_sparse().ok()?;
-        if dfa.memory_usage() > PATH_DFA_MAX_BYTES {
+        if dfa.memory_usage() > DFA_MAX_BYTES {
             return None;
         }
         let after_head = state_after(&dfa, head)?;
-        Some(PathRegex::Sparse { dfa, after_head })
+        Some(RegexForm::Sparse { dfa, after_head })
     }
 
-    /// Does the whole path match? `head` is the prefix the DFA's `after_head` state was computed for.
-    fn is_match(&self, path: &str, head: &[u8]) -> bool {
-        let rest = || path.as_bytes().strip_prefix(head);
+    /// Does the whole text match? `head` is the prefix the DFA's `after_head` state was computed for.
+    fn is_match(&self, text: &str, head: &[u8]) -> bool {
+        let rest = || text.as_bytes().strip_prefix(head);
         match self {
-            PathRegex::Dense { dfa, after_head } => {
+            RegexForm::Dense { dfa, after_head } => {
                 rest().is_some_and(|rest| dfa_matches_from(dfa, *after_head, rest))
             }
-            PathRegex::Sparse { dfa, after_head } => {
+            RegexForm::Sparse { dfa, after_head } => {
                 rest().is_some_and(|rest| dfa_matches_from(dfa, *after_head, rest))
             }
-            PathRegex::Regex(re) => re.is_match(path),
+            RegexForm::Regex(re) => re.is_match(text),
         }
     }
 }
 
-/// The state an anchored search of `dfa` is in after reading `head` from the start of the path (`None` only if
+/// The state an anchored search of `dfa` is in after reading `head` from the start of the text (`None` only if
 /// the DFA has no anchored start state, which the build configuration rules out).
 fn state_after(dfa: &impl Automaton, head: &[u8]) -> Option<StateID> {
     let config = regex_automata::util::start::Config::new().anchored(regex_automata::Anchored::Yes);
@@ -154,7 +152,7 @@ fn state_after(dfa: &impl Automaton, head: &[u8]) -> Option<StateID> {
     Some(head.iter().fold(start, |s, &b| dfa.next_state(s, b)))
 }
 
-/// Does the anchored DFA, in state `state`, accept `rest` as the end of the path? The pattern ends in `$`, so a
+/// Does the anchored DFA, in state `state`, accept `rest` as the end of the text? The pattern ends in `$`, so a
 /// match can only be seen after the end of input; a dead state ends the walk early. No quit bytes are configured,
 /// so a quit state cannot occur; one would count as no match.
 fn dfa_matches_from(dfa: &impl Automaton, mut state: StateID, rest: &[u8]) -> bool {
@@ -167,68 +165,70 @@ fn dfa_matches_from(dfa: &impl Automaton, mut state: StateID, rest: &[u8]) -> bo
     dfa.is_match_state(dfa.next_eoi_state(state))
 }
 
-/// Compiled path regexes by pattern (as written in the route, before anchoring).
-pub(crate) type PathRegexes = HashMap<Box<str>, Arc<CompiledPathRegex>>;
+/// Compiled regexes by pattern (as written in the route, before anchoring).
+pub(crate) type CompiledRegexes = HashMap<Box<str>, Arc<CompiledRegex>>;
 
-/// A path regex with the necessary condition the router's inline check uses (see [`regex_hint`]).
+/// A regex with the necessary condition of its match (see [`regex_hint`]), which the router's inline check uses
+/// for path regexes.
 #[derive(Debug)]
-pub(crate) struct CompiledPathRegex {
-    re: PathRegex,
-    /// Every path the regex matches is at least this many bytes long ...
+pub(crate) struct CompiledRegex {
+    re: RegexForm,
+    /// Every text the regex matches is at least this many bytes long ...
     min_len: usize,
     /// ... and starts with these bytes (the literal prefix regex-syntax finds; often empty).
     head: Box<[u8]>,
 }
 
-impl CompiledPathRegex {
-    /// Compiles the user's pattern `re`, anchored at both ends of the path. One parse serves the inline-check
+impl CompiledRegex {
+    /// Compiles the user's pattern `re`, anchored at both ends of the text. One parse serves the inline-check
     /// hint and the DFA.
     fn new(re: &str) -> Result<Self, regex::Error> {
         let pattern = anchored_pattern(re);
         let hir = regex_syntax::parse(&pattern).ok();
         let (min_len, head) = hir.as_ref().map_or((0, Box::default()), regex_hint);
-        Ok(CompiledPathRegex {
-            re: PathRegex::from_parsed(&pattern, hir.as_ref(), &head)?,
+        Ok(CompiledRegex {
+            re: RegexForm::from_parsed(&pattern, hir.as_ref(), &head)?,
             min_len,
             head,
         })
     }
 
-    fn is_match(&self, path: &str) -> bool {
-        self.re.is_match(path, &self.head)
+    fn is_match(&self, text: &str) -> bool {
+        self.re.is_match(text, &self.head)
     }
 }
 
-/// Compiles the path regexes of one router, taking those of the previous router when their pattern is the same:
-/// a rebuild of a table of thousands of regex routes then compiles only the patterns that changed (a DFA costs
-/// about 30 µs to build; 10k of them were most of a rebuild).
+/// Compiles the regexes of one router (paths, header and query values), taking those of the previous router when
+/// their pattern is the same: a rebuild of a table of thousands of regex routes then compiles only the patterns
+/// that changed (a DFA costs about 30 µs to build; 10k of them were most of a rebuild). Equal patterns share one
+/// compiled regex.
 pub(crate) struct RegexCompiler<'p> {
-    previous: Option<&'p PathRegexes>,
-    compiled: PathRegexes,
+    previous: Option<&'p CompiledRegexes>,
+    compiled: CompiledRegexes,
 }
 
 impl<'p> RegexCompiler<'p> {
-    pub(crate) fn new(previous: Option<&'p PathRegexes>) -> Self {
+    pub(crate) fn new(previous: Option<&'p CompiledRegexes>) -> Self {
         RegexCompiler {
             previous,
             compiled: HashMap::new(),
         }
     }
 
-    fn path(&mut self, re: &str) -> Result<Arc<CompiledPathRegex>, regex::Error> {
+    fn compile(&mut self, re: &str) -> Result<Arc<CompiledRegex>, regex::Error> {
         if let Some(r) = self.compiled.get(re) {
             return Ok(r.clone());
         }
         let r = match self.previous.and_then(|p| p.get(re)) {
             Some(r) => r.clone(),
-            None => Arc::new(CompiledPathRegex::new(re)?),
+            None => Arc::new(CompiledRegex::new(re)?),
         };
         self.compiled.insert(re.into(), r.clone());
         Ok(r)
     }
 
     /// The regexes this router holds, for the next one.
-    pub(crate) fn finish(self) -> PathRegexes {
+    pub(crate) fn finish(self) -> CompiledRegexes {
         self.compiled
     }
 }
@@ -238,7 +238,7 @@ pub(crate) enum PathMatcher {
     Exact(Box<str>),
     /// Never ends in `/` unless it is `/`.
     Prefix(Box<str>),
-    Regex(Arc<CompiledPathRegex>),
+    Regex(Arc<CompiledRegex>),
 }
 
 /// What every path matched by `hir` (an anchored pattern, parsed) has: a minimum length and a literal prefix.
@@ -269,7 +269,7 @@ impl Matcher {
             PathMatch::Exact(p) => PathMatcher::Exact(p.as_str().into()),
             PathMatch::Prefix(p) => PathMatcher::Prefix(p.as_str().into()),
             PathMatch::RegularExpression(r) => {
-                PathMatcher::Regex(regexes.path(r).map_err(|e| e.to_string())?)
+                PathMatcher::Regex(regexes.compile(r).map_err(|e| e.to_string())?)
             }
         };
         let method = m
@@ -284,7 +284,7 @@ impl Matcher {
                 let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| e.to_string())?;
                 Ok((
                     name,
-                    ValueMatcher::new(&h.value).map_err(|e| e.to_string())?,
+                    ValueMatcher::new(&h.value, regexes).map_err(|e| e.to_string())?,
                 ))
             })
             .collect::<Result<Vec<_>, String>>()?
@@ -295,7 +295,7 @@ impl Matcher {
             .map(|q| {
                 Ok((
                     q.name.as_str().into(),
-                    ValueMatcher::new(&q.value).map_err(|e| e.to_string())?,
+                    ValueMatcher::new(&q.value, regexes).map_err(|e| e.to_string())?,
                 ))
             })
             .collect::<Result<Vec<_>, String>>()?
@@ -546,12 +546,12 @@ mod tests {
             .collect();
         let (mut dense, mut sparse, mut regexes) = (0, 0, 0);
         for pat in patterns {
-            let re = anchored(pat).expect("valid");
-            let compiled = CompiledPathRegex::new(pat).expect("valid");
+            let re = Regex::new(&anchored_pattern(pat)).expect("valid");
+            let compiled = CompiledRegex::new(pat).expect("valid");
             match compiled.re {
-                PathRegex::Dense { .. } => dense += 1,
-                PathRegex::Sparse { .. } => sparse += 1,
-                PathRegex::Regex(_) => regexes += 1,
+                RegexForm::Dense { .. } => dense += 1,
+                RegexForm::Sparse { .. } => sparse += 1,
+                RegexForm::Regex(_) => regexes += 1,
             }
             for &path in &paths {
                 assert_eq!(
@@ -568,16 +568,16 @@ mod tests {
         );
         // A Unicode word boundary has no DFA; a pattern whose DFA is too big keeps the regex crate.
         assert!(matches!(
-            CompiledPathRegex::new("/\\bx").expect("valid").re,
-            PathRegex::Regex(_)
+            CompiledRegex::new("/\\bx").expect("valid").re,
+            RegexForm::Regex(_)
         ));
         assert!(matches!(
-            CompiledPathRegex::new("/\\w{20}[0-9]{1,8}\\w+")
+            CompiledRegex::new("/\\w{20}[0-9]{1,8}\\w+")
                 .expect("valid")
                 .re,
-            PathRegex::Regex(_)
+            RegexForm::Regex(_)
         ));
-        assert!(CompiledPathRegex::new("/(unclosed").is_err());
+        assert!(CompiledRegex::new("/(unclosed").is_err());
     }
 
     /// The hint of the user's pattern `re`, anchored as the router compiles it.
@@ -610,7 +610,7 @@ mod tests {
         let (patterns, paths) = (SAMPLE_PATTERNS, SAMPLE_PATHS);
         let mut matched = 0;
         for pat in patterns {
-            let re = anchored(pat).expect("valid");
+            let re = Regex::new(&anchored_pattern(pat)).expect("valid");
             let (min_len, head) = parsed_hint(pat);
             for path in paths {
                 if re.is_match(path) {

@@ -818,44 +818,76 @@ fn httproute_regular_expression_ranks_between_exact_and_prefix() {
     );
 }
 
-/// A recompile takes the previous router's compiled path regexes for unchanged patterns (the same `Arc`), compiles
-/// new ones, drops those no longer used, and answers as a fresh compile does.
+/// A recompile takes the previous router's compiled regexes (paths, header and query values) for unchanged
+/// patterns (the same `Arc`), compiles new ones, drops those no longer used, and answers as a fresh compile does.
 #[test]
-fn recompiling_reuses_unchanged_path_regexes() {
+fn recompiling_reuses_unchanged_regexes() {
+    let valued = |p: &str, header: &str, query: &str| {
+        json!({"path": {"type": "RegularExpression", "value": p},
+            "headers": [{"type": "RegularExpression", "name": "x-v", "value": header}],
+            "queryParams": [{"type": "RegularExpression", "name": "q", "value": query}]})
+    };
     let before = routes_fixture(&[
         route("default", "a", OLD, &[], &[json!([regex("/a/[0-9]+")])]),
         route("default", "b", OLD, &[], &[json!([regex("/b/[a-z]+")])]),
+        route(
+            "default",
+            "v",
+            OLD,
+            &[],
+            &[json!([valued("/v/.*", "v[0-9]+", "(x|y)+")])],
+        ),
     ]);
     let after = routes_fixture(&[
         route("default", "a", OLD, &[], &[json!([regex("/a/[0-9]+")])]),
         route("default", "c", OLD, &[], &[json!([regex("/c/.+")])]),
+        route(
+            "default",
+            "v",
+            OLD,
+            &[],
+            &[json!([valued("/v/.*", "v[0-9]+", "z+")])],
+        ),
     ]);
     let reused = Router::compile_reusing(&after.out.model, Some(&before.router)).expect("compiles");
-    let old = &before.router.path_regexes;
-    assert!(Arc::ptr_eq(
-        &reused.path_regexes["/a/[0-9]+"],
-        &old["/a/[0-9]+"]
-    ));
-    assert!(!Arc::ptr_eq(
-        &after.router.path_regexes["/a/[0-9]+"],
-        &old["/a/[0-9]+"]
-    ));
-    let mut kept: Vec<&str> = reused.path_regexes.keys().map(|k| &**k).collect();
+    let old = &before.router.regexes;
+    for kept in ["/a/[0-9]+", "/v/.*", "v[0-9]+"] {
+        assert!(Arc::ptr_eq(&reused.regexes[kept], &old[kept]), "{kept}");
+        assert!(
+            !Arc::ptr_eq(&after.router.regexes[kept], &old[kept]),
+            "{kept}"
+        );
+    }
+    let mut kept: Vec<&str> = reused.regexes.keys().map(|k| &**k).collect();
     kept.sort();
-    assert_eq!(kept, ["/a/[0-9]+", "/c/.+"]);
+    assert_eq!(kept, ["/a/[0-9]+", "/c/.+", "/v/.*", "v[0-9]+", "z+"]);
     let reused = Fixture {
         out: after.out.clone(),
         router: reused,
     };
-    for path in ["/a/12", "/a/x", "/b/x", "/c/x", "/c/"] {
-        assert_eq!(
-            reused.who(&req("h", path)),
-            after.who(&req("h", path)),
-            "{path}"
-        );
+    let valued_req =
+        |header: &str, query: &str| req("h", &format!("/v/1?q={query}")).header("x-v", header);
+    for r in [
+        req("h", "/a/12"),
+        req("h", "/a/x"),
+        req("h", "/b/x"),
+        req("h", "/c/x"),
+        req("h", "/c/"),
+        valued_req("v12", "zz"),
+        valued_req("v12", "xy"),
+        valued_req("w12", "zz"),
+        valued_req("v12x", "z"),
+    ] {
+        assert_eq!(reused.who(&r), after.who(&r), "{r:?}");
     }
     assert_eq!(reused.who(&req("h", "/c/x")), "HTTPRoute default/c rule 0");
     assert_eq!(reused.who(&req("h", "/b/x")), "404");
+    assert_eq!(
+        reused.who(&valued_req("v7", "zzz")),
+        "HTTPRoute default/v rule 0"
+    );
+    assert_eq!(reused.who(&valued_req("v7", "x")), "404");
+    assert_eq!(reused.who(&valued_req("v7x", "z")), "404");
 }
 
 #[test]
