@@ -15,7 +15,7 @@ use crate::model::{
     HttpRule, Model, Origin, Protocol, Redirect, Retry, Timeouts, TlsRoute,
 };
 use http::HeaderName;
-use matcher::Matcher;
+use matcher::{HeaderHint, Matcher};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -53,15 +53,18 @@ struct Candidate {
 
 /// Necessary conditions of an entry's match, kept inline: the path must start with `head` (the first bytes of an
 /// Exact path, of a Prefix other than `/`, or of a regex's literal prefix) and be at least `min_len` long; and
-/// when the entry requires a header to have an exact value, the request's value must hash to `header_hash`
-/// (`header` indexes the listener's `header_names`).
+/// when the entry requires a header to have an exact value, the request's value must hash to `header_value`, or,
+/// failing that, when a header's regex requires a literal prefix, the value must start with its first
+/// `header_starts` bytes, kept in `header_value` (`header` indexes the listener's `header_names`).
 #[derive(Debug)]
 struct Quick {
     min_len: u32,
     head_len: u8,
     head: [u8; Quick::HEAD],
     header: u8,
-    header_hash: u64,
+    /// 0: `header_value` is the hash of an exact value; 1-8: the number of prefix bytes in `header_value`.
+    header_starts: u8,
+    header_value: u64,
 }
 
 impl Quick {
@@ -74,8 +77,8 @@ impl Quick {
         let n = text.len().min(Quick::HEAD);
         let mut head = [0u8; Quick::HEAD];
         head[..n].copy_from_slice(&text[..n]);
-        let (header, header_hash) = match m.first_exact_header() {
-            Some((name, value)) => {
+        let (header, header_starts, header_value) = match m.header_hint() {
+            Some((name, hint)) => {
                 let idx = match header_names.iter().position(|h| h == name) {
                     Some(i) => i,
                     None => {
@@ -83,19 +86,28 @@ impl Quick {
                         header_names.len() - 1
                     }
                 };
-                match u8::try_from(idx) {
-                    Ok(i) if i != Quick::NO_HEADER => (i, hosts::bytes_hash(value)),
-                    _ => (Quick::NO_HEADER, 0),
+                match (u8::try_from(idx), hint) {
+                    (Ok(i), HeaderHint::Exact(v)) if i != Quick::NO_HEADER => {
+                        (i, 0, hosts::bytes_hash(v))
+                    }
+                    (Ok(i), HeaderHint::Starts(head)) if i != Quick::NO_HEADER => {
+                        let mut bytes = [0u8; 8];
+                        let n = head.len().min(bytes.len());
+                        bytes[..n].copy_from_slice(&head[..n]);
+                        (i, n as u8, u64::from_le_bytes(bytes))
+                    }
+                    _ => (Quick::NO_HEADER, 0, 0),
                 }
             }
-            None => (Quick::NO_HEADER, 0),
+            None => (Quick::NO_HEADER, 0, 0),
         };
         Quick {
             min_len: u32::try_from(min_len).unwrap_or(u32::MAX),
             head_len: n as u8,
             head,
             header,
-            header_hash,
+            header_starts,
+            header_value,
         }
     }
 
@@ -119,7 +131,8 @@ struct HeaderProbe<'a> {
 #[derive(Clone, Copy)]
 enum Probe {
     Absent,
-    One(u64),
+    /// One value: its hash, and its first 8 bytes as a little-endian word with the value's length.
+    One(u64, u64, usize),
     /// Repeated (compared joined, see `Matcher::is_match`) or unknown: the inline check cannot tell.
     Unknown,
 }
@@ -134,7 +147,7 @@ impl<'a> HeaderProbe<'a> {
         }
     }
 
-    /// `false` only when the entry's exact header condition cannot hold.
+    /// `false` only when the entry's header condition (an exact value or a regex's literal prefix) cannot hold.
     #[inline]
     fn may_match(&mut self, q: &Quick) -> bool {
         if q.header == Quick::NO_HEADER {
@@ -142,7 +155,12 @@ impl<'a> HeaderProbe<'a> {
         }
         match self.probe(q.header) {
             Probe::Absent => false,
-            Probe::One(h) => h == q.header_hash,
+            Probe::One(hash, _, _) if q.header_starts == 0 => hash == q.header_value,
+            Probe::One(_, word, len) => {
+                let n = u32::from(q.header_starts);
+                let mask = u64::MAX.checked_shr(64 - 8 * n).unwrap_or(0);
+                len >= n as usize && word & mask == q.header_value
+            }
             Probe::Unknown => true,
         }
     }
@@ -156,7 +174,10 @@ impl<'a> HeaderProbe<'a> {
                 let mut values = self.headers.get_all(name).iter();
                 match (values.next(), values.next()) {
                     (None, _) => Probe::Absent,
-                    (Some(v), None) => Probe::One(hosts::bytes_hash(v.as_bytes())),
+                    (Some(v), None) => {
+                        let v = v.as_bytes();
+                        Probe::One(hosts::bytes_hash(v), first_word(v), v.len())
+                    }
                     _ => Probe::Unknown,
                 }
             }
@@ -167,6 +188,17 @@ impl<'a> HeaderProbe<'a> {
             self.len += 1;
         }
         p
+    }
+}
+
+/// The first 8 bytes of `v` (fewer if shorter, then zero-padded) as a little-endian word.
+fn first_word(v: &[u8]) -> u64 {
+    match v.first_chunk::<8>() {
+        Some(w) => u64::from_le_bytes(*w),
+        None => v
+            .iter()
+            .enumerate()
+            .fold(0, |w, (i, &b)| w | u64::from(b) << (8 * i)),
     }
 }
 

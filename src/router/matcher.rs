@@ -253,6 +253,15 @@ fn regex_hint(hir: &regex_syntax::hir::Hir) -> (usize, Box<[u8]>) {
     (min_len, head)
 }
 
+/// What a header's value must be for a match to hold (see [`Matcher::header_hint`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeaderHint<'a> {
+    /// Exactly these bytes.
+    Exact(&'a [u8]),
+    /// Starting with these bytes.
+    Starts(&'a [u8]),
+}
+
 /// A compiled [`RouteMatch`].
 #[derive(Debug)]
 pub(crate) struct Matcher {
@@ -328,12 +337,21 @@ impl Matcher {
         }
     }
 
-    /// The first header this match requires to have an exact value, with that value (for the router's inline
-    /// check).
-    pub(crate) fn first_exact_header(&self) -> Option<(&HeaderName, &[u8])> {
-        self.headers.iter().find_map(|(name, vm)| match vm {
-            ValueMatcher::Exact(v) => Some((name, v.as_bytes())),
+    /// The header condition the router's inline check uses: the first header this match requires to have an
+    /// exact value, else the first whose regex requires a literal prefix (a necessary condition, see
+    /// [`regex_hint`]).
+    pub(crate) fn header_hint(&self) -> Option<(&HeaderName, HeaderHint<'_>)> {
+        let exact = self.headers.iter().find_map(|(name, vm)| match vm {
+            ValueMatcher::Exact(v) => Some((name, HeaderHint::Exact(v.as_bytes()))),
             ValueMatcher::Regex(_) => None,
+        });
+        exact.or_else(|| {
+            self.headers.iter().find_map(|(name, vm)| match vm {
+                ValueMatcher::Regex(r) if !r.head.is_empty() => {
+                    Some((name, HeaderHint::Starts(&r.head)))
+                }
+                _ => None,
+            })
         })
     }
 

@@ -1963,3 +1963,38 @@ fn inline_checks_never_skip_a_match() {
     assert_eq!(f.who(&req("h", "/case")), "HTTPRoute default/r rule 8");
     assert_eq!(f.who(&req("h", "/CASE")), "HTTPRoute default/r rule 8");
 }
+
+/// A header regex with a literal prefix gets an inline check too (the prefix's first 8 bytes); it only skips
+/// entries that cannot match: prefixes longer than the check, repeated headers (compared joined), regexes without
+/// a literal prefix, an exact condition next to a regex one.
+#[test]
+fn inline_header_regex_checks_never_skip_a_match() {
+    let hr = |name: &str, value: &str| json!({"type": "RegularExpression", "name": name, "value": value});
+    let on = |headers: Value| json!([{"path": {"type": "PathPrefix", "value": "/"}, "headers": headers}]);
+    let rules = vec![
+        on(json!([hr("x-v", "version-2024\\.[0-9]+")])),
+        on(json!([hr("x-v", "v[0-9]")])),
+        on(json!([hr("x-m", "a,.*")])),
+        on(json!([hr("x-c", "(?i)abc")])),
+        on(json!([{"name": "x-e", "value": "1"}, hr("x-r", "id-[0-9]+")])),
+    ];
+    let f = routes_fixture(&[route("default", "r", OLD, &[], &rules)]);
+    let r = || req("h", "/x");
+    let rule = |i: usize| format!("HTTPRoute default/r rule {i}");
+    assert_eq!(f.who(&r()), "404");
+    assert_eq!(f.who(&r().header("x-v", "version-2024.7")), rule(0));
+    assert_eq!(f.who(&r().header("x-v", "version-2023.7")), "404");
+    assert_eq!(f.who(&r().header("x-v", "v7")), rule(1));
+    assert_eq!(f.who(&r().header("x-v", "w7")), "404");
+    assert_eq!(f.who(&r().header("x-v", "version")), "404");
+    assert_eq!(f.who(&r().header("x-m", "a").header("x-m", "b")), rule(2));
+    assert_eq!(f.who(&r().header("x-m", "a,b")), rule(2));
+    assert_eq!(f.who(&r().header("x-m", "b").header("x-m", "a")), "404");
+    assert_eq!(f.who(&r().header("x-c", "ABC")), rule(3));
+    assert_eq!(
+        f.who(&r().header("x-e", "1").header("x-r", "id-5")),
+        rule(4)
+    );
+    assert_eq!(f.who(&r().header("x-e", "1").header("x-r", "id-x")), "404");
+    assert_eq!(f.who(&r().header("x-e", "2").header("x-r", "id-5")), "404");
+}
