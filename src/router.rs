@@ -543,14 +543,14 @@ impl Router {
         model: &Model,
         previous: Option<&Router>,
     ) -> Result<Router, CompileError> {
-        let mut regexes = matcher::RegexCompiler::new(previous.map(|r| &r.regexes));
+        let mut compiler = matcher::MatchCompiler::new(previous.map(|r| &r.regexes));
         let mut listeners = Vec::with_capacity(model.listeners.len());
         for l in &model.listeners {
-            listeners.push(compile_listener(l, &mut regexes)?);
+            listeners.push(compile_listener(l, &mut compiler)?);
         }
         Ok(Router {
             listeners,
-            regexes: regexes.finish(),
+            regexes: compiler.finish(),
         })
     }
 
@@ -672,14 +672,14 @@ fn compile_rule(rule: &HttpRule) -> Result<Arc<CompiledRule>, CompileError> {
 
 fn compile_listener(
     l: &crate::model::Listener,
-    regexes: &mut matcher::RegexCompiler<'_>,
+    compiler: &mut matcher::MatchCompiler<'_>,
 ) -> Result<ListenerTable, CompileError> {
     let mut entries: Vec<BuildEntry<'_>> = Vec::new();
     for vh in &l.virtual_hosts {
         for rule in &vh.rules {
             let compiled = compile_rule(rule)?;
             for (index, m) in rule.matches.iter().enumerate() {
-                let matcher = Matcher::new(m, regexes).map_err(|reason| CompileError {
+                let matcher = Matcher::new(m, compiler).map_err(|reason| CompileError {
                     origin: rule.origin.to_string(),
                     reason,
                 })?;
@@ -731,7 +731,7 @@ fn compile_listener(
                 .first()
                 .cloned()
                 .unwrap_or_else(crate::model::RouteMatch::any);
-            let matcher = Matcher::new(&m, regexes).map_err(|reason| CompileError {
+            let matcher = Matcher::new(&m, compiler).map_err(|reason| CompileError {
                 origin: rule.origin.to_string(),
                 reason,
             })?;

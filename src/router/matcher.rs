@@ -30,10 +30,10 @@ pub(crate) enum ValueMatcher {
 }
 
 impl ValueMatcher {
-    fn new(m: &StringMatch, regexes: &mut RegexCompiler<'_>) -> Result<Self, regex::Error> {
+    fn new(m: &StringMatch, compiler: &mut MatchCompiler<'_>) -> Result<Self, regex::Error> {
         Ok(match m {
             StringMatch::Exact(v) => ValueMatcher::Exact(v.as_str().into()),
-            StringMatch::RegularExpression(r) => ValueMatcher::Regex(regexes.compile(r)?),
+            StringMatch::RegularExpression(r) => ValueMatcher::Regex(compiler.compile(r)?),
         })
     }
 
@@ -201,18 +201,31 @@ impl CompiledRegex {
 /// Compiles the regexes of one router (paths, header and query values), taking those of the previous router when
 /// their pattern is the same: a rebuild of a table of thousands of regex routes then compiles only the patterns
 /// that changed (a DFA costs about 30 µs to build; 10k of them were most of a rebuild). Equal patterns share one
-/// compiled regex.
-pub(crate) struct RegexCompiler<'p> {
+/// compiled regex. It also shares one copy of each header name among the matches of the router, so that a lookup
+/// reads the same bytes whichever entry it reaches.
+pub(crate) struct MatchCompiler<'p> {
     previous: Option<&'p CompiledRegexes>,
     compiled: CompiledRegexes,
+    header_names: HashMap<Box<str>, HeaderName>,
 }
 
-impl<'p> RegexCompiler<'p> {
+impl<'p> MatchCompiler<'p> {
     pub(crate) fn new(previous: Option<&'p CompiledRegexes>) -> Self {
-        RegexCompiler {
+        MatchCompiler {
             previous,
             compiled: HashMap::new(),
+            header_names: HashMap::new(),
         }
+    }
+
+    /// The header name `name`, one shared copy per name.
+    fn header_name(&mut self, name: &str) -> Result<HeaderName, http::header::InvalidHeaderName> {
+        if let Some(n) = self.header_names.get(name) {
+            return Ok(n.clone());
+        }
+        let n = HeaderName::from_bytes(name.as_bytes())?;
+        self.header_names.insert(name.into(), n.clone());
+        Ok(n)
     }
 
     fn compile(&mut self, re: &str) -> Result<Arc<CompiledRegex>, regex::Error> {
@@ -235,6 +248,8 @@ impl<'p> RegexCompiler<'p> {
 
 #[derive(Debug)]
 pub(crate) enum PathMatcher {
+    /// Prefix `/`: every path.
+    Any,
     Exact(Box<str>),
     /// Never ends in `/` unless it is `/`.
     Prefix(Box<str>),
@@ -273,12 +288,13 @@ pub(crate) struct Matcher {
 
 impl Matcher {
     /// Compiles a match. Fails only on input translation already validated (a regex, a header name).
-    pub(crate) fn new(m: &RouteMatch, regexes: &mut RegexCompiler<'_>) -> Result<Self, String> {
+    pub(crate) fn new(m: &RouteMatch, compiler: &mut MatchCompiler<'_>) -> Result<Self, String> {
         let path = match &m.path {
             PathMatch::Exact(p) => PathMatcher::Exact(p.as_str().into()),
+            PathMatch::Prefix(p) if p.as_str() == "/" => PathMatcher::Any,
             PathMatch::Prefix(p) => PathMatcher::Prefix(p.as_str().into()),
             PathMatch::RegularExpression(r) => {
-                PathMatcher::Regex(regexes.compile(r).map_err(|e| e.to_string())?)
+                PathMatcher::Regex(compiler.compile(r).map_err(|e| e.to_string())?)
             }
         };
         let method = m
@@ -290,10 +306,10 @@ impl Matcher {
             .headers
             .iter()
             .map(|h| {
-                let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| e.to_string())?;
+                let name = compiler.header_name(&h.name).map_err(|e| e.to_string())?;
                 Ok((
                     name,
-                    ValueMatcher::new(&h.value, regexes).map_err(|e| e.to_string())?,
+                    ValueMatcher::new(&h.value, compiler).map_err(|e| e.to_string())?,
                 ))
             })
             .collect::<Result<Vec<_>, String>>()?
@@ -304,7 +320,7 @@ impl Matcher {
             .map(|q| {
                 Ok((
                     q.name.as_str().into(),
-                    ValueMatcher::new(&q.value, regexes).map_err(|e| e.to_string())?,
+                    ValueMatcher::new(&q.value, compiler).map_err(|e| e.to_string())?,
                 ))
             })
             .collect::<Result<Vec<_>, String>>()?
@@ -320,6 +336,7 @@ impl Matcher {
     /// The prefix this match compares the path with, when it is a prefix match (for ReplacePrefixMatch).
     pub(crate) fn prefix(&self) -> Option<&str> {
         match &self.path {
+            PathMatcher::Any => Some("/"),
             PathMatcher::Prefix(p) => Some(p),
             _ => None,
         }
@@ -331,8 +348,8 @@ impl Matcher {
     pub(crate) fn path_hint(&self) -> (usize, &[u8]) {
         match &self.path {
             PathMatcher::Exact(p) => (p.len(), p.as_bytes()),
-            PathMatcher::Prefix(p) if &**p != "/" => (p.len(), p.as_bytes()),
-            PathMatcher::Prefix(_) => (0, &[]),
+            PathMatcher::Prefix(p) => (p.len(), p.as_bytes()),
+            PathMatcher::Any => (0, &[]),
             PathMatcher::Regex(r) => (r.min_len, &r.head),
         }
     }
@@ -358,6 +375,7 @@ impl Matcher {
     /// Does the request meet every condition?
     pub(crate) fn is_match(&self, req: &RequestParts<'_>) -> bool {
         let path_ok = match &self.path {
+            PathMatcher::Any => true,
             PathMatcher::Exact(p) => req.path == &**p,
             PathMatcher::Prefix(p) => prefix_matches(p, req.path),
             PathMatcher::Regex(r) => r.is_match(req.path),
