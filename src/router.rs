@@ -86,17 +86,16 @@ impl Quick {
                         header_names.len() - 1
                     }
                 };
-                match (u8::try_from(idx), hint) {
-                    (Ok(i), HeaderHint::Exact(v)) if i != Quick::NO_HEADER => {
-                        (i, 0, hosts::bytes_hash(v))
+                match (
+                    u8::try_from(idx).ok().filter(|&i| i != Quick::NO_HEADER),
+                    hint,
+                ) {
+                    (Some(i), HeaderHint::Exact(v)) => (i, 0, hosts::bytes_hash(v)),
+                    (Some(i), HeaderHint::Starts(head)) => {
+                        let n = head.len().min(8);
+                        (i, n as u8, first_word(&head[..n]))
                     }
-                    (Ok(i), HeaderHint::Starts(head)) if i != Quick::NO_HEADER => {
-                        let mut bytes = [0u8; 8];
-                        let n = head.len().min(bytes.len());
-                        bytes[..n].copy_from_slice(&head[..n]);
-                        (i, n as u8, u64::from_le_bytes(bytes))
-                    }
-                    _ => (Quick::NO_HEADER, 0, 0),
+                    (None, _) => (Quick::NO_HEADER, 0, 0),
                 }
             }
             None => (Quick::NO_HEADER, 0, 0),

@@ -169,7 +169,7 @@ fn dfa_matches_from(dfa: &impl Automaton, mut state: StateID, rest: &[u8]) -> bo
 pub(crate) type CompiledRegexes = HashMap<Box<str>, Arc<CompiledRegex>>;
 
 /// A regex with the necessary condition of its match (see [`regex_hint`]), which the router's inline check uses
-/// for path regexes.
+/// (the minimum length and prefix of a path regex, the first bytes of a header-value regex's prefix).
 #[derive(Debug)]
 pub(crate) struct CompiledRegex {
     re: RegexForm,
