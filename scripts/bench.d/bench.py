@@ -123,6 +123,41 @@ def mem_kb(pids, key):
     return total
 
 
+def sleeps(pids):
+    """Voluntary context switches of every thread of these processes: how often they blocked waiting for work."""
+    total = 0
+    for pid in pids:
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            total += int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+def wakeup_ipis(cpus):
+    """Interrupts these CPUs received from the others to run a function or reschedule (the CAL and RES lines of
+    /proc/interrupts): mostly wake-ups of a task that slept there. None where the file has no such lines."""
+    try:
+        with open("/proc/interrupts") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    header = lines[0].split() if lines else []
+    cols = [header.index(f"CPU{c}") + 1 for c in set(cpus) if f"CPU{c}" in header]
+    if not cols:
+        return None
+    total = None
+    for line in lines[1:]:
+        parts = line.split()
+        if parts and parts[0] in ("CAL:", "RES:"):
+            total = (total or 0) + sum(int(parts[i]) for i in cols if len(parts) > i)
+    return total
+
+
 def machine_busy():
     """(busy ticks, total ticks) of all CPUs from /proc/stat."""
     with open("/proc/stat") as f:
@@ -416,14 +451,19 @@ def portcullis_env(args, level):
     return env
 
 
-def measure(args, t, hostname, duration, connections, others_pids):
+def measure(args, t, hostname, duration, connections, others_pids, upstream_pids):
     pids = t.pids()
     busy0, all0 = machine_busy()
     u0, s0 = cpu_split(pids)
     o0 = cpu_ticks(others_pids)
+    peer_cpus = (args.client_cpu, args.upstream_cpu)
+    z0, i0 = sleeps(upstream_pids), wakeup_ipis(peer_cpus)
     r = run_wrk(args, t.port, hostname, duration, connections)
+    z1, i1 = sleeps(upstream_pids), wakeup_ipis(peer_cpus)
     u1, s1 = cpu_split(pids)
     o1 = cpu_ticks(others_pids)
+    r["upstream_sleeps"] = z1 - z0
+    r["ipis"] = i1 - i0 if i0 is not None and i1 is not None else None
     busy1, all1 = machine_busy()
     c0, c1 = u0 + s0, u1 + s1
     r["cpu_ticks"] = c1 - c0
@@ -484,7 +524,7 @@ def throughput_phase(args, tmp, n, upstream, results):
     for rnd in range(args.rounds):
         for t in targets:
             others = up_pids if t.proc is not upstream else []
-            r = measure(args, t, last, args.duration, args.connections, others)
+            r = measure(args, t, last, args.duration, args.connections, others, up_pids)
             t.runs.append(r)
             log(
                 f"   round {rnd + 1} {t.name:10s} {r['rps']:>9,.0f} req/s  p99 {fmt(r['p99'])} us  "
@@ -495,11 +535,19 @@ def throughput_phase(args, tmp, n, upstream, results):
     # Fixed rate: half of nginx's closed-loop rate, the same for everybody.
     nginx_rps = statistics.median(r["rps"] for r in targets[2].runs)
     rate = int(nginx_rps * 0.5)
+    peer_cpus = (args.client_cpu, args.upstream_cpu)
     for t in targets:
         pids = t.pids()
-        c0 = cpu_ticks(pids)
+        u0, s0 = cpu_split(pids)
+        z0, i0 = sleeps(up_pids), wakeup_ipis(peer_cpus)
         r = run_h2load(args, t.port, last, rate, args.fixed_duration, f"{tmp}/h2load.log")
-        r["cpu_ticks"] = cpu_ticks(pids) - c0
+        z1, i1 = sleeps(up_pids), wakeup_ipis(peer_cpus)
+        u1, s1 = cpu_split(pids)
+        r["cpu_ticks"] = (u1 + s1) - (u0 + s0)
+        r["user_ticks"] = u1 - u0
+        r["sys_ticks"] = s1 - s0
+        r["upstream_sleeps"] = z1 - z0
+        r["ipis"] = i1 - i0 if i0 is not None and i1 is not None else None
         t.fixed = r
         log(f"   fixed {rate}/s {t.name:10s} p50 {fmt(r['p50'])} us  p99 {fmt(r['p99'])} us")
 
@@ -509,6 +557,13 @@ def throughput_phase(args, tmp, n, upstream, results):
     for p in (pc, ng, ha):
         stop(p)
         STARTED.remove(p)
+
+
+def per_request(counts, requests):
+    """A count summed over runs, per request; None when a run could not count it."""
+    if any(c is None for c in counts):
+        return None
+    return sum(counts) / max(1, requests)
 
 
 def summarize(t):
@@ -525,6 +580,8 @@ def summarize(t):
         "non2xx": sum(r["non2xx"] for r in runs),
         "sockerr": sum(r["sockerr"] for r in runs),
         "background": statistics.mean(r["background"] for r in runs),
+        "sleeps": sum(r["upstream_sleeps"] for r in runs) / max(1, req),
+        "ipis": per_request([r["ipis"] for r in runs], req),
         "spread": (min(r["rps"] for r in runs), max(r["rps"] for r in runs)),
     }
 
@@ -538,14 +595,15 @@ def print_throughput(args, results):
             f"per target, alternating (medians; CPU = all rounds)"
         )
         print()
-        print("| target | req/s | req/s min..max | p50 us | p99 us | CPU us/req | user us/req | kernel us/req | peak RSS MB | non-2xx | socket errors | background load |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("| target | req/s | req/s min..max | p50 us | p99 us | CPU us/req | user us/req | kernel us/req | upstream sleeps/req | wake-up IPIs/req | peak RSS MB | non-2xx | socket errors | background load |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for t in targets:
             x = s[t.name]
             name = "direct (upstream nginx)" if t.name == "direct" else t.name
             print(
                 f"| {name} | {fmt(x['rps'])} | {fmt(x['spread'][0])}..{fmt(x['spread'][1])} | {fmt(x['p50'])} | "
-                f"{fmt(x['p99'])} | {fmt(x['cpu'], 1)} | {fmt(x['user'], 1)} | {fmt(x['sys'], 1)} | {fmt(x['rss'], 1)} | {x['non2xx']} | {x['sockerr']} | "
+                f"{fmt(x['p99'])} | {fmt(x['cpu'], 1)} | {fmt(x['user'], 1)} | {fmt(x['sys'], 1)} | "
+                f"{fmt(x['sleeps'], 3)} | {fmt(x['ipis'], 3)} | {fmt(x['rss'], 1)} | {x['non2xx']} | {x['sockerr']} | "
                 f"{x['background'] * 100:.0f}% |"
             )
         pc, ng, ha, d = s["portcullis"], s["nginx"], s["haproxy"], s["direct"]
@@ -574,23 +632,30 @@ def print_throughput(args, results):
             f"{args.fixed_duration} s per target:"
         )
         print()
-        print("| target | req/s done | p50 us | p99 us | CPU us/req | non-2xx | errors |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        print("| target | req/s done | p50 us | p99 us | CPU us/req | user us/req | kernel us/req | upstream sleeps/req | wake-up IPIs/req | non-2xx | errors |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for t in targets:
             f = t.fixed
             name = "direct (upstream nginx)" if t.name == "direct" else t.name
-            cpu = f["cpu_ticks"] * 1e6 / CLK_TCK / max(1, f["requests"])
+            n_req = max(1, f["requests"])
+            cpu = f["cpu_ticks"] * 1e6 / CLK_TCK / n_req
+            user = f["user_ticks"] * 1e6 / CLK_TCK / n_req
+            sys_ = f["sys_ticks"] * 1e6 / CLK_TCK / n_req
             print(
-                f"| {name} | {fmt(f['rps'])} | {fmt(f['p50'])} | {fmt(f['p99'])} | {fmt(cpu, 1)} | "
+                f"| {name} | {fmt(f['rps'])} | {fmt(f['p50'])} | {fmt(f['p99'])} | {fmt(cpu, 1)} | {fmt(user, 1)} | "
+                f"{fmt(sys_, 1)} | {fmt(f['upstream_sleeps'] / n_req, 3)} | {fmt(per_request([f['ipis']], n_req), 3)} | "
                 f"{f['non2xx']} | {f['sockerr']} |"
             )
         fp, fn = targets[1].fixed, targets[2].fixed
-        cpu_p = fp["cpu_ticks"] / max(1, fp["requests"])
-        cpu_n = fn["cpu_ticks"] / max(1, fn["requests"])
+        def per_req(f, key):
+            return f[key] / max(1, f["requests"])
+
         print()
         print(
             f"Portcullis/nginx at fixed rate: p50 {ratio(fp['p50'], fn['p50'])}, p99 {ratio(fp['p99'], fn['p99'])}, "
-            f"CPU/req {ratio(cpu_p, cpu_n)}"
+            f"CPU/req {ratio(per_req(fp, 'cpu_ticks'), per_req(fn, 'cpu_ticks'))} "
+            f"(user {ratio(per_req(fp, 'user_ticks'), per_req(fn, 'user_ticks'))}, "
+            f"kernel {ratio(per_req(fp, 'sys_ticks'), per_req(fn, 'sys_ticks'))})"
         )
 
 
