@@ -10,6 +10,10 @@ Phases:
    (h2load --rps) at 50% of nginx's closed-loop rate for latency and CPU at equal load.
 2. reload: with 10 and 10,000 routes loaded, how long a file change takes to be served (404 -> 200), and whether
    requests under wrk load see any error while 100 route edits are published.
+3. profile (--profile or --only profile): instructions per request under callgrind, perf samples of Portcullis.
+4. wakeups (--only wakeups, not in the default run): Portcullis next to nginx made slower in user space only
+   (regular-expression locations it rejects on every request), to see whether kernel time per request follows
+   user time through the wake-ups of the upstream and the client.
 """
 
 import argparse
@@ -225,16 +229,19 @@ def write_upstream_conf(tmp, port):
     return path
 
 
-def write_nginx_conf(tmp, port, up_port, n):
-    path = f"{tmp}/nginx-{n}.conf"
+def write_nginx_conf(tmp, port, up_port, n, extra_regex=0):
+    """nginx as the reverse proxy for n hosts. extra_regex > 0 puts that many regular-expression locations, which
+    never match, before the proxying one: nginx then tries all of them on every request (the wake-ups phase)."""
+    name = f"nginx-{n}" if not extra_regex else f"nginx-{n}-r{extra_regex}"
+    path = f"{tmp}/{name}.conf"
     with open(path, "w") as f:
-        f.write(NGINX_COMMON.format(tmp=tmp, name=f"nginx-{n}"))
+        f.write(NGINX_COMMON.format(tmp=tmp, name=name))
         f.write("  server_names_hash_max_size 65536;\n  server_names_hash_bucket_size 64;\n")
         f.write(
             f"  upstream up {{ server 127.0.0.1:{up_port}; keepalive 128; keepalive_requests 1000000; }}\n"
         )
         f.write(f"  server {{ listen 127.0.0.1:{port} default_server backlog=4096; return 404; }}\n")
-        loc = (
+        loc = "".join(f"location ~ ^/nomatch{i}/x[a-z]+y$ {{ return 404; }} " for i in range(extra_regex)) + (
             "location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; "
             "proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; "
             "proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host; }"
@@ -659,6 +666,75 @@ def print_throughput(args, results):
         )
 
 
+def wakeups_phase(args, tmp, upstream):
+    """Does kernel time per request grow with user time? nginx made slower in user space only (regular-expression
+    locations it tries and rejects on every request; no extra system call), next to Portcullis: user and kernel
+    CPU per request, how often the upstream slept, and the wake-up interrupts its CPU received."""
+    log("== wake-ups: kernel time against user time")
+    n = 1
+    last = host(n - 1)
+    pc_dir = f"{tmp}/portcullis-wakeups"
+    write_portcullis_manifests(pc_dir, args.port, n)
+    targets = [Target("portcullis", args.port + 1, start(portcullis_argv(args, pc_dir), args.proxy_cpu,
+                                                             f"{tmp}/portcullis-wakeups.log",
+                                                             env=portcullis_env(args, "warn")))]
+    for j, k in enumerate(WAKEUP_REGEXES):
+        port = args.port + 2 + j
+        conf = write_nginx_conf(tmp, port, args.port, n, extra_regex=k)
+        targets.append(Target(f"nginx +{k} regex locations" if k else "nginx", port,
+                              start(["nginx", "-p", tmp + "/", "-c", conf, "-e", f"{tmp}/nginx-r{k}.err"],
+                                    args.proxy_cpu, f"{tmp}/nginx-r{k}.log")))
+    for t in targets:
+        if not wait_status(t.port, last, 200, 60):
+            raise SystemExit(f"{t.name} does not serve {last} (see {tmp})")
+        run_wrk(args, t.port, last, 1, args.connections)
+    up_pids = pids_of(upstream)
+    for _ in range(args.rounds):
+        for t in targets:
+            t.runs.append(measure(args, t, last, args.duration, args.connections, up_pids, up_pids))
+    rate = int(min(statistics.median(r["rps"] for r in t.runs) for t in targets) * 0.7)
+    peer_cpus = (args.client_cpu, args.upstream_cpu)
+    for t in targets:
+        pids = t.pids()
+        u0, s0 = cpu_split(pids)
+        z0, i0 = sleeps(up_pids), wakeup_ipis(peer_cpus)
+        r = run_h2load(args, t.port, last, rate, args.fixed_duration, f"{tmp}/h2load.log")
+        z1, i1 = sleeps(up_pids), wakeup_ipis(peer_cpus)
+        u1, s1 = cpu_split(pids)
+        r["user_ticks"], r["sys_ticks"] = u1 - u0, s1 - s0
+        r["upstream_sleeps"] = z1 - z0
+        r["ipis"] = i1 - i0 if i0 is not None and i1 is not None else None
+        t.fixed = r
+    for t in targets:
+        t.hwm_kb = mem_kb(t.pids(), "VmHWM")
+        stop(t.proc)
+        STARTED.remove(t.proc)
+    return rate, targets
+
+
+WAKEUP_REGEXES = (0, 150, 400)
+
+
+def print_wakeups(args, rate, targets):
+    print()
+    print(f"### Kernel time against user time: 1 route, nginx made slower in user space only "
+          f"({args.rounds} rounds x {args.duration} s closed loop, then {args.fixed_duration} s at {rate:,} req/s)")
+    print()
+    print("| target | closed loop: req/s | user us/req | kernel us/req | upstream sleeps/req | wake-up IPIs/req "
+          "| fixed rate: user us/req | kernel us/req | upstream sleeps/req | wake-up IPIs/req |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for t in targets:
+        x = summarize(t)
+        f = t.fixed
+        n_req = max(1, f["requests"])
+        print(
+            f"| {t.name} | {fmt(x['rps'])} | {fmt(x['user'], 1)} | {fmt(x['sys'], 1)} | {fmt(x['sleeps'], 3)} | "
+            f"{fmt(x['ipis'], 3)} | {fmt(f['user_ticks'] * 1e6 / CLK_TCK / n_req, 1)} | "
+            f"{fmt(f['sys_ticks'] * 1e6 / CLK_TCK / n_req, 1)} | {fmt(f['upstream_sleeps'] / n_req, 3)} | "
+            f"{fmt(per_request([f['ipis']], n_req), 3)} |"
+        )
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Phase 2: configuration changes
 # ----------------------------------------------------------------------------------------------------------------
@@ -1062,7 +1138,9 @@ def main():
     ap.add_argument("--client-cpu", type=int, default=0)
     ap.add_argument("--upstream-cpu", type=int, default=None, help="default: the client CPU")
     ap.add_argument("--port", type=int, default=18080, help="first of ten consecutive loopback ports")
-    ap.add_argument("--only", choices=["throughput", "reload", "profile"], default=None)
+    ap.add_argument("--only", choices=["throughput", "reload", "profile", "wakeups"], default=None,
+                    help="one phase; 'wakeups' (not in the default run) compares kernel against user time per "
+                         "request with nginx made slower in user space")
     ap.add_argument("--profile", action="store_true", help="also run the profile phase (callgrind, perf)")
     ap.add_argument("--profile-requests", type=int, default=10000)
     ap.add_argument("--profile-dir", default="target/bench-profile", help="where profiles are kept")
@@ -1118,6 +1196,14 @@ def main():
             for n in [int(x) for x in args.regex_routes.split(",") if x]:
                 regex_phase(args, tmp, n, regexes)
             print_regex(regexes)
+        if args.only == "wakeups":
+            upstream = start(
+                ["nginx", "-p", tmp + "/", "-c", write_upstream_conf(tmp, args.port), "-e", f"{tmp}/upstream.err"],
+                args.upstream_cpu, f"{tmp}/upstream.log",
+            )
+            if not wait_status(args.port, "x", 200, 10):
+                raise SystemExit("the upstream nginx does not answer")
+            print_wakeups(args, *wakeups_phase(args, tmp, upstream))
         if args.only == "profile" or args.profile:
             os.makedirs(args.profile_dir, exist_ok=True)
             if args.only == "profile":
