@@ -482,6 +482,23 @@ def measure(args, t, hostname, duration, connections, others_pids, upstream_pids
     return r
 
 
+def measure_fixed(args, t, hostname, rate, logfile, upstream_pids):
+    """A fixed-rate run (h2load) against t, with the target's CPU time (user, kernel) and the wake-up counts."""
+    pids = t.pids()
+    peer_cpus = (args.client_cpu, args.upstream_cpu)
+    u0, s0 = cpu_split(pids)
+    z0, i0 = sleeps(upstream_pids), wakeup_ipis(peer_cpus)
+    r = run_h2load(args, t.port, hostname, rate, args.fixed_duration, logfile)
+    z1, i1 = sleeps(upstream_pids), wakeup_ipis(peer_cpus)
+    u1, s1 = cpu_split(pids)
+    r["cpu_ticks"] = (u1 + s1) - (u0 + s0)
+    r["user_ticks"] = u1 - u0
+    r["sys_ticks"] = s1 - s0
+    r["upstream_sleeps"] = z1 - z0
+    r["ipis"] = i1 - i0 if i0 is not None and i1 is not None else None
+    return r
+
+
 def fmt(v, digits=0):
     if v is None or v != v:  # NaN
         return "-"
@@ -542,19 +559,8 @@ def throughput_phase(args, tmp, n, upstream, results):
     # Fixed rate: half of nginx's closed-loop rate, the same for everybody.
     nginx_rps = statistics.median(r["rps"] for r in targets[2].runs)
     rate = int(nginx_rps * 0.5)
-    peer_cpus = (args.client_cpu, args.upstream_cpu)
     for t in targets:
-        pids = t.pids()
-        u0, s0 = cpu_split(pids)
-        z0, i0 = sleeps(up_pids), wakeup_ipis(peer_cpus)
-        r = run_h2load(args, t.port, last, rate, args.fixed_duration, f"{tmp}/h2load.log")
-        z1, i1 = sleeps(up_pids), wakeup_ipis(peer_cpus)
-        u1, s1 = cpu_split(pids)
-        r["cpu_ticks"] = (u1 + s1) - (u0 + s0)
-        r["user_ticks"] = u1 - u0
-        r["sys_ticks"] = s1 - s0
-        r["upstream_sleeps"] = z1 - z0
-        r["ipis"] = i1 - i0 if i0 is not None and i1 is not None else None
+        r = measure_fixed(args, t, last, rate, f"{tmp}/h2load.log", up_pids)
         t.fixed = r
         log(f"   fixed {rate}/s {t.name:10s} p50 {fmt(r['p50'])} us  p99 {fmt(r['p99'])} us")
 
@@ -693,18 +699,8 @@ def wakeups_phase(args, tmp, upstream):
         for t in targets:
             t.runs.append(measure(args, t, last, args.duration, args.connections, up_pids, up_pids))
     rate = int(min(statistics.median(r["rps"] for r in t.runs) for t in targets) * 0.7)
-    peer_cpus = (args.client_cpu, args.upstream_cpu)
     for t in targets:
-        pids = t.pids()
-        u0, s0 = cpu_split(pids)
-        z0, i0 = sleeps(up_pids), wakeup_ipis(peer_cpus)
-        r = run_h2load(args, t.port, last, rate, args.fixed_duration, f"{tmp}/h2load.log")
-        z1, i1 = sleeps(up_pids), wakeup_ipis(peer_cpus)
-        u1, s1 = cpu_split(pids)
-        r["user_ticks"], r["sys_ticks"] = u1 - u0, s1 - s0
-        r["upstream_sleeps"] = z1 - z0
-        r["ipis"] = i1 - i0 if i0 is not None and i1 is not None else None
-        t.fixed = r
+        t.fixed = measure_fixed(args, t, last, rate, f"{tmp}/h2load.log", up_pids)
     for t in targets:
         t.hwm_kb = mem_kb(t.pids(), "VmHWM")
         stop(t.proc)
