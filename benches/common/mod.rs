@@ -18,6 +18,11 @@ use portcullis::translate::{translate, Options, Severity};
 use std::fmt::Write;
 use std::path::Path;
 
+/// The allocator of the `portcullis` binary (src/main.rs), so that what allocates (a rebuild above all) is
+/// measured as it runs in the proxy.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Matches per host.
 pub const PER_HOST: usize = 10;
 
