@@ -48,7 +48,22 @@ type RuleList = Box<[Candidate]>;
 #[derive(Debug)]
 struct Candidate {
     quick: Quick,
+    /// The entry's path regex, if its path condition is one (the same `Arc` as in its matcher): held here, the
+    /// regex's address is known without reading the entry first, so that in a cold table the two are fetched
+    /// together rather than one after the other.
+    path_regex: Option<Arc<matcher::CompiledRegex>>,
     entry: Arc<RouteEntry>,
+}
+
+impl Candidate {
+    /// Does the entry match (`quick` having passed)?
+    #[inline]
+    fn is_match(&self, req: &RequestParts<'_>) -> bool {
+        match &self.path_regex {
+            Some(re) => re.is_match(req.path) && self.entry.matcher.is_match_but_path(req),
+            None => self.entry.matcher.is_match(req),
+        }
+    }
 }
 
 /// Necessary conditions of an entry's match, kept inline: the path must start with `head` (the first bytes of an
@@ -58,7 +73,9 @@ struct Candidate {
 /// `header_starts` bytes, kept in `header_value` (`header` indexes the listener's `header_names`).
 #[derive(Debug)]
 struct Quick {
-    min_len: u32,
+    /// Saturates at `u16::MAX` (a weaker but still necessary condition), so that a [`Candidate`] fits in 48
+    /// bytes.
+    min_len: u16,
     head_len: u8,
     head: [u8; Quick::HEAD],
     header: u8,
@@ -68,7 +85,7 @@ struct Quick {
 }
 
 impl Quick {
-    const HEAD: usize = 22;
+    const HEAD: usize = 19;
     /// `header` when the entry has no exact header condition (or the listener has too many header names).
     const NO_HEADER: u8 = u8::MAX;
 
@@ -101,7 +118,7 @@ impl Quick {
             None => (Quick::NO_HEADER, 0, 0),
         };
         Quick {
-            min_len: u32::try_from(min_len).unwrap_or(u32::MAX),
+            min_len: u16::try_from(min_len).unwrap_or(u16::MAX),
             head_len: n as u8,
             head,
             header,
@@ -616,10 +633,7 @@ impl ListenerTable {
             let path = req.path.as_bytes();
             let mut probe = HeaderProbe::new(&self.header_names, req.headers);
             for c in list.iter() {
-                if c.quick.may_match(path)
-                    && probe.may_match(&c.quick)
-                    && c.entry.matcher.is_match(req)
-                {
+                if c.quick.may_match(path) && probe.may_match(&c.quick) && c.is_match(req) {
                     return Lookup::Route(&c.entry);
                 }
             }
@@ -864,6 +878,7 @@ fn host_index(
         list.iter()
             .map(|e| Candidate {
                 quick: Quick::new(&e.compiled.matcher, header_names),
+                path_regex: e.compiled.matcher.path_regex().cloned(),
                 entry: e.compiled.clone(),
             })
             .collect()

@@ -75,6 +75,11 @@ pub(crate) enum RegexForm {
     Dense {
         dfa: regex_automata::dfa::dense::DFA<Vec<u32>>,
         after_head: StateID,
+        /// Bit `i` is set when the DFA's state `i` (`StateID >> stride2`), reached from `after_head`, accepts at
+        /// the end of the text; `None` when one of those states is numbered 64 or more. Read instead of the
+        /// end-of-input transition, it spares a lookup in a cold table the last state's row and the byte-class
+        /// entry of the end of input (two cache misses).
+        eoi_match: Option<u64>,
     },
     Sparse {
         dfa: regex_automata::dfa::sparse::DFA<Vec<u8>>,
@@ -119,7 +124,12 @@ impl RegexForm {
             .ok()?;
         if dfa.memory_usage() <= DFA_MAX_BYTES {
             let after_head = state_after(&dfa, head)?;
-            return Some(RegexForm::Dense { dfa, after_head });
+            let eoi_match = eoi_matches(&dfa, after_head);
+            return Some(RegexForm::Dense {
+                dfa,
+                after_head,
+                eoi_match,
+            });
         }
         let dfa = dfa.to_sparse().ok()?;
         if dfa.memory_usage() > DFA_MAX_BYTES {
@@ -133,9 +143,19 @@ impl RegexForm {
     fn is_match(&self, text: &str, head: &[u8]) -> bool {
         let rest = || text.as_bytes().strip_prefix(head);
         match self {
-            RegexForm::Dense { dfa, after_head } => {
-                rest().is_some_and(|rest| dfa_matches_from(dfa, *after_head, rest))
-            }
+            RegexForm::Dense {
+                dfa,
+                after_head,
+                eoi_match: Some(bits),
+            } => rest().is_some_and(|rest| {
+                walk(dfa, *after_head, rest)
+                    .is_some_and(|s| bits >> (s.as_usize() >> dfa.stride2()) & 1 == 1)
+            }),
+            RegexForm::Dense {
+                dfa,
+                after_head,
+                eoi_match: None,
+            } => rest().is_some_and(|rest| dfa_matches_from(dfa, *after_head, rest)),
             RegexForm::Sparse { dfa, after_head } => {
                 rest().is_some_and(|rest| dfa_matches_from(dfa, *after_head, rest))
             }
@@ -152,17 +172,50 @@ fn state_after(dfa: &impl Automaton, head: &[u8]) -> Option<StateID> {
     Some(head.iter().fold(start, |s, &b| dfa.next_state(s, b)))
 }
 
-/// Does the anchored DFA, in state `state`, accept `rest` as the end of the text? The pattern ends in `$`, so a
-/// match can only be seen after the end of input; a dead state ends the walk early. No quit bytes are configured,
-/// so a quit state cannot occur; one would count as no match.
-fn dfa_matches_from(dfa: &impl Automaton, mut state: StateID, rest: &[u8]) -> bool {
+/// The state the anchored DFA reaches from `state` over `rest`, or `None` when it dies on the way (no quit bytes
+/// are configured, so a quit state cannot occur; one would count as no match too).
+#[inline]
+fn walk(dfa: &impl Automaton, mut state: StateID, rest: &[u8]) -> Option<StateID> {
     for &b in rest {
         state = dfa.next_state(state, b);
         if dfa.is_special_state(state) && (dfa.is_dead_state(state) || dfa.is_quit_state(state)) {
-            return false;
+            return None;
         }
     }
-    dfa.is_match_state(dfa.next_eoi_state(state))
+    Some(state)
+}
+
+/// Does the anchored DFA, in state `state`, accept `rest` as the end of the text? The pattern ends in `$`, so a
+/// match can only be seen after the end of input; a dead state ends the walk early.
+fn dfa_matches_from(dfa: &impl Automaton, state: StateID, rest: &[u8]) -> bool {
+    walk(dfa, state, rest).is_some_and(|s| dfa.is_match_state(dfa.next_eoi_state(s)))
+}
+
+/// Which states reachable from `from` accept at the end of the text, as a bitset by state number (see
+/// `RegexForm::Dense`); `None` when a reachable state is numbered 64 or more.
+fn eoi_matches(dfa: &regex_automata::dfa::dense::DFA<Vec<u32>>, from: StateID) -> Option<u64> {
+    let bit = |s: StateID| 1u64.checked_shl(u32::try_from(s.as_usize() >> dfa.stride2()).ok()?);
+    let mut seen = bit(from)?;
+    let mut todo = vec![from];
+    let mut bits = 0u64;
+    while let Some(s) = todo.pop() {
+        if dfa.is_match_state(dfa.next_eoi_state(s)) {
+            bits |= bit(s)?;
+        }
+        for b in dfa
+            .byte_classes()
+            .representatives(..)
+            .filter_map(|u| u.as_u8())
+        {
+            let next = dfa.next_state(s, b);
+            let nb = bit(next)?;
+            if seen & nb == 0 {
+                seen |= nb;
+                todo.push(next);
+            }
+        }
+    }
+    Some(bits)
 }
 
 /// Compiled regexes by pattern (as written in the route, before anchoring).
@@ -193,7 +246,7 @@ impl CompiledRegex {
         })
     }
 
-    fn is_match(&self, text: &str) -> bool {
+    pub(crate) fn is_match(&self, text: &str) -> bool {
         self.re.is_match(text, &self.head)
     }
 }
@@ -380,9 +433,19 @@ impl Matcher {
             PathMatcher::Prefix(p) => prefix_matches(p, req.path),
             PathMatcher::Regex(r) => r.is_match(req.path),
         };
-        if !path_ok {
-            return false;
+        path_ok && self.is_match_but_path(req)
+    }
+
+    /// The path regex, if the path condition is one.
+    pub(crate) fn path_regex(&self) -> Option<&Arc<CompiledRegex>> {
+        match &self.path {
+            PathMatcher::Regex(r) => Some(r),
+            _ => None,
         }
+    }
+
+    /// Does the request meet every condition other than the path's?
+    pub(crate) fn is_match_but_path(&self, req: &RequestParts<'_>) -> bool {
         if let Some(m) = &self.method {
             if m != req.method {
                 return false;
@@ -555,7 +618,11 @@ mod tests {
             "(?i)/static/.+\\.(css|js|png)",
             "/exact",
             "",
+            // A dense DFA with more than 64 states (no end-of-input bitset).
+            "/a{70}",
         ]);
+        let a70 = format!("/{}", "a".repeat(70));
+        let a71 = format!("{a70}a");
         let paths: Vec<&str> = SAMPLE_PATHS
             .iter()
             .copied()
@@ -578,14 +645,25 @@ mod tests {
                 "/api/v",
                 "/exact",
                 "/exactly",
+                &a70,
+                &a70[..70],
+                &a70[..40],
+                &a71,
             ])
             .collect();
         let (mut dense, mut sparse, mut regexes) = (0, 0, 0);
+        let (mut with_bits, mut without_bits) = (0, 0);
         for pat in patterns {
             let re = Regex::new(&anchored_pattern(pat)).expect("valid");
             let compiled = CompiledRegex::new(pat).expect("valid");
             match compiled.re {
-                RegexForm::Dense { .. } => dense += 1,
+                RegexForm::Dense { eoi_match, .. } => {
+                    dense += 1;
+                    match eoi_match {
+                        Some(_) => with_bits += 1,
+                        None => without_bits += 1,
+                    }
+                }
                 RegexForm::Sparse { .. } => sparse += 1,
                 RegexForm::Regex(_) => regexes += 1,
             }
@@ -601,6 +679,10 @@ mod tests {
         assert!(
             dense >= 8 && sparse >= 2 && regexes >= 1,
             "dense {dense}, sparse {sparse}, regex {regexes}"
+        );
+        assert!(
+            with_bits >= 7 && without_bits >= 1,
+            "dense with end-of-input bits {with_bits}, without {without_bits}"
         );
         // A Unicode word boundary has no DFA; a pattern whose DFA is too big keeps the regex crate.
         assert!(matches!(

@@ -1964,6 +1964,44 @@ fn inline_checks_never_skip_a_match() {
     assert_eq!(f.who(&req("h", "/CASE")), "HTTPRoute default/r rule 8");
 }
 
+/// A path regex is checked from the list (`Candidate::path_regex`) before the entry's other conditions: both must
+/// hold. A path longer than the inline check's minimum length (saturated at 65,535 bytes) and a regex head longer
+/// than its inline prefix are still decided right.
+#[test]
+fn path_regex_and_other_conditions_and_long_paths() {
+    let long = format!("/{}", "a".repeat(70_000));
+    let rules = vec![
+        json!([{"path": {"type": "RegularExpression", "value": "/api/v[0-9]+"}, "method": "POST"}]),
+        json!([{"path": {"type": "RegularExpression", "value": "/api/v[0-9]+"},
+                "headers": [{"name": "x-env", "value": "canary"}]}]),
+        json!([{"path": {"type": "RegularExpression", "value": "/api/v[0-9]+"}}]),
+        json!([{"path": {"type": "RegularExpression", "value": "/a-very-long-literal-prefix/[0-9]+"}}]),
+        json!([exact(&long)]),
+    ];
+    let f = routes_fixture(&[route("default", "r", OLD, &[], &rules)]);
+    let rule = |i: usize| format!("HTTPRoute default/r rule {i}");
+    assert_eq!(f.who(&req("h", "/api/v2").method(Method::POST)), rule(0));
+    assert_eq!(
+        f.who(&req("h", "/api/v2").header("x-env", "canary")),
+        rule(1)
+    );
+    assert_eq!(f.who(&req("h", "/api/v2").header("x-env", "prod")), rule(2));
+    assert_eq!(f.who(&req("h", "/api/v2x").method(Method::POST)), "404");
+    assert_eq!(f.who(&req("h", "/a-very-long-literal-prefix/42")), rule(3));
+    assert_eq!(f.who(&req("h", "/a-very-long-literal-prefiX/42")), "404");
+    assert_eq!(f.who(&req("h", &long)), rule(4));
+    assert_eq!(f.who(&req("h", &long[..long.len() - 1])), "404");
+    assert_eq!(f.who(&req("h", &format!("{long}a"))), "404");
+}
+
+/// A precedence-sorted list is walked entry by entry in a big, cold table: each entry's inline checks and its
+/// path regex pointer fit in 48 bytes (four entries in three cache lines).
+#[test]
+#[cfg(target_pointer_width = "64")]
+fn list_entries_stay_small() {
+    assert_eq!(std::mem::size_of::<Candidate>(), 48);
+}
+
 /// A header regex with a literal prefix gets an inline check too (the prefix's first 8 bytes); it only skips
 /// entries that cannot match: prefixes longer than the check, repeated headers (compared joined), regexes without
 /// a literal prefix, an exact condition next to a regex one.
