@@ -59,10 +59,11 @@ impl Candidate {
     /// Does the entry match (`quick` having passed)?
     #[inline]
     fn is_match(&self, req: &RequestParts<'_>) -> bool {
-        match &self.path_regex {
-            Some(re) => re.is_match(req.path) && self.entry.matcher.is_match_but_path(req),
-            None => self.entry.matcher.is_match(req),
-        }
+        let path_ok = match &self.path_regex {
+            Some(re) => re.is_match(req.path),
+            None => self.entry.matcher.path_matches(req.path),
+        };
+        path_ok && self.entry.matcher.is_match_but_path(req)
     }
 }
 

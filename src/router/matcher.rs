@@ -426,14 +426,20 @@ impl Matcher {
     }
 
     /// Does the request meet every condition?
+    #[inline]
     pub(crate) fn is_match(&self, req: &RequestParts<'_>) -> bool {
-        let path_ok = match &self.path {
+        self.path_matches(req.path) && self.is_match_but_path(req)
+    }
+
+    /// Does the path meet the path condition?
+    #[inline]
+    pub(crate) fn path_matches(&self, path: &str) -> bool {
+        match &self.path {
             PathMatcher::Any => true,
-            PathMatcher::Exact(p) => req.path == &**p,
-            PathMatcher::Prefix(p) => prefix_matches(p, req.path),
-            PathMatcher::Regex(r) => r.is_match(req.path),
-        };
-        path_ok && self.is_match_but_path(req)
+            PathMatcher::Exact(p) => path == &**p,
+            PathMatcher::Prefix(p) => prefix_matches(p, path),
+            PathMatcher::Regex(r) => r.is_match(path),
+        }
     }
 
     /// The path regex, if the path condition is one.
@@ -445,6 +451,7 @@ impl Matcher {
     }
 
     /// Does the request meet every condition other than the path's?
+    #[inline]
     pub(crate) fn is_match_but_path(&self, req: &RequestParts<'_>) -> bool {
         if let Some(m) = &self.method {
             if m != req.method {
