@@ -150,7 +150,7 @@ enum Probe {
     Absent,
     /// One value: its hash, and its first 8 bytes as a little-endian word with the value's length.
     One(u64, u64, usize),
-    /// Repeated (compared joined, see `Matcher::is_match`) or unknown: the inline check cannot tell.
+    /// Repeated (compared joined, see `Matcher::is_match_but_path`) or unknown: the inline check cannot tell.
     Unknown,
 }
 

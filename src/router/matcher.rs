@@ -425,12 +425,6 @@ impl Matcher {
         })
     }
 
-    /// Does the request meet every condition?
-    #[inline]
-    pub(crate) fn is_match(&self, req: &RequestParts<'_>) -> bool {
-        self.path_matches(req.path) && self.is_match_but_path(req)
-    }
-
     /// Does the path meet the path condition?
     #[inline]
     pub(crate) fn path_matches(&self, path: &str) -> bool {
