@@ -148,8 +148,13 @@ impl RegexForm {
                 after_head,
                 eoi_match: Some(bits),
             } => rest().is_some_and(|rest| {
-                walk(dfa, *after_head, rest)
-                    .is_some_and(|s| bits >> (s.as_usize() >> dfa.stride2()) & 1 == 1)
+                walk(dfa, *after_head, rest).is_some_and(|s| {
+                    // Every state the walk reaches has a bit (`eoi_matches` visits all of them).
+                    u32::try_from(s.as_usize() >> dfa.stride2())
+                        .ok()
+                        .and_then(|i| bits.checked_shr(i))
+                        .is_some_and(|b| b & 1 == 1)
+                })
             }),
             RegexForm::Dense {
                 dfa,
