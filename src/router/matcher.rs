@@ -148,13 +148,10 @@ impl RegexForm {
                 after_head,
                 eoi_match: Some(bits),
             } => rest().is_some_and(|rest| {
-                walk(dfa, *after_head, rest).is_some_and(|s| {
-                    // Every state the walk reaches has a bit (`eoi_matches` visits all of them).
-                    u32::try_from(s.as_usize() >> dfa.stride2())
-                        .ok()
-                        .and_then(|i| bits.checked_shr(i))
-                        .is_some_and(|b| b & 1 == 1)
-                })
+                // Every state the walk reaches has a bit (`eoi_matches` visits all of them).
+                walk(dfa, *after_head, rest)
+                    .and_then(|s| bits.checked_shr(state_number(dfa, s)?))
+                    .is_some_and(|b| b & 1 == 1)
             }),
             RegexForm::Dense {
                 dfa,
@@ -196,10 +193,16 @@ fn dfa_matches_from(dfa: &impl Automaton, state: StateID, rest: &[u8]) -> bool {
     walk(dfa, state, rest).is_some_and(|s| dfa.is_match_state(dfa.next_eoi_state(s)))
 }
 
+/// The number of a dense DFA's state (its index in the transition table), the bit `eoi_matches` gives it.
+#[inline]
+fn state_number(dfa: &regex_automata::dfa::dense::DFA<Vec<u32>>, s: StateID) -> Option<u32> {
+    u32::try_from(s.as_usize() >> dfa.stride2()).ok()
+}
+
 /// Which states reachable from `from` accept at the end of the text, as a bitset by state number (see
 /// `RegexForm::Dense`); `None` when a reachable state is numbered 64 or more.
 fn eoi_matches(dfa: &regex_automata::dfa::dense::DFA<Vec<u32>>, from: StateID) -> Option<u64> {
-    let bit = |s: StateID| 1u64.checked_shl(u32::try_from(s.as_usize() >> dfa.stride2()).ok()?);
+    let bit = |s: StateID| 1u64.checked_shl(state_number(dfa, s)?);
     let mut seen = bit(from)?;
     let mut todo = vec![from];
     let mut bits = 0u64;
