@@ -7,6 +7,7 @@
 //! | `GET /config` | the current model as JSON (`version`, `listeners`) |
 //! | `GET /diagnostics` | the problems found in the current configuration sources, as JSON strings |
 //! | `GET /listeners` | the listener ports and whether they are bound |
+//! | `GET /rounds` | how many configuration rounds ran, the objects the latest one read, the version it left |
 //! | `GET /status` | Gateway API status of our GatewayClasses, Gateways, ListenerSets and routes (Kubernetes field names) |
 
 use crate::proxy::ListenerState;
@@ -125,6 +126,7 @@ impl Admin {
                     statuses: self.status(),
                 })
             }
+            "/rounds" => json(&self.store.rounds()),
             "/listeners" => {
                 let states = self.listeners.lock().map(|s| s.clone()).unwrap_or_default();
                 json(&states)

@@ -88,6 +88,7 @@ impl Control {
         self.statuses.store(Arc::new(out.statuses));
 
         let published = self.store.publish(out.model);
+        self.store.record_round(loaded.input.len());
         drop(out.diagnostics);
         if let Some(hook) = self.after_round {
             hook();
