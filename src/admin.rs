@@ -7,6 +7,7 @@
 //! | `GET /config` | the current model as JSON (`version`, `listeners`) |
 //! | `GET /diagnostics` | the problems found in the current configuration sources, as JSON strings |
 //! | `GET /listeners` | the listener ports and whether they are bound |
+//! | `GET /upstreams` | every backend: retries, failures, ejections, and each endpoint's health and attempts |
 //! | `GET /status` | Gateway API status of our GatewayClasses, Gateways, ListenerSets and routes (Kubernetes field names) |
 
 use crate::proxy::ListenerState;
@@ -128,6 +129,11 @@ impl Admin {
             "/listeners" => {
                 let states = self.listeners.lock().map(|s| s.clone()).unwrap_or_default();
                 json(&states)
+            }
+            "/upstreams" => {
+                let snap = self.store.load();
+                let reports: Vec<_> = snap.upstreams.all().iter().map(|u| u.report()).collect();
+                json(&reports)
             }
             _ => (StatusCode::NOT_FOUND, TEXT, b"not found\n".to_vec()),
         }

@@ -176,6 +176,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         );
     }
     data_rt.spawn(listeners.run(stop_rx.clone()));
+    data_rt.spawn(portcullis::proxy::upstream::run_active_checks(
+        store.clone(),
+        stop_rx.clone(),
+    ));
 
     // Admin API and file watching on the control-plane runtime.
     let admin = Arc::new(Admin::new(

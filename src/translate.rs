@@ -4,6 +4,7 @@
 //! become [`Diagnostic`]s (and, for Gateway API, the status the spec requires), never an `Err` or a panic: one bad
 //! object never stops the others from being served.
 
+mod backendpolicy;
 mod backendtls;
 mod builder;
 mod gateway;
@@ -165,7 +166,10 @@ pub fn translate(input: &Input, opts: &Options) -> Output {
     gws.finish(&mut statuses);
     statuses.sort();
 
-    let model = model.finish(&mut diags);
+    for (object, problem) in refs.policy_problems() {
+        diags.warning(object, problem.clone());
+    }
+    let model = model.finish(&mut diags, refs.take_backends());
     let mut diagnostics = diags.0;
     diagnostics.sort();
     diagnostics.dedup();

@@ -385,7 +385,7 @@ fn backend(
         }
     };
     match refs.service_backend(ns, &svc.name, port) {
-        Ok(s) => Backend::Service(s),
+        Ok(s) => Backend::Service(refs.register(s)),
         Err(e) => {
             if !matches!(e, BackendError::NoReadyEndpoints(..)) {
                 diags.warning(object, format!("{field}: {e}; requests get 503"));
