@@ -17,6 +17,7 @@ use proto_conformance::harness::report::{self, Expected};
 use proto_conformance::harness::runner::{
     calculate_host, CaseResult, Outcome, RunResults, StatusResult,
 };
+use proto_conformance::harness::runtime_objects;
 use proto_conformance::harness::status::{self, Assertion, StatusView};
 use proto_conformance::harness::tlsverify::go_match_hostname;
 use proto_conformance::harness::util::{canonical_header_key, pod_name, uuid_v4, Rng};
@@ -1356,4 +1357,150 @@ fn expected_file_round_trip_and_check() {
         report::headline(&with_status),
         "conformance: 4 passed, 1 failed, 1 skipped"
     );
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Suites, gRPC and L4 case files, objects created at run time
+// ---------------------------------------------------------------------------------------------------------
+
+#[test]
+fn suites_parse() {
+    assert_eq!(Suite::parse_list("http"), Ok(vec![Suite::Http]));
+    assert_eq!(
+        Suite::parse_list("l4, grpc,l4"),
+        Ok(vec![Suite::Grpc, Suite::L4])
+    );
+    assert_eq!(Suite::parse_list("all"), Ok(Suite::ALL.to_vec()));
+    assert!(Suite::parse_list("tcp").is_err());
+    assert!(Suite::parse_list(" , ").is_err());
+}
+
+#[test]
+fn every_grpc_and_l4_case_is_understood() {
+    let conf = proto_conformance::harness::data::Conformance::load(&data_root()).expect("data");
+    assert_eq!(conf.count(Suite::Http), 400);
+    assert_eq!(conf.count(Suite::Grpc), 36);
+    assert_eq!(conf.count(Suite::L4), 34);
+    for c in &conf.grpc_cases {
+        assert!(
+            c.grpc
+                .method
+                .starts_with(&format!("/{}/", proto_conformance::echo::grpc::SERVICE)),
+            "{}",
+            c.id
+        );
+        assert!(
+            c.expect_failure || c.grpc.expected_code.is_some(),
+            "{}",
+            c.id
+        );
+    }
+    for c in &conf.l4_cases {
+        match c.kind.as_str() {
+            "tcp" => assert!(
+                c.l4.as_ref().and_then(|l| l.backend.as_ref()).is_some(),
+                "{}",
+                c.id
+            ),
+            "tcp_echo" | "udp_echo" => {}
+            "udp_dns" => assert!(c.l4.as_ref().and_then(|l| l.dns_query_a.as_ref()).is_some()),
+            "tls_connection_rejected" => assert!(c.tls.is_some(), "{}", c.id),
+            other => panic!("{}: unknown kind {other}", c.id),
+        }
+        if c.use_tls {
+            assert!(c.trust_ca.is_some() && c.server_name.is_some(), "{}", c.id);
+        }
+        for change in &c.after_state_changes {
+            let words: Vec<&str> = change
+                .split_whitespace()
+                .map(|w| w.trim_matches(|ch| ch == '[' || ch == ']'))
+                .collect();
+            assert_eq!(words[0], "MustApplyObjectsWithCleanup", "{change}");
+            assert!(
+                runtime_objects::build(words[1], words[2]).is_some(),
+                "the harness builds {change}"
+            );
+        }
+    }
+    // A test with HTTP and L4 cases gets both, in id order, only from the selected suites.
+    let both = conf.all_cases_of("TLSRouteHostnameIntersection", &Suite::ALL);
+    assert_eq!(both.len(), 11);
+    assert!(both.windows(2).all(|w| w[0].id() < w[1].id()));
+    assert_eq!(both[10].suite(), Suite::L4);
+    assert_eq!(
+        conf.all_cases_of("TLSRouteHostnameIntersection", &[Suite::Http])
+            .len(),
+        7
+    );
+}
+
+#[test]
+fn runtime_routes_are_newer_than_the_world() {
+    let certs = CertStore::generate().expect("certificates");
+    let opts = WorldOptions {
+        index: 2,
+        inject_addresses: true,
+        bind_address: Ipv4Addr::LOCALHOST,
+    };
+    let mut plan = world::build_world(
+        &data_root(),
+        &["tests/tcproute-multiple-routes-attachment.yaml".into()],
+        &certs,
+        &opts,
+    )
+    .expect("world");
+    let obj = runtime_objects::build(
+        "TCPRoute",
+        "gateway-conformance-infra/tcproute-attach-newer",
+    )
+    .expect("known object");
+    assert_eq!(
+        obj["spec"]["rules"][0]["backendRefs"][0]["name"],
+        "tcp-attach-backend-2"
+    );
+    assert_eq!(obj["spec"]["parentRefs"][0]["sectionName"], "tcp");
+    let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_289_649);
+    runtime_objects::add_newer(&mut plan, obj, now);
+    let older = plan
+        .find(
+            "TCPRoute",
+            "gateway-conformance-infra/tcproute-attach-older",
+        )
+        .expect("older");
+    let newer = plan
+        .find(
+            "TCPRoute",
+            "gateway-conformance-infra/tcproute-attach-newer",
+        )
+        .expect("newer");
+    assert_eq!(
+        older["metadata"]["creationTimestamp"],
+        "2026-12-03T09:20:48Z"
+    );
+    assert_eq!(
+        newer["metadata"]["creationTimestamp"],
+        "2026-12-03T09:20:49Z"
+    );
+    assert_eq!(newer["metadata"]["generation"], 1);
+    assert!(runtime_objects::build("TCPRoute", "x/unknown").is_none());
+    // Gateways of the L4 tests record their UDP listener ports.
+    let udp = world::build_world(
+        &data_root(),
+        &["tests/udproute-parentref-attach-all-listeners.yaml".into()],
+        &certs,
+        &opts,
+    )
+    .expect("world");
+    let gw = &udp.gateways["gateway-conformance-infra/udp-attach-all-listeners-gateway"];
+    assert_eq!(
+        gw.udp_ports.iter().copied().collect::<Vec<_>>(),
+        [5310, 5311, 5312]
+    );
+    let pod = udp
+        .pods
+        .iter()
+        .find(|p| p.deployment == "udp-echo-attach-all")
+        .expect("pod");
+    assert_eq!(pod.service_name, "udp-echo-attach-all");
+    assert!(matches!(pod.backend, Some(BackendPlan::Udp { port: 8080 })));
 }
