@@ -225,8 +225,12 @@ async fn grpc_echo_answers_echo_echotwo_and_not_echothree() {
     let h2_task = tokio::spawn(async move {
         if let Ok((stream, _)) = plain_h2.accept().await {
             let svc = hyper::service::service_fn(|_req| async {
-                let mut resp = http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                let mut resp = http::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(b"404 page not found\n"),
+                ));
                 *resp.status_mut() = http::StatusCode::NOT_FOUND;
+                resp.headers_mut()
+                    .insert("content-type", http::HeaderValue::from_static("text/plain"));
                 Ok::<_, std::convert::Infallible>(resp)
             });
             let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())

@@ -3,8 +3,9 @@
 //! One unary RPC per connection (upstream's weight sampler also dials per request), HTTP/2 with prior knowledge
 //! (h2c, upstream's `insecure` credentials) or over TLS with ALPN `h2`, the case's `:authority` (else the gateway
 //! address, as `grpc.NewClient(address)` sets it), its metadata with lower-case keys (Go's `metadata.New`), and an
-//! empty `EchoRequest`. tonic does the gRPC framing and maps a response without `grpc-status` from its HTTP status
-//! as grpc-go does (404 → `UNIMPLEMENTED`, 503 → `UNAVAILABLE`, ...).
+//! empty `EchoRequest`. tonic does the gRPC framing; a response that is not gRPC (HTTP status other than 200, or a
+//! content type other than `application/grpc`) gets its code from the HTTP status as in grpc-go (404 →
+//! `UNIMPLEMENTED`, 503 → `UNAVAILABLE`, other → `UNKNOWN`), whatever its body.
 //!
 //! A failure to reach the gateway at all (TCP connect, TLS handshake) is not a gRPC status: it is reported as
 //! [`RpcOutcome::NoAnswer`], which never satisfies a case (not even an `expect_failure` one), so a proxy that does
@@ -148,8 +149,58 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for H2Service {
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         let fut = self.0.send_request(req);
-        Box::pin(async move { fut.await.map_err(|e| transport_status(&e)) })
+        Box::pin(async move {
+            let resp = fut.await.map_err(|e| transport_status(&e))?;
+            match non_grpc_status(resp.status(), resp.headers()) {
+                Some(status) => Err(status),
+                None => Ok(resp),
+            }
+        })
     }
+}
+
+/// grpc-go's `HTTPStatusConvTab`: the code of a response that is not a gRPC response.
+pub fn code_from_http_status(status: http::StatusCode) -> Code {
+    match status.as_u16() {
+        400 => Code::Internal,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502 | 503 | 504 => Code::Unavailable,
+        _ => Code::Unknown,
+    }
+}
+
+/// grpc-go's client on response headers: a status other than 200, or a content type other than
+/// `application/grpc[+...]`, ends the RPC with the code of the HTTP status (whatever the body holds; tonic
+/// alone would try to decode the body as gRPC messages). `None` for a gRPC response.
+fn non_grpc_status(status: http::StatusCode, headers: &http::HeaderMap) -> Option<tonic::Status> {
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let is_grpc = content_type == "application/grpc"
+        || content_type.starts_with("application/grpc+")
+        || content_type.starts_with("application/grpc;");
+    if status == http::StatusCode::OK && is_grpc {
+        return None;
+    }
+    let mut message = String::new();
+    if status != http::StatusCode::OK {
+        message.push_str(&format!(
+            "unexpected HTTP status code received from server: {}",
+            status.as_u16()
+        ));
+    }
+    if !is_grpc {
+        if !message.is_empty() {
+            message.push_str("; ");
+        }
+        message.push_str(&format!(
+            "transport: received unexpected content-type {content_type:?}"
+        ));
+    }
+    Some(tonic::Status::new(code_from_http_status(status), message))
 }
 
 /// Makes one RPC on a fresh connection.
