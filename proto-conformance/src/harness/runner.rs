@@ -521,10 +521,15 @@ async fn run_cases(
     } else {
         rt.opts.case_concurrency.max(1)
     };
-    // Segments: a case with state changes starts a new segment, run after everything before it.
+    // Segments: a case with state changes starts a new segment, run after everything before it; consecutive
+    // cases after the same changes share one segment (the changes are made once).
     let mut segments: Vec<Vec<AnyCase>> = Vec::new();
     for c in cases {
-        if !c.after_state_changes().is_empty() || segments.is_empty() {
+        let same_changes = segments
+            .last()
+            .and_then(|seg| seg.last())
+            .is_some_and(|prev| prev.after_state_changes() == c.after_state_changes());
+        if segments.is_empty() || (!c.after_state_changes().is_empty() && !same_changes) {
             segments.push(Vec::new());
         }
         if let Some(last) = segments.last_mut() {
