@@ -13,4 +13,6 @@ pub mod mirror;
 pub mod passthrough;
 pub mod upstream_tls;
 
-pub use listeners::{accept_loop, bind, Connections, Handshake, ListenerManager, ListenerState};
+pub use listeners::{
+    accept_loop, bind, Connections, Handshake, ListenerManager, ListenerState, Stopped,
+};
