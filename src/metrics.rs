@@ -40,6 +40,7 @@ use crate::translate::status::Statuses;
 use crate::translate::{Diagnostic, Severity};
 use prometheus::{Encoder, Gauge, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
 use std::sync::{Mutex, OnceLock};
 use std::time::SystemTime;
 
@@ -239,9 +240,13 @@ pub fn leaf_not_after(pem: &str) -> Option<i64> {
     Some(cert.validity().not_after.timestamp())
 }
 
+/// A Secret's `(namespace, name)` with the hash of its certificate PEM and the leaf's `notAfter`.
+type Expiries = BTreeMap<(String, String), (u64, i64)>;
+
 /// Expiry of the leaf certificate of every Secret the model serves or presents: listener certificates (Ingress
 /// `spec.tls`, Gateway listeners) and backend client certificates. A Secret used in several places appears once.
-pub fn certificate_expiry(model: &Model) -> BTreeMap<(String, String), i64> {
+/// Certificates whose PEM hashes as in `known` (the previous publish) are not parsed again.
+fn certificate_expiry(model: &Model, known: &Expiries) -> Expiries {
     let mut out = BTreeMap::new();
     let mut add = |source: &str, pem: &str| {
         let Some(key) = secret_name(source) else {
@@ -250,9 +255,16 @@ pub fn certificate_expiry(model: &Model) -> BTreeMap<(String, String), i64> {
         if out.contains_key(&key) {
             return;
         }
-        match leaf_not_after(pem) {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        pem.hash(&mut h);
+        let hash = h.finish();
+        let not_after = match known.get(&key) {
+            Some((k, t)) if *k == hash => Some(*t),
+            _ => leaf_not_after(pem),
+        };
+        match not_after {
             Some(t) => {
-                out.insert(key, t);
+                out.insert(key, (hash, t));
             }
             None => tracing::debug!(secret = %source, "certificate expiry not readable"),
         }
@@ -279,7 +291,7 @@ pub fn certificate_expiry(model: &Model) -> BTreeMap<(String, String), i64> {
 /// that left it can be removed.
 #[derive(Default)]
 struct Exported {
-    certificates: BTreeSet<(String, String)>,
+    certificates: Expiries,
     backends: BTreeSet<(String, String, u16)>,
 }
 
@@ -465,24 +477,24 @@ impl Metrics {
     /// Sets the gauges that follow the published model (certificate expiry, backend endpoints), removing the label
     /// sets of Secrets and backends that are no longer in it.
     pub fn set_model(&self, model: &Model) {
-        let certs = certificate_expiry(model);
         let backends = backend_endpoints(model);
         let mut exported = self
             .exported
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for (ns, name) in &exported.certificates {
+        let certs = certificate_expiry(model, &exported.certificates);
+        for (ns, name) in exported.certificates.keys() {
             if !certs.contains_key(&(ns.clone(), name.clone())) {
                 let _ = self.certificate_expiry.remove_label_values(&[ns, name]);
             }
         }
-        for ((ns, name), t) in &certs {
+        for ((ns, name), (_, t)) in &certs {
             // Seconds since the epoch fit a f64 exactly for any real date.
             self.certificate_expiry
                 .with_label_values(&[ns, name])
                 .set(*t as f64);
         }
-        exported.certificates = certs.into_keys().collect();
+        exported.certificates = certs;
         for (ns, name, port) in &exported.backends {
             if !backends.contains_key(&(ns.clone(), name.clone(), *port)) {
                 let _ = self
@@ -708,6 +720,19 @@ mod tests {
             ),
             "{t}"
         );
+
+        // The Secret rotated: same name, a new certificate, a new expiry (not the remembered one).
+        let rotated = ListenerCertificate {
+            cert_pem: cert_pem((2032, 1, 1)),
+            ..first.listeners[0].tls.as_ref().unwrap().certificates[0].clone()
+        };
+        let mut renewed = first.clone();
+        renewed.listeners[0].tls.as_mut().unwrap().certificates = vec![rotated];
+        m.set_model(&renewed);
+        // 2032-01-01T00:00:00Z
+        assert!(text(&m).contains(
+            "portcullis_tls_certificate_expiry_timestamp_seconds{name=\"shop-tls\",namespace=\"shop\"} 1956528000"
+        ));
 
         // The next model drops the certificate and the web backend: their series go.
         let second = model(
