@@ -71,17 +71,25 @@ pub struct RunArgs {
     /// non-root runs.
     #[arg(long, default_value_t = 0)]
     pub port_offset: u16,
-    /// Address of the admin API (/healthz, /readyz, /config).
+    /// Address of the admin API (/healthz, /readyz, /metrics, /config, /status, ...).
     #[arg(long, default_value = "127.0.0.1:9901")]
     pub admin_addr: SocketAddr,
+    /// Address of the health port, serving only /healthz, /readyz and /metrics (for kubelet probes and
+    /// Prometheus on the pod IP). Off when not given.
+    #[arg(long, value_name = "ADDR")]
+    pub health_addr: Option<SocketAddr>,
     /// IP address the proxy listeners bind.
     #[arg(long, default_value = "0.0.0.0")]
     pub bind_address: IpAddr,
     /// Data-plane worker threads (default: one per CPU).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Seconds to let open connections finish after SIGTERM/SIGINT.
-    #[arg(long, default_value_t = 5)]
+    /// Seconds the listeners keep accepting after SIGTERM while /readyz answers 503, so load balancers take this
+    /// instance out before it stops accepting (SIGINT skips it).
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub shutdown_delay: u64,
+    /// Seconds to let open connections finish once the listeners are closed.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub shutdown_grace: u64,
 }
 

@@ -1,6 +1,7 @@
 //! The control plane loop: source -> translate -> publish, with the problems of each round kept for the admin API
 //! and logged once when they first appear.
 
+use crate::metrics::{Metrics, Round, RouteCounts};
 use crate::report;
 use crate::snapshot::Store;
 use crate::source::file::{FileLoader, Loaded, Watcher};
@@ -18,6 +19,7 @@ pub struct Control {
     statuses: Arc<ArcSwap<Statuses>>,
     logged: BTreeSet<String>,
     after_round: Option<fn()>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// What one round did.
@@ -41,7 +43,19 @@ impl Control {
             statuses: Arc::new(ArcSwap::from_pointee(Statuses::default())),
             logged: BTreeSet::new(),
             after_round: None,
+            metrics: None,
         }
+    }
+
+    /// Records every round in `metrics` (rounds by result, routes, and the gauges that follow the published
+    /// model).
+    pub fn set_metrics(&mut self, metrics: Arc<Metrics>) {
+        self.metrics = Some(metrics);
+    }
+
+    /// The metrics rounds are recorded in, if any.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
     }
 
     /// Runs `hook` at the end of every round, once the round's temporaries are freed. The binary uses it to
@@ -85,14 +99,15 @@ impl Control {
         }
         self.logged = current;
         self.diagnostics.store(Arc::new(lines));
+        let routes = self
+            .metrics
+            .as_ref()
+            .map(|_| RouteCounts::new(&out.model, &out.diagnostics, &out.statuses));
         self.statuses.store(Arc::new(out.statuses));
 
         let published = self.store.publish(out.model);
         drop(out.diagnostics);
-        if let Some(hook) = self.after_round {
-            hook();
-        }
-        match published {
+        let outcome = match published {
             Ok(Some(v)) => {
                 tracing::info!(version = v, "configuration published");
                 Outcome::Published(v)
@@ -102,7 +117,25 @@ impl Control {
                 tracing::error!(error = %e, "configuration refused; the previous one keeps serving");
                 Outcome::Refused
             }
+        };
+        if let Some(m) = &self.metrics {
+            match outcome {
+                Outcome::Published(_) => {
+                    m.set_model(&self.store.load().model);
+                    m.round(Round::Published);
+                }
+                Outcome::Unchanged => m.round(Round::Unchanged),
+                Outcome::Refused => m.round(Round::Refused),
+            }
+            // The counts describe the table being served: not updated when the round was refused.
+            if let (Some(counts), false) = (routes, outcome == Outcome::Refused) {
+                m.set_routes(&counts);
+            }
         }
+        if let Some(hook) = self.after_round {
+            hook();
+        }
+        outcome
     }
 
     /// Reloads and republishes on every change the watcher reports, until it stops.

@@ -14,4 +14,6 @@ pub mod passthrough;
 pub mod upstream;
 pub mod upstream_tls;
 
-pub use listeners::{accept_loop, bind, Connections, Handshake, ListenerManager, ListenerState};
+pub use listeners::{
+    accept_loop, bind, Connections, Handshake, ListenerManager, ListenerState, Stopped,
+};

@@ -395,6 +395,7 @@ async fn every_kind_reaches_the_input() -> Result<()> {
 
     stop_tx.send(true)?;
     tokio::time::timeout(Duration::from_secs(5), task).await??;
+    kube::rbac::assert_within(&fake, "cluster", None);
     Ok(())
 }
 
@@ -857,6 +858,7 @@ async fn watch_cut_resumed_relisted_and_failing() -> Result<()> {
             .is_ok_and(|r| r.pod() == "api-1")
     })?;
     println!("changes flow again {took:?} after the API server recovered");
+    kube::rbac::assert_within(&fake, "cluster", None);
     Ok(())
 }
 
@@ -927,6 +929,7 @@ spec:
         p.log_text().contains("CRD no longer served")
     })?;
     assert_eq!(p.get("shop.example.com", "/")?.pod(), "web-1");
+    kube::rbac::assert_within(&fake, "cluster", None);
     Ok(())
 }
 

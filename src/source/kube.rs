@@ -485,6 +485,19 @@ impl KubeSource {
             (rx, None)
         };
 
+        if let Some(gauge) = control.metrics().and_then(|m| m.leader()).cloned() {
+            // portcullis_leader follows the Lease until the election task ends (it sends false on release).
+            let mut leader = leader_rx.clone();
+            tokio::spawn(async move {
+                loop {
+                    gauge.set(i64::from(*leader.borrow_and_update()));
+                    if leader.changed().await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+
         let round_rx = round_tx.subscribe();
         let status_task = tokio::spawn(status::run(
             client.clone(),
