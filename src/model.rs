@@ -8,6 +8,7 @@
 //! - collections are sorted deterministically, so two translations of the same input compare equal.
 
 mod host;
+pub mod policy;
 pub mod precedence;
 mod rule;
 mod tls;

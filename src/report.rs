@@ -66,6 +66,7 @@ fn filter_text(f: &Filter) -> String {
         }
         Filter::Cors(c) => format!("cors(origins={})", c.allow_origins.join(",")),
         Filter::RequestRedirect(r) => format!("redirect({})", r.status),
+        Filter::Policy(p) => format!("ingress-nginx({})", p.source),
     }
 }
 

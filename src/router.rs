@@ -276,6 +276,8 @@ pub struct CompiledRule {
     pub mirrors: Box<[CompiledMirror]>,
     /// CORS settings of the rule.
     pub cors: Option<CompiledCors>,
+    /// ingress-nginx annotation behaviour of the rule (`proxy::policy`).
+    pub policy: Option<Arc<crate::proxy::policy::CompiledPolicy>>,
 }
 
 /// A request mirror ready to use.
@@ -679,6 +681,10 @@ fn compile_rule(rule: &HttpRule) -> Result<Arc<CompiledRule>, CompileError> {
         mirrors: compile_mirrors(&rule.filters),
         cors: rule.filters.iter().find_map(|f| match f {
             Filter::Cors(c) => Some(CompiledCors::new(c)),
+            _ => None,
+        }),
+        policy: rule.filters.iter().find_map(|f| match f {
+            Filter::Policy(p) => Some(Arc::new(crate::proxy::policy::CompiledPolicy::new(p))),
             _ => None,
         }),
     }))

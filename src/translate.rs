@@ -9,6 +9,7 @@ mod builder;
 mod gateway;
 mod httproute;
 mod ingress;
+pub mod nginx;
 mod refs;
 mod routes;
 pub mod status;
@@ -35,6 +36,8 @@ pub struct Options {
     /// Addresses reported in the status of Gateways that do not ask for their own (the bind address in
     /// standalone mode, the published addresses in a cluster).
     pub default_addresses: Vec<String>,
+    /// ingress-nginx compatibility: the annotation prefix and the IngressClasses taken over.
+    pub nginx: nginx::NginxOptions,
 }
 
 /// Re-reads a value as another generated type with the same JSON shape (the gateway-api crate generates separate,
@@ -59,6 +62,7 @@ impl Default for Options {
             ingress_controller: INGRESS_CONTROLLER.to_string(),
             gateway_controller: GATEWAY_CONTROLLER.to_string(),
             default_addresses: Vec::new(),
+            nginx: nginx::NginxOptions::default(),
         }
     }
 }
@@ -103,6 +107,10 @@ pub struct Output {
     pub diagnostics: Vec<Diagnostic>,
     /// Gateway API status of our objects.
     pub statuses: Statuses,
+    /// Ingresses refused as a whole (an annotation value ingress-nginx refuses): nothing of them is in `model`;
+    /// the caller may translate again with their last good version (see `control`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<ObjectRef>,
 }
 
 /// Collects diagnostics while translating.
@@ -140,7 +148,7 @@ pub fn translate(input: &Input, opts: &Options) -> Output {
 
     let mut statuses = Statuses::default();
 
-    ingress::translate(input, opts, &refs, &mut model, &mut diags);
+    let rejected = ingress::translate(input, opts, &refs, &mut model, &mut diags);
     gateway::class_statuses(input, opts, &mut statuses);
     let mut gws = gateway::translate(input, opts, &refs, &mut model, &mut diags);
     let policies = backendtls::Policies::new(input, &refs);
@@ -173,5 +181,6 @@ pub fn translate(input: &Input, opts: &Options) -> Output {
         model,
         diagnostics,
         statuses,
+        rejected,
     }
 }

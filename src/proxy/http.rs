@@ -14,6 +14,7 @@
 //!   the status the client gets (504 for timeouts).
 
 use super::mirror::{MirrorBodies, Mirrors};
+use super::policy;
 use super::upstream_tls::TlsConnect;
 use crate::model::{BackendProtocol, Cors, Filter, HeaderModifier, PathModifier, Redirect};
 use crate::router::{
@@ -85,6 +86,8 @@ pub struct Ctx {
     cors_origin: Option<HeaderValue>,
     mirrors: MirrorBodies,
     mirrors_started: bool,
+    /// ingress-nginx policy state of the request (`proxy::policy`).
+    policy: policy::RequestState,
 }
 
 impl Ctx {
@@ -288,7 +291,8 @@ fn apply_request_filters(
             Filter::ResponseHeaderModifier(_)
             | Filter::RequestMirror(_)
             | Filter::Cors(_)
-            | Filter::RequestRedirect(_) => {}
+            | Filter::RequestRedirect(_)
+            | Filter::Policy(_) => {}
         }
     }
     Ok(())
@@ -445,6 +449,17 @@ impl ProxyHttp for HttpApp {
             Lookup::NotFound => return respond(session, 404, None).await,
             Lookup::Misdirected => return respond(session, 421, None).await,
         };
+        // ingress-nginx policy hook: redirects, limits, access checks, auth, canary choice.
+        if let Some(p) = entry.rule.policy.clone() {
+            let conn = policy::Conn {
+                tls: self.tls,
+                port: self.port,
+            };
+            if let Some(answer) = policy::on_request(&p, session, &mut ctx.policy, conn).await? {
+                return policy::write_answer(session, answer).await;
+            }
+        }
+        let req = session.req_header();
         // CORS: answer allowed preflights here; remember allowed origins for the response.
         if let Some(cors) = &entry.rule.cors {
             let origin = req.headers.get(http::header::ORIGIN).cloned();
@@ -467,7 +482,12 @@ impl ProxyHttp for HttpApp {
                     None => Err((500, None)),
                 }
             }
-            CompiledAction::Forward(w) => match w.pick() {
+            // ingress-nginx policy hook: a canary decision picks the backend instead of the weights.
+            CompiledAction::Forward(w) => match ctx
+                .policy
+                .forced_backend
+                .map_or_else(|| w.pick(), |i| w.backends().get(i))
+            {
                 None => Err((500, None)),
                 Some(b) if b.redirect.is_some() => {
                     let loc = b.redirect.as_ref().and_then(|rd| {
@@ -564,6 +584,10 @@ impl ProxyHttp for HttpApp {
             peer.options.read_timeout = Some(l);
             peer.options.write_timeout = Some(l);
         }
+        // ingress-nginx policy hook: idle read and send timeouts.
+        if let Some(p) = ctx.entry.as_ref().and_then(|e| e.rule.policy.as_ref()) {
+            policy::peer_options(p, &mut peer);
+        }
         Ok(Box::new(peer))
     }
 
@@ -606,6 +630,14 @@ impl ProxyHttp for HttpApp {
         if let Some(b) = ctx.backend() {
             apply_request_filters(&b.filters, upstream, prefix)?;
         }
+        // ingress-nginx policy hook: rewrite, Host, auth headers, forwarded headers.
+        if let Some(p) = &entry.rule.policy {
+            let conn = policy::Conn {
+                tls: self.tls,
+                port: self.port,
+            };
+            policy::upstream_request(p, &ctx.policy, upstream, conn)?;
+        }
         // Mirrors get the request as it goes upstream, once (not again on retries).
         if !ctx.mirrors_started {
             ctx.mirrors_started = true;
@@ -629,6 +661,10 @@ impl ProxyHttp for HttpApp {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // ingress-nginx policy hook: the body size limit.
+        if let Some(p) = ctx.entry.as_ref().and_then(|e| e.rule.policy.clone()) {
+            policy::request_body(&p, &mut ctx.policy, body.as_ref())?;
+        }
         if !ctx.mirrors.is_empty() {
             if let Some(chunk) = body.as_ref() {
                 ctx.mirrors.send(chunk);
@@ -692,6 +728,10 @@ impl ProxyHttp for HttpApp {
                 )?;
             }
             resp.append_header(http::header::VARY, "Origin")?;
+        }
+        // ingress-nginx policy hook: CORS headers, external auth cookies.
+        if let Some(p) = &entry.rule.policy {
+            policy::response(p, &ctx.policy, resp)?;
         }
         Ok(())
     }
