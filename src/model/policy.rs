@@ -76,13 +76,17 @@ pub struct Policy {
     pub forwarded: Option<Forwarded>,
 }
 
-/// A redirect answered as given (`return CODE URL` in nginx): the query string is not added.
+/// A redirect answered as given (`return CODE URL` in nginx: the query string is not added), or nginx's redirect of
+/// a prefix location's name without its trailing slash.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FixedRedirect {
     /// 300-308.
     pub status: u16,
-    /// The `Location`, as written in the annotation.
+    /// The `Location`, as written in the annotation; a path (starting with `/`) is made absolute with the
+    /// request's scheme and host, without a port (nginx's `absolute_redirect`, `port_in_redirect off`).
     pub location: String,
+    /// Append the request's query string (nginx's own redirect of `/dir` to `/dir/` does).
+    pub keep_query: bool,
 }
 
 /// Redirection of plain-HTTP requests to https.

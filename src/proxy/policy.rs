@@ -283,6 +283,10 @@ pub async fn on_request(
         } else {
             r.location.clone()
         };
+        let location = match (r.keep_query, req.uri.query()) {
+            (true, Some(q)) => format!("{location}?{q}"),
+            _ => location,
+        };
         return Ok(Some(Answer::redirect(r.status, &location)));
     }
     if let Some(s) = &pol.ssl_redirect {
@@ -901,11 +905,12 @@ const AUTH_TIMEOUT: Duration = Duration::from_secs(60);
 /// The largest auth response body read (and discarded) before the connection is dropped instead of reused.
 const AUTH_BODY_MAX: usize = 64 * 1024;
 
-/// `$escaped_request_uri`: the request target percent-encoded for a query parameter value.
+/// `$escaped_request_uri` (nginx's `set_escape_uri`): the request target percent-encoded for a query parameter
+/// value, everything but letters, digits and `- . _ ~` escaped.
 fn escape_uri(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
             out.push(char::from(b));
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -1238,6 +1243,6 @@ mod tests {
 
     #[test]
     fn escaped_request_uri() {
-        assert_eq!(escape_uri("/a b?x=1&y"), "/a%20b%3Fx%3D1%26y");
+        assert_eq!(escape_uri("/a b?x=1&y"), "%2Fa%20b%3Fx%3D1%26y");
     }
 }

@@ -562,6 +562,7 @@ fn policy_for(
             r.url.as_ref().map(|u| FixedRedirect {
                 status: r.code,
                 location: u.clone(),
+                keep_query: false,
             })
         }),
         ssl_redirect,
@@ -802,7 +803,15 @@ fn translate_one(
                     path: PathMatch::Exact(short.to_string()),
                     ..RouteMatch::any()
                 }],
-                filters: vec![],
+                filters: vec![Filter::Policy(Box::new(Policy {
+                    source: format!("{}/{}", e.ns(), e.name()),
+                    redirect: Some(FixedRedirect {
+                        status: 301,
+                        location: raw.to_string(),
+                        keep_query: true,
+                    }),
+                    ..Policy::default()
+                }))],
                 action: Action::Redirect(Redirect {
                     scheme: None,
                     hostname: None,
