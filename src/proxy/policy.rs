@@ -15,7 +15,7 @@
 //! by every listener and kept across configuration changes (as nginx keeps its zones across reloads).
 
 use crate::model::policy::{
-    Canary, Cidr, ExternalAuth, NginxCors, PasswordHash, Policy, RateLimit, TemplatePart, UrlPart,
+    Canary, ExternalAuth, NginxCors, PasswordHash, Policy, RateLimit, TemplatePart, UrlPart,
 };
 use base64::Engine as _;
 use bytes::Bytes;
@@ -1067,11 +1067,6 @@ async fn send_auth(
         Ok(r) => Ok(r?),
         Err(_) => Err("external auth timed out".into()),
     }
-}
-
-/// Whether `ip` is within any of `cidrs` (exposed for tests).
-pub fn in_any(cidrs: &[Cidr], ip: IpAddr) -> bool {
-    cidrs.iter().any(|c| c.contains(ip))
 }
 
 #[cfg(test)]

@@ -805,12 +805,6 @@ pub fn url_template(s: &str) -> Result<Vec<UrlPart>, String> {
     Ok(out)
 }
 
-/// Does the Ingress ask for the canary treatment (`canary: "true"`)? A cheap look before the full parse.
-pub fn is_canary(anns: &BTreeMap<String, String>, prefix: &str) -> bool {
-    anns.get(&format!("{prefix}/canary"))
-        .is_some_and(|v| go_bool(v) == Ok(true))
-}
-
 /// Parses every annotation of one Ingress.
 pub fn parse(anns: &BTreeMap<String, String>, cx: &Context<'_>) -> IngressAnnotations {
     let mut p = P {
