@@ -210,6 +210,10 @@ impl KubeArgs {
             lease: Default::default(),
             ingress_controller: translate.ingress_controller.clone(),
             gateway_controller: translate.gateway_controller.clone(),
+            nginx_config_map: translate.ingress_nginx_configmap.as_ref().and_then(|c| {
+                c.split_once('/')
+                    .map(|(ns, n)| (ns.to_string(), n.to_string()))
+            }),
         })
     }
 }
