@@ -76,7 +76,11 @@ impl Control {
             severities.push(p.severity);
         }
         for d in &out.diagnostics {
-            lines.push(report::diagnostic_line(d, &loaded.locations));
+            lines.push(report::diagnostic_line_at(
+                d,
+                &loaded.locations,
+                &loaded.field_lines,
+            ));
             severities.push(d.severity);
         }
         // Log each problem once, when it first appears.
@@ -131,6 +135,7 @@ impl Control {
                         severity: Severity::Warning,
                         object: r.clone(),
                         message: "its last good version keeps serving".into(),
+                        annotation: None,
                     });
                 }
                 None => notes.push(Diagnostic {
@@ -138,6 +143,7 @@ impl Control {
                     object: r.clone(),
                     message: "no earlier version of this Ingress was accepted; it is not served"
                         .into(),
+                    annotation: None,
                 }),
             }
         }

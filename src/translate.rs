@@ -86,6 +86,9 @@ pub struct Diagnostic {
     pub object: ObjectRef,
     /// What is wrong and, where it helps, how to fix it. Starts with the field path when there is one.
     pub message: String,
+    /// The annotation the problem is about, when it is one (file mode then points at its line).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub annotation: Option<String>,
 }
 
 impl fmt::Display for Diagnostic {
@@ -123,6 +126,7 @@ impl Diagnostics {
             severity: Severity::Error,
             object: object.clone(),
             message: message.into(),
+            annotation: None,
         });
     }
 
@@ -131,6 +135,23 @@ impl Diagnostics {
             severity: Severity::Warning,
             object: object.clone(),
             message: message.into(),
+            annotation: None,
+        });
+    }
+
+    /// A problem with one annotation of `object`.
+    pub(crate) fn annotation(
+        &mut self,
+        severity: Severity,
+        object: &ObjectRef,
+        annotation: &str,
+        message: impl Into<String>,
+    ) {
+        self.0.push(Diagnostic {
+            severity,
+            object: object.clone(),
+            message: message.into(),
+            annotation: Some(annotation.to_string()),
         });
     }
 }

@@ -561,6 +561,7 @@ impl KubeSource {
             let loaded = Loaded {
                 input,
                 locations: HashMap::new(),
+                field_lines: HashMap::new(),
                 problems,
             };
             let outcome = control.apply(&loaded);

@@ -17,7 +17,7 @@ use super::builder::{ListenerKey, ModelBuilder};
 use super::nginx::annotations::{self, IngressAnnotations};
 use super::nginx::{self, Profile, Settings};
 use super::refs::{BackendError, PortRef, Resolver};
-use super::{Diagnostics, Options};
+use super::{Diagnostics, Options, Severity};
 use crate::k8s::{Ingress, IngressClass};
 use crate::model::policy::{
     BasicAuth, Canary, FixedRedirect, Forwarded, Policy, Rewrite, SourceRanges, SslRedirect,
@@ -149,15 +149,17 @@ pub(crate) fn translate(
             }
         };
         for f in &anns.findings {
-            match f {
+            let (severity, key, message) = match f {
                 annotations::Finding::Reject { key, message }
-                | annotations::Finding::Deny { key, message } => {
-                    diags.error(&object, format!("annotation {key}: {message}"))
-                }
-                annotations::Finding::Warn { key, message } => {
-                    diags.warning(&object, format!("annotation {key}: {message}"))
-                }
-            }
+                | annotations::Finding::Deny { key, message } => (Severity::Error, key, message),
+                annotations::Finding::Warn { key, message } => (Severity::Warning, key, message),
+            };
+            diags.annotation(
+                severity,
+                &object,
+                key,
+                format!("annotation {key}: {message}"),
+            );
         }
         if anns.rejected() {
             rejected.push(object);
