@@ -1,14 +1,16 @@
 //! The control plane loop: source -> translate -> publish, with the problems of each round kept for the admin API
 //! and logged once when they first appear.
 
+use crate::k8s::Ingress;
 use crate::metrics::{Metrics, Round, RouteCounts};
 use crate::report;
 use crate::snapshot::Store;
 use crate::source::file::{FileLoader, Loaded, Watcher};
+use crate::source::{Input, ObjectRef};
 use crate::translate::status::Statuses;
-use crate::translate::{self, Options, Severity};
+use crate::translate::{self, Diagnostic, Options, Output, Severity};
 use arc_swap::ArcSwap;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// Translates and publishes what a source loaded.
@@ -20,6 +22,9 @@ pub struct Control {
     logged: BTreeSet<String>,
     after_round: Option<fn()>,
     metrics: Option<Arc<Metrics>>,
+    /// The last version of each Ingress that translation accepted: an Ingress whose annotations are refused is
+    /// translated with it instead (ingress-nginx keeps the Ingress it had when its annotations are refused).
+    last_good: HashMap<ObjectRef, Arc<Ingress>>,
 }
 
 /// What one round did.
@@ -44,6 +49,7 @@ impl Control {
             logged: BTreeSet::new(),
             after_round: None,
             metrics: None,
+            last_good: HashMap::new(),
         }
     }
 
@@ -76,7 +82,7 @@ impl Control {
 
     /// Translates `loaded` and publishes the result if it changed.
     pub fn apply(&mut self, loaded: &Loaded) -> Outcome {
-        let out = translate::translate(&loaded.input, &self.options);
+        let out = self.translate_keeping_last_good(&loaded.input);
         let mut lines = Vec::new();
         let mut severities = Vec::new();
         for p in &loaded.problems {
@@ -84,7 +90,11 @@ impl Control {
             severities.push(p.severity);
         }
         for d in &out.diagnostics {
-            lines.push(report::diagnostic_line(d, &loaded.locations));
+            lines.push(report::diagnostic_line_at(
+                d,
+                &loaded.locations,
+                &loaded.field_lines,
+            ));
             severities.push(d.severity);
         }
         // Log each problem once, when it first appears.
@@ -136,6 +146,72 @@ impl Control {
             hook();
         }
         outcome
+    }
+
+    /// Translates `input`; Ingresses that translation refuses are replaced by their last accepted version (when
+    /// there is one) and the input translated again. Remembers the accepted versions for the next round.
+    fn translate_keeping_last_good(&mut self, input: &Input) -> Output {
+        let first = translate::translate(input, &self.options);
+        let refused: BTreeSet<&ObjectRef> = first.rejected.iter().collect();
+        let mut notes = Vec::new();
+        let mut patched: Option<Input> = None;
+        for r in &first.rejected {
+            match self.last_good.get(r) {
+                Some(old) => {
+                    let input = patched.get_or_insert_with(|| input.clone());
+                    for ing in input.ingresses.iter_mut() {
+                        if ObjectRef::new("Ingress", &ing.metadata) == *r {
+                            *ing = old.clone();
+                        }
+                    }
+                    notes.push(Diagnostic {
+                        severity: Severity::Warning,
+                        object: r.clone(),
+                        message: "its last good version keeps serving".into(),
+                        annotation: None,
+                    });
+                }
+                None => notes.push(Diagnostic {
+                    severity: Severity::Warning,
+                    object: r.clone(),
+                    message: "no earlier version of this Ingress was accepted; it is not served"
+                        .into(),
+                    annotation: None,
+                }),
+            }
+        }
+        // Remember what was accepted this round (the refused ones keep their previous entry).
+        let current: BTreeSet<ObjectRef> = input
+            .ingresses
+            .iter()
+            .map(|i| ObjectRef::new("Ingress", &i.metadata))
+            .collect();
+        self.last_good.retain(|k, _| current.contains(k));
+        for ing in &input.ingresses {
+            let r = ObjectRef::new("Ingress", &ing.metadata);
+            if !refused.contains(&r) {
+                self.last_good.insert(r, ing.clone());
+            }
+        }
+        let mut out = match patched {
+            None => first,
+            Some(patched) => {
+                let mut second = translate::translate(&patched, &self.options);
+                // The refusals of the new versions are this round's news; the old versions' own findings too.
+                second.diagnostics.extend(
+                    first
+                        .diagnostics
+                        .into_iter()
+                        .filter(|d| refused.contains(&d.object) && d.severity == Severity::Error),
+                );
+                second.rejected = first.rejected;
+                second
+            }
+        };
+        out.diagnostics.extend(notes);
+        out.diagnostics.sort();
+        out.diagnostics.dedup();
+        out
     }
 
     /// Reloads and republishes on every change the watcher reports, until it stops.

@@ -63,7 +63,10 @@ fn validate(args: &ValidateArgs) -> Result<ExitCode> {
         }
     }
     for d in &out.diagnostics {
-        println!("{}", report::diagnostic_line(d, &loaded.locations));
+        println!(
+            "{}",
+            report::diagnostic_line_at(d, &loaded.locations, &loaded.field_lines)
+        );
         match d.severity {
             Severity::Error => errors += 1,
             Severity::Warning => warnings += 1,
@@ -88,7 +91,10 @@ fn routes(args: &RoutesArgs) -> Result<ExitCode> {
         eprintln!("{p}");
     }
     for d in &out.diagnostics {
-        eprintln!("{}", report::diagnostic_line(d, &loaded.locations));
+        eprintln!(
+            "{}",
+            report::diagnostic_line_at(d, &loaded.locations, &loaded.field_lines)
+        );
     }
     let rows = report::route_rows(&out.model);
     if args.json {

@@ -769,6 +769,7 @@ mod tests {
                 name: name.into(),
             },
             message: "bad".into(),
+            annotation: None,
         };
         let model = model(
             vec![

@@ -9,6 +9,7 @@
 
 mod backend;
 mod host;
+pub mod policy;
 pub mod precedence;
 mod rule;
 mod tls;

@@ -11,6 +11,7 @@ pub mod io;
 pub mod listeners;
 pub mod mirror;
 pub mod passthrough;
+pub mod policy;
 pub mod upstream;
 pub mod upstream_tls;
 

@@ -11,7 +11,24 @@ use std::collections::HashMap;
 
 /// `file:line: error: Kind ns/name: message` (the location part only when the object's file is known).
 pub fn diagnostic_line(d: &Diagnostic, locations: &HashMap<ObjectRef, Location>) -> String {
-    match locations.get(&d.object) {
+    diagnostic_line_at(d, locations, &HashMap::new())
+}
+
+/// [`diagnostic_line`], with the line of the annotation a diagnostic is about when `field_lines` knows it.
+pub fn diagnostic_line_at(
+    d: &Diagnostic,
+    locations: &HashMap<ObjectRef, Location>,
+    field_lines: &HashMap<ObjectRef, HashMap<String, usize>>,
+) -> String {
+    let at = d.annotation.as_ref().and_then(|a| {
+        let line = *field_lines.get(&d.object)?.get(a)?;
+        let file = &locations.get(&d.object)?.file;
+        Some(Location {
+            file: file.clone(),
+            line,
+        })
+    });
+    match at.as_ref().or_else(|| locations.get(&d.object)) {
         Some(loc) => {
             let sev = match d.severity {
                 Severity::Error => "error",
@@ -68,6 +85,7 @@ fn filter_text(f: &Filter) -> String {
         }
         Filter::Cors(c) => format!("cors(origins={})", c.allow_origins.join(",")),
         Filter::RequestRedirect(r) => format!("redirect({})", r.status),
+        Filter::Policy(p) => format!("ingress-nginx({})", p.source),
     }
 }
 

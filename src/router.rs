@@ -276,6 +276,8 @@ pub struct CompiledRule {
     pub mirrors: Box<[CompiledMirror]>,
     /// CORS settings of the rule.
     pub cors: Option<CompiledCors>,
+    /// ingress-nginx annotation behaviour of the rule (`proxy::policy`).
+    pub policy: Option<Arc<crate::proxy::policy::CompiledPolicy>>,
 }
 
 /// A request mirror ready to use.
@@ -658,6 +660,10 @@ fn compile_rule(rule: &HttpRule, ids: &BackendIds<'_>) -> Result<Arc<CompiledRul
         mirrors: compile_mirrors(&rule.filters, ids).map_err(error)?,
         cors: rule.filters.iter().find_map(|f| match f {
             Filter::Cors(c) => Some(CompiledCors::new(c)),
+            _ => None,
+        }),
+        policy: rule.filters.iter().find_map(|f| match f {
+            Filter::Policy(p) => Some(Arc::new(crate::proxy::policy::CompiledPolicy::new(p))),
             _ => None,
         }),
     }))

@@ -166,6 +166,7 @@ fn settings(kubeconfig: std::path::PathBuf) -> Settings {
         lease: Default::default(),
         ingress_controller: portcullis::translate::INGRESS_CONTROLLER.into(),
         gateway_controller: portcullis::translate::GATEWAY_CONTROLLER.into(),
+        nginx_config_map: None,
     }
 }
 

@@ -267,6 +267,8 @@ pub enum Filter {
     /// Answer with a redirect (as a backendRef filter: the requests that pick this backend are redirected; a
     /// rule-level redirect is [`Action::Redirect`]).
     RequestRedirect(Redirect),
+    /// ingress-nginx annotation behaviour (rule level only): see [`super::policy::Policy`].
+    Policy(Box<super::policy::Policy>),
 }
 
 /// A request mirror.

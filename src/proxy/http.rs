@@ -14,6 +14,7 @@
 //!   the status the client gets (504 for timeouts).
 
 use super::mirror::{MirrorBodies, Mirrors};
+use super::policy;
 use super::upstream::{BackendId, Tried, Upstream};
 use crate::model::{Cors, Filter, HashOn, HeaderModifier, PathModifier, Redirect};
 use crate::router::{
@@ -77,7 +78,12 @@ impl HttpApp {
             CompiledAction::Redirect(rd) => return Err(redirect(rd)),
             CompiledAction::Forward(w) => w,
         };
-        let (index, b) = w.pick().ok_or((500, None))?;
+        // ingress-nginx policy hook: a canary decision picks the backend instead of the weights.
+        let picked = match ctx.policy.forced_backend {
+            Some(i) => w.backends().get(i).map(|b| (i, b)),
+            None => w.pick(),
+        };
+        let (index, b) = picked.ok_or((500, None))?;
         if let Some(rd) = &b.redirect {
             return Err(redirect(rd));
         }
@@ -142,6 +148,8 @@ pub struct Ctx {
     cors_origin: Option<HeaderValue>,
     mirrors: MirrorBodies,
     mirrors_started: bool,
+    /// ingress-nginx policy state of the request (`proxy::policy`).
+    policy: policy::RequestState,
 }
 
 impl Ctx {
@@ -426,7 +434,8 @@ fn apply_request_filters(
             Filter::ResponseHeaderModifier(_)
             | Filter::RequestMirror(_)
             | Filter::Cors(_)
-            | Filter::RequestRedirect(_) => {}
+            | Filter::RequestRedirect(_)
+            | Filter::Policy(_) => {}
         }
     }
     Ok(())
@@ -583,6 +592,17 @@ impl ProxyHttp for HttpApp {
             Lookup::NotFound => return respond(session, 404, None).await,
             Lookup::Misdirected => return respond(session, 421, None).await,
         };
+        // ingress-nginx policy hook: redirects, limits, access checks, auth, canary choice.
+        if let Some(p) = entry.rule.policy.clone() {
+            let conn = policy::Conn {
+                tls: self.tls,
+                port: self.port,
+            };
+            if let Some(answer) = policy::on_request(&p, session, &mut ctx.policy, conn).await? {
+                return policy::write_answer(session, answer).await;
+            }
+        }
+        let req = session.req_header();
         // CORS: answer allowed preflights here; remember allowed origins for the response.
         if let Some(cors) = &entry.rule.cors {
             let origin = req.headers.get(http::header::ORIGIN).cloned();
@@ -676,6 +696,10 @@ impl ProxyHttp for HttpApp {
             peer.options.read_timeout = Some(l);
             peer.options.write_timeout = Some(l);
         }
+        // ingress-nginx policy hook: idle read and send timeouts.
+        if let Some(p) = ctx.entry.as_ref().and_then(|e| e.rule.policy.as_ref()) {
+            policy::peer_options(p, &mut peer);
+        }
         Ok(Box::new(peer))
     }
 
@@ -718,6 +742,14 @@ impl ProxyHttp for HttpApp {
         if let Some(b) = ctx.backend() {
             apply_request_filters(&b.filters, upstream, prefix)?;
         }
+        // ingress-nginx policy hook: rewrite, Host, auth headers, forwarded headers.
+        if let Some(p) = &entry.rule.policy {
+            let conn = policy::Conn {
+                tls: self.tls,
+                port: self.port,
+            };
+            policy::upstream_request(p, &ctx.policy, upstream, conn)?;
+        }
         // Mirrors get the request as it goes upstream, once (not again on retries).
         if !ctx.mirrors_started {
             ctx.mirrors_started = true;
@@ -744,6 +776,10 @@ impl ProxyHttp for HttpApp {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // ingress-nginx policy hook: the body size limit.
+        if let Some(p) = ctx.entry.as_ref().and_then(|e| e.rule.policy.clone()) {
+            policy::request_body(&p, &mut ctx.policy, body.as_ref())?;
+        }
         if !ctx.mirrors.is_empty() {
             if let Some(chunk) = body.as_ref() {
                 ctx.mirrors.send(chunk);
@@ -813,6 +849,10 @@ impl ProxyHttp for HttpApp {
                 )?;
             }
             resp.append_header(http::header::VARY, "Origin")?;
+        }
+        // ingress-nginx policy hook: CORS headers, external auth cookies.
+        if let Some(p) = &entry.rule.policy {
+            policy::response(p, &ctx.policy, resp)?;
         }
         Ok(())
     }

@@ -191,6 +191,28 @@ impl<'a> Resolver<'a> {
         std::mem::take(&mut *self.backends.borrow_mut())
     }
 
+    /// Every key of a Secret with its text (`data` and `stringData`; values that are not UTF-8 are left out), or
+    /// `None` when there is no such Secret. For ingress-nginx `auth-secret` (htpasswd entries).
+    pub(crate) fn secret_entries(&self, ns: &str, name: &str) -> Option<BTreeMap<String, String>> {
+        let s = self.secrets.get(&(ns, name))?;
+        let mut out = BTreeMap::new();
+        for (k, v) in s.string_data.iter().flatten() {
+            out.insert(k.clone(), v.clone());
+        }
+        for (k, v) in s.data.iter().flatten() {
+            if let Ok(text) = String::from_utf8(v.0.clone()) {
+                out.insert(k.clone(), text);
+            }
+        }
+        Some(out)
+    }
+
+    /// The `data` of a ConfigMap, or `None` when there is no such ConfigMap.
+    pub(crate) fn config_map_data(&self, ns: &str, name: &str) -> Option<BTreeMap<String, String>> {
+        let c = self.config_maps.get(&(ns, name))?;
+        Some(c.data.clone().unwrap_or_default().into_iter().collect())
+    }
+
     /// The certificate chain and key of a TLS Secret, checked to parse and to belong together.
     pub(crate) fn tls_secret(&self, ns: &str, name: &str) -> Result<(String, Redacted), String> {
         let s = self
