@@ -11,6 +11,10 @@ pub mod io;
 pub mod listeners;
 pub mod mirror;
 pub mod passthrough;
+pub mod policy;
+pub mod upstream;
 pub mod upstream_tls;
 
-pub use listeners::{accept_loop, bind, Connections, Handshake, ListenerManager, ListenerState};
+pub use listeners::{
+    accept_loop, bind, Connections, Handshake, ListenerManager, ListenerState, Stopped,
+};

@@ -1,6 +1,7 @@
 //! The published configuration: one `ArcSwap` that the data plane loads once per request.
 
 use crate::model::Model;
+use crate::proxy::upstream::Upstreams;
 use crate::router::{CompileError, Router};
 use arc_swap::ArcSwap;
 use pingora::listeners::tls::Acceptor;
@@ -22,6 +23,8 @@ pub struct Snapshot {
     pub model: Arc<Model>,
     /// The compiled index over `model`.
     pub router: Router,
+    /// The backends of `model`, in `model.backends` order (the router's `BackendId`s index it).
+    pub upstreams: Upstreams,
     acceptors: Vec<(ListenerAddr, Arc<Acceptor>)>,
     /// TLS listeners whose acceptor could not be built, with the reason (their handshakes fail).
     pub tls_errors: Vec<(ListenerAddr, String)>,
@@ -120,6 +123,7 @@ impl Store {
             return Ok(None);
         }
         let router = Router::compile_reusing(&model, Some(&current.router))?;
+        let upstreams = Upstreams::reconcile(&model, &current.upstreams);
         let mut acceptors = Vec::new();
         let mut tls_errors = Vec::new();
         for l in &model.listeners {
@@ -138,6 +142,7 @@ impl Store {
             version,
             model: Arc::new(model),
             router,
+            upstreams,
             acceptors,
             tls_errors,
         }));

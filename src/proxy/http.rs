@@ -14,8 +14,9 @@
 //!   the status the client gets (504 for timeouts).
 
 use super::mirror::{MirrorBodies, Mirrors};
-use super::upstream_tls::TlsConnect;
-use crate::model::{BackendProtocol, Cors, Filter, HeaderModifier, PathModifier, Redirect};
+use super::policy;
+use super::upstream::{BackendId, Tried, Upstream};
+use crate::model::{Cors, Filter, HashOn, HeaderModifier, PathModifier, Redirect};
 use crate::router::{
     normalize_host, CompiledAction, CompiledBackend, Lookup, RequestParts, RouteEntry, Target,
 };
@@ -29,12 +30,9 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::FailToProxy;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// How long connecting to an endpoint may take before the request fails with 502.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The `ProxyHttp` implementation for one listener (address, port).
 pub struct HttpApp {
@@ -58,6 +56,59 @@ impl HttpApp {
     }
 }
 
+/// A local answer instead of proxying: the status, and the `Location` of a redirect.
+type Answer = (u16, Option<HeaderValue>);
+
+impl HttpApp {
+    /// Decides what answers a matched request: a redirect, a status, or a backend and its first endpoint (noted
+    /// in `ctx`).
+    fn choose(
+        &self,
+        snap: &Snapshot,
+        entry: &RouteEntry,
+        session: &Session,
+        ctx: &mut Ctx,
+    ) -> std::result::Result<(), Answer> {
+        let req = session.req_header();
+        let redirect = |rd: &Redirect| {
+            location(rd, req, self.tls, self.port, entry.matched_prefix())
+                .map_or((500, None), |l| (rd.status, Some(l)))
+        };
+        let w = match &entry.rule.action {
+            CompiledAction::Redirect(rd) => return Err(redirect(rd)),
+            CompiledAction::Forward(w) => w,
+        };
+        // ingress-nginx policy hook: a canary decision picks the backend instead of the weights.
+        let picked = match ctx.policy.forced_backend {
+            Some(i) => w.backends().get(i).map(|b| (i, b)),
+            None => w.pick(),
+        };
+        let (index, b) = picked.ok_or((500, None))?;
+        if let Some(rd) = &b.redirect {
+            return Err(redirect(rd));
+        }
+        let id = match &b.target {
+            Target::Status { status, .. } => return Err((*status, None)),
+            Target::Backend(id) => *id,
+        };
+        let upstream = snap.upstreams.get(id).ok_or((500, None))?;
+        if let Some(reason) = upstream.unusable() {
+            tracing::debug!(backend = %upstream.key, reason, "backend unusable");
+            return Err((500, None));
+        }
+        let client = client_ip(session);
+        let endpoint = with_hash_key(upstream.hash_on(), req, client, |key| {
+            upstream.select(key, &Tried::default())
+        })
+        .ok_or((503, None))?;
+        ctx.backend = index;
+        ctx.upstream = Some(id);
+        ctx.endpoint = Some(endpoint);
+        ctx.tried.add(endpoint);
+        Ok(())
+    }
+}
+
 /// The SNI of a TLS connection, as the handshake recorded it.
 fn sni(session: &Session) -> Option<&str> {
     session
@@ -75,20 +126,34 @@ fn sni(session: &Session) -> Option<&str> {
 pub struct Ctx {
     snap: Option<Arc<Snapshot>>,
     entry: Option<Arc<RouteEntry>>,
+    /// The chosen candidate of the rule's weighted backends.
     backend: usize,
-    peer: Option<SocketAddr>,
+    /// The backend's upstream, when the candidate proxies.
+    upstream: Option<BackendId>,
+    /// The endpoint of the current attempt (an index into the upstream's endpoints).
+    endpoint: Option<usize>,
+    /// Endpoints tried so far.
+    tried: Tried,
     /// Attempts made so far (1 on the first try).
     attempts: u32,
+    /// The current attempt's connection failed (nothing was sent).
+    connect_failed: bool,
+    /// The current attempt got a response header.
+    answered: bool,
+    /// When the current attempt started, for backends that select by latency.
+    attempt_started: Option<Instant>,
     /// When the request timeout passes.
     deadline: Option<Instant>,
     /// The request's `Origin`, when the rule has CORS and the origin is allowed.
     cors_origin: Option<HeaderValue>,
     mirrors: MirrorBodies,
     mirrors_started: bool,
+    /// ingress-nginx policy state of the request (`proxy::policy`).
+    policy: policy::RequestState,
 }
 
 impl Ctx {
-    /// May a failed attempt be tried again (retry policy, attempts left, deadline not passed)?
+    /// May a failed attempt be tried again under the rule's retry policy (attempts left, deadline not passed)?
     fn can_retry(&self) -> bool {
         let Some(entry) = &self.entry else {
             return false;
@@ -96,7 +161,18 @@ impl Ctx {
         let Some(r) = &entry.rule.retry else {
             return false;
         };
-        self.attempts <= r.attempts && self.deadline.is_none_or(|d| Instant::now() < d)
+        self.attempts <= r.attempts && self.before_deadline()
+    }
+
+    fn before_deadline(&self) -> bool {
+        self.deadline.is_none_or(|d| Instant::now() < d)
+    }
+
+    /// May an attempt whose connection failed (so nothing was sent) be made again on another endpoint?
+    fn can_retry_connect(&self, upstream: &Upstream) -> bool {
+        self.attempts < CONNECT_ATTEMPTS
+            && upstream.endpoints().len() > self.tried.len()
+            && self.before_deadline()
     }
 
     fn retry_codes(&self) -> &[u16] {
@@ -110,6 +186,76 @@ impl Ctx {
         match &self.entry.as_ref()?.rule.action {
             CompiledAction::Forward(w) => w.backends().get(self.backend),
             CompiledAction::Redirect(_) => None,
+        }
+    }
+
+    fn upstream(&self) -> Option<&Arc<Upstream>> {
+        self.snap.as_ref()?.upstreams.get(self.upstream?)
+    }
+
+    /// Ends the bookkeeping of the current attempt (in-flight count and latency, for least-request backends).
+    fn attempt_done(&mut self, latency: Option<Duration>) {
+        if self.attempt_started.take().is_none() {
+            return;
+        }
+        if let (Some(i), Some(u)) = (self.endpoint, self.upstream()) {
+            u.on_attempt_done(i, latency);
+        }
+    }
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        // A request that ends without a response header (client gone, error) still leaves the in-flight count.
+        self.attempt_done(None);
+    }
+}
+
+/// Attempts a request may make when connections fail before anything was sent (each on an endpoint not tried yet).
+const CONNECT_ATTEMPTS: u32 = 3;
+
+/// Calls `f` with the bytes consistent hashing uses for this request (empty when the property is absent).
+fn with_hash_key<R>(
+    on: Option<&HashOn>,
+    req: &RequestHeader,
+    client: Option<IpAddr>,
+    f: impl FnOnce(&[u8]) -> R,
+) -> R {
+    let Some(on) = on else { return f(b"") };
+    match on {
+        HashOn::SourceIp => match client {
+            Some(IpAddr::V4(ip)) => f(&ip.octets()),
+            Some(IpAddr::V6(ip)) => f(&ip.octets()),
+            None => f(b""),
+        },
+        HashOn::Uri => f(req
+            .uri
+            .path_and_query()
+            .map_or(&b""[..], |p| p.as_str().as_bytes())),
+        HashOn::Header(name) => f(req
+            .headers
+            .get(name.as_str())
+            .map_or(&b""[..], |v| v.as_bytes())),
+        HashOn::Cookie(name) => {
+            let value = req
+                .headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+                .find_map(|pair| {
+                    let pair = pair.trim_ascii_start();
+                    pair.strip_prefix(name.as_bytes())?.strip_prefix(b"=")
+                });
+            f(value.unwrap_or(b""))
+        }
+        HashOn::QueryParam(name) => {
+            let value = req.uri.query().and_then(|q| {
+                q.split('&').find_map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    (k == name).then_some(v)
+                })
+            });
+            f(value.map_or(&b""[..], str::as_bytes))
         }
     }
 }
@@ -288,7 +434,8 @@ fn apply_request_filters(
             Filter::ResponseHeaderModifier(_)
             | Filter::RequestMirror(_)
             | Filter::Cors(_)
-            | Filter::RequestRedirect(_) => {}
+            | Filter::RequestRedirect(_)
+            | Filter::Policy(_) => {}
         }
     }
     Ok(())
@@ -445,6 +592,17 @@ impl ProxyHttp for HttpApp {
             Lookup::NotFound => return respond(session, 404, None).await,
             Lookup::Misdirected => return respond(session, 421, None).await,
         };
+        // ingress-nginx policy hook: redirects, limits, access checks, auth, canary choice.
+        if let Some(p) = entry.rule.policy.clone() {
+            let conn = policy::Conn {
+                tls: self.tls,
+                port: self.port,
+            };
+            if let Some(answer) = policy::on_request(&p, session, &mut ctx.policy, conn).await? {
+                return policy::write_answer(session, answer).await;
+            }
+        }
+        let req = session.req_header();
         // CORS: answer allowed preflights here; remember allowed origins for the response.
         if let Some(cors) = &entry.rule.cors {
             let origin = req.headers.get(http::header::ORIGIN).cloned();
@@ -459,42 +617,7 @@ impl ProxyHttp for HttpApp {
                 (None, false) => {}
             }
         }
-        let outcome = match &entry.rule.action {
-            CompiledAction::Redirect(rd) => {
-                let loc = location(rd, req, self.tls, self.port, entry.matched_prefix());
-                match loc {
-                    Some(l) => Err((rd.status, Some(l))),
-                    None => Err((500, None)),
-                }
-            }
-            CompiledAction::Forward(w) => match w.pick() {
-                None => Err((500, None)),
-                Some(b) if b.redirect.is_some() => {
-                    let loc = b.redirect.as_ref().and_then(|rd| {
-                        location(rd, req, self.tls, self.port, entry.matched_prefix())
-                            .map(|l| (rd.status, l))
-                    });
-                    match loc {
-                        Some((status, l)) => Err((status, Some(l))),
-                        None => Err((500, None)),
-                    }
-                }
-                Some(b) => match &b.target {
-                    Target::Status { status, .. } => Err((*status, None)),
-                    Target::Endpoints(eps) => match eps.next() {
-                        Some(addr) => {
-                            let index = w
-                                .backends()
-                                .iter()
-                                .position(|x| std::ptr::eq(x, b))
-                                .unwrap_or(0);
-                            Ok((index, addr))
-                        }
-                        None => Err((503, None)),
-                    },
-                },
-            },
-        };
+        let outcome = self.choose(&snap, &entry, session, ctx);
         if let Some(ms) = entry.rule.timeouts.request_ms {
             ctx.deadline = Some(Instant::now() + Duration::from_millis(ms));
         }
@@ -502,9 +625,7 @@ impl ProxyHttp for HttpApp {
         ctx.snap = Some(snap);
         ctx.entry = Some(entry);
         match outcome {
-            Ok((index, addr)) => {
-                ctx.backend = index;
-                ctx.peer = Some(addr);
+            Ok(()) => {
                 if retries {
                     // Keep the request body so that a retry can send it again.
                     session.enable_retry_buffering();
@@ -515,10 +636,18 @@ impl ProxyHttp for HttpApp {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         ctx.attempts += 1;
+        ctx.connect_failed = false;
+        ctx.answered = false;
+        let upstream = ctx
+            .upstream()
+            .cloned()
+            .ok_or_else(|| Error::explain(HTTPStatus(500), "no backend chosen"))?;
         if ctx.attempts > 1 {
-            // A retry: back off if the policy says so, and move to the next endpoint.
+            // A retry: back off if the policy says so, and move to an endpoint not tried yet (the same ones again
+            // when every endpoint was tried and the route's policy still retries).
+            ctx.attempt_done(None);
             let backoff = ctx
                 .entry
                 .as_ref()
@@ -527,24 +656,27 @@ impl ProxyHttp for HttpApp {
             if let Some(ms) = backoff {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
-            if let Some(Target::Endpoints(eps)) = ctx.backend().map(|b| &b.target) {
-                if let Some(next) = eps.next() {
-                    ctx.peer = Some(next);
-                }
+            let client = client_ip(session);
+            let next = with_hash_key(upstream.hash_on(), session.req_header(), client, |key| {
+                upstream
+                    .select(key, &ctx.tried)
+                    .or_else(|| upstream.select(key, &Tried::default()))
+            });
+            if let Some(i) = next {
+                ctx.endpoint = Some(i);
+                ctx.tried.add(i);
             }
+            upstream.record_retry();
         }
-        let addr = ctx
-            .peer
-            .ok_or_else(|| Error::explain(HTTPStatus(500), "no endpoint chosen"))?;
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
-        if let Some(Target::Endpoints(eps)) = ctx.backend().map(|b| &b.target) {
-            if eps.protocol == BackendProtocol::H2c {
-                peer.options.set_http_version(2, 2);
-            }
-            if let Some(tls) = &eps.tls {
-                peer.options.custom_l4 = Some(Arc::new(TlsConnect(tls.clone())));
-                peer.group_key = tls.group_key;
+        let ep = ctx
+            .endpoint
+            .and_then(|i| upstream.endpoint(i))
+            .ok_or_else(|| Error::explain(HTTPStatus(503), "no endpoint"))?;
+        let mut peer = upstream.peer(ep);
+        if let Some(i) = ctx.endpoint {
+            upstream.on_attempt(i);
+            if upstream.tracks_load() {
+                ctx.attempt_started = Some(Instant::now());
             }
         }
         // The attempt may last the backend timeout, and no longer than what is left of the request timeout.
@@ -563,6 +695,10 @@ impl ProxyHttp for HttpApp {
         if let Some(l) = limit {
             peer.options.read_timeout = Some(l);
             peer.options.write_timeout = Some(l);
+        }
+        // ingress-nginx policy hook: idle read and send timeouts.
+        if let Some(p) = ctx.entry.as_ref().and_then(|e| e.rule.policy.as_ref()) {
+            policy::peer_options(p, &mut peer);
         }
         Ok(Box::new(peer))
     }
@@ -606,16 +742,27 @@ impl ProxyHttp for HttpApp {
         if let Some(b) = ctx.backend() {
             apply_request_filters(&b.filters, upstream, prefix)?;
         }
+        // ingress-nginx policy hook: rewrite, Host, auth headers, forwarded headers.
+        if let Some(p) = &entry.rule.policy {
+            let conn = policy::Conn {
+                tls: self.tls,
+                port: self.port,
+            };
+            policy::upstream_request(p, &ctx.policy, upstream, conn)?;
+        }
         // Mirrors get the request as it goes upstream, once (not again on retries).
         if !ctx.mirrors_started {
             ctx.mirrors_started = true;
-            let body = has_body(upstream);
-            self.mirrors
-                .start(&entry.rule.mirrors, upstream, body, &mut ctx.mirrors);
-            if let CompiledAction::Forward(w) = &entry.rule.action {
-                if let Some(b) = w.backends().get(ctx.backend) {
-                    self.mirrors
-                        .start(&b.mirrors, upstream, body, &mut ctx.mirrors);
+            if let Some(snap) = ctx.snap.clone() {
+                let body = has_body(upstream);
+                let ups = &snap.upstreams;
+                self.mirrors
+                    .start(&entry.rule.mirrors, ups, upstream, body, &mut ctx.mirrors);
+                if let CompiledAction::Forward(w) = &entry.rule.action {
+                    if let Some(b) = w.backends().get(ctx.backend) {
+                        self.mirrors
+                            .start(&b.mirrors, ups, upstream, body, &mut ctx.mirrors);
+                    }
                 }
             }
         }
@@ -629,6 +776,10 @@ impl ProxyHttp for HttpApp {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // ingress-nginx policy hook: the body size limit.
+        if let Some(p) = ctx.entry.as_ref().and_then(|e| e.rule.policy.clone()) {
+            policy::request_body(&p, &mut ctx.policy, body.as_ref())?;
+        }
         if !ctx.mirrors.is_empty() {
             if let Some(chunk) = body.as_ref() {
                 ctx.mirrors.send(chunk);
@@ -646,6 +797,12 @@ impl ProxyHttp for HttpApp {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        ctx.answered = true;
+        if let (Some(i), Some(u)) = (ctx.endpoint, ctx.upstream()) {
+            u.record_success(i);
+        }
+        let latency = ctx.attempt_started.map(|t| t.elapsed());
+        ctx.attempt_done(latency);
         let status = resp.status.as_u16();
         if ctx.retry_codes().contains(&status) && ctx.can_retry() {
             let mut e = Error::explain(
@@ -693,6 +850,10 @@ impl ProxyHttp for HttpApp {
             }
             resp.append_header(http::header::VARY, "Origin")?;
         }
+        // ingress-nginx policy hook: CORS headers, external auth cookies.
+        if let Some(p) = &entry.rule.policy {
+            policy::response(p, &ctx.policy, resp)?;
+        }
         Ok(())
     }
 
@@ -703,8 +864,16 @@ impl ProxyHttp for HttpApp {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if ctx.can_retry() {
-            e.set_retry(true);
+        // Nothing was sent: the endpoint is at fault, and the request can go to another one.
+        ctx.connect_failed = true;
+        ctx.attempt_done(None);
+        if let Some(u) = ctx.upstream().cloned() {
+            if let Some(i) = ctx.endpoint {
+                u.record_failure(i);
+            }
+            if ctx.can_retry() || ctx.can_retry_connect(&u) {
+                e.set_retry(true);
+            }
         }
         e
     }
@@ -717,6 +886,19 @@ impl ProxyHttp for HttpApp {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
+        ctx.attempt_done(None);
+        // Before any response: a timeout, or a connection the endpoint broke (a reused idle connection that turns
+        // out closed is not the endpoint's fault), counts against the endpoint.
+        if !ctx.answered && e.esource() == &ErrorSource::Upstream {
+            let endpoint_fault = matches!(e.etype(), ReadTimedout | WriteTimedout)
+                || (!client_reused
+                    && matches!(e.etype(), ConnectionClosed | ReadError | WriteError));
+            if endpoint_fault {
+                if let (Some(i), Some(u)) = (ctx.endpoint, ctx.upstream()) {
+                    u.record_failure(i);
+                }
+            }
+        }
         let mut e = e.more_context(format!("Peer: {peer}"));
         if ctx.entry.as_ref().is_some_and(|en| en.rule.retry.is_some()) {
             // The route's policy decides: connection errors and timeouts are retried while attempts last,
@@ -754,6 +936,10 @@ impl ProxyHttp for HttpApp {
             },
         };
         if code > 0 {
+            if ctx.connect_failed {
+                // Pingora does not keep a client connection after a failed upstream connect: say so.
+                session.set_keepalive(None);
+            }
             let _ = respond(session, code, None).await;
         }
         FailToProxy {

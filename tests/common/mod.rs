@@ -85,6 +85,8 @@ impl Proxy {
                 "2",
                 "--shutdown-grace",
                 "1",
+                "--shutdown-delay",
+                "0",
             ])
             .args(extra)
             .env("RUST_LOG", "info")
