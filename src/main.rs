@@ -5,6 +5,7 @@ use clap::Parser;
 use portcullis::admin::{Admin, Draining};
 use portcullis::config::{Cli, Command, RoutesArgs, RunArgs, ValidateArgs};
 use portcullis::control::Control;
+use portcullis::metrics::request::RequestMetrics;
 use portcullis::metrics::Metrics;
 use portcullis::proxy::{accept_loop, bind, Connections, Handshake, ListenerManager};
 use portcullis::report;
@@ -120,6 +121,19 @@ const IDLE_LINGER: Duration = Duration::from_secs(1);
 fn run(args: RunArgs) -> Result<ExitCode> {
     let store = Arc::new(Store::new());
     let metrics = Arc::new(Metrics::new()?);
+    let request_metrics = Arc::new(RequestMetrics::new(
+        metrics.registry(),
+        args.observe.metrics_labels,
+    )?);
+    store.set_request_metrics(request_metrics.clone());
+    portcullis::proxy::observe::set_server_header(&args.observe.server_header)?;
+    portcullis::proxy::observe::start_access_log(
+        args.observe.access_log,
+        args.observe.access_log_query,
+        args.observe.access_log_buffer,
+        Some(request_metrics.access_log_dropped()),
+    )
+    .context("cannot start the access log")?;
     let draining = Draining::default();
     // stop: listeners stop accepting, the source stops (and releases the leader Lease).
     let (stop_tx, stop_rx) = watch::channel(false);

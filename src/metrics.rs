@@ -1,8 +1,9 @@
 //! Prometheus metrics, served at `GET /metrics` on the admin API and on the health port. Every metric name lives
 //! in this module, each with the prefix `portcullis_` (the registry adds it).
 //!
-//! What is here today is the control plane: it is updated when a configuration round ends, when the leader Lease
-//! changes hands, and once at start (build information). Nothing here is touched by a request.
+//! This module holds the control plane's metrics: updated when a configuration round ends, when the leader Lease
+//! changes hands, and once at start (build information). Nothing here is touched by a request; the request
+//! metrics are in [`request`].
 //!
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
@@ -14,26 +15,14 @@
 //! | `portcullis_tls_certificate_expiry_timestamp_seconds` | gauge | `namespace`, `name` | `notAfter` of the leaf certificate of each Secret the published configuration uses |
 //! | `portcullis_backend_ready_endpoints` | gauge | `namespace`, `name`, `port` | ready endpoints of each backend Service port in the published configuration |
 //!
-//! # Per-request metrics (not implemented yet): the intended shape
+//! # Per-request metrics
 //!
-//! `requests_total`, `request_duration_seconds` and the other per-route metrics of issue 14 will be added here,
-//! registered in the same [`Registry`], with this rule: **a request never looks up a label set**. The prometheus
-//! crate's `with_label_values` hashes the label values and takes a read lock on every call; that is acceptable
-//! when a table is compiled, not per request. So:
-//!
-//! - `Metrics` gains the families (`IntCounterVec` for `requests_total` by route, method class and status class,
-//!   `HistogramVec` for durations by route and status class, and so on), bounded by `--metrics-labels`.
-//! - When the router compiles a snapshot, each compiled rule (and each listener) gets a `RouteHandles` value
-//!   holding the already-resolved children: for example `[[IntCounter; 5]; METHODS]` indexed by a method class and
-//!   the status class (1xx..5xx), one `Histogram` per status class. Resolving them is
-//!   `family.with_label_values(&[kind, namespace, name, ...])` once per rule per compile; rules whose label
-//!   values did not change resolve to the same children, so counters survive recompiles.
-//! - The request keeps an `Arc` of its snapshot already; it reaches its rule's handles through it and records
-//!   with `inc()` / `observe()`, which are relaxed atomic adds on the child. No map, no lock, no allocation.
-//! - Label sets of rules that left the configuration are removed from the families after the publish that
-//!   dropped them, so a churning cluster does not grow the scrape without bound.
-//!
-//! Until that exists, this module exports no per-request metric: nothing here is estimated or faked.
+//! [`request`] holds the per-route and per-listener request metrics (`requests_total`,
+//! `request_duration_seconds`, upstream results and timings, retries, bytes, active requests), registered in the
+//! same [`Registry`]; a request records them through handles resolved when its table is published, without a
+//! label lookup or a lock.
+
+pub mod request;
 
 use crate::model::{HttpRule, Model, OriginKind};
 use crate::translate::status::Statuses;
@@ -494,6 +483,11 @@ impl Metrics {
             }
         }
         self.leader.get()
+    }
+
+    /// The registry every metric of this process is registered in (the request metrics join it).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// Everything, in the Prometheus text format ([`CONTENT_TYPE`]).

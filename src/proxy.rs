@@ -10,6 +10,7 @@ pub mod http;
 pub mod io;
 pub mod listeners;
 pub mod mirror;
+pub mod observe;
 pub mod passthrough;
 pub mod policy;
 pub mod upstream;

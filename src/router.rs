@@ -12,6 +12,7 @@ pub use matcher::RequestParts;
 
 pub use crate::proxy::upstream::BackendId;
 
+use crate::metrics::request::{Resolver, RouteStats};
 use crate::model::{
     precedence, Action, Backend, BackendGroup, BackendKey, Cors, Filter, HostPattern, HttpRule,
     Model, Origin, Protocol, Redirect, Retry, Timeouts, TlsRoute,
@@ -278,6 +279,8 @@ pub struct CompiledRule {
     pub cors: Option<CompiledCors>,
     /// ingress-nginx annotation behaviour of the rule (`proxy::policy`).
     pub policy: Option<Arc<crate::proxy::policy::CompiledPolicy>>,
+    /// The rule's request-metric handles, when the table was compiled with request metrics.
+    pub stats: Option<RouteStats>,
 }
 
 /// A request mirror ready to use.
@@ -534,11 +537,25 @@ impl Router {
         model: &Model,
         previous: Option<&Router>,
     ) -> Result<Router, CompileError> {
+        Router::compile_with(model, previous, None)
+    }
+
+    /// [`Router::compile_reusing`], resolving every rule's request-metric handles through `stats`.
+    pub fn compile_with(
+        model: &Model,
+        previous: Option<&Router>,
+        mut stats: Option<&mut Resolver<'_>>,
+    ) -> Result<Router, CompileError> {
         let mut compiler = matcher::MatchCompiler::new(previous.map(|r| &r.regexes));
         let ids = BackendIds::new(model);
         let mut listeners = Vec::with_capacity(model.listeners.len());
         for l in &model.listeners {
-            listeners.push(compile_listener(l, &mut compiler, &ids)?);
+            listeners.push(compile_listener(
+                l,
+                &mut compiler,
+                &ids,
+                stats.as_deref_mut(),
+            )?);
         }
         Ok(Router {
             listeners,
@@ -640,7 +657,35 @@ struct BuildEntry<'m> {
     compiled: Arc<RouteEntry>,
 }
 
-fn compile_rule(rule: &HttpRule, ids: &BackendIds<'_>) -> Result<Arc<CompiledRule>, CompileError> {
+/// The metrics label of a listener: `ADDRESS:PORT`, `*` for the default address.
+pub fn listener_label(address: Option<std::net::IpAddr>, port: u16) -> String {
+    match address {
+        Some(std::net::IpAddr::V6(a)) => format!("[{a}]:{port}"),
+        Some(a) => format!("{a}:{port}"),
+        None => format!("*:{port}"),
+    }
+}
+
+fn rule_stats(rule: &HttpRule, listener: &str, stats: &mut Resolver<'_>) -> RouteStats {
+    let backends: Vec<Option<&BackendKey>> = match &rule.action {
+        Action::Forward(g) => g
+            .backends
+            .iter()
+            .map(|b| match &b.backend {
+                Backend::Service(k) => Some(k),
+                _ => None,
+            })
+            .collect(),
+        Action::Redirect(_) => Vec::new(),
+    };
+    stats.route(listener, &rule.origin, &backends)
+}
+
+fn compile_rule(
+    rule: &HttpRule,
+    ids: &BackendIds<'_>,
+    stats: Option<RouteStats>,
+) -> Result<Arc<CompiledRule>, CompileError> {
     let error = |reason: String| CompileError {
         origin: rule.origin.to_string(),
         reason,
@@ -666,6 +711,7 @@ fn compile_rule(rule: &HttpRule, ids: &BackendIds<'_>) -> Result<Arc<CompiledRul
             Filter::Policy(p) => Some(Arc::new(crate::proxy::policy::CompiledPolicy::new(p))),
             _ => None,
         }),
+        stats,
     }))
 }
 
@@ -673,11 +719,17 @@ fn compile_listener(
     l: &crate::model::Listener,
     compiler: &mut matcher::MatchCompiler<'_>,
     ids: &BackendIds<'_>,
+    mut stats: Option<&mut Resolver<'_>>,
 ) -> Result<ListenerTable, CompileError> {
+    let label = stats.as_ref().map(|_| listener_label(l.address, l.port));
     let mut entries: Vec<BuildEntry<'_>> = Vec::new();
     for vh in &l.virtual_hosts {
         for rule in &vh.rules {
-            let compiled = compile_rule(rule, ids)?;
+            let rs = match (stats.as_deref_mut(), &label) {
+                (Some(r), Some(label)) => Some(rule_stats(rule, label, r)),
+                _ => None,
+            };
+            let compiled = compile_rule(rule, ids, rs)?;
             for (index, m) in rule.matches.iter().enumerate() {
                 let matcher = Matcher::new(m, compiler).map_err(|reason| CompileError {
                     origin: rule.origin.to_string(),
@@ -725,7 +777,11 @@ fn compile_listener(
 
     let default = match &l.default_backend {
         Some(rule) => {
-            let compiled = compile_rule(rule, ids)?;
+            let rs = match (stats, &label) {
+                (Some(r), Some(label)) => Some(rule_stats(rule, label, r)),
+                _ => None,
+            };
+            let compiled = compile_rule(rule, ids, rs)?;
             let m = rule
                 .matches
                 .first()

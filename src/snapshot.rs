@@ -1,5 +1,6 @@
 //! The published configuration: one `ArcSwap` that the data plane loads once per request.
 
+use crate::metrics::request::RequestMetrics;
 use crate::model::Model;
 use crate::proxy::upstream::Upstreams;
 use crate::router::{CompileError, Router};
@@ -7,7 +8,7 @@ use arc_swap::ArcSwap;
 use pingora::listeners::tls::Acceptor;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::watch;
 
 /// A listener's place in the model: (address, logical port); `None` is the process's bind address.
@@ -76,6 +77,8 @@ pub struct Store {
     noops: AtomicU64,
     rounds: Mutex<Rounds>,
     changed: watch::Sender<u64>,
+    /// Per-request metrics: every published table gets its handles resolved here.
+    request_metrics: OnceLock<Arc<RequestMetrics>>,
 }
 
 impl Default for Store {
@@ -94,7 +97,18 @@ impl Store {
             noops: AtomicU64::new(0),
             rounds: Mutex::new(Rounds::default()),
             changed: watch::channel(0).0,
+            request_metrics: OnceLock::new(),
         }
+    }
+
+    /// Records requests in `metrics` from the next publish on (set once, before the first publish).
+    pub fn set_request_metrics(&self, metrics: Arc<RequestMetrics>) {
+        let _ = self.request_metrics.set(metrics);
+    }
+
+    /// The per-request metrics, when on.
+    pub fn request_metrics(&self) -> Option<&Arc<RequestMetrics>> {
+        self.request_metrics.get()
     }
 
     /// The current snapshot.
@@ -122,7 +136,8 @@ impl Store {
             self.ready.store(true, Ordering::Release);
             return Ok(None);
         }
-        let router = Router::compile_reusing(&model, Some(&current.router))?;
+        let mut resolver = self.request_metrics.get().map(|m| m.resolver());
+        let router = Router::compile_with(&model, Some(&current.router), resolver.as_mut())?;
         let upstreams = Upstreams::reconcile(&model, &current.upstreams);
         let mut acceptors = Vec::new();
         let mut tls_errors = Vec::new();
@@ -146,6 +161,10 @@ impl Store {
             acceptors,
             tls_errors,
         }));
+        if let Some(r) = resolver {
+            // Series of routes that left are removed once the table without them serves.
+            r.finish();
+        }
         self.ready.store(true, Ordering::Release);
         self.changed.send_replace(version);
         Ok(Some(version))

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// What the admin API's `GET /rounds` says: configuration rounds run so far and the objects the latest one read.
@@ -72,6 +72,7 @@ impl Proxy {
         let admin = free_port();
         let log = manifests.with_extension("log");
         let log_file = std::fs::File::create(&log)?;
+        let out_file = std::fs::File::create(log.with_extension("out"))?;
         let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .arg("run")
             .arg("--manifests")
@@ -91,7 +92,7 @@ impl Proxy {
             .args(extra)
             .env("RUST_LOG", "info")
             .env("RUST_BACKTRACE", "1")
-            .stdout(Stdio::null())
+            .stdout(out_file)
             .stderr(log_file)
             .spawn()
             .context("cannot start portcullis")?;
@@ -121,6 +122,11 @@ impl Proxy {
     /// What the proxy logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What the proxy wrote to stdout so far (access logs).
+    pub fn stdout_text(&self) -> String {
+        std::fs::read_to_string(self.log.with_extension("out")).unwrap_or_default()
     }
 
     /// GET through the proxy's HTTP port.
