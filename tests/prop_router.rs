@@ -9,38 +9,61 @@
 //! its own host, path, header and query matching (the `regex` crate, anchored), and never calls
 //! `model::precedence` or the router's matchers. What is compared for every request: which rule answers (its
 //! origin, which names the object and the rule) and the prefix its matched condition compares with (which match
-//! of the rule answered, as far as the proxy can tell: `ReplacePrefixMatch` uses it), or 404, or 421.
+//! of the rule answered, as far as the proxy can tell: `ReplacePrefixMatch` uses it), or 404, or 421; and where
+//! the answering rule sends the request: each weighted candidate and each mirror, resolved by the reference from
+//! the rule's backend key through `Model::backends` (the Service port and endpoints held there) or to the status
+//! of an invalid backend, and by the router through the `BackendId` it compiled and the upstreams built from the
+//! same model, as the proxy does. Picks from the weighted candidates only land on candidates of non-zero weight.
+//! A model whose rule names a key missing from `Model::backends` must not compile.
 //!
 //! Tables are built by hand ([`build_model`] is the one place that constructs model values), so that every
 //! corner the spec speaks of can be generated directly: overlapping exact, wildcard (one-label Ingress and
 //! many-label Gateway API) and catch-all hosts under several listener hostnames, equal matches in different
-//! objects, creation times missing or equal, namespace/name orders where `-` and `/` compete.
+//! objects, creation times missing or equal, namespace/name orders where `-` and `/` compete; backends that
+//! share a Service port under different variants, backends no rule names, weights of zero.
 
 mod cases;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use portcullis::model::{
-    Action, BackendGroup, HeaderMatch, HostPattern, HttpRule, Listener, Model, Origin, OriginKind,
-    PathMatch, Protocol, QueryParamMatch, RouteMatch, StringMatch, VirtualHost,
+    Action, Backend, BackendGroup, BackendKey, Endpoint, Filter, HeaderMatch, HostPattern,
+    HttpRule, Listener, Mirror, Model, Origin, OriginKind, PathMatch, Protocol, QueryParamMatch,
+    RouteMatch, ServiceBackend, StringMatch, VirtualHost, WeightedBackend,
 };
-use portcullis::router::{normalize_host, Lookup, RequestParts, Router};
+use portcullis::proxy::upstream::Upstreams;
+use portcullis::router::{normalize_host, CompiledAction, Lookup, RequestParts, Router, Target};
 use proptest::prelude::*;
 use std::cmp::Ordering;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 // ---------------------------------------------------------------------------------------------------------------
 // The table, as generated
 // ---------------------------------------------------------------------------------------------------------------
 
-/// One route object (an HTTPRoute or an Ingress) with its rules; each rule is a list of matches (OR).
+/// One route object (an HTTPRoute or an Ingress) with its rules.
 #[derive(Clone, Debug)]
 struct Object {
     kind: OriginKind,
     namespace: String,
     name: String,
     created: Option<i64>,
-    rules: Vec<Vec<RouteMatch>>,
+    rules: Vec<Rule>,
+}
+
+/// A rule: its matches (OR), its weighted backends, and at most one mirror.
+#[derive(Clone, Debug)]
+struct Rule {
+    matches: Vec<RouteMatch>,
+    backends: Vec<(u32, BackendSpec)>,
+    mirror: Option<BackendSpec>,
+}
+
+/// A backend reference as a rule holds it: a key of [`BACKEND_KEYS`] by index, or an invalid reference.
+#[derive(Clone, Copy, Debug)]
+enum BackendSpec {
+    Key(usize),
+    Invalid(u16),
 }
 
 /// Where an object's rules are attached: which listener, through which Gateway listener hostname (`None` for
@@ -66,6 +89,55 @@ struct Table {
     listeners: Vec<ListenerSpec>,
     objects: Vec<Object>,
     attachments: Vec<Attachment>,
+    /// Keys (indexes into [`BACKEND_KEYS`]) held in `Model::backends` although no rule names them.
+    unused_backends: Vec<usize>,
+}
+
+/// The backend keys rules draw from: Service ports that share a namespace, a name or a port, and two variants of
+/// one Service port (as a client certificate or a load-balancing annotation makes them).
+const BACKEND_KEYS: &[(&str, &str, u16, &str)] = &[
+    ("team", "svc", 80, ""),
+    ("team", "svc", 8080, ""),
+    ("team", "svc", 80, "client-cert=team/c"),
+    ("team", "svc-a", 80, ""),
+    ("team-a", "svc", 80, ""),
+    ("a", "svc", 80, "lb=random"),
+];
+
+fn backend_key(i: usize) -> BackendKey {
+    let (ns, name, port, variant) = BACKEND_KEYS[i % BACKEND_KEYS.len()];
+    BackendKey {
+        variant: variant.to_string(),
+        ..BackendKey::new(ns, name, port)
+    }
+}
+
+/// The backend `Model::backends` holds for key `i`: its own endpoint, so that a backend resolved under the wrong
+/// key shows.
+fn service_backend(i: usize) -> ServiceBackend {
+    let key = backend_key(i);
+    ServiceBackend {
+        namespace: key.namespace,
+        name: key.name,
+        port: key.port,
+        endpoints: vec![Endpoint {
+            ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1 + i as u8)),
+            port: 9000 + i as u16,
+        }],
+        protocol: Default::default(),
+        tls: None,
+        policy: Default::default(),
+    }
+}
+
+fn model_backend(spec: BackendSpec) -> Backend {
+    match spec {
+        BackendSpec::Key(i) => Backend::Service(backend_key(i)),
+        BackendSpec::Invalid(status) => Backend::Invalid {
+            status,
+            reason: "generated".into(),
+        },
+    }
 }
 
 fn origin(o: &Object, rule: usize) -> Origin {
@@ -79,15 +151,32 @@ fn origin(o: &Object, rule: usize) -> Origin {
     }
 }
 
-/// The one place that constructs model values by hand (rules forward to an empty backend group: routing does not
-/// look at backends). Virtual hosts with the same (listener hostname, hostname) are merged, as translation does.
+/// The one place that constructs model values by hand. Virtual hosts with the same (listener hostname, hostname)
+/// are merged, as translation does. `Model::backends` holds every key a rule names plus the table's unused ones.
 fn build_model(t: &Table) -> Model {
-    let rule = |o: &Object, i: usize, matches: &[RouteMatch]| HttpRule {
+    let rule = |o: &Object, i: usize, r: &Rule, matches: &[RouteMatch]| HttpRule {
         origin: origin(o, i),
         matches: matches.to_vec(),
-        filters: Vec::new(),
+        filters: r
+            .mirror
+            .map(|m| {
+                Filter::RequestMirror(Mirror {
+                    backend: model_backend(m),
+                    per_million: 1_000_000,
+                })
+            })
+            .into_iter()
+            .collect(),
         action: Action::Forward(BackendGroup {
-            backends: Vec::new(),
+            backends: r
+                .backends
+                .iter()
+                .map(|&(weight, b)| WeightedBackend {
+                    weight,
+                    backend: model_backend(b),
+                    filters: Vec::new(),
+                })
+                .collect(),
         }),
         timeouts: Default::default(),
         retry: None,
@@ -97,7 +186,11 @@ fn build_model(t: &Table) -> Model {
         let mut vhosts: Vec<VirtualHost> = Vec::new();
         for a in t.attachments.iter().filter(|a| a.listener == li) {
             let o = &t.objects[a.object];
-            let rules = o.rules.iter().enumerate().map(|(i, m)| rule(o, i, m));
+            let rules = o
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| rule(o, i, r, &r.matches));
             match vhosts
                 .iter_mut()
                 .find(|v| v.listener_hostname == a.listener_hostname && v.hostname == a.hostname)
@@ -116,13 +209,36 @@ fn build_model(t: &Table) -> Model {
             protocol: Protocol::Http,
             tls: None,
             virtual_hosts: vhosts,
-            default_backend: l
-                .default
-                .map(|o| rule(&t.objects[o], Origin::DEFAULT_BACKEND, &[RouteMatch::any()])),
+            default_backend: l.default.map(|o| {
+                let obj = &t.objects[o];
+                rule(
+                    obj,
+                    Origin::DEFAULT_BACKEND,
+                    &obj.rules[0],
+                    &[RouteMatch::any()],
+                )
+            }),
             tls_routes: Vec::new(),
         });
     }
-    Model { listeners }
+    let mut backends = BTreeMap::new();
+    let used = t.objects.iter().flat_map(|o| &o.rules).flat_map(|r| {
+        r.backends
+            .iter()
+            .map(|(_, b)| *b)
+            .chain(r.mirror)
+            .filter_map(|b| match b {
+                BackendSpec::Key(i) => Some(i),
+                BackendSpec::Invalid(_) => None,
+            })
+    });
+    for i in used.chain(t.unused_backends.iter().copied()) {
+        backends.insert(backend_key(i), service_backend(i));
+    }
+    Model {
+        listeners,
+        backends,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -279,13 +395,40 @@ fn route_match() -> impl Strategy<Value = RouteMatch> {
 const NAMESPACES: &[&str] = &["team", "team-a", "a"];
 const OBJECT_NAMES: &[&str] = &["x", "a-x", "b"];
 
+fn backend_spec() -> impl Strategy<Value = BackendSpec> {
+    prop_oneof![
+        8 => (0..BACKEND_KEYS.len()).prop_map(BackendSpec::Key),
+        1 => prop::sample::select(&[500u16, 503][..]).prop_map(BackendSpec::Invalid),
+    ]
+}
+
+/// A rule's backends: usually one or two, sometimes none (the group answers 500), weights often 1, sometimes 0.
+fn rule() -> impl Strategy<Value = Rule> {
+    (
+        prop::collection::vec(route_match(), 1..3),
+        prop::collection::vec(
+            (
+                prop_oneof![3 => Just(1u32), 1 => Just(0u32), 1 => 2u32..100],
+                backend_spec(),
+            ),
+            0..4,
+        ),
+        prop::option::weighted(0.2, backend_spec()),
+    )
+        .prop_map(|(matches, backends, mirror)| Rule {
+            matches,
+            backends,
+            mirror,
+        })
+}
+
 fn object() -> impl Strategy<Value = Object> {
     (
         prop_oneof![Just(OriginKind::HttpRoute), Just(OriginKind::Ingress)],
         prop::sample::select(NAMESPACES),
         prop::sample::select(OBJECT_NAMES),
         prop::option::weighted(0.6, 1i64..4),
-        prop::collection::vec(prop::collection::vec(route_match(), 1..3), 1..4),
+        prop::collection::vec(rule(), 1..4),
     )
         .prop_map(|(kind, ns, name, created, rules)| Object {
             kind,
@@ -299,12 +442,23 @@ fn object() -> impl Strategy<Value = Object> {
 const PORTS: &[u16] = &[80, 8080];
 
 fn table() -> impl Strategy<Value = Table> {
-    let objects = prop::collection::vec(object(), 1..8).prop_map(|mut v| {
-        // (kind, namespace, name) is unique, as in a cluster.
-        let mut seen = BTreeSet::new();
-        v.retain(|o| seen.insert((o.kind, o.namespace.clone(), o.name.clone())));
-        v
-    });
+    let objects = (
+        prop::collection::vec(object(), 1..8),
+        prop::collection::vec(prop::bool::weighted(0.35), 8),
+    )
+        .prop_map(|(mut v, copies)| {
+            // (kind, namespace, name) is unique, as in a cluster.
+            let mut seen = BTreeSet::new();
+            v.retain(|o| seen.insert((o.kind, o.namespace.clone(), o.name.clone())));
+            // Often an object's first rule has the matches of the previous object's: equal matches in different
+            // objects, where only the tie-breaks (kind, creation time, name) decide.
+            for i in 1..v.len() {
+                if copies[i] {
+                    v[i].rules[0].matches = v[i - 1].rules[0].matches.clone();
+                }
+            }
+            v
+        });
     let listeners = prop::collection::vec(
         (
             prop::option::weighted(0.25, Just(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))),
@@ -358,20 +512,24 @@ fn table() -> impl Strategy<Value = Table> {
             Just(listeners),
             prop::collection::vec(attachment, 1..12),
             defaults,
+            prop::collection::vec(0..BACKEND_KEYS.len(), 0..3),
         )
-            .prop_map(|(objects, listeners, attachments, defaults)| Table {
-                listeners: listeners
-                    .iter()
-                    .zip(defaults)
-                    .map(|(&(address, port), default)| ListenerSpec {
-                        address,
-                        port,
-                        default: default.filter(|&o| objects[o].kind == OriginKind::Ingress),
-                    })
-                    .collect(),
-                objects,
-                attachments,
-            })
+            .prop_map(
+                |(objects, listeners, attachments, defaults, unused_backends)| Table {
+                    listeners: listeners
+                        .iter()
+                        .zip(defaults)
+                        .map(|(&(address, port), default)| ListenerSpec {
+                            address,
+                            port,
+                            default: default.filter(|&o| objects[o].kind == OriginKind::Ingress),
+                        })
+                        .collect(),
+                    objects,
+                    attachments,
+                    unused_backends,
+                },
+            )
     })
 }
 
@@ -467,13 +625,74 @@ fn request(t: &Table) -> impl Strategy<Value = Request> {
 // The reference
 // ---------------------------------------------------------------------------------------------------------------
 
-/// What answers a request: a rule (its origin and, for a prefix condition, the prefix), no rule (404), or the
-/// wrong listener for the TLS connection (421).
+/// What answers a request: a rule (its origin, for a prefix condition the prefix, and where it sends the
+/// request), no rule (404), or the wrong listener for the TLS connection (421).
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Answer {
-    Rule(Origin, Option<String>),
+    Rule(Origin, Option<String>, Targets),
     NotFound,
     Misdirected,
+}
+
+/// The weighted candidates of a rule in order, and its mirrors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Targets {
+    backends: Vec<Resolved>,
+    mirrors: Vec<Resolved>,
+}
+
+/// One candidate or mirror, resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Resolved {
+    /// A backend: its key and what the model holds for it.
+    Backend(BackendKey, Box<ServiceBackend>),
+    /// An invalid backend's status.
+    Status(u16),
+    /// The reference: a key `Model::backends` does not hold (such a model must not compile).
+    Missing(BackendKey),
+    /// The router: a `BackendId` with no upstream.
+    NoUpstream(u32),
+}
+
+/// The reference's resolution of a backend reference: the key the rule names, looked up in `Model::backends`.
+fn reference_resolve(model: &Model, spec: BackendSpec) -> Resolved {
+    match model_backend(spec) {
+        Backend::Service(key) => match model.backends.get(&key) {
+            Some(b) => Resolved::Backend(key, Box::new(b.clone())),
+            None => Resolved::Missing(key),
+        },
+        Backend::Invalid { status, .. } => Resolved::Status(status),
+    }
+}
+
+fn reference_targets(model: &Model, r: &Rule) -> Targets {
+    Targets {
+        backends: r
+            .backends
+            .iter()
+            .map(|&(_, b)| reference_resolve(model, b))
+            .collect(),
+        mirrors: r
+            .mirror
+            .iter()
+            .map(|&m| reference_resolve(model, m))
+            .collect(),
+    }
+}
+
+/// The weights of the rule `origin` names (rule 0 for the default backend).
+fn weights_of(t: &Table, o: &Origin) -> Vec<u32> {
+    let rule = if o.rule == Origin::DEFAULT_BACKEND {
+        0
+    } else {
+        o.rule
+    };
+    t.objects
+        .iter()
+        .find(|x| x.kind == o.kind && x.namespace == o.namespace && x.name == o.name)
+        .and_then(|x| x.rules.get(rule))
+        .map(|r| r.backends.iter().map(|(w, _)| *w).collect())
+        .unwrap_or_default()
 }
 
 /// Host as the proxy routes it: lowercase, without `:port` or a trailing dot.
@@ -666,7 +885,7 @@ fn prefix_of(m: &RouteMatch) -> Option<String> {
     }
 }
 
-fn reference(t: &Table, r: &Request, headers: &HeaderMap) -> Answer {
+fn reference(t: &Table, model: &Model, r: &Request, headers: &HeaderMap) -> Answer {
     let Some(li) = t
         .listeners
         .iter()
@@ -689,8 +908,8 @@ fn reference(t: &Table, r: &Request, headers: &HeaderMap) -> Answer {
                 continue;
             }
             let o = &t.objects[a.object];
-            for (rule, matches) in o.rules.iter().enumerate() {
-                for (index, m) in matches.iter().enumerate() {
+            for (rule, spec) in o.rules.iter().enumerate() {
+                for (index, m) in spec.matches.iter().enumerate() {
                     candidates.push(Candidate {
                         host: &a.hostname,
                         object: o,
@@ -707,12 +926,17 @@ fn reference(t: &Table, r: &Request, headers: &HeaderMap) -> Answer {
         .iter()
         .find(|c| reference_matches(c.m, r, headers))
     {
-        return Answer::Rule(origin(c.object, c.rule), prefix_of(c.m));
+        return Answer::Rule(
+            origin(c.object, c.rule),
+            prefix_of(c.m),
+            reference_targets(model, &c.object.rules[c.rule]),
+        );
     }
     match t.listeners[li].default {
         Some(o) => Answer::Rule(
             origin(&t.objects[o], Origin::DEFAULT_BACKEND),
             Some("/".into()),
+            reference_targets(model, &t.objects[o].rules[0]),
         ),
         None => Answer::NotFound,
     }
@@ -733,9 +957,16 @@ fn header_map(r: &Request) -> HeaderMap {
     h
 }
 
-fn production(router: &Router, r: &Request, headers: &HeaderMap) -> Answer {
+/// The router's answer, with its targets resolved as the proxy resolves them (the `BackendId` indexes the
+/// upstreams built from the same model), and eight picks from the rule's weighted candidates.
+fn production(
+    router: &Router,
+    upstreams: &Upstreams,
+    r: &Request,
+    headers: &HeaderMap,
+) -> (Answer, Vec<Option<usize>>) {
     let Some(table) = router.listener_at(r.address, r.port) else {
-        return Answer::NotFound;
+        return (Answer::NotFound, Vec::new());
     };
     let mut buf = [0u8; 256];
     let host = normalize_host(r.host.as_bytes(), &mut buf).unwrap_or("");
@@ -745,14 +976,75 @@ fn production(router: &Router, r: &Request, headers: &HeaderMap) -> Answer {
         query: r.query.as_deref(),
         headers,
     };
+    let resolve = |t: &Target| match t {
+        Target::Backend(id) => match upstreams.get(*id) {
+            Some(u) => Resolved::Backend(u.key.clone(), Box::new(u.spec().clone())),
+            None => Resolved::NoUpstream(id.0),
+        },
+        Target::Status { status, .. } => Resolved::Status(*status),
+    };
     match table.lookup(host, r.sni.as_deref(), &parts) {
-        Lookup::Route(e) => Answer::Rule(
-            e.rule.origin.clone(),
-            e.matched_prefix().map(str::to_string),
-        ),
-        Lookup::NotFound => Answer::NotFound,
-        Lookup::Misdirected => Answer::Misdirected,
+        Lookup::Route(e) => {
+            let (backends, picks) = match &e.rule.action {
+                CompiledAction::Forward(w) => (
+                    w.backends().iter().map(|b| resolve(&b.target)).collect(),
+                    (0..8)
+                        .map(|_| {
+                            w.pick().map(|(i, b)| {
+                                // The index names the candidate returned.
+                                if w.backends().get(i).is_some_and(|x| std::ptr::eq(x, b)) {
+                                    i
+                                } else {
+                                    usize::MAX
+                                }
+                            })
+                        })
+                        .collect(),
+                ),
+                CompiledAction::Redirect(_) => (Vec::new(), Vec::new()),
+            };
+            let targets = Targets {
+                backends,
+                mirrors: e.rule.mirrors.iter().map(|m| resolve(&m.target)).collect(),
+            };
+            (
+                Answer::Rule(
+                    e.rule.origin.clone(),
+                    e.matched_prefix().map(str::to_string),
+                    targets,
+                ),
+                picks,
+            )
+        }
+        Lookup::NotFound => (Answer::NotFound, Vec::new()),
+        Lookup::Misdirected => (Answer::Misdirected, Vec::new()),
     }
+}
+
+/// The first key a rule of the model names (in its candidates or mirrors), if any.
+fn first_named_key(model: &Model) -> Option<BackendKey> {
+    let rules = model.listeners.iter().flat_map(|l| {
+        l.virtual_hosts
+            .iter()
+            .flat_map(|v| &v.rules)
+            .chain(&l.default_backend)
+    });
+    for rule in rules {
+        let candidates = match &rule.action {
+            Action::Forward(g) => g.backends.iter().map(|b| &b.backend).collect(),
+            Action::Redirect(_) => Vec::new(),
+        };
+        let mirrors = rule.filters.iter().filter_map(|f| match f {
+            Filter::RequestMirror(m) => Some(&m.backend),
+            _ => None,
+        });
+        for b in candidates.into_iter().chain(mirrors) {
+            if let Backend::Service(k) = b {
+                return Some(k.clone());
+            }
+        }
+    }
+    None
 }
 
 fn table_and_requests() -> impl Strategy<Value = (Table, Vec<Request>)> {
@@ -788,7 +1080,7 @@ fn aimed_requests(t: &Table, seed: &[Request]) -> Vec<Request> {
             break;
         };
         let o = &t.objects[a.object];
-        let rule = &o.rules[(i / 2) % o.rules.len()];
+        let rule = &o.rules[(i / 2) % o.rules.len()].matches;
         let m = &rule[(i / 3) % rule.len()];
         let l = &t.listeners[a.listener];
         let mut r = base.clone();
@@ -849,22 +1141,24 @@ fn check_table(t: &Table, requests: &[Request]) -> Result<(), TestCaseError> {
         listeners: t.listeners.clone(),
         objects: t.objects.iter().rev().cloned().collect(),
         attachments: Vec::new(),
+        unused_backends: Vec::new(),
     }))
     .map_err(|e| TestCaseError::fail(format!("{e}")))?;
     let reused = Router::compile_reusing(&model, Some(&router))
         .map_err(|e| TestCaseError::fail(format!("{e}")))?;
     let reused_other = Router::compile_reusing(&model, Some(&other))
         .map_err(|e| TestCaseError::fail(format!("{e}")))?;
+    let upstreams = Upstreams::reconcile(&model, &Upstreams::default());
     let aimed = aimed_requests(t, requests);
     for r in requests.iter().chain(&aimed) {
         let headers = header_map(r);
-        let want = reference(t, r, &headers);
+        let want = reference(t, &model, r, &headers);
         for (which, router) in [
             ("compile", &router),
             ("compile_reusing", &reused),
             ("compile_reusing other", &reused_other),
         ] {
-            let got = production(router, r, &headers);
+            let (got, picks) = production(router, &upstreams, r, &headers);
             prop_assert_eq!(
                 &got,
                 &want,
@@ -873,13 +1167,46 @@ fn check_table(t: &Table, requests: &[Request]) -> Result<(), TestCaseError> {
                 r,
                 serde_json::to_string_pretty(&model).unwrap_or_default()
             );
+            if let Answer::Rule(o, ..) = &want {
+                // Weight 0 is never chosen; a group whose weights are all 0 (or that is empty) picks nothing.
+                let weights = weights_of(t, o);
+                for p in &picks {
+                    match p {
+                        Some(i) => prop_assert!(
+                            weights.get(*i).is_some_and(|w| *w > 0),
+                            "{}: picked candidate {} of weights {:?} ({})",
+                            which,
+                            i,
+                            weights,
+                            o
+                        ),
+                        None => prop_assert!(
+                            weights.iter().all(|w| *w == 0),
+                            "{}: picked nothing from weights {:?} ({})",
+                            which,
+                            weights,
+                            o
+                        ),
+                    }
+                }
+            }
+        }
+    }
+    // A model whose rule names a key that `Model::backends` does not hold is refused, never compiled into a
+    // target that points elsewhere.
+    if let Some(key) = first_named_key(&model) {
+        let mut broken = model.clone();
+        broken.backends.remove(&key);
+        match Router::compile_reusing(&broken, Some(&router)) {
+            Ok(_) => prop_assert!(false, "compiled although {} is not in the backends", key),
+            Err(e) => prop_assert!(e.to_string().contains(&key.to_string()), "{}", e),
         }
     }
     Ok(())
 }
 
 proptest! {
-    #![proptest_config(cases::config(512))]
+    #![proptest_config(cases::config(256))]
 
     /// Random tables and requests: the router and the reference pick the same rule, or both answer 404 / 421.
     #[test]
@@ -896,12 +1223,20 @@ fn reference_follows_the_spec_examples() {
         path,
         ..RouteMatch::any()
     };
-    let object = |kind, name: &str, created, rules: Vec<Vec<RouteMatch>>| Object {
+    // Each object forwards to a backend of its own (key i), so that the answer also names it.
+    let object = |kind, name: &str, created, key: usize, rules: Vec<Vec<RouteMatch>>| Object {
         kind,
         namespace: "ns".into(),
         name: name.into(),
         created,
-        rules,
+        rules: rules
+            .into_iter()
+            .map(|matches| Rule {
+                matches,
+                backends: vec![(1, BackendSpec::Key(key))],
+                mirror: None,
+            })
+            .collect(),
     };
     let t = Table {
         listeners: vec![ListenerSpec {
@@ -914,33 +1249,39 @@ fn reference_follows_the_spec_examples() {
                 OriginKind::Ingress,
                 "ing",
                 Some(1),
+                0,
                 vec![vec![m(PathMatch::prefix("/a"))]],
             ),
             object(
                 OriginKind::HttpRoute,
                 "new",
                 Some(9),
+                1,
                 vec![vec![m(PathMatch::prefix("/a"))]],
             ),
             object(
                 OriginKind::HttpRoute,
                 "old",
                 Some(2),
+                2,
                 vec![vec![m(PathMatch::prefix("/a"))]],
             ),
             object(
                 OriginKind::HttpRoute,
                 "exact",
                 None,
+                3,
                 vec![vec![m(PathMatch::Exact("/a/b".into()))]],
             ),
             object(
                 OriginKind::HttpRoute,
                 "wild",
                 Some(1),
+                4,
                 vec![vec![m(PathMatch::Exact("/w".into()))]],
             ),
         ],
+        unused_backends: vec![5],
         attachments: (0..4)
             .map(|object| Attachment {
                 listener: 0,
@@ -969,32 +1310,51 @@ fn reference_follows_the_spec_examples() {
         query: None,
         headers: Vec::new(),
     };
-    let who = |r: &Request| match reference(&t, r, &HeaderMap::new()) {
-        Answer::Rule(o, _) => o.name,
+    let model = build_model(&t);
+    let who = |r: &Request| match reference(&t, &model, r, &HeaderMap::new()) {
+        Answer::Rule(o, _, targets) => {
+            // The rule's one backend, resolved through the model's backends: the object's own key.
+            let key = match targets.backends.as_slice() {
+                [Resolved::Backend(k, b)] if b.namespace == k.namespace && b.name == k.name => {
+                    k.to_string()
+                }
+                other => format!("{other:?}"),
+            };
+            format!("{} {key}", o.name)
+        }
         other => format!("{other:?}"),
     };
-    // Exact before any prefix; the oldest HTTPRoute among equal prefixes; HTTPRoute before Ingress.
-    assert_eq!(who(&req("a.example.com", "/a/b")), "exact");
-    assert_eq!(who(&req("a.example.com", "/a/c")), "old");
+    // Exact before any prefix; the oldest HTTPRoute among equal prefixes; HTTPRoute before Ingress. Each answer
+    // names the backend of the rule that answers, with the variant that tells two keys of one Service port apart.
+    assert_eq!(who(&req("a.example.com", "/a/b")), "exact team/svc-a:80");
+    assert_eq!(
+        who(&req("a.example.com", "/a/c")),
+        "old team/svc:80#client-cert=team/c"
+    );
     // A host whose own rules do not match falls through to the covering wildcard's.
-    assert_eq!(who(&req("A.Example.com:80", "/w")), "wild");
+    assert_eq!(who(&req("A.Example.com:80", "/w")), "wild team-a/svc:80");
     assert_eq!(who(&req("b.example.com", "/a")), "NotFound");
-    let router = Router::compile(&build_model(&t)).expect("compiles");
+    // The unused key sorts first in the model's backends, so every id is shifted by one from the keys' order in
+    // the table: the router must still land on the same backends.
+    assert_eq!(model.backends.keys().next(), Some(&backend_key(5)));
+    let router = Router::compile(&model).expect("compiles");
+    let upstreams = Upstreams::reconcile(&model, &Upstreams::default());
     for r in [
         req("a.example.com", "/a/b"),
         req("a.example.com", "/a/c"),
         req("a.example.com", "/w"),
     ] {
-        assert_eq!(
-            production(&router, &r, &HeaderMap::new()),
-            reference(&t, &r, &HeaderMap::new())
-        );
+        let (got, picks) = production(&router, &upstreams, &r, &HeaderMap::new());
+        assert_eq!(got, reference(&t, &model, &r, &HeaderMap::new()));
+        assert_eq!(picks, vec![Some(0); 8]);
     }
 }
 
 /// The generators reach what the property is about: most requests find a rule (of every path kind, through
-/// host fall-through and the default backend too), some get 404 and 421. Without this a generator that drifted
-/// into producing only 404s would let the property pass while checking nothing.
+/// host fall-through and the default backend too), some get 404 and 421; answering rules send to one backend,
+/// to several (some of weight 0), to an invalid backend's status, to nothing, and mirror; models hold backends
+/// that no rule names. Without this a generator that drifted into producing only 404s would let the property
+/// pass while checking nothing.
 #[test]
 fn generated_requests_reach_every_kind_of_answer() {
     use proptest::strategy::ValueTree;
@@ -1008,13 +1368,51 @@ fn generated_requests_reach_every_kind_of_answer() {
     for _ in 0..40 {
         let (t, requests) = strategy.new_tree(&mut runner).expect("a table").current();
         let aimed = aimed_requests(&t, &requests);
+        let model = build_model(&t);
+        if t.unused_backends.iter().any(|&i| {
+            !t.objects.iter().flat_map(|o| &o.rules).any(|r| {
+                r.backends
+                    .iter()
+                    .any(|(_, b)| matches!(b, BackendSpec::Key(k) if *k == i))
+            })
+        }) {
+            *counts.entry("unused backend").or_default() += 1;
+        }
         for r in requests.iter().chain(&aimed) {
             let headers = header_map(r);
-            let kind = match reference(&t, r, &headers) {
+            let answer = reference(&t, &model, r, &headers);
+            if let Answer::Rule(o, _, targets) = &answer {
+                let weights = weights_of(&t, o);
+                let mut note = |k: &'static str, yes: bool| {
+                    if yes {
+                        *counts.entry(k).or_default() += 1;
+                    }
+                };
+                note("no candidates", targets.backends.is_empty());
+                note(
+                    "one backend",
+                    matches!(targets.backends.as_slice(), [Resolved::Backend(..)]),
+                );
+                note(
+                    "several with a 0 weight",
+                    targets.backends.len() > 1
+                        && weights.contains(&0)
+                        && weights.iter().any(|w| *w > 0),
+                );
+                note(
+                    "status",
+                    targets
+                        .backends
+                        .iter()
+                        .any(|b| matches!(b, Resolved::Status(_))),
+                );
+                note("mirror", !targets.mirrors.is_empty());
+            }
+            let kind = match answer {
                 Answer::NotFound => "404",
                 Answer::Misdirected => "421",
-                Answer::Rule(o, _) if o.rule == Origin::DEFAULT_BACKEND => "default",
-                Answer::Rule(o, _) => {
+                Answer::Rule(o, ..) if o.rule == Origin::DEFAULT_BACKEND => "default",
+                Answer::Rule(o, ..) => {
                     let obj = t
                         .objects
                         .iter()
@@ -1023,6 +1421,7 @@ fn generated_requests_reach_every_kind_of_answer() {
                         })
                         .expect("the object");
                     let any_match = obj.rules[o.rule]
+                        .matches
                         .iter()
                         .find(|m| reference_matches(m, r, &headers));
                     match any_match.map(|m| &m.path) {
@@ -1039,11 +1438,27 @@ fn generated_requests_reach_every_kind_of_answer() {
     }
     eprintln!("{counts:?}");
     for kind in [
-        "404", "421", "default", "exact", "prefix /", "prefix", "regex",
+        "404",
+        "421",
+        "default",
+        "exact",
+        "prefix /",
+        "prefix",
+        "regex",
+        "no candidates",
+        "one backend",
+        "several with a 0 weight",
+        "status",
+        "mirror",
     ] {
         assert!(
             counts.get(kind).copied().unwrap_or(0) >= 10,
             "{kind}: {counts:?}"
         );
     }
+    // Counted once per table (of 40), not per request.
+    assert!(
+        counts.get("unused backend").copied().unwrap_or(0) >= 5,
+        "unused backend: {counts:?}"
+    );
 }

@@ -23,15 +23,17 @@ use portcullis::k8s::gw::{
 use portcullis::k8s::{
     ConfigMap, EndpointSlice, Ingress, IngressClass, Namespace, Secret, Service,
 };
-use portcullis::model::{Model, PathMatch};
+use portcullis::model::{Action, Backend, Filter, Model, OriginKind, PathMatch, ServiceBackend};
 use portcullis::router::{RequestParts, Router};
 use portcullis::snapshot::Store;
 use portcullis::source::Input;
-use portcullis::translate::{translate, Options};
+use portcullis::translate::nginx::annotations::{KNOWN, NOT_APPLIED, SNIPPETS};
+use portcullis::translate::nginx::NginxOptions;
+use portcullis::translate::{translate, Diagnostic, Options, Output, Severity};
 use proptest::prelude::*;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -202,6 +204,337 @@ fn vec_of<T: Strategy>(s: T, max: usize) -> impl Strategy<Value = Vec<T::Value>>
     prop::collection::vec(s, 0..=max)
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Annotations: ingress-nginx's on Ingresses, ours on Services
+// ---------------------------------------------------------------------------------------------------------------
+
+const NGINX_PREFIX: &str = "nginx.ingress.kubernetes.io/";
+
+/// Values of the types ingress-nginx's annotation parsers read (booleans, numbers, sizes, durations, paths with
+/// captures, URLs, CIDR lists, origins, methods, header lists, nginx variables, Secret references, regexes,
+/// redirect codes, protocol and balancer names), valid and not.
+const NGINX_VALUES: &[&str] = &[
+    "true",
+    "false",
+    "on",
+    "off",
+    "True",
+    "1",
+    "0",
+    "-1",
+    "10",
+    "100",
+    "1000000",
+    "99999999999999999999",
+    "8k",
+    "1m",
+    "10g",
+    "1x",
+    "10s",
+    "1.5",
+    "/",
+    "/$1",
+    "/$2$3",
+    "/app",
+    "$1",
+    "/a b",
+    "http://",
+    "https://auth.example.com/verify?rd=$escaped_request_uri",
+    "http://$host/x",
+    "https://a.com, https://*.b.com",
+    "*",
+    "10.0.0.0/8",
+    "10.0.0.1, 192.168.0.0/16",
+    "::1/128",
+    "10.0.0.0/33",
+    "GET, POST",
+    "X-A, X-B",
+    "X-Canary",
+    "always",
+    "never",
+    "cert",
+    "default/cert",
+    "other/cert",
+    "/cert",
+    "basic",
+    "digest",
+    "auth-file",
+    "auth-map",
+    "www.example.com",
+    "example.com",
+    "301",
+    "302",
+    "307",
+    "308",
+    "999",
+    "error timeout http_502",
+    "GRPC",
+    "HTTPS",
+    "FCGI",
+    "AUTO_HTTP",
+    "round_robin",
+    "ewma",
+    "$request_uri",
+    "$remote_addr",
+    "canary|beta",
+    "(",
+    "cookie",
+    "persistent",
+    "Lax",
+    "None",
+    "TLSv1.2 TLSv1.3",
+    "$host",
+    "proxy_set_header X-A b;",
+    "{{ .Values }}",
+];
+
+/// Themed sets of ingress-nginx annotations with mostly valid values, so that canaries, rewrites, redirects,
+/// CORS, authentication, limits and source ranges are reached together (drawing keys one by one from the ~140
+/// ingress-nginx knows rarely gives a canary Ingress its weight).
+type NginxGroup = &'static [(&'static str, &'static [&'static str])];
+const NGINX_GROUPS: &[NginxGroup] = &[
+    &[
+        ("canary", &["true", "false", "x"]),
+        ("canary-weight", &["0", "10", "100", "-1", "x"]),
+        ("canary-weight-total", &["100", "1000", "0"]),
+        ("canary-by-header", &["X-Canary", "bad header"]),
+        ("canary-by-header-value", &["always", "yes"]),
+        ("canary-by-header-pattern", &["canary|beta", "("]),
+        ("canary-by-cookie", &["canary"]),
+    ],
+    &[
+        ("rewrite-target", &["/$1", "/", "/$2", "$1$2"]),
+        ("use-regex", &["true", "false"]),
+        ("x-forwarded-prefix", &["/p", "$1", "a b"]),
+        ("app-root", &["/app", "app", "http://x/"]),
+        ("preserve-trailing-slash", &["true"]),
+    ],
+    &[
+        (
+            "permanent-redirect",
+            &["https://example.com/x", "/x", "not a url"],
+        ),
+        ("permanent-redirect-code", &["301", "308", "200", "x"]),
+        ("temporal-redirect", &["https://example.com/t"]),
+        ("temporal-redirect-code", &["302", "307", "999"]),
+        ("from-to-www-redirect", &["true"]),
+        ("ssl-redirect", &["true", "false"]),
+        ("force-ssl-redirect", &["true", "false"]),
+        (
+            "server-alias",
+            &["www.example.com, alias.example.com", "*.example.com", "a b"],
+        ),
+    ],
+    &[
+        ("enable-cors", &["true", "false"]),
+        (
+            "cors-allow-origin",
+            &[
+                "https://a.com, https://*.b.com",
+                "*",
+                "ftp://x",
+                "https://a.com:99999",
+            ],
+        ),
+        ("cors-allow-methods", &["GET, POST", "G E T"]),
+        ("cors-allow-headers", &["X-A, X-B", "bad header"]),
+        ("cors-expose-headers", &["X-A"]),
+        ("cors-allow-credentials", &["true", "false"]),
+        ("cors-max-age", &["600", "-1", "x"]),
+    ],
+    &[
+        ("auth-type", &["basic", "digest", "x"]),
+        (
+            "auth-secret",
+            &["cert", "default/cert", "other/cert", "nope"],
+        ),
+        ("auth-secret-type", &["auth-file", "auth-map", "x"]),
+        ("auth-realm", &["realm", ""]),
+        (
+            "auth-url",
+            &[
+                "http://auth.default.svc/verify",
+                "https://$host/auth",
+                "not a url",
+            ],
+        ),
+        (
+            "auth-signin",
+            &["https://login.example.com/?rd=$escaped_request_uri"],
+        ),
+        ("auth-method", &["GET", "G ET"]),
+        ("auth-response-headers", &["X-User, X-Email", "bad header"]),
+        ("auth-cache-key", &["$remote_user"]),
+    ],
+    &[
+        ("limit-rps", &["5", "0", "-1", "x"]),
+        ("limit-rpm", &["300", "0"]),
+        ("limit-connections", &["10", "x"]),
+        ("limit-burst-multiplier", &["5", "0"]),
+        ("limit-allowlist", &["10.0.0.0/8", "x"]),
+        (
+            "allowlist-source-range",
+            &["10.0.0.0/8, ::1/128", "10.0.0.0/33"],
+        ),
+        ("denylist-source-range", &["192.168.0.0/16", "x"]),
+        ("whitelist-source-range", &["127.0.0.1"]),
+    ],
+    &[
+        ("proxy-body-size", &["8k", "1m", "0", "1x"]),
+        ("proxy-read-timeout", &["30", "0", "x"]),
+        ("proxy-send-timeout", &["30", "-5"]),
+        ("proxy-buffering", &["on", "off", "x"]),
+        ("upstream-vhost", &["internal.example.com", "a b", "$host"]),
+        ("backend-protocol", &["GRPC", "HTTPS", "FCGI", "x"]),
+        ("configuration-snippet", &["more_set_headers \"X: y\";"]),
+        ("ssl-passthrough", &["true", "x"]),
+    ],
+];
+
+fn nginx_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        6 => prop::sample::select(NGINX_VALUES).prop_map(str::to_string),
+        2 => hostile_string(),
+        1 => "[ -~]{0,16}",
+    ]
+}
+
+/// An annotation key under the ingress-nginx prefix: one it knows, a typo, an unknown or odd one.
+fn nginx_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        10 => prop::sample::select(KNOWN).prop_map(|k| format!("{NGINX_PREFIX}{k}")),
+        1 => prop::sample::select(&["rewrite-targt", "canary-wieght", "nope", "", "x-snippet", "Rewrite-Target", "a/b"][..])
+            .prop_map(|k| format!("{NGINX_PREFIX}{k}")),
+    ]
+}
+
+fn nginx_group() -> impl Strategy<Value = Vec<(String, String)>> {
+    prop::sample::select(NGINX_GROUPS).prop_flat_map(|g| {
+        prop::sample::subsequence(g.to_vec(), 1..=g.len()).prop_flat_map(|keys| {
+            keys.into_iter()
+                .map(|(k, values)| {
+                    (
+                        Just(format!("{NGINX_PREFIX}{k}")),
+                        prop_oneof![
+                            5 => prop::sample::select(values).prop_map(str::to_string),
+                            1 => nginx_value(),
+                        ],
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+    })
+}
+
+/// The ingress-nginx annotations of one Ingress: a themed set half of the time, plus keys drawn one by one.
+fn nginx_annotations() -> impl Strategy<Value = BTreeMap<String, String>> {
+    (
+        opt(0.5, nginx_group()),
+        prop::collection::vec((nginx_key(), nginx_value()), 0..4),
+    )
+        .prop_map(|(group, single)| group.into_iter().flatten().chain(single).collect())
+}
+
+/// `portcullis.dev/*` Service annotations with valid, default-restating and bad values, and unknown keys.
+const POLICY_ANNOTATIONS: &[(&str, &[&str])] = &[
+    (
+        "load-balancer",
+        &[
+            "round-robin",
+            "random",
+            "least-request",
+            "consistent-hash",
+            "fastest",
+            "",
+        ],
+    ),
+    (
+        "hash-on",
+        &[
+            "source-ip",
+            "uri",
+            "header:X-User",
+            "header:",
+            "header:bad name",
+            "cookie:s",
+            "query:u",
+            "ip",
+        ],
+    ),
+    ("max-failures", &["0", "3", "5", "1000", "1001", "-1", "x"]),
+    ("ejection-time", &["5s", "500ms", "1m30s", "0s", "soon"]),
+    ("max-ejection-time", &["60s", "1m", "10s", "0s", "x"]),
+    (
+        "health-check",
+        &["tcp", "http:/healthz", "http:healthz", "http:", "udp"],
+    ),
+    ("health-check-host", &["svc.local", "", "bad\nhost"]),
+    ("health-check-interval", &["5s", "2s", "10ms", "x"]),
+    ("health-check-timeout", &["1s", "500ms", "0s"]),
+    ("healthy-threshold", &["1", "2", "0", "101"]),
+    ("unhealthy-threshold", &["2", "3", "0"]),
+    ("max-failure", &["3"]),
+    ("loadbalancer", &["random"]),
+    ("something-else", &["1"]),
+];
+
+/// The documented default of a `portcullis.dev/*` key (docs/upstreams.md): a value that changes nothing.
+const POLICY_DEFAULTS: &[(&str, &str)] = &[
+    ("load-balancer", "round-robin"),
+    ("max-failures", "3"),
+    ("ejection-time", "5s"),
+    ("max-ejection-time", "60s"),
+    ("max-ejection-time", "1m"),
+    ("health-check-interval", "5s"),
+    ("health-check-timeout", "1s"),
+    ("healthy-threshold", "1"),
+    ("unhealthy-threshold", "2"),
+];
+
+fn policy_annotations() -> impl Strategy<Value = BTreeMap<String, String>> {
+    let one = prop::sample::select(POLICY_ANNOTATIONS).prop_flat_map(|(k, values)| {
+        (
+            Just(format!("portcullis.dev/{k}")),
+            prop_oneof![
+                6 => prop::sample::select(values).prop_map(str::to_string),
+                1 => hostile_string(),
+            ],
+        )
+    });
+    // Half of the time one setting that takes effect on its own, so that the companions above (thresholds,
+    // intervals, hash keys) often have something to apply to.
+    let anchor = prop::sample::select(
+        &[
+            ("health-check", "http:/healthz"),
+            ("health-check", "tcp"),
+            ("load-balancer", "least-request"),
+            ("load-balancer", "consistent-hash"),
+            ("max-failures", "5"),
+        ][..],
+    )
+    .prop_map(|(k, v)| (format!("portcullis.dev/{k}"), v.to_string()));
+    (opt(0.5, anchor), prop::collection::vec(one, 1..4))
+        .prop_map(|(anchor, v)| anchor.into_iter().chain(v).collect())
+}
+
+/// The ingress-nginx profile of a run: off, or on for the IngressClass `nginx`, with or without its ConfigMap,
+/// and `--ingress-nginx-set` pairs.
+#[derive(Clone, Debug)]
+struct NginxSetup {
+    config_map: bool,
+    overrides: Vec<(String, String)>,
+}
+
+fn nginx_setting() -> impl Strategy<Value = (String, String)> {
+    (
+        prop_oneof![
+            6 => prop::sample::select(portcullis::translate::nginx::config::KEYS).prop_map(str::to_string),
+            1 => Just("no-such-key".to_string()),
+        ],
+        nginx_value(),
+    )
+}
+
 fn metadata(namespaced: bool, preferred: &'static str) -> impl Strategy<Value = Value> {
     (
         name(preferred),
@@ -221,6 +554,7 @@ fn metadata(namespaced: bool, preferred: &'static str) -> impl Strategy<Value = 
                 &[
                     ("kubernetes.io/ingress.class", "portcullis"),
                     ("kubernetes.io/ingress.class", "other"),
+                    ("kubernetes.io/ingress.class", "nginx"),
                     ("ingressclass.kubernetes.io/is-default-class", "true"),
                     ("nginx.ingress.kubernetes.io/rewrite-target", "/$1"),
                     ("traefik.ingress.kubernetes.io/router.entrypoints", "web"),
@@ -318,13 +652,18 @@ fn service() -> impl Strategy<Value = Value> {
             prop::sample::select(&["ClusterIP", "ExternalName", "NodePort", "bogus"][..]),
         ),
         opt(0.2, hostname()),
+        opt(0.4, policy_annotations()),
     )
-        .prop_map(|(ports, ty, external)| {
-            json!({"spec": obj(vec![
+        .prop_map(|(ports, ty, external, annotations)| {
+            let mut v = json!({"spec": obj(vec![
                 ("ports", Some(json!(ports))),
                 ("type", ty.map(|t| json!(t))),
                 ("externalName", external.map(|e| json!(e))),
-            ])})
+            ])});
+            if let Some(a) = annotations {
+                v["metadata"] = json!({ "annotations": a });
+            }
+            v
         });
     object("v1", "Service", true, "web", body)
 }
@@ -426,7 +765,20 @@ fn secret() -> impl Strategy<Value = Value> {
         }
         json!({"type": "kubernetes.io/tls", "stringData": data})
     });
-    let body = prop_oneof![3 => valid.prop_map(|v| v), 2 => garbage];
+    // What `auth-secret` reads: an htpasswd file under `auth` (auth-file) or users as keys (auth-map).
+    let auth = prop::sample::select(
+        &[
+            "user:$apr1$saltsalt$0123456789abcdefghijkl",
+            "user:{SHA}qUqP5cyxm6YcTAhz05Hph5gvu9M=",
+            "user:$2y$05$abcdefghijklmnopqrstuv0123456789abcdefghijklmnopqrstu",
+            "user:plain",
+            "garbage",
+            "",
+            "a:b\nc:d\n\n:",
+        ][..],
+    )
+    .prop_map(|a| json!({"type": "Opaque", "stringData": {"auth": a, "user": a}}));
+    let body = prop_oneof![3 => valid.prop_map(|v| v), 2 => garbage, 1 => auth];
     object("v1", "Secret", true, "cert", body)
 }
 
@@ -504,18 +856,26 @@ fn ingress() -> impl Strategy<Value = Value> {
         ])
     });
     let body = (
-        opt(0.6, name("portcullis")),
+        opt(
+            0.6,
+            prop_oneof![3 => name("portcullis"), 1 => Just("nginx".to_string())],
+        ),
         opt(0.2, ingress_backend()),
         vec_of(rule, 3),
         opt(0.3, vec_of(tls, 2)),
+        opt(0.6, nginx_annotations()),
     )
-        .prop_map(|(class, default, rules, tls)| {
-            json!({"spec": obj(vec![
+        .prop_map(|(class, default, rules, tls, annotations)| {
+            let mut v = json!({"spec": obj(vec![
                 ("ingressClassName", class.map(|c| json!(c))),
                 ("defaultBackend", default),
                 ("rules", Some(json!(rules))),
                 ("tls", tls.map(|t| json!(t))),
-            ])})
+            ])});
+            if let Some(a) = annotations {
+                v["metadata"] = json!({ "annotations": a });
+            }
+            v
         });
     object("networking.k8s.io/v1", "Ingress", true, "a", body)
 }
@@ -1017,6 +1377,21 @@ fn add<T: DeserializeOwned>(
 struct Objects {
     core: Vec<Value>,
     routes: Vec<Value>,
+    nginx: Option<NginxSetup>,
+}
+
+/// The translation options of a run: the defaults, plus the ingress-nginx profile when it is on.
+fn options(o: &Objects) -> Options {
+    let mut opts = Options::default();
+    if let Some(n) = &o.nginx {
+        opts.nginx = NginxOptions {
+            classes: vec!["nginx".into()],
+            config_map: n.config_map.then(|| "default/ingress-nginx".into()),
+            overrides: n.overrides.clone(),
+            ..NginxOptions::default()
+        };
+    }
+    opts
 }
 
 /// Classes of ours (usually) and a few objects of every kind.
@@ -1053,9 +1428,15 @@ fn objects() -> impl Strategy<Value = Objects> {
     // Half of the time, a well-formed Gateway and Service next to the generated ones (which come after, so a
     // generated object of the same name loses: objects are unique by name), so that generated routes often have
     // somewhere to attach and something to forward to.
-    let base = any::<bool>().prop_map(|yes| {
+    // Its Service sometimes carries `portcullis.dev/*` annotations (a generated Service named `web` loses to it).
+    let base = (any::<bool>(), opt(0.7, policy_annotations())).prop_map(|(yes, annotations)| {
         if !yes {
             return Vec::new();
+        }
+        let mut svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"ports": [{"name": "http", "port": 80}, {"name": "https", "port": 443}]}});
+        if let Some(a) = annotations {
+            svc["metadata"]["annotations"] = json!(a);
         }
         vec![
             json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
@@ -1063,8 +1444,7 @@ fn objects() -> impl Strategy<Value = Objects> {
                 "spec": {"gatewayClassName": "portcullis", "listeners": [
                     {"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "All"}}},
                     {"name": "tls", "port": 8443, "protocol": "TLS", "tls": {"mode": "Passthrough"}}]}}),
-            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
-                "spec": {"ports": [{"name": "http", "port": 80}, {"name": "https", "port": 443}]}}),
+            svc,
             json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                 "metadata": {"name": "web-base", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
                 "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}, {"name": "https", "port": 8443}],
@@ -1079,7 +1459,71 @@ fn objects() -> impl Strategy<Value = Objects> {
         vec_of(grpc_route(), 1),
     )
         .prop_map(|(a, b, c, d)| [a, b, c, d].concat());
-    (core, routes).prop_map(|(core, routes)| Objects { core, routes })
+    // Half of the time the ingress-nginx profile is on: the `nginx` IngressClass of ingress-nginx's controller
+    // (sometimes the default class), its ConfigMap with settings valid and not, and command-line settings.
+    let nginx = opt(
+        0.5,
+        (
+            any::<bool>(),
+            any::<bool>(),
+            prop::collection::btree_map(
+                prop::sample::select(portcullis::translate::nginx::config::KEYS),
+                nginx_value(),
+                0..4,
+            ),
+            vec_of(nginx_setting(), 2),
+        ),
+    );
+    // Now and then a canary of the first Ingress: the same rules (so its paths find their main paths), another
+    // name, the canary annotations.
+    let canary = opt(
+        0.3,
+        (
+            prop::sample::select(&["0", "10", "100", "-1", "x"][..]),
+            any::<bool>(),
+        ),
+    );
+    (core, routes, nginx, canary).prop_map(|(mut core, mut routes, nginx, canary)| {
+        if let (Some((weight, by_header)), Some(main)) =
+            (canary, routes.iter().find(|v| v["kind"] == "Ingress"))
+        {
+            let mut c = main.clone();
+            c["metadata"]["name"] = json!("a-canary");
+            let mut a = json!({"nginx.ingress.kubernetes.io/canary": "true",
+                "nginx.ingress.kubernetes.io/canary-weight": weight});
+            if by_header {
+                a["nginx.ingress.kubernetes.io/canary-by-header"] = json!("X-Canary");
+            }
+            c["metadata"]["annotations"] = a;
+            routes.push(c);
+        }
+        let nginx = nginx.map(|(default, config_map, data, overrides)| {
+            let mut class = json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+                "metadata": {"name": "nginx"},
+                "spec": {"controller": portcullis::translate::nginx::INGRESS_NGINX_CONTROLLER}});
+            if default {
+                class["metadata"]["annotations"] =
+                    json!({"ingressclass.kubernetes.io/is-default-class": "true"});
+            }
+            core.insert(0, class);
+            if config_map {
+                core.insert(
+                    0,
+                    json!({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": "ingress-nginx", "namespace": "default"}, "data": data}),
+                );
+            }
+            NginxSetup {
+                config_map,
+                overrides,
+            }
+        });
+        Objects {
+            core,
+            routes,
+            nginx,
+        }
+    })
 }
 
 fn input(objects: &[Value]) -> Result<Input, TestCaseError> {
@@ -1125,13 +1569,61 @@ fn check_model(model: &Model) -> Result<(), TestCaseError> {
         &sorted,
         "listeners sorted by address then port, each once"
     );
+    // Every backend is held under its own Service port's key.
+    for (k, b) in &model.backends {
+        prop_assert!(
+            k.namespace == b.namespace && k.name == b.name && k.port == b.port,
+            "backend {} holds {}/{}:{}",
+            k,
+            b.namespace,
+            b.name,
+            b.port
+        );
+    }
+    // Every key a rule, mirror or TLS route names is in the backends.
+    let held = |b: &Backend, what: &dyn std::fmt::Display| -> Result<(), TestCaseError> {
+        if let Backend::Service(k) = b {
+            prop_assert!(
+                model.backends.contains_key(k),
+                "{}: backend {} is not in the model's backends",
+                what,
+                k
+            );
+        }
+        Ok(())
+    };
+    let mirrors = |filters: &[Filter]| -> Vec<Backend> {
+        filters
+            .iter()
+            .filter_map(|f| match f {
+                Filter::RequestMirror(m) => Some(m.backend.clone()),
+                _ => None,
+            })
+            .collect()
+    };
     for l in &model.listeners {
+        for t in &l.tls_routes {
+            for b in &t.backends.backends {
+                held(&b.backend, &t.origin)?;
+            }
+        }
         let rules = l
             .virtual_hosts
             .iter()
             .flat_map(|v| &v.rules)
             .chain(&l.default_backend);
         for r in rules {
+            for b in mirrors(&r.filters) {
+                held(&b, &r.origin)?;
+            }
+            if let Action::Forward(g) = &r.action {
+                for wb in &g.backends {
+                    held(&wb.backend, &r.origin)?;
+                    for b in mirrors(&wb.filters) {
+                        held(&b, &r.origin)?;
+                    }
+                }
+            }
             prop_assert!(
                 !r.matches.is_empty(),
                 "{}: a rule without matches",
@@ -1224,7 +1716,7 @@ fn pretty(out: &portcullis::translate::Output) -> String {
 fn check(objects: &Objects) -> Result<(), TestCaseError> {
     let all = unique(objects);
     let input = input(&all)?;
-    let opts = Options::default();
+    let opts = options(objects);
     let out = translate(&input, &opts);
 
     // Pure and order-independent: the same objects in the reverse order, normalized as the sources do.
@@ -1256,6 +1748,14 @@ fn check(objects: &Objects) -> Result<(), TestCaseError> {
             v["metadata"]["name"].as_str().unwrap_or("").to_string(),
         ));
     }
+    // Problems with `--ingress-nginx-set` are reported on the flag.
+    if objects
+        .nginx
+        .as_ref()
+        .is_some_and(|n| !n.overrides.is_empty())
+    {
+        known.insert(("Flag".into(), None, "--ingress-nginx-set".into()));
+    }
     for d in &out.diagnostics {
         let key = (
             d.object.kind.clone(),
@@ -1283,11 +1783,222 @@ fn check(objects: &Objects) -> Result<(), TestCaseError> {
     prop_assert_eq!(&*store.load().model, &out.model);
     // Status and the model print (the admin API's /status and /config).
     prop_assert!(serde_json::to_string(&out).is_ok());
+
+    ingresses_accounted_for(&all, &opts, &out)?;
+    service_annotations_accounted_for(&all, &opts, &out)?;
+    Ok(())
+}
+
+/// (namespace, name) of a generated object.
+fn id_of(v: &Value) -> (String, String) {
+    (
+        v["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string(),
+        v["metadata"]["name"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+/// The Ingresses that route in `model`: the origin of a rule, a default backend or a TLS route, or the canary
+/// Ingress merged into another Ingress's rule.
+fn routing_ingresses(model: &Model) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for l in &model.listeners {
+        let rules = l
+            .virtual_hosts
+            .iter()
+            .flat_map(|v| &v.rules)
+            .chain(&l.default_backend);
+        for r in rules {
+            if r.origin.kind == OriginKind::Ingress {
+                out.insert((r.origin.namespace.clone(), r.origin.name.clone()));
+            }
+            for f in &r.filters {
+                if let Filter::Policy(p) = f {
+                    if let Some((ns, name)) =
+                        p.canary.as_ref().and_then(|c| c.ingress.split_once('/'))
+                    {
+                        out.insert((ns.to_string(), name.to_string()));
+                    }
+                }
+            }
+        }
+        for t in &l.tls_routes {
+            if t.origin.kind == OriginKind::Ingress {
+                out.insert((t.origin.namespace.clone(), t.origin.name.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Does `message` name the annotation `key` (not merely a longer key that starts with it)?
+fn names_key(message: &str, key: &str) -> bool {
+    message.match_indices(key).any(|(i, _)| {
+        !message[i + key.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
+    })
+}
+
+/// Table or diagnostic, for Ingresses and their ingress-nginx annotations. An Ingress that routes when its
+/// `nginx.ingress.kubernetes.io/*` annotations are taken away still routes with them (its own rules, or merged
+/// into another Ingress's rule as its canary), or a diagnostic names it: whatever the annotations say, the
+/// Ingress does not vanish from the table in silence. And every annotation of such an Ingress that Portcullis
+/// does not act on (an unknown key, a snippet, a key parsed but not applied) is named by a diagnostic about it.
+fn ingresses_accounted_for(
+    all: &[Value],
+    opts: &Options,
+    out: &Output,
+) -> Result<(), TestCaseError> {
+    let stripped: Vec<Value> = all
+        .iter()
+        .cloned()
+        .map(|mut v| {
+            if v["kind"] == "Ingress" {
+                if let Some(Value::Object(a)) = v["metadata"].get_mut("annotations") {
+                    a.retain(|k, _| !k.starts_with(NGINX_PREFIX));
+                }
+            }
+            v
+        })
+        .collect();
+    let plain = translate(&input(&stripped)?, opts);
+    let routes_plain = routing_ingresses(&plain.model);
+    let routes = routing_ingresses(&out.model);
+    let about = |id: &(String, String)| -> Vec<&Diagnostic> {
+        out.diagnostics
+            .iter()
+            .filter(|d| {
+                d.object.kind == "Ingress"
+                    && d.object.namespace.as_deref() == Some(id.0.as_str())
+                    && d.object.name == id.1
+            })
+            .collect()
+    };
+    for id in &routes_plain {
+        prop_assert!(
+            routes.contains(id) || !about(id).is_empty(),
+            "Ingress {}/{} routes without its ingress-nginx annotations; with them it neither routes nor has a \
+             diagnostic",
+            id.0,
+            id.1
+        );
+    }
+    for v in all.iter().filter(|v| v["kind"] == "Ingress") {
+        let id = id_of(v);
+        if !routes_plain.contains(&id) && !routes.contains(&id) {
+            continue;
+        }
+        let Some(Value::Object(anns)) = v["metadata"].get("annotations") else {
+            continue;
+        };
+        for key in anns.keys() {
+            let Some(short) = key.strip_prefix(NGINX_PREFIX) else {
+                continue;
+            };
+            let inert = !KNOWN.contains(&short)
+                || NOT_APPLIED.contains(&short)
+                || SNIPPETS.contains(&short)
+                || short.ends_with("-snippet");
+            if inert {
+                prop_assert!(
+                    about(&id)
+                        .iter()
+                        .any(|d| d.annotation.as_deref() == Some(key.as_str())),
+                    "Ingress {}/{}: annotation {} is not acted on, and no diagnostic names it",
+                    id.0,
+                    id.1,
+                    key
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Table or diagnostic, for Services and their `portcullis.dev/*` annotations: every such annotation of a
+/// Service whose backend is in the table shows in that backend (translating without it gives another backend),
+/// or a diagnostic about the Service names it, or its value is the documented default (or restates what another
+/// annotation implies: `consistent-hash` next to `hash-on`). At most six annotations
+/// per input are taken away (each costs a translation).
+fn service_annotations_accounted_for(
+    all: &[Value],
+    opts: &Options,
+    out: &Output,
+) -> Result<(), TestCaseError> {
+    let backends_of = |m: &Model, id: &(String, String)| -> Vec<ServiceBackend> {
+        m.backends
+            .values()
+            .filter(|b| b.namespace == id.0 && b.name == id.1)
+            .cloned()
+            .collect()
+    };
+    let mut budget = 6;
+    for (i, v) in all.iter().enumerate() {
+        if v["kind"] != "Service" {
+            continue;
+        }
+        let id = id_of(v);
+        let mine = backends_of(&out.model, &id);
+        if mine.is_empty() {
+            continue;
+        }
+        let Some(Value::Object(anns)) = v["metadata"].get("annotations") else {
+            continue;
+        };
+        for (key, value) in anns {
+            let Some(short) = key.strip_prefix("portcullis.dev/") else {
+                continue;
+            };
+            let value = value.as_str().unwrap_or("").trim();
+            if POLICY_DEFAULTS.contains(&(short, value)) {
+                continue;
+            }
+            // `hash-on` implies consistent hashing (docs/upstreams.md): saying so as well restates it.
+            if short == "load-balancer"
+                && value == "consistent-hash"
+                && anns.contains_key("portcullis.dev/hash-on")
+            {
+                continue;
+            }
+            let reported = out.diagnostics.iter().any(|d| {
+                d.object.kind == "Service"
+                    && d.object.namespace.as_deref() == Some(id.0.as_str())
+                    && d.object.name == id.1
+                    && names_key(&d.message, key)
+            });
+            if reported {
+                continue;
+            }
+            if budget == 0 {
+                return Ok(());
+            }
+            budget -= 1;
+            let mut without = all.to_vec();
+            if let Some(a) = without[i]["metadata"]["annotations"].as_object_mut() {
+                a.remove(key);
+            }
+            let other = translate(&input(&without)?, opts);
+            prop_assert!(
+                backends_of(&other.model, &id) != mine,
+                "Service {}/{}: annotation {}: {:?} changes nothing, and no diagnostic names it (all of its \
+                 annotations: {:?})",
+                id.0,
+                id.1,
+                key,
+                value,
+                anns
+            );
+        }
+    }
     Ok(())
 }
 
 proptest! {
-    #![proptest_config(cases::config(256))]
+    #![proptest_config(cases::config(128))]
 
     /// Arbitrary objects of every kind: no panic, a deterministic output, a model that compiles and publishes.
     #[test]
@@ -1301,7 +2012,7 @@ proptest! {
 /// into producing only objects that are not ours would let the property pass while translating nothing.
 #[test]
 fn generated_objects_reach_the_translator() {
-    use portcullis::model::{OriginKind, Protocol};
+    use portcullis::model::Protocol;
     use proptest::strategy::ValueTree;
     use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
     let mut runner = TestRunner::new_with_rng(
@@ -1314,7 +2025,7 @@ fn generated_objects_reach_the_translator() {
     for _ in 0..n {
         let o = strategy.new_tree(&mut runner).expect("objects").current();
         let all = unique(&o);
-        let out = translate(&input(&all).expect("input"), &Options::default());
+        let out = translate(&input(&all).expect("input"), &options(&o));
         let rules: Vec<_> = out
             .model
             .listeners
@@ -1352,6 +2063,47 @@ fn generated_objects_reach_the_translator() {
                 .any(|d| d.severity == portcullis::translate::Severity::Error),
         );
         note("gateway status", !out.statuses.gateways.is_empty());
+        let policies: Vec<_> = rules
+            .iter()
+            .flat_map(|r| &r.filters)
+            .filter_map(|f| match f {
+                Filter::Policy(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        note("ingress-nginx policies", !policies.is_empty());
+        note("canary", policies.iter().any(|p| p.canary.is_some()));
+        note(
+            "ingress-nginx profile rules",
+            o.nginx.is_some() && policies.iter().any(|p| p.forwarded.is_some()),
+        );
+        note(
+            "annotation diagnostics",
+            out.diagnostics.iter().any(|d| {
+                d.annotation
+                    .as_deref()
+                    .is_some_and(|a| a.starts_with(NGINX_PREFIX))
+            }),
+        );
+        note(
+            "annotation errors",
+            out.diagnostics.iter().any(|d| {
+                d.severity == Severity::Error
+                    && d.annotation
+                        .as_deref()
+                        .is_some_and(|a| a.starts_with(NGINX_PREFIX))
+            }),
+        );
+        note(
+            "service policies",
+            out.model.backends.values().any(|b| !b.policy.is_default()),
+        );
+        note(
+            "service annotation warnings",
+            out.diagnostics
+                .iter()
+                .any(|d| d.object.kind == "Service" && d.message.contains("portcullis.dev/")),
+        );
     }
     eprintln!("{counts:?} of {n}");
     for (k, min) in [
@@ -1360,6 +2112,13 @@ fn generated_objects_reach_the_translator() {
         ("errors", 20),
         ("gateway status", 20),
         ("https listener", 2),
+        ("ingress-nginx policies", 5),
+        ("canary", 2),
+        ("ingress-nginx profile rules", 2),
+        ("annotation diagnostics", 10),
+        ("annotation errors", 5),
+        ("service policies", 2),
+        ("service annotation warnings", 2),
     ] {
         assert!(
             counts.get(k).copied().unwrap_or(0) >= min,
