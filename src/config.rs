@@ -150,7 +150,8 @@ pub struct RunArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ObserveArgs {
     /// Labels of the per-request metrics: `none` (listener only), `route` (and the route's kind, namespace and
-    /// name), `route+backend` (and the backend Service port). Each step multiplies the series.
+    /// name), `route+backend` (and the backend Service port). Each step multiplies the series. `off` records
+    /// none (to measure what they cost).
     #[arg(long, value_enum, default_value_t = crate::metrics::request::LabelMode::Route, value_name = "LABELS")]
     pub metrics_labels: crate::metrics::request::LabelMode,
     /// Access log on stdout: `off`, `json` (one object per line) or `text` (ingress-nginx's upstream format).

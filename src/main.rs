@@ -5,7 +5,7 @@ use clap::Parser;
 use portcullis::admin::{Admin, Draining};
 use portcullis::config::{Cli, Command, RoutesArgs, RunArgs, ValidateArgs};
 use portcullis::control::Control;
-use portcullis::metrics::request::RequestMetrics;
+use portcullis::metrics::request::{LabelMode, RequestMetrics};
 use portcullis::metrics::Metrics;
 use portcullis::proxy::{accept_loop, bind, Connections, Handshake, ListenerManager};
 use portcullis::report;
@@ -125,7 +125,9 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         metrics.registry(),
         args.observe.metrics_labels,
     )?);
-    store.set_request_metrics(request_metrics.clone());
+    if args.observe.metrics_labels != LabelMode::Off {
+        store.set_request_metrics(request_metrics.clone());
+    }
     portcullis::proxy::observe::set_server_header(&args.observe.server_header)?;
     portcullis::proxy::observe::start_access_log(
         args.observe.access_log,

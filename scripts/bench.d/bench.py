@@ -756,7 +756,8 @@ def portcullis_argv(args, manifests):
     thread."""
     return [args.binary, "run", "--manifests", manifests, "--http-port", str(port_of(args, "portcullis")),
             "--https-port", str(port_of(args, "portcullis-tls")), "--bind-address", "127.0.0.1",
-            "--admin-addr", f"127.0.0.1:{port_of(args, 'admin')}", "--threads", "1"]
+            "--admin-addr", f"127.0.0.1:{port_of(args, 'admin')}", "--threads", "1",
+            "--shutdown-delay", "0"]
 
 
 def portcullis_env(args, level):
@@ -1122,6 +1123,60 @@ def wakeups_phase(args, tmp, upstream):
 
 
 WAKEUP_REGEXES = (0, 150, 400)
+
+# Portcullis variants of the observe phase: (name, extra arguments).
+OBSERVE_VARIANTS = (
+    ("metrics off", ["--metrics-labels", "off"]),
+    ("metrics route (default)", []),
+    ("metrics route+backend", ["--metrics-labels", "route+backend"]),
+    ("metrics route + JSON access log", ["--access-log", "json"]),
+)
+
+
+def observe_phase(args, tmp, upstream):
+    """What request metrics and access logs cost: Portcullis with per-request metrics off, with each label mode,
+    and with the JSON access log (to a file), alternating closed-loop rounds on 1 route; CPU per request."""
+    log("== observe: cost of request metrics and access logs")
+    n = 1
+    last = host(n - 1)
+    targets = []
+    for j, (name, extra) in enumerate(OBSERVE_VARIANTS):
+        d = f"{tmp}/portcullis-observe-{j}"
+        port = args.port + 10 + 2 * j
+        write_portcullis_manifests(d, args.port, n)
+        argv = portcullis_argv(args, d)
+        argv[argv.index("--http-port") + 1] = str(port)
+        argv[argv.index("--admin-addr") + 1] = f"127.0.0.1:{port + 1}"
+        targets.append(Target(name, port, start(argv + extra, args.proxy_cpu, f"{tmp}/portcullis-observe-{j}.log",
+                                                env=portcullis_env(args, "warn"))))
+    for t in targets:
+        if not wait_status(t.port, last, 200, 60):
+            raise SystemExit(f"{t.name} does not serve {last} (see {tmp})")
+        run_wrk(args, t.port, last, 1, args.connections)
+    up_pids = pids_of(upstream)
+    for _ in range(args.rounds):
+        for t in targets:
+            t.runs.append(measure(args, t, lambda x: run_wrk(args, x.port, last, args.duration, args.connections),
+                                  up_pids, up_pids))
+    for t in targets:
+        t.hwm_kb = mem_kb(t.pids(), "VmHWM")
+        stop(t.proc)
+        STARTED.remove(t.proc)
+    return targets
+
+
+def print_observe(out, args, targets):
+    out.append("")
+    out.append(f"### Request metrics and access logs: 1 route, plain HTTP/1.1 keep-alive "
+               f"({args.rounds} rounds x {args.duration} s closed loop, {args.connections} connections)")
+    out.append("")
+    out.append("| Portcullis | req/s | CPU us/req | vs metrics off | peak RSS MB |")
+    out.append("|---|---:|---:|---:|---:|")
+    base = summarize(targets[0])["cpu"] if targets else None
+    for t in targets:
+        x = summarize(t)
+        out.append(f"| {t.name} | {fmt(x['rps'])} | {fmt(x['cpu'], 1)} | {ratio(x['cpu'], base)} | "
+                   f"{fmt(t.hwm_kb / 1024, 1)} |")
 
 
 def print_wakeups(out, args, rate, targets):
@@ -1914,8 +1969,8 @@ def print_targets(out, throughput, churn):
         out.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |")
 
 
-PHASES = ["throughput", "tls", "h2", "churn", "reload", "edits", "profile", "wakeups"]
-DEFAULT_PHASES = ["throughput", "tls", "h2", "churn", "reload", "edits"]
+PHASES = ["throughput", "tls", "h2", "churn", "reload", "edits", "observe", "profile", "wakeups"]
+DEFAULT_PHASES = ["throughput", "tls", "h2", "churn", "reload", "edits", "observe"]
 NEEDS_TRAEFIK = {"throughput", "tls", "h2", "churn"}
 
 # --quick: every phase of the default run, briefly and with smaller tables, to check that the script works.
@@ -1973,7 +2028,7 @@ def main():
     ap.add_argument("--proxy-cpu", type=int, default=1)
     ap.add_argument("--client-cpu", type=int, default=0)
     ap.add_argument("--upstream-cpu", type=int, default=None, help="default: the client CPU")
-    ap.add_argument("--port", type=int, default=18080, help="first of ten consecutive loopback ports")
+    ap.add_argument("--port", type=int, default=18080, help="first of eighteen consecutive loopback ports")
     ap.add_argument("--only", default=None, metavar="PHASE[,PHASE...]",
                     help=f"phases to run, of {', '.join(PHASES)} (default: {','.join(DEFAULT_PHASES)}); "
                          "'wakeups' compares kernel against user time per request with nginx made slower in user "
@@ -2056,6 +2111,8 @@ def main():
                 print_many_edits(out, args, edits)
             elif phase == "wakeups":
                 print_wakeups(out, args, *wakeups_phase(args, tmp, upstream))
+            elif phase == "observe":
+                print_observe(out, args, observe_phase(args, tmp, upstream))
             elif phase == "profile":
                 os.makedirs(args.profile_dir, exist_ok=True)
                 report = []

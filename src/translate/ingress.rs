@@ -323,6 +323,7 @@ impl HostFacts {
                 if let Some(c) = canary {
                     let be = backend(
                         &path.backend,
+                        &e.anns.backend,
                         e.ns(),
                         refs,
                         &e.object,
@@ -676,6 +677,7 @@ fn translate_one(
             retry: None,
             action: Action::Forward(group(backend(
                 default,
+                &e.anns.backend,
                 ns,
                 cx.refs,
                 object,
@@ -752,6 +754,7 @@ fn translate_one(
             };
             let be = backend(
                 &path.backend,
+                &e.anns.backend,
                 ns,
                 cx.refs,
                 object,
@@ -950,9 +953,62 @@ pub(crate) fn path_match(path: Option<&str>, path_type: &str) -> Result<PathMatc
     }
 }
 
+/// Applies the backend annotations of an Ingress (`load-balance`, `upstream-hash-by`, `backend-protocol: GRPC`)
+/// to its Service port; returns the variant label of what differs from the port's own settings (empty when
+/// nothing does). Values Portcullis does not apply were reported when the annotations were parsed.
+fn apply_nginx_backend(
+    s: &mut crate::model::ServiceBackend,
+    a: &annotations::BackendAnnotations,
+) -> String {
+    use crate::model::LoadBalancing;
+    let before = (s.policy.load_balancing.clone(), s.protocol);
+    if let Some(on) = a
+        .upstream_hash_by
+        .as_ref()
+        .and_then(|h| annotations::hash_on(&h.key))
+    {
+        s.policy.load_balancing = LoadBalancing::ConsistentHash(on);
+    } else {
+        match a.load_balance {
+            Some(annotations::LoadBalance::Ewma) => {
+                s.policy.load_balancing = LoadBalancing::LeastRequest;
+            }
+            Some(annotations::LoadBalance::RoundRobin) => {
+                s.policy.load_balancing = LoadBalancing::RoundRobin;
+            }
+            _ => {}
+        }
+    }
+    if a.protocol == annotations::BackendProtocolAnnotation::Grpc {
+        s.protocol = crate::model::BackendProtocol::H2c;
+    }
+    let mut parts = Vec::new();
+    if s.policy.load_balancing != before.0 {
+        use crate::model::HashOn;
+        let lb = match &s.policy.load_balancing {
+            LoadBalancing::RoundRobin => "round-robin".to_string(),
+            LoadBalancing::Random => "random".to_string(),
+            LoadBalancing::LeastRequest => "ewma".to_string(),
+            LoadBalancing::ConsistentHash(on) => match on {
+                HashOn::SourceIp => "hash:source-ip".to_string(),
+                HashOn::Uri => "hash:uri".to_string(),
+                HashOn::Header(h) => format!("hash:header:{h}"),
+                HashOn::Cookie(c) => format!("hash:cookie:{c}"),
+                HashOn::QueryParam(q) => format!("hash:query:{q}"),
+            },
+        };
+        parts.push(format!("lb={lb}"));
+    }
+    if s.protocol != before.1 {
+        parts.push("protocol=h2c".to_string());
+    }
+    parts.join(",")
+}
+
 /// Resolves an Ingress backend. An unresolvable Service answers 503, as ingress-nginx does.
 fn backend(
     b: &IngressBackend,
+    nginx: &annotations::BackendAnnotations,
     ns: &str,
     refs: &Resolver<'_>,
     object: &ObjectRef,
@@ -994,7 +1050,10 @@ fn backend(
         }
     };
     match refs.service_backend(ns, &svc.name, port) {
-        Ok(s) => Backend::Service(refs.register(s)),
+        Ok(mut s) => {
+            let variant = apply_nginx_backend(&mut s, nginx);
+            Backend::Service(refs.register_variant(s, &variant))
+        }
         Err(e) => {
             if !matches!(e, BackendError::NoReadyEndpoints(..)) {
                 diags.warning(object, format!("{field}: {e}; requests get 503"));
