@@ -63,10 +63,13 @@ fn validate(args: &ValidateArgs) -> Result<ExitCode> {
             Severity::Warning => warnings += 1,
         }
     }
-    for d in &out.diagnostics {
+    let not_served =
+        translate::served::not_served(&loaded.input, &args.translate.options(), &out.statuses);
+    let mut texts = report::SourceTexts::default();
+    for d in out.diagnostics.iter().chain(&not_served) {
         println!(
             "{}",
-            report::diagnostic_line_at(d, &loaded.locations, &loaded.field_lines)
+            report::diagnostic_line_at_field(d, &loaded.locations, &loaded.field_lines, &mut texts)
         );
         match d.severity {
             Severity::Error => errors += 1,
