@@ -1,5 +1,6 @@
 //! TLS listeners (TLSRoute): read the ClientHello without consuming it, route by SNI, then pass the client's bytes,
-//! still encrypted, to a backend endpoint, or terminate TLS here and forward the plain bytes.
+//! still encrypted, to a backend endpoint, or terminate TLS here and forward the plain bytes (over TLS again when a
+//! BackendTLSPolicy applies to the backend).
 
 use super::l4::{connect, forward, pick, StreamListener};
 use crate::model::TlsMode;
@@ -95,8 +96,23 @@ pub(crate) async fn serve(client: TcpStream, l: &StreamListener) -> std::io::Res
                 .tls_handshake(Stream::from(client))
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
+            // A BackendTLSPolicy on the backend: TLS again to the backend, verified as for HTTP backends.
+            let backend_tls = upstream
+                .tls()
+                .map_err(|e| std::io::Error::other(format!("backend TLS settings: {e}")))?
+                .cloned();
             let backend = connect(&upstream, client_ip).await?;
-            forward(tls, backend, idle).await?;
+            match backend_tls {
+                None => {
+                    forward(tls, backend, idle).await?;
+                }
+                Some(t) => {
+                    let backend = tokio_rustls::TlsConnector::from(t.config.clone())
+                        .connect(t.server_name.clone(), backend)
+                        .await?;
+                    forward(tls, backend, idle).await?;
+                }
+            }
         }
     }
     Ok(())

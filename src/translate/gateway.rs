@@ -400,11 +400,69 @@ pub(crate) fn translate(
     diags: &mut Diagnostics,
 ) -> Gateways {
     let mut out = Gateways::default();
-    for gw in our_gateways(input, opts) {
+    let ours = our_gateways(input, opts);
+    for gw in &ours {
         gateway(gw, input, opts, refs, model, diags, &mut out);
     }
+    warn_cross_gateway_conflicts(&ours, &out, diags);
     out.attached = vec![BTreeSet::new(); out.listeners.len()];
     out
+}
+
+/// Listeners of two different Gateways served on the same address, port and transport with overlapping
+/// hostnames: the Gateway API's listener conflict across Gateways, where the older listener should keep the
+/// traffic. Portcullis does not enforce that yet (the routes of both are served on the shared socket), so the
+/// newer Gateway gets a warning saying so.
+fn warn_cross_gateway_conflicts(ours: &[&Gateway], out: &Gateways, diags: &mut Diagnostics) {
+    let age = |g: &(String, String)| {
+        let created = ours
+            .iter()
+            .find(|gw| {
+                gw.metadata.namespace.as_deref().unwrap_or("default") == g.0
+                    && gw.metadata.name.as_deref() == Some(g.1.as_str())
+            })
+            .and_then(|gw| super::created(&gw.metadata));
+        (created.is_none(), created, g.0.clone(), g.1.clone())
+    };
+    for (i, a) in out.listeners.iter().enumerate() {
+        for b in out.listeners.iter().skip(i + 1) {
+            if a.gateway == b.gateway || a.hostname.intersect(&b.hostname).is_none() {
+                continue;
+            }
+            let Some(key) = a.keys.iter().find(|k| b.keys.contains(k)) else {
+                continue;
+            };
+            let (older, newer) = if age(&a.gateway) <= age(&b.gateway) {
+                (a, b)
+            } else {
+                (b, a)
+            };
+            let object = ObjectRef {
+                kind: "Gateway".into(),
+                namespace: Some(newer.gateway.0.clone()),
+                name: newer.gateway.1.clone(),
+            };
+            let address = key
+                .address
+                .map_or_else(|| "the default address".to_string(), |a| a.to_string());
+            diags.warning(
+                &object,
+                format!(
+                    "listener {} conflicts with listener {} of the older Gateway {}/{}: both use port {} ({:?}) \
+                     on {address} with overlapping hostnames ({} and {}); the Gateway API gives the traffic to \
+                     the older listener, but Portcullis serves the routes of both on that port",
+                    newer.name,
+                    older.name,
+                    older.gateway.0,
+                    older.gateway.1,
+                    key.port,
+                    key.transport,
+                    newer.hostname,
+                    older.hostname,
+                ),
+            );
+        }
+    }
 }
 
 fn gateway(
