@@ -13,7 +13,7 @@
 //! with `use-regex` or `rewrite-target` on any of its Ingresses (of the same profile) has all its paths matched as
 //! case-insensitive `^path` prefix regexes.
 
-use super::builder::{ListenerKey, ModelBuilder};
+use super::builder::ModelBuilder;
 use super::nginx::annotations::{self, IngressAnnotations};
 use super::nginx::{self, Profile, Settings};
 use super::refs::{BackendError, PortRef, Resolver};
@@ -23,6 +23,7 @@ use crate::model::policy::{
     BasicAuth, Canary, FixedRedirect, Forwarded, Policy, Rewrite, SourceRanges, SslRedirect,
     TemplatePart, WwwRedirect,
 };
+use crate::model::ListenerKey;
 use crate::model::{
     Action, Backend, BackendGroup, Filter, HostPattern, HttpRule, ListenerCertificate, Origin,
     OriginKind, PathMatch, PathModifier, Protocol, Redirect, RouteMatch, Timeouts, WeightedBackend,
@@ -176,13 +177,13 @@ pub(crate) fn translate(
 
     // TLS first: the HTTPS listener exists when at least one Ingress has a usable certificate, and then serves
     // every Ingress rule, as ingress-nginx does (hosts without a certificate of their own get the first one).
-    let https = ListenerKey::port(opts.https_port);
+    let https = ListenerKey::tcp(opts.https_port);
     let mut certificates = Vec::new();
     for e in &entries {
         certificates.extend(tls_certificates(e.ing, refs, diags));
     }
     let tls_hosts: Vec<HostPattern> = certificates.iter().map(|c| c.hostname.clone()).collect();
-    let mut keys = vec![ListenerKey::port(opts.http_port)];
+    let mut keys = vec![ListenerKey::tcp(opts.http_port)];
     if !certificates.is_empty() {
         match model.ensure_listener(https, Protocol::Https) {
             Ok(()) => {
