@@ -142,8 +142,8 @@ impl Store {
         let mut acceptors = Vec::new();
         let mut tls_errors = Vec::new();
         for l in &model.listeners {
-            if let Some(tls) = &l.tls {
-                match crate::tls::acceptor(tls) {
+            if let Some(tls) = l.tls() {
+                match crate::tls::acceptor(tls, l.protocol() == crate::model::Protocol::Https) {
                     Ok(a) => acceptors.push(((l.address, l.port), Arc::new(a))),
                     Err(e) => {
                         tracing::error!(port = l.port, error = %e, "TLS listener cannot be configured");
