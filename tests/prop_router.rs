@@ -27,8 +27,9 @@ mod cases;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use portcullis::model::{
     Action, Backend, BackendGroup, BackendKey, Endpoint, Filter, HeaderMatch, HostPattern,
-    HttpRule, Listener, Mirror, Model, Origin, OriginKind, PathMatch, Protocol, QueryParamMatch,
-    RouteMatch, ServiceBackend, StringMatch, VirtualHost, WeightedBackend,
+    HttpListener, HttpRule, Listener, ListenerKind, Mirror, Model, Origin, OriginKind, PathMatch,
+    QueryParamMatch, RouteMatch, ServiceBackend, StringMatch, Transport, VirtualHost,
+    WeightedBackend,
 };
 use portcullis::proxy::upstream::Upstreams;
 use portcullis::router::{normalize_host, CompiledAction, Lookup, RequestParts, Router, Target};
@@ -206,19 +207,19 @@ fn build_model(t: &Table) -> Model {
         listeners.push(Listener {
             address: l.address,
             port: l.port,
-            protocol: Protocol::Http,
-            tls: None,
-            virtual_hosts: vhosts,
-            default_backend: l.default.map(|o| {
-                let obj = &t.objects[o];
-                rule(
-                    obj,
-                    Origin::DEFAULT_BACKEND,
-                    &obj.rules[0],
-                    &[RouteMatch::any()],
-                )
+            transport: Transport::Tcp,
+            kind: ListenerKind::Http(HttpListener {
+                virtual_hosts: vhosts,
+                default_backend: l.default.map(|o| {
+                    let obj = &t.objects[o];
+                    rule(
+                        obj,
+                        Origin::DEFAULT_BACKEND,
+                        &obj.rules[0],
+                        &[RouteMatch::any()],
+                    )
+                }),
             }),
-            tls_routes: Vec::new(),
         });
     }
     let mut backends = BTreeMap::new();
@@ -1023,12 +1024,16 @@ fn production(
 
 /// The first key a rule of the model names (in its candidates or mirrors), if any.
 fn first_named_key(model: &Model) -> Option<BackendKey> {
-    let rules = model.listeners.iter().flat_map(|l| {
-        l.virtual_hosts
-            .iter()
-            .flat_map(|v| &v.rules)
-            .chain(&l.default_backend)
-    });
+    let rules = model
+        .listeners
+        .iter()
+        .filter_map(|l| l.http())
+        .flat_map(|h| {
+            h.virtual_hosts
+                .iter()
+                .flat_map(|v| &v.rules)
+                .chain(&h.default_backend)
+        });
     for rule in rules {
         let candidates = match &rule.action {
             Action::Forward(g) => g.backends.iter().map(|b| &b.backend).collect(),

@@ -18,12 +18,15 @@ mod cases;
 use http::{HeaderMap, Method};
 use portcullis::k8s::gw::{
     BackendTLSPolicy, GRPCRoute, Gateway, GatewayClass, HTTPRoute, ListenerSet, ReferenceGrant,
-    TLSRoute,
+    TCPRoute, TLSRoute, UDPRoute,
 };
 use portcullis::k8s::{
     ConfigMap, EndpointSlice, Ingress, IngressClass, Namespace, Secret, Service,
 };
-use portcullis::model::{Action, Backend, Filter, Model, OriginKind, PathMatch, ServiceBackend};
+use portcullis::model::{
+    Action, Backend, BackendGroup, Filter, HttpRule, Listener, ListenerKind, Model, Origin,
+    OriginKind, PathMatch, ServiceBackend,
+};
 use portcullis::router::{RequestParts, Router};
 use portcullis::snapshot::Store;
 use portcullis::source::Input;
@@ -931,6 +934,8 @@ fn listener() -> impl Strategy<Value = Value> {
                     &[
                         ("gateway.networking.k8s.io", "HTTPRoute"),
                         ("gateway.networking.k8s.io", "TLSRoute"),
+                        ("gateway.networking.k8s.io", "TCPRoute"),
+                        ("gateway.networking.k8s.io", "UDPRoute"),
                         ("", "Service"),
                         ("gateway.networking.k8s.io", "GRPCRoute"),
                     ][..],
@@ -959,7 +964,7 @@ fn listener() -> impl Strategy<Value = Value> {
     (
         prop::sample::select(&["http", "https", "tls", "h", "", "HTTP"][..]),
         port(),
-        prop_oneof![6 => Just("HTTP"), 2 => Just("HTTPS"), 1 => Just("TLS"), 1 => prop::sample::select(&["TCP", "UDP", "bogus", ""][..])],
+        prop_oneof![6 => Just("HTTP"), 2 => Just("HTTPS"), 1 => Just("TLS"), 2 => prop::sample::select(&["TCP", "UDP", "TCP", "UDP", "bogus", ""][..])],
         opt(0.5, hostname()),
         tls,
         opt(0.4, allowed),
@@ -1261,6 +1266,19 @@ fn tls_route() -> impl Strategy<Value = Value> {
     object("gateway.networking.k8s.io/v1", "TLSRoute", true, "a", body)
 }
 
+/// TCPRoute and UDPRoute: parent refs (often by section name or port), rules of weighted backends.
+fn l4_route(kind: &'static str) -> impl Strategy<Value = Value> {
+    let body = (vec_of(parent_ref(), 2), vec_of(vec_of(backend_ref(), 2), 2)).prop_map(
+        |(parents, rules)| {
+            json!({"spec": {
+                "parentRefs": parents,
+                "rules": rules.into_iter().map(|b| json!({"backendRefs": b})).collect::<Vec<_>>(),
+            }})
+        },
+    );
+    object("gateway.networking.k8s.io/v1alpha2", kind, true, "a", body)
+}
+
 fn grpc_route() -> impl Strategy<Value = Value> {
     let body = vec_of(parent_ref(), 2).prop_map(|parents| json!({"spec": {"parentRefs": parents, "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}}));
     object("gateway.networking.k8s.io/v1", "GRPCRoute", true, "a", body)
@@ -1443,7 +1461,9 @@ fn objects() -> impl Strategy<Value = Objects> {
                 "metadata": {"name": "gw", "namespace": "default"},
                 "spec": {"gatewayClassName": "portcullis", "listeners": [
                     {"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "All"}}},
-                    {"name": "tls", "port": 8443, "protocol": "TLS", "tls": {"mode": "Passthrough"}}]}}),
+                    {"name": "tls", "port": 8443, "protocol": "TLS", "tls": {"mode": "Passthrough"}},
+                    {"name": "tcp", "port": 9000, "protocol": "TCP", "allowedRoutes": {"namespaces": {"from": "All"}}},
+                    {"name": "udp", "port": 9000, "protocol": "UDP", "allowedRoutes": {"namespaces": {"from": "All"}}}]}}),
             svc,
             json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                 "metadata": {"name": "web-base", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
@@ -1457,8 +1477,10 @@ fn objects() -> impl Strategy<Value = Objects> {
         prop::collection::vec(http_route(), 1..=3),
         vec_of(tls_route(), 1),
         vec_of(grpc_route(), 1),
+        vec_of(l4_route("TCPRoute"), 1),
+        vec_of(l4_route("UDPRoute"), 1),
     )
-        .prop_map(|(a, b, c, d)| [a, b, c, d].concat());
+        .prop_map(|(a, b, c, d, e, f)| [a, b, c, d, e, f].concat());
     // Half of the time the ingress-nginx profile is on: the `nginx` IngressClass of ingress-nginx's controller
     // (sometimes the default class), its ConfigMap with settings valid and not, and command-line settings.
     let nginx = opt(
@@ -1547,6 +1569,8 @@ fn input(objects: &[Value]) -> Result<Input, TestCaseError> {
     add::<HTTPRoute>(&mut input.http_routes, &of("HTTPRoute"))?;
     add::<GRPCRoute>(&mut input.grpc_routes, &of("GRPCRoute"))?;
     add::<TLSRoute>(&mut input.tls_routes, &of("TLSRoute"))?;
+    add::<TCPRoute>(&mut input.tcp_routes, &of("TCPRoute"))?;
+    add::<UDPRoute>(&mut input.udp_routes, &of("UDPRoute"))?;
     add::<ReferenceGrant>(&mut input.reference_grants, &of("ReferenceGrant"))?;
     add::<ListenerSet>(&mut input.listener_sets, &of("ListenerSet"))?;
     add::<BackendTLSPolicy>(&mut input.backend_tls_policies, &of("BackendTLSPolicy"))?;
@@ -1556,18 +1580,14 @@ fn input(objects: &[Value]) -> Result<Input, TestCaseError> {
 
 /// The invariants `src/model.rs` states for every model translation makes.
 fn check_model(model: &Model) -> Result<(), TestCaseError> {
-    let keys: Vec<_> = model
-        .listeners
-        .iter()
-        .map(|l| (l.address, l.port))
-        .collect();
+    let keys: Vec<_> = model.listeners.iter().map(|l| l.key()).collect();
     let mut sorted = keys.clone();
     sorted.sort();
     sorted.dedup();
     prop_assert_eq!(
         &keys,
         &sorted,
-        "listeners sorted by address then port, each once"
+        "listeners sorted by address, port and transport, each once"
     );
     // Every backend is held under its own Service port's key.
     for (k, b) in &model.backends {
@@ -1602,17 +1622,12 @@ fn check_model(model: &Model) -> Result<(), TestCaseError> {
             .collect()
     };
     for l in &model.listeners {
-        for t in &l.tls_routes {
-            for b in &t.backends.backends {
-                held(&b.backend, &t.origin)?;
+        for (origin, group) in routes_of(l) {
+            for b in &group.backends {
+                held(&b.backend, origin)?;
             }
         }
-        let rules = l
-            .virtual_hosts
-            .iter()
-            .flat_map(|v| &v.rules)
-            .chain(&l.default_backend);
-        for r in rules {
+        for r in http_rules(l) {
             for b in mirrors(&r.filters) {
                 held(&b, &r.origin)?;
             }
@@ -1805,12 +1820,7 @@ fn id_of(v: &Value) -> (String, String) {
 fn routing_ingresses(model: &Model) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
     for l in &model.listeners {
-        let rules = l
-            .virtual_hosts
-            .iter()
-            .flat_map(|v| &v.rules)
-            .chain(&l.default_backend);
-        for r in rules {
+        for r in http_rules(l) {
             if r.origin.kind == OriginKind::Ingress {
                 out.insert((r.origin.namespace.clone(), r.origin.name.clone()));
             }
@@ -1824,13 +1834,34 @@ fn routing_ingresses(model: &Model) -> BTreeSet<(String, String)> {
                 }
             }
         }
-        for t in &l.tls_routes {
-            if t.origin.kind == OriginKind::Ingress {
-                out.insert((t.origin.namespace.clone(), t.origin.name.clone()));
+        for (origin, _) in routes_of(l) {
+            if origin.kind == OriginKind::Ingress {
+                out.insert((origin.namespace.clone(), origin.name.clone()));
             }
         }
     }
     out
+}
+
+/// The HTTP rules of a listener (HTTP and HTTPS), default backend included.
+fn http_rules(l: &Listener) -> impl Iterator<Item = &HttpRule> {
+    l.http().into_iter().flat_map(|h| {
+        h.virtual_hosts
+            .iter()
+            .flat_map(|v| &v.rules)
+            .chain(&h.default_backend)
+    })
+}
+
+/// The TLS, TCP and UDP routes of a listener: where each came from and its backends.
+fn routes_of(l: &Listener) -> Vec<(&Origin, &BackendGroup)> {
+    match &l.kind {
+        ListenerKind::Tls(t) => t.routes.iter().map(|r| (&r.origin, &r.backends)).collect(),
+        ListenerKind::Tcp(t) | ListenerKind::Udp(t) => {
+            t.routes.iter().map(|r| (&r.origin, &r.backends)).collect()
+        }
+        ListenerKind::Http(_) | ListenerKind::Https(_) => Vec::new(),
+    }
 }
 
 /// Does `message` name the annotation `key` (not merely a longer key that starts with it)?
@@ -2021,7 +2052,7 @@ fn generated_objects_reach_the_translator() {
     );
     let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
     let strategy = objects();
-    let n = 60;
+    let n = 100;
     for _ in 0..n {
         let o = strategy.new_tree(&mut runner).expect("objects").current();
         let all = unique(&o);
@@ -2030,7 +2061,11 @@ fn generated_objects_reach_the_translator() {
             .model
             .listeners
             .iter()
-            .flat_map(|l| l.virtual_hosts.iter().flat_map(|v| &v.rules))
+            .flat_map(|l| {
+                l.http()
+                    .into_iter()
+                    .flat_map(|h| h.virtual_hosts.iter().flat_map(|v| &v.rules))
+            })
             .collect();
         let mut note = |k: &'static str, yes: bool| {
             if yes {
@@ -2050,11 +2085,14 @@ fn generated_objects_reach_the_translator() {
             out.model
                 .listeners
                 .iter()
-                .any(|l| l.protocol == Protocol::Https),
+                .any(|l| l.protocol() == Protocol::Https),
         );
         note(
             "tls routes",
-            out.model.listeners.iter().any(|l| !l.tls_routes.is_empty()),
+            out.model
+                .listeners
+                .iter()
+                .any(|l| matches!(&l.kind, ListenerKind::Tls(t) if !t.routes.is_empty())),
         );
         note(
             "errors",
@@ -2063,6 +2101,12 @@ fn generated_objects_reach_the_translator() {
                 .any(|d| d.severity == portcullis::translate::Severity::Error),
         );
         note("gateway status", !out.statuses.gateways.is_empty());
+        note(
+            "tcp or udp routes",
+            out.model.listeners.iter().any(|l| {
+                matches!(&l.kind, ListenerKind::Tcp(t) | ListenerKind::Udp(t) if !t.routes.is_empty())
+            }),
+        );
         let policies: Vec<_> = rules
             .iter()
             .flat_map(|r| &r.filters)
@@ -2108,17 +2152,18 @@ fn generated_objects_reach_the_translator() {
     eprintln!("{counts:?} of {n}");
     for (k, min) in [
         ("httproute rules", 10),
-        ("ingress rules", 10),
-        ("errors", 20),
-        ("gateway status", 20),
+        ("ingress rules", 15),
+        ("errors", 40),
+        ("gateway status", 40),
         ("https listener", 2),
+        ("tcp or udp routes", 5),
         ("ingress-nginx policies", 5),
         ("canary", 2),
         ("ingress-nginx profile rules", 2),
-        ("annotation diagnostics", 10),
-        ("annotation errors", 5),
+        ("annotation diagnostics", 20),
+        ("annotation errors", 10),
         ("service policies", 2),
-        ("service annotation warnings", 2),
+        ("service annotation warnings", 20),
     ] {
         assert!(
             counts.get(k).copied().unwrap_or(0) >= min,
