@@ -5,7 +5,7 @@
 //! table), so a large table is not measured with one hot host in cache. `first` matches the host's first rule,
 //! `last` its last rule (the whole list is walked), `none` no rule of a known host (404 after the walk).
 //!
-//! `BENCH_ROUTES=10,1000` limits the table sizes (default 10,100,1000,10000,100000).
+//! `BENCH_ROUTES=10,1000` limits the table sizes (default 10,100,1000,10000,100000; run as a test, 10,1000).
 
 mod common;
 
@@ -121,10 +121,7 @@ fn lookup(router: &Router, method: &Method, r: &Req) -> bool {
 }
 
 fn sizes() -> Vec<usize> {
-    match std::env::var("BENCH_ROUTES") {
-        Ok(v) => v.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
-        Err(_) => vec![10, 100, 1_000, 10_000, 100_000],
-    }
+    common::sizes("BENCH_ROUTES", &[10, 100, 1_000, 10_000, 100_000], &[10, 1_000])
 }
 
 fn route_lookup(c: &mut Criterion) {

@@ -14,7 +14,7 @@
 //! (RegularExpression paths, which the translator validates and the router compiles) and
 //! `translate/httproute_header_regex` (RegularExpression header values, likewise).
 //!
-//! `BENCH_RULES=100,1000` limits the sizes (default 100,1000,10000).
+//! `BENCH_RULES=100,1000` limits the sizes (default 100,1000,10000; run as a test, 100,1000).
 
 mod common;
 
@@ -26,10 +26,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 fn sizes() -> Vec<usize> {
-    match std::env::var("BENCH_RULES") {
-        Ok(v) => v.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
-        Err(_) => vec![100, 1_000, 10_000],
-    }
+    common::sizes("BENCH_RULES", &[100, 1_000, 10_000], &[100, 1_000])
 }
 
 fn bench(c: &mut Criterion) {

@@ -209,3 +209,14 @@ pub fn router(shape: Shape, routes: usize) -> (Router, usize) {
     let rules = model.rule_count();
     (Router::compile(&model).expect("compiles"), rules)
 }
+
+/// The table sizes to run: `var` (comma-separated) when set; else `full` under `cargo bench`, and only `quick` when
+/// the bench binary runs as a test (`cargo test --all-targets` runs each benchmark once, without `--bench`, to
+/// check that it works: the big tables would only make the test suite slow, as a debug build).
+pub fn sizes(var: &str, full: &[usize], quick: &[usize]) -> Vec<usize> {
+    match std::env::var(var) {
+        Ok(v) => v.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
+        Err(_) if std::env::args().any(|a| a == "--bench") => full.to_vec(),
+        Err(_) => quick.to_vec(),
+    }
+}
