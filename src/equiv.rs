@@ -653,7 +653,7 @@ fn describe(rule: &HttpRule) -> String {
             }
             out.push_str(&format!("redirect {a}"));
         }
-        None => out.push_str("?"),
+        None => out.push('?'),
     }
     if let Some(Value::Array(fs)) = v.get("filters") {
         for f in fs {

@@ -137,3 +137,50 @@ fn generated_routes_translate_without_problems() -> Result<()> {
     assert_eq!(new_input.http_routes.len(), out.routes.len());
     Ok(())
 }
+
+/// The extension refuses host-wide ingress-nginx annotations on an HTTPRoute: an error, and the rules deny (503).
+#[test]
+fn host_wide_annotations_on_a_route_deny_it() -> Result<()> {
+    let yaml = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: portcullis}
+spec: {controllerName: portcullis.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default}
+spec:
+  gatewayClassName: portcullis
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: r
+  namespace: default
+  annotations:
+    portcullis.dev/ingress-nginx-profile: ingress-nginx
+    nginx.ingress.kubernetes.io/use-regex: "true"
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{backendRefs: [{name: s, port: 80}]}]
+"#;
+    let (input, problems) = input_from_str(yaml);
+    assert!(problems.is_empty(), "{problems:?}");
+    let t = translate::translate(&input, &translate::Options::default());
+    assert!(
+        t.diagnostics
+            .iter()
+            .any(|d| d.message.contains("use-regex is host-wide")),
+        "{:?}",
+        t.diagnostics
+    );
+    let rule = &t.model.listeners[0].virtual_hosts[0].rules[0];
+    let denied = rule
+        .filters
+        .iter()
+        .any(|f| matches!(f, portcullis::model::Filter::Policy(p) if p.denied.is_some()));
+    assert!(denied, "{rule:?}");
+    Ok(())
+}
