@@ -147,6 +147,42 @@ pub struct RunArgs {
     /// Seconds to let open connections finish once the listeners are closed.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub shutdown_grace: u64,
+    /// Seconds a TCPRoute or TLSRoute connection may go without a byte either way before it is closed.
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub tcp_idle_timeout: u64,
+    /// Seconds a UDPRoute client flow may go without a datagram either way before it is forgotten.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub udp_idle_timeout: u64,
+    /// The most client flows one UDP listener keeps; datagrams that would start another are dropped and counted.
+    #[arg(long, default_value_t = 65536, value_name = "FLOWS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub udp_max_flows: u64,
+    /// Request metrics, access logs and the Server header.
+    #[command(flatten)]
+    pub observe: ObserveArgs,
+}
+
+/// What the data plane reports about requests (docs/observability.md).
+#[derive(Debug, Clone, Args)]
+pub struct ObserveArgs {
+    /// Labels of the per-request metrics: `none` (listener only), `route` (and the route's kind, namespace and
+    /// name), `route+backend` (and the backend Service port). Each step multiplies the series. `off` records
+    /// none (to measure what they cost).
+    #[arg(long, value_enum, default_value_t = crate::metrics::request::LabelMode::Route, value_name = "LABELS")]
+    pub metrics_labels: crate::metrics::request::LabelMode,
+    /// Access log on stdout: `off`, `json` (one object per line) or `text` (ingress-nginx's upstream format).
+    #[arg(long, value_enum, default_value_t = crate::proxy::observe::AccessLogFormat::Off, value_name = "FORMAT")]
+    pub access_log: crate::proxy::observe::AccessLogFormat,
+    /// Log paths with their query string (off by default: queries often carry tokens).
+    #[arg(long)]
+    pub access_log_query: bool,
+    /// Access-log lines that may wait for the writer; when full, lines are dropped and counted
+    /// (`portcullis_access_log_dropped_total`) rather than slowing requests down.
+    #[arg(long, default_value_t = 16384, value_name = "LINES")]
+    pub access_log_buffer: usize,
+    /// `Server` header of responses that carry none (local replies, and upstream responses without one): a
+    /// name, or `off`.
+    #[arg(long, default_value = "portcullis", value_name = "NAME|off")]
+    pub server_header: String,
 }
 
 /// Kubernetes mode: `portcullis run --kubernetes ...`.

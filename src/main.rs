@@ -5,8 +5,9 @@ use clap::Parser;
 use portcullis::admin::{Admin, Draining};
 use portcullis::config::{Cli, Command, DiffArgs, MigrateArgs, RoutesArgs, RunArgs, ValidateArgs};
 use portcullis::control::Control;
+use portcullis::metrics::request::{LabelMode, RequestMetrics};
 use portcullis::metrics::Metrics;
-use portcullis::proxy::{accept_loop, bind, Connections, Handshake, ListenerManager};
+use portcullis::proxy::{accept_loop, bind, Connections, Handshake, L4Settings, ListenerManager};
 use portcullis::report;
 use portcullis::snapshot::Store;
 use portcullis::source::file::{self, FileLoader};
@@ -64,10 +65,13 @@ fn validate(args: &ValidateArgs) -> Result<ExitCode> {
             Severity::Warning => warnings += 1,
         }
     }
-    for d in &out.diagnostics {
+    let not_served =
+        translate::served::not_served(&loaded.input, &args.translate.options(), &out.statuses);
+    let mut texts = report::SourceTexts::default();
+    for d in out.diagnostics.iter().chain(&not_served) {
         println!(
             "{}",
-            report::diagnostic_line_at(d, &loaded.locations, &loaded.field_lines)
+            report::diagnostic_line_at_field(d, &loaded.locations, &loaded.field_lines, &mut texts)
         );
         match d.severity {
             Severity::Error => errors += 1,
@@ -228,6 +232,21 @@ const IDLE_LINGER: Duration = Duration::from_secs(1);
 fn run(args: RunArgs) -> Result<ExitCode> {
     let store = Arc::new(Store::new());
     let metrics = Arc::new(Metrics::new()?);
+    let request_metrics = Arc::new(RequestMetrics::new(
+        metrics.registry(),
+        args.observe.metrics_labels,
+    )?);
+    if args.observe.metrics_labels != LabelMode::Off {
+        store.set_request_metrics(request_metrics.clone());
+    }
+    portcullis::proxy::observe::set_server_header(&args.observe.server_header)?;
+    portcullis::proxy::observe::start_access_log(
+        args.observe.access_log,
+        args.observe.access_log_query,
+        args.observe.access_log_buffer,
+        Some(request_metrics.access_log_dropped()),
+    )
+    .context("cannot start the access log")?;
     let draining = Draining::default();
     // stop: listeners stop accepting, the source stops (and releases the leader Lease).
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -281,7 +300,12 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         args.bind_address,
         args.port_offset,
         shutdown_rx.clone(),
-    );
+    )
+    .with_l4(L4Settings {
+        tcp_idle_timeout: Duration::from_secs(args.tcp_idle_timeout),
+        udp_idle_timeout: Duration::from_secs(args.udp_idle_timeout),
+        udp_max_flows: usize::try_from(args.udp_max_flows).unwrap_or(usize::MAX),
+    });
     let listener_states = listeners.states();
     let connections = listeners.connections();
     data_rt.block_on(async { listeners.reconcile() });

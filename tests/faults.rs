@@ -63,8 +63,14 @@ struct Seen {
 
 /// A keep-alive HTTP/1.1 client sending GETs one after another, a few milliseconds apart, until `stop` or
 /// `max_requests`.
-fn steady_client(port: u16, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>>, max_requests: usize) {
-    let start = Instant::now();
+/// Times in `seen` are measured from `start`, the caller's clock, so that they compare with the caller's events.
+fn steady_client(
+    port: u16,
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Seen>>,
+    max_requests: usize,
+    start: Instant,
+) {
     let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
     for _ in 0..max_requests {
         if stop.load(Ordering::Relaxed) {
@@ -158,11 +164,11 @@ async fn killed_endpoint_is_invisible_to_clients_and_comes_back() -> Result<()> 
 
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(Seen::default()));
+    let started = Instant::now();
     let client = {
         let (stop, seen) = (stop.clone(), seen.clone());
-        std::thread::spawn(move || steady_client(port, stop, seen, 20_000))
+        std::thread::spawn(move || steady_client(port, stop, seen, 20_000, started))
     };
-    let started = Instant::now();
     tokio::time::sleep(Duration::from_millis(800)).await;
     b.shutdown_and_wait().await;
     let killed_at = started.elapsed();
@@ -204,7 +210,12 @@ async fn killed_endpoint_is_invisible_to_clients_and_comes_back() -> Result<()> 
     let served_by_b_while_dead = seen
         .pods
         .iter()
-        .filter(|(t, p)| *t > killed_at && *t < restarted_at && p.starts_with("web-b"))
+        // A response b sent just before it stopped may be read a moment later on a loaded machine.
+        .filter(|(t, p)| {
+            *t > killed_at + Duration::from_millis(100)
+                && *t < restarted_at
+                && p.starts_with("web-b")
+        })
         .count();
     assert_eq!(served_by_b_while_dead, 0);
     let b_after = seen
@@ -263,7 +274,7 @@ async fn endpoint_that_never_answers_is_bounded_by_timeouts_and_ejected() -> Res
     let seen = Arc::new(Mutex::new(Seen::default()));
     let client = {
         let (stop, seen) = (stop.clone(), seen.clone());
-        std::thread::spawn(move || steady_client(port, stop, seen, 600))
+        std::thread::spawn(move || steady_client(port, stop, seen, 600, Instant::now()))
     };
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);

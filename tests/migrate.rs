@@ -176,7 +176,8 @@ spec:
         "{:?}",
         t.diagnostics
     );
-    let rule = &t.model.listeners[0].virtual_hosts[0].rules[0];
+    let http = t.model.listeners[0].http().expect("an HTTP listener");
+    let rule = &http.virtual_hosts[0].rules[0];
     let denied = rule
         .filters
         .iter()

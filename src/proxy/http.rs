@@ -14,8 +14,10 @@
 //!   the status the client gets (504 for timeouts).
 
 use super::mirror::{MirrorBodies, Mirrors};
+use super::observe::{self, Attempt, Failure, Record, RouteRef};
 use super::policy;
 use super::upstream::{BackendId, Tried, Upstream};
+use crate::metrics::request::{Handles, UpstreamResult};
 use crate::model::{Cors, Filter, HashOn, HeaderModifier, PathModifier, Redirect};
 use crate::router::{
     normalize_host, CompiledAction, CompiledBackend, Lookup, RequestParts, RouteEntry, Target,
@@ -30,6 +32,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::FailToProxy;
+use prometheus::IntGauge;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,18 +44,100 @@ pub struct HttpApp {
     port: u16,
     tls: bool,
     mirrors: Mirrors,
+    /// The listener's metrics label (`ADDRESS:PORT`).
+    label: String,
+    /// Metric handles of requests no route answered, and the active-request gauge.
+    stats: Option<(Arc<Handles>, IntGauge)>,
 }
 
 impl HttpApp {
     /// An app serving the listener at (address, logical port) from `store`; `tls` when clients connect with TLS.
     pub fn new(store: Arc<Store>, key: (Option<IpAddr>, u16), tls: bool) -> Self {
+        let label = crate::router::listener_label(key.0, key.1);
+        let stats = store.request_metrics().map(|m| m.listener(&label));
         HttpApp {
             store,
             address: key.0,
             port: key.1,
             tls,
             mirrors: Mirrors::default(),
+            label,
+            stats,
         }
+    }
+
+    /// The metric handles to record this request under: its rule's (and chosen backend's), else the listener's.
+    fn handles<'a>(&'a self, ctx: &'a Ctx) -> Option<&'a Handles> {
+        match ctx.entry.as_ref().and_then(|e| e.rule.stats.as_ref()) {
+            Some(s) => Some(s.handles(ctx.upstream.map(|_| ctx.backend))),
+            None => self.stats.as_ref().map(|(h, _)| &**h),
+        }
+    }
+
+    /// Writes the access-log line of a finished request.
+    fn access_log(
+        &self,
+        log: &observe::AccessLog,
+        session: &Session,
+        ctx: &Ctx,
+        status: u16,
+        duration: Duration,
+    ) {
+        let req = session.req_header();
+        let header = |name: &str| {
+            req.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        };
+        let path = if log.with_query() {
+            req.uri.path_and_query().map_or("/", |p| p.as_str())
+        } else {
+            req.uri.path()
+        };
+        let tls = session.digest().and_then(|d| d.ssl_digest.as_ref());
+        let origin = ctx.entry.as_ref().map(|e| &e.rule.origin);
+        let backend = ctx.upstream().map(|u| u.key.to_string());
+        let record = Record {
+            time: jiff::Timestamp::now().to_string(),
+            request_id: ctx.request_id.as_deref().unwrap_or(""),
+            trace_id: observe::trace_id(header("traceparent")),
+            client: session.client_addr().map(|a| a.to_string()),
+            method: req.method.as_str(),
+            authority: std::str::from_utf8(request_host(req)).unwrap_or(""),
+            path,
+            protocol: version_text(req.version),
+            tls_sni: if self.tls { sni(session) } else { None },
+            tls_version: tls.map(|t| &*t.version),
+            status,
+            bytes_in: session.body_bytes_read(),
+            bytes_out: session.body_bytes_sent(),
+            duration: duration.as_secs_f64(),
+            listener: &self.label,
+            route: origin.map(|o| RouteRef {
+                kind: o.kind.as_str(),
+                namespace: &o.namespace,
+                name: &o.name,
+                rule: (o.rule != crate::model::Origin::DEFAULT_BACKEND).then_some(o.rule),
+            }),
+            backend,
+            upstreams: &ctx.log_attempts,
+            retries: ctx.attempts.saturating_sub(1),
+            reason: ctx.failure,
+            user_agent: header("user-agent"),
+            referer: header("referer"),
+        };
+        log.log(&record);
+    }
+}
+
+fn version_text(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
     }
 }
 
@@ -150,6 +235,18 @@ pub struct Ctx {
     mirrors_started: bool,
     /// ingress-nginx policy state of the request (`proxy::policy`).
     policy: policy::RequestState,
+    /// When the request head was read (set when request metrics or logs are on).
+    started: Option<Instant>,
+    /// When the current attempt started.
+    attempt_clock: Option<Instant>,
+    /// Why no backend answered, when none did.
+    failure: Option<Failure>,
+    /// `X-Request-ID`: the client's, or one made here (access log on only).
+    request_id: Option<String>,
+    /// The request id was made here, and goes upstream.
+    request_id_made: bool,
+    /// The attempts, for the access log (access log on only).
+    log_attempts: Vec<Attempt>,
 }
 
 impl Ctx {
@@ -271,6 +368,16 @@ fn request_host(req: &RequestHeader) -> &[u8] {
 }
 
 /// Writes a complete response with a short text body, keeping the connection reusable.
+/// Adds the `Server` header (`--server-header`) unless the response has one.
+pub(super) fn add_server_header(resp: &mut ResponseHeader) -> Result<()> {
+    if let Some(v) = observe::server_header() {
+        if !resp.headers.contains_key(http::header::SERVER) {
+            resp.insert_header(http::header::SERVER, v.clone())?;
+        }
+    }
+    Ok(())
+}
+
 async fn respond(
     session: &mut Session,
     status: u16,
@@ -286,7 +393,8 @@ async fn respond(
             code.canonical_reason().unwrap_or("")
         ))
     };
-    let mut resp = ResponseHeader::build(code, Some(3))?;
+    let mut resp = ResponseHeader::build(code, Some(4))?;
+    add_server_header(&mut resp)?;
     resp.insert_header("content-length", body.len().to_string())?;
     if !body.is_empty() {
         resp.insert_header("content-type", "text/plain; charset=utf-8")?;
@@ -501,7 +609,8 @@ async fn respond_preflight(
     origin: HeaderValue,
 ) -> Result<bool> {
     let req = session.req_header();
-    let mut resp = ResponseHeader::build(StatusCode::OK, Some(8))?;
+    let mut resp = ResponseHeader::build(StatusCode::OK, Some(9))?;
+    add_server_header(&mut resp)?;
     resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin)?;
     // A wildcard is answered with what was asked for, which is valid with and without credentials.
     let requested_method = req
@@ -573,6 +682,26 @@ impl ProxyHttp for HttpApp {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snap = self.store.load();
+        if let Some((_, active)) = &self.stats {
+            ctx.started = Some(Instant::now());
+            active.inc();
+        }
+        if observe::access_log().is_some() {
+            ctx.started.get_or_insert_with(Instant::now);
+            let given = session
+                .req_header()
+                .headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty());
+            ctx.request_id = Some(match given {
+                Some(v) => v.to_string(),
+                None => {
+                    ctx.request_id_made = true;
+                    observe::new_request_id()
+                }
+            });
+        }
         let req = session.req_header();
         let mut buf = [0u8; 256];
         let host = normalize_host(request_host(req), &mut buf).unwrap_or("");
@@ -589,9 +718,18 @@ impl ProxyHttp for HttpApp {
         };
         let entry = match lookup {
             Lookup::Route(e) => e.clone(),
-            Lookup::NotFound => return respond(session, 404, None).await,
-            Lookup::Misdirected => return respond(session, 421, None).await,
+            Lookup::NotFound | Lookup::Misdirected => {
+                ctx.failure = Some(Failure::NoRoute);
+                let status = if matches!(lookup, Lookup::NotFound) {
+                    404
+                } else {
+                    421
+                };
+                return respond(session, status, None).await;
+            }
         };
+        // Noted now so that every answer, local ones too, is counted under its route.
+        ctx.entry = Some(entry.clone());
         // ingress-nginx policy hook: redirects, limits, access checks, auth, canary choice.
         if let Some(p) = entry.rule.policy.clone() {
             let conn = policy::Conn {
@@ -623,7 +761,6 @@ impl ProxyHttp for HttpApp {
         }
         let retries = entry.rule.retry.is_some();
         ctx.snap = Some(snap);
-        ctx.entry = Some(entry);
         match outcome {
             Ok(()) => {
                 if retries {
@@ -632,7 +769,12 @@ impl ProxyHttp for HttpApp {
                 }
                 Ok(false)
             }
-            Err((status, loc)) => respond(session, status, loc).await,
+            Err((status, loc)) => {
+                if status == 503 {
+                    ctx.failure = Some(Failure::NoHealthyUpstream);
+                }
+                respond(session, status, loc).await
+            }
         }
     }
 
@@ -673,6 +815,14 @@ impl ProxyHttp for HttpApp {
             .and_then(|i| upstream.endpoint(i))
             .ok_or_else(|| Error::explain(HTTPStatus(503), "no endpoint"))?;
         let mut peer = upstream.peer(ep);
+        ctx.attempt_clock = Some(Instant::now());
+        if observe::access_log().is_some() {
+            ctx.log_attempts.push(Attempt {
+                addr: ep.addr,
+                status: None,
+                seconds: 0.0,
+            });
+        }
         if let Some(i) = ctx.endpoint {
             upstream.on_attempt(i);
             if upstream.tracks_load() {
@@ -730,6 +880,11 @@ impl ProxyHttp for HttpApp {
         }
         let proto = HeaderValue::from_static(if self.tls { "https" } else { "http" });
         upstream.insert_header("x-forwarded-proto", proto)?;
+        if ctx.request_id_made {
+            if let Some(id) = &ctx.request_id {
+                upstream.insert_header("x-request-id", id.as_str())?;
+            }
+        }
         if let Some(h) = upstream.headers.get(HOST).cloned() {
             upstream.insert_header("x-forwarded-host", h)?;
         }
@@ -801,6 +956,15 @@ impl ProxyHttp for HttpApp {
         if let (Some(i), Some(u)) = (ctx.endpoint, ctx.upstream()) {
             u.record_success(i);
         }
+        let took = ctx.attempt_clock.map(|t| t.elapsed());
+        if let (Some(h), Some(took)) = (self.handles(ctx), took) {
+            h.upstream_result(UpstreamResult::Ok);
+            h.upstream_duration(took);
+        }
+        if let Some(a) = ctx.log_attempts.last_mut() {
+            a.status = Some(resp.status.as_u16());
+            a.seconds = took.map_or(0.0, |t| t.as_secs_f64());
+        }
         let latency = ctx.attempt_started.map(|t| t.elapsed());
         ctx.attempt_done(latency);
         let status = resp.status.as_u16();
@@ -821,6 +985,7 @@ impl ProxyHttp for HttpApp {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        add_server_header(resp)?;
         let Some(entry) = ctx.entry.as_ref() else {
             return Ok(());
         };
@@ -867,6 +1032,7 @@ impl ProxyHttp for HttpApp {
         // Nothing was sent: the endpoint is at fault, and the request can go to another one.
         ctx.connect_failed = true;
         ctx.attempt_done(None);
+        self.attempt_failed(ctx, UpstreamResult::ConnectError);
         if let Some(u) = ctx.upstream().cloned() {
             if let Some(i) = ctx.endpoint {
                 u.record_failure(i);
@@ -887,6 +1053,14 @@ impl ProxyHttp for HttpApp {
         client_reused: bool,
     ) -> Box<Error> {
         ctx.attempt_done(None);
+        if !ctx.answered && e.esource() == &ErrorSource::Upstream {
+            let result = if matches!(e.etype(), ReadTimedout | WriteTimedout) {
+                UpstreamResult::Timeout
+            } else {
+                UpstreamResult::Reset
+            };
+            self.attempt_failed(ctx, result);
+        }
         // Before any response: a timeout, or a connection the endpoint broke (a reused idle connection that turns
         // out closed is not the endpoint's fault), counts against the endpoint.
         if !ctx.answered && e.esource() == &ErrorSource::Upstream {
@@ -935,6 +1109,12 @@ impl ProxyHttp for HttpApp {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
+        ctx.failure = match code {
+            0 => Some(Failure::DownstreamDisconnect),
+            504 => Some(Failure::UpstreamTimeout),
+            502 | 503 if ctx.connect_failed => Some(Failure::UpstreamConnectFailure),
+            _ => ctx.failure,
+        };
         if code > 0 {
             if ctx.connect_failed {
                 // Pingora does not keep a client connection after a failed upstream connect: say so.
@@ -945,6 +1125,45 @@ impl ProxyHttp for HttpApp {
         FailToProxy {
             error_code: code,
             can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let Some(started) = ctx.started else {
+            return;
+        };
+        let duration = started.elapsed();
+        // No response sent: the client left first (nginx's 499).
+        let status = session
+            .response_written()
+            .map_or(499, |r| r.status.as_u16());
+        if let Some((_, active)) = &self.stats {
+            active.dec();
+        }
+        if let Some(h) = self.handles(ctx) {
+            h.request(&session.req_header().method, status);
+            h.duration(status, duration);
+            h.retries(u64::from(ctx.attempts.saturating_sub(1)));
+            h.bytes(
+                session.body_bytes_read() as u64,
+                session.body_bytes_sent() as u64,
+            );
+        }
+        if let Some(log) = observe::access_log() {
+            self.access_log(log, session, ctx, status, duration);
+        }
+    }
+}
+
+impl HttpApp {
+    /// Counts a failed attempt and notes its time for the access log.
+    fn attempt_failed(&self, ctx: &mut Ctx, result: UpstreamResult) {
+        let took = ctx.attempt_clock.take().map(|t| t.elapsed());
+        if let Some(h) = self.handles(ctx) {
+            h.upstream_result(result);
+        }
+        if let Some(a) = ctx.log_attempts.last_mut() {
+            a.seconds = took.map_or(0.0, |t| t.as_secs_f64());
         }
     }
 }

@@ -1,16 +1,22 @@
-//! Binding, accepting and releasing listener ports as the published configuration changes.
+//! Binding, accepting and releasing listener ports as the published configuration changes: one accept loop
+//! ([`serve_connections`]: stop, back-off, connection guard) with a handler per protocol (HTTP and HTTPS through
+//! Pingora's HTTP proxy, TLS by SNI in `passthrough.rs`, TCP in `tcp.rs`), and the UDP loop of `udp.rs`.
 
 use super::http::HttpApp;
 use super::io::BufferedIo;
-use crate::model::Protocol;
+use super::l4::{L4Settings, StreamListener};
+use crate::model::{ListenerKey, Protocol, Transport};
 use crate::snapshot::Store;
 use pingora::apps::{HttpServerOptions, ServerApp};
-use pingora::protocols::l4::listener::Listener;
+use pingora::protocols::l4::stream::Stream;
+use pingora::protocols::{GetSocketDigest, SocketDigest};
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -73,17 +79,18 @@ pub enum Handshake {
     },
 }
 
-/// Accepts connections on `listener` until `stop` turns true, handing each to `app` on its own task. Connections
-/// already accepted keep running after the loop stops; `shutdown` tells them to finish (no more keep-alive).
-pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
+/// Accepts connections on `listener` until `stop` turns true, handing each to `handle` on its own task (counted
+/// in `connections` while it runs). Connections already accepted keep running after the loop stops. Every
+/// protocol served over TCP goes through this loop.
+pub async fn serve_connections<H, F>(
     listener: tokio::net::TcpListener,
-    app: Arc<A>,
-    handshake: Handshake,
+    handle: H,
     mut stop: watch::Receiver<bool>,
-    shutdown: ShutdownWatch,
     connections: Connections,
-) {
-    let listener = Listener::from(listener);
+) where
+    H: Fn(tokio::net::TcpStream, SocketAddr) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
     loop {
         tokio::select! {
             _ = stop.changed() => {
@@ -92,33 +99,13 @@ pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
                 }
             }
             res = listener.accept() => match res {
-                Ok(mut stream) => {
-                    let _ = stream.set_nodelay();
-                    let app = app.clone();
-                    let shutdown = shutdown.clone();
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
                     let guard = connections.guard();
-                    let handshake = handshake.clone();
+                    let task = handle(stream, peer);
                     tokio::spawn(async move {
                         let _guard = guard;
-                        match handshake {
-                            Handshake::Plain => {
-                                app.process_new(Box::new(BufferedIo::new(stream)), &shutdown)
-                                    .await;
-                            }
-                            Handshake::Tls { store, key } => {
-                                let acceptor = store.load().acceptor(key.0, key.1).cloned();
-                                let Some(acceptor) = acceptor else {
-                                    tracing::debug!(port = key.1, "no TLS configuration; connection closed");
-                                    return;
-                                };
-                                match acceptor.tls_handshake(BufferedIo::new(stream)).await {
-                                    Ok(tls) => {
-                                        app.process_new(Box::new(tls), &shutdown).await;
-                                    }
-                                    Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
-                                }
-                            }
-                        }
+                        task.await;
                     });
                 }
                 Err(e) => {
@@ -131,6 +118,55 @@ pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     }
 }
 
+/// A Pingora stream of an accepted TCP connection, with the peer address Pingora's own listener would record.
+fn pingora_stream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> Stream {
+    let mut stream: Stream = tcp.into();
+    let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
+    let _ = digest.peer_addr.set(Some(peer.into()));
+    stream.set_socket_digest(digest);
+    stream
+}
+
+/// Accepts connections on `listener` until `stop` turns true, handing each to the Pingora application `app`
+/// (HTTP, HTTPS, the admin API). `shutdown` tells accepted connections to finish (no more keep-alive).
+pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
+    listener: tokio::net::TcpListener,
+    app: Arc<A>,
+    handshake: Handshake,
+    stop: watch::Receiver<bool>,
+    shutdown: ShutdownWatch,
+    connections: Connections,
+) {
+    let handle = move |tcp, peer| {
+        let stream = pingora_stream(tcp, peer);
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        let handshake = handshake.clone();
+        async move {
+            match handshake {
+                Handshake::Plain => {
+                    app.process_new(Box::new(BufferedIo::new(stream)), &shutdown)
+                        .await;
+                }
+                Handshake::Tls { store, key } => {
+                    let acceptor = store.load().acceptor(key.0, key.1).cloned();
+                    let Some(acceptor) = acceptor else {
+                        tracing::debug!(port = key.1, "no TLS configuration; connection closed");
+                        return;
+                    };
+                    match acceptor.tls_handshake(BufferedIo::new(stream)).await {
+                        Ok(tls) => {
+                            app.process_new(Box::new(tls), &shutdown).await;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    }
+                }
+            }
+        }
+    };
+    serve_connections(listener, handle, stop, connections).await;
+}
+
 /// What happened to one listener port, for logs and the admin API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ListenerState {
@@ -139,6 +175,8 @@ pub struct ListenerState {
     pub model_address: Option<IpAddr>,
     /// Logical port (from the manifests).
     pub port: u16,
+    /// TCP or UDP.
+    pub transport: Transport,
     /// The protocol served.
     pub protocol: Protocol,
     /// The address actually bound (`port + --port-offset`).
@@ -157,7 +195,7 @@ struct Bound {
     protocol: Protocol,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
-    /// `None` for TLS passthrough (no HTTP inside).
+    /// `None` for TLS, TCP and UDP (no HTTP inside).
     app: Option<Arc<HttpProxyApp>>,
 }
 
@@ -185,7 +223,8 @@ pub struct ListenerManager {
     bind_ip: IpAddr,
     port_offset: u16,
     conf: Arc<ServerConf>,
-    bound: BTreeMap<(Option<IpAddr>, u16), Bound>,
+    bound: BTreeMap<ListenerKey, Bound>,
+    l4: L4Settings,
     shutdown: ShutdownWatch,
     states: Arc<Mutex<Vec<ListenerState>>>,
     connections: Connections,
@@ -212,7 +251,14 @@ impl ListenerManager {
             states: Arc::new(Mutex::new(Vec::new())),
             connections: Connections::default(),
             retired: Vec::new(),
+            l4: L4Settings::default(),
         }
+    }
+
+    /// Sets the TCP and UDP forwarding settings (idle timeouts, UDP flow table size) for listeners bound from now.
+    pub fn with_l4(mut self, l4: L4Settings) -> Self {
+        self.l4 = l4;
+        self
     }
 
     /// The open-connection counter of every listener this manager binds.
@@ -225,25 +271,25 @@ impl ListenerManager {
         self.states.clone()
     }
 
-    fn address(&self, key: (Option<IpAddr>, u16)) -> Option<SocketAddr> {
-        key.1
+    fn address(&self, key: ListenerKey) -> Option<SocketAddr> {
+        key.port
             .checked_add(self.port_offset)
-            .map(|p| SocketAddr::new(key.0.unwrap_or(self.bind_ip), p))
+            .map(|p| SocketAddr::new(key.address.unwrap_or(self.bind_ip), p))
     }
 
     /// Binds listeners that appeared, releases listeners that disappeared or changed protocol. Returns `true`
     /// when every listener is bound.
     pub fn reconcile(&mut self) -> bool {
         let snap = self.store.load();
-        let wanted: BTreeMap<(Option<IpAddr>, u16), Protocol> = snap
+        let wanted: BTreeMap<ListenerKey, Protocol> = snap
             .model
             .listeners
             .iter()
-            .map(|l| ((l.address, l.port), l.protocol))
+            .map(|l| (l.key(), l.protocol()))
             .collect();
 
         // Release what is gone or changed protocol. Accepted connections finish on their own.
-        let gone: Vec<(Option<IpAddr>, u16)> = self
+        let gone: Vec<ListenerKey> = self
             .bound
             .iter()
             .filter(|(key, b)| wanted.get(key) != Some(&b.protocol))
@@ -256,7 +302,7 @@ impl ListenerManager {
                 if let Some(app) = &b.app {
                     self.retired.push(Arc::downgrade(app));
                 }
-                tracing::info!(port = key.1, address = ?key.0, "listener released");
+                tracing::info!(port = key.port, address = ?key.address, transport = ?key.transport, "listener released");
             }
         }
         self.retired.retain(|app| app.strong_count() > 0);
@@ -264,10 +310,11 @@ impl ListenerManager {
         let mut states = Vec::new();
         let mut all_bound = true;
         for (&key, &protocol) in &wanted {
-            let port = key.1;
+            let port = key.port;
             let state = |address: SocketAddr, error: Option<String>| ListenerState {
-                model_address: key.0,
+                model_address: key.address,
                 port,
+                transport: key.transport,
                 protocol,
                 address,
                 bound: error.is_none(),
@@ -276,7 +323,7 @@ impl ListenerManager {
             let Some(addr) = self.address(key) else {
                 all_bound = false;
                 states.push(state(
-                    SocketAddr::new(key.0.unwrap_or(self.bind_ip), 0),
+                    SocketAddr::new(key.address.unwrap_or(self.bind_ip), 0),
                     Some(format!(
                         "port {port} + offset {} exceeds 65535",
                         self.port_offset
@@ -288,72 +335,15 @@ impl ListenerManager {
                 states.push(state(addr, None));
                 continue;
             }
-            match bind(addr) {
-                Ok(listener) if protocol == Protocol::TlsPassthrough => {
-                    let (stop_tx, stop_rx) = watch::channel(false);
-                    let task = tokio::spawn(super::passthrough::accept_loop(
-                        listener,
-                        self.store.clone(),
-                        key,
-                        stop_rx,
-                        self.connections.clone(),
-                    ));
+            match self.bind_one(key, protocol, addr) {
+                Ok(b) => {
                     tracing::info!(port, %addr, ?protocol, "listener bound");
-                    self.bound.insert(
-                        key,
-                        Bound {
-                            protocol,
-                            stop: stop_tx,
-                            task,
-                            app: None,
-                        },
-                    );
-                    states.push(state(addr, None));
-                }
-                Ok(listener) => {
-                    let (stop_tx, stop_rx) = watch::channel(false);
-                    let tls = protocol == Protocol::Https;
-                    let mut proxy: HttpProxyApp = pingora::proxy::http_proxy(
-                        &self.conf,
-                        HttpApp::new(self.store.clone(), key, tls),
-                    );
-                    // Cleartext HTTP/2 with prior knowledge (gRPC, h2c clients) next to HTTP/1.1: Pingora peeks
-                    // for the HTTP/2 preface once per connection. TLS listeners negotiate by ALPN instead.
-                    let mut options = HttpServerOptions::default();
-                    options.h2c = !tls;
-                    proxy.server_options = Some(options);
-                    let handshake = if tls {
-                        Handshake::Tls {
-                            store: self.store.clone(),
-                            key,
-                        }
-                    } else {
-                        Handshake::Plain
-                    };
-                    let app = Arc::new(proxy);
-                    let task = tokio::spawn(accept_loop(
-                        listener,
-                        app.clone(),
-                        handshake,
-                        stop_rx,
-                        self.shutdown.clone(),
-                        self.connections.clone(),
-                    ));
-                    tracing::info!(port, %addr, ?protocol, "listener bound");
-                    self.bound.insert(
-                        key,
-                        Bound {
-                            protocol,
-                            stop: stop_tx,
-                            task,
-                            app: Some(app),
-                        },
-                    );
+                    self.bound.insert(key, b);
                     states.push(state(addr, None));
                 }
                 Err(e) => {
                     all_bound = false;
-                    tracing::error!(port, %addr, error = %e, "cannot bind listener; retrying every 5s");
+                    tracing::error!(port, %addr, ?protocol, error = %e, "cannot bind listener; retrying every 5s");
                     states.push(state(addr, Some(e.to_string())));
                 }
             }
@@ -362,6 +352,95 @@ impl ListenerManager {
             *s = states;
         }
         all_bound
+    }
+
+    /// Binds `addr` and starts serving `protocol` on it.
+    fn bind_one(
+        &self,
+        key: ListenerKey,
+        protocol: Protocol,
+        addr: SocketAddr,
+    ) -> std::io::Result<Bound> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let tcp_key = (key.address, key.port);
+        let (task, app) = match protocol {
+            Protocol::Udp => {
+                let socket = super::udp::bind(addr)?;
+                let task = tokio::spawn(super::udp::serve(
+                    socket,
+                    self.store.clone(),
+                    key,
+                    self.l4.clone(),
+                    stop_rx,
+                ));
+                (task, None)
+            }
+            Protocol::Tls | Protocol::Tcp => {
+                let listener = bind(addr)?;
+                let handler = Arc::new(StreamListener {
+                    store: self.store.clone(),
+                    key,
+                    settings: self.l4.clone(),
+                });
+                let handle = move |tcp, _peer| {
+                    let handler = handler.clone();
+                    async move {
+                        let res = if protocol == Protocol::Tls {
+                            super::passthrough::serve(tcp, &handler).await
+                        } else {
+                            super::tcp::serve(tcp, &handler).await
+                        };
+                        if let Err(e) = res {
+                            tracing::debug!(error = %e, ?protocol, "connection ended");
+                        }
+                    }
+                };
+                let task = tokio::spawn(serve_connections(
+                    listener,
+                    handle,
+                    stop_rx,
+                    self.connections.clone(),
+                ));
+                (task, None)
+            }
+            Protocol::Http | Protocol::Https => {
+                let listener = bind(addr)?;
+                let tls = protocol == Protocol::Https;
+                let mut proxy: HttpProxyApp = pingora::proxy::http_proxy(
+                    &self.conf,
+                    HttpApp::new(self.store.clone(), tcp_key, tls),
+                );
+                // Cleartext HTTP/2 with prior knowledge (gRPC, h2c clients) next to HTTP/1.1: Pingora peeks for
+                // the HTTP/2 preface once per connection. TLS listeners negotiate by ALPN instead.
+                let mut options = HttpServerOptions::default();
+                options.h2c = !tls;
+                proxy.server_options = Some(options);
+                let handshake = if tls {
+                    Handshake::Tls {
+                        store: self.store.clone(),
+                        key: tcp_key,
+                    }
+                } else {
+                    Handshake::Plain
+                };
+                let app = Arc::new(proxy);
+                let task = tokio::spawn(accept_loop(
+                    listener,
+                    app.clone(),
+                    handshake,
+                    stop_rx,
+                    self.shutdown.clone(),
+                    self.connections.clone(),
+                ));
+                (task, Some(app))
+            }
+        };
+        Ok(Bound {
+            protocol,
+            stop: stop_tx,
+            task,
+            app,
+        })
     }
 
     /// Reconciles after every publish (and retries failed binds) until `stop` turns true; then stops accepting

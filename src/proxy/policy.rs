@@ -367,7 +367,8 @@ pub async fn write_answer(session: &mut Session, a: Answer) -> Result<bool> {
     } else {
         Bytes::new()
     };
-    let mut resp = ResponseHeader::build(code, Some(4 + a.headers.len()))?;
+    let mut resp = ResponseHeader::build(code, Some(5 + a.headers.len()))?;
+    super::http::add_server_header(&mut resp)?;
     for (k, v) in a.headers {
         resp.append_header(k, v)?;
     }

@@ -387,7 +387,7 @@ fn translate_rule(
     })
 }
 
-fn route_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
+pub(super) fn route_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
     let path = match &m.path {
         None => PathMatch::Prefix("/".into()),
         Some(p) => {

@@ -13,7 +13,7 @@
 //! with `use-regex` or `rewrite-target` on any of its Ingresses (of the same profile) has all its paths matched as
 //! case-insensitive `^path` prefix regexes.
 
-use super::builder::{ListenerKey, ModelBuilder};
+use super::builder::ModelBuilder;
 use super::nginx::annotations::{self, IngressAnnotations};
 use super::nginx::{self, Profile, Settings};
 use super::refs::{BackendError, PortRef, Resolver};
@@ -23,6 +23,7 @@ use crate::model::policy::{
     BasicAuth, Canary, FixedRedirect, Forwarded, Policy, Rewrite, SourceRanges, SslRedirect,
     TemplatePart, WwwRedirect,
 };
+use crate::model::ListenerKey;
 use crate::model::{
     Action, Backend, BackendGroup, Filter, HostPattern, HttpRule, ListenerCertificate, Origin,
     OriginKind, PathMatch, PathModifier, Protocol, Redirect, RouteMatch, Timeouts, WeightedBackend,
@@ -176,13 +177,13 @@ pub(crate) fn translate(
 
     // TLS first: the HTTPS listener exists when at least one Ingress has a usable certificate, and then serves
     // every Ingress rule, as ingress-nginx does (hosts without a certificate of their own get the first one).
-    let https = ListenerKey::port(opts.https_port);
+    let https = ListenerKey::tcp(opts.https_port);
     let mut certificates = Vec::new();
     for e in &entries {
         certificates.extend(tls_certificates(e.ing, refs, diags));
     }
     let tls_hosts: Vec<HostPattern> = certificates.iter().map(|c| c.hostname.clone()).collect();
-    let mut keys = vec![ListenerKey::port(opts.http_port)];
+    let mut keys = vec![ListenerKey::tcp(opts.http_port)];
     if !certificates.is_empty() {
         match model.ensure_listener(https, Protocol::Https) {
             Ok(()) => {
@@ -266,6 +267,32 @@ impl Entry<'_> {
     }
 }
 
+/// What a canary Ingress asks for that is never served, and would otherwise go without a word (`translate_one`,
+/// which reports these for other Ingresses, does not run for canaries): its `spec.defaultBackend` (ingress-nginx
+/// merges it into the catch-all server's backends; Portcullis attaches canaries to main paths only) and rules
+/// whose host is not valid.
+fn report_unserved_canary_parts(e: &Entry<'_>, diags: &mut Diagnostics) {
+    let Some(spec) = &e.ing.spec else { return };
+    if spec.default_backend.is_some() {
+        diags.warning(
+            &e.object,
+            "spec.defaultBackend of a canary Ingress is not served: Portcullis attaches a canary only to the main \
+             Ingress paths with the same host, path and pathType (ingress-nginx would merge it into the catch-all \
+             server's backends)",
+        );
+    }
+    for (ri, rule) in spec.rules.iter().flatten().enumerate() {
+        if let Some(h) = rule.host.as_deref().filter(|h| !h.is_empty()) {
+            if let Err(err) = HostPattern::ingress(h) {
+                diags.error(
+                    &e.object,
+                    format!("spec.rules[{ri}].host: {err}; rule skipped"),
+                );
+            }
+        }
+    }
+}
+
 /// A (profile, host) pair: ingress-nginx's `server`. Host-wide behaviour is scoped to it, so that Ingresses of our
 /// own class keep Ingress v1 semantics whatever the taken-over ones do on the same host.
 type ServerKey = (Profile, HostPattern);
@@ -310,6 +337,9 @@ impl HostFacts {
         let mut f = HostFacts::default();
         for e in entries {
             let canary = e.anns.canary.as_ref();
+            if canary.is_some() {
+                report_unserved_canary_parts(e, diags);
+            }
             for (ri, host, path) in e.paths() {
                 let Some(hp) = host_pattern(host) else {
                     continue;
@@ -323,6 +353,7 @@ impl HostFacts {
                 if let Some(c) = canary {
                     let be = backend(
                         &path.backend,
+                        &e.anns.backend,
                         e.ns(),
                         refs,
                         &e.object,
@@ -827,6 +858,7 @@ fn translate_one(
             retry: None,
             action: Action::Forward(group(backend(
                 default,
+                &e.anns.backend,
                 ns,
                 cx.refs,
                 object,
@@ -903,6 +935,7 @@ fn translate_one(
             };
             let be = backend(
                 &path.backend,
+                &e.anns.backend,
                 ns,
                 cx.refs,
                 object,
@@ -1101,9 +1134,62 @@ pub(crate) fn path_match(path: Option<&str>, path_type: &str) -> Result<PathMatc
     }
 }
 
+/// Applies the backend annotations of an Ingress (`load-balance`, `upstream-hash-by`, `backend-protocol: GRPC`)
+/// to its Service port; returns the variant label of what differs from the port's own settings (empty when
+/// nothing does). Values Portcullis does not apply were reported when the annotations were parsed.
+fn apply_nginx_backend(
+    s: &mut crate::model::ServiceBackend,
+    a: &annotations::BackendAnnotations,
+) -> String {
+    use crate::model::LoadBalancing;
+    let before = (s.policy.load_balancing.clone(), s.protocol);
+    if let Some(on) = a
+        .upstream_hash_by
+        .as_ref()
+        .and_then(|h| annotations::hash_on(&h.key))
+    {
+        s.policy.load_balancing = LoadBalancing::ConsistentHash(on);
+    } else {
+        match a.load_balance {
+            Some(annotations::LoadBalance::Ewma) => {
+                s.policy.load_balancing = LoadBalancing::LeastRequest;
+            }
+            Some(annotations::LoadBalance::RoundRobin) => {
+                s.policy.load_balancing = LoadBalancing::RoundRobin;
+            }
+            _ => {}
+        }
+    }
+    if a.protocol == annotations::BackendProtocolAnnotation::Grpc {
+        s.protocol = crate::model::BackendProtocol::H2c;
+    }
+    let mut parts = Vec::new();
+    if s.policy.load_balancing != before.0 {
+        use crate::model::HashOn;
+        let lb = match &s.policy.load_balancing {
+            LoadBalancing::RoundRobin => "round-robin".to_string(),
+            LoadBalancing::Random => "random".to_string(),
+            LoadBalancing::LeastRequest => "ewma".to_string(),
+            LoadBalancing::ConsistentHash(on) => match on {
+                HashOn::SourceIp => "hash:source-ip".to_string(),
+                HashOn::Uri => "hash:uri".to_string(),
+                HashOn::Header(h) => format!("hash:header:{h}"),
+                HashOn::Cookie(c) => format!("hash:cookie:{c}"),
+                HashOn::QueryParam(q) => format!("hash:query:{q}"),
+            },
+        };
+        parts.push(format!("lb={lb}"));
+    }
+    if s.protocol != before.1 {
+        parts.push("protocol=h2c".to_string());
+    }
+    parts.join(",")
+}
+
 /// Resolves an Ingress backend. An unresolvable Service answers 503, as ingress-nginx does.
 fn backend(
     b: &IngressBackend,
+    nginx: &annotations::BackendAnnotations,
     ns: &str,
     refs: &Resolver<'_>,
     object: &ObjectRef,
@@ -1145,7 +1231,10 @@ fn backend(
         }
     };
     match refs.service_backend(ns, &svc.name, port) {
-        Ok(s) => Backend::Service(refs.register(s)),
+        Ok(mut s) => {
+            let variant = apply_nginx_backend(&mut s, nginx);
+            Backend::Service(refs.register_variant(s, &variant))
+        }
         Err(e) => {
             if !matches!(e, BackendError::NoReadyEndpoints(..)) {
                 diags.warning(object, format!("{field}: {e}; requests get 503"));

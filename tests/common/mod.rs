@@ -8,8 +8,35 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
+
+/// What the admin API's `GET /rounds` says: configuration rounds run so far and the objects the latest one read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rounds {
+    /// Rounds completed (0 before the first).
+    pub rounds: u64,
+    /// Objects the latest round read.
+    pub objects: u64,
+}
+
+/// `GET /rounds` on the admin port `admin`.
+pub fn rounds(admin: u16) -> Result<Rounds> {
+    let r = get(admin, "localhost", "/rounds", &[])?;
+    if r.status != 200 {
+        bail!("GET /rounds answered {}: {}", r.status, r.text());
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&r.body).with_context(|| format!("/rounds: {}", r.text()))?;
+    let field = |k: &str| {
+        v[k].as_u64()
+            .with_context(|| format!("/rounds has no {k}: {v}"))
+    };
+    Ok(Rounds {
+        rounds: field("rounds")?,
+        objects: field("objects")?,
+    })
+}
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests), never one this process was given
 /// before: the kernel may hand a released port out again at once, and two of a test's ports (say its listener
@@ -45,6 +72,7 @@ impl Proxy {
         let admin = free_port();
         let log = manifests.with_extension("log");
         let log_file = std::fs::File::create(&log)?;
+        let out_file = std::fs::File::create(log.with_extension("out"))?;
         let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .arg("run")
             .arg("--manifests")
@@ -64,7 +92,7 @@ impl Proxy {
             .args(extra)
             .env("RUST_LOG", "info")
             .env("RUST_BACKTRACE", "1")
-            .stdout(Stdio::null())
+            .stdout(out_file)
             .stderr(log_file)
             .spawn()
             .context("cannot start portcullis")?;
@@ -94,6 +122,11 @@ impl Proxy {
     /// What the proxy logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What the proxy wrote to stdout so far (access logs).
+    pub fn stdout_text(&self) -> String {
+        std::fs::read_to_string(self.log.with_extension("out")).unwrap_or_default()
     }
 
     /// GET through the proxy's HTTP port.
