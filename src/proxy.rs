@@ -11,6 +11,7 @@ pub mod io;
 pub mod listeners;
 pub mod mirror;
 pub mod passthrough;
+pub mod path;
 pub mod upstream_tls;
 
 pub use listeners::{accept_loop, bind, Connections, Handshake, ListenerManager, ListenerState};
