@@ -8,6 +8,7 @@
 //! | `GET /diagnostics` | the problems found in the current configuration sources, as JSON strings |
 //! | `GET /listeners` | the listener ports and whether they are bound |
 //! | `GET /status` | Gateway API status of our GatewayClasses, Gateways, ListenerSets and routes (Kubernetes field names) |
+//! | `GET /edge` | counters of what the edge refused or changed (`proxy::edge::STATS`, see docs/hardening.md) |
 
 use crate::proxy::ListenerState;
 use crate::snapshot::Store;
@@ -129,6 +130,7 @@ impl Admin {
                 let states = self.listeners.lock().map(|s| s.clone()).unwrap_or_default();
                 json(&states)
             }
+            "/edge" => json(&crate::proxy::edge::STATS.snapshot()),
             _ => (StatusCode::NOT_FOUND, TEXT, b"not found\n".to_vec()),
         }
     }

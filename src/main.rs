@@ -5,6 +5,7 @@ use clap::Parser;
 use portcullis::admin::Admin;
 use portcullis::config::{Cli, Command, RoutesArgs, RunArgs, ValidateArgs};
 use portcullis::control::Control;
+use portcullis::proxy::edge::ListenerEdge;
 use portcullis::proxy::{accept_loop, bind, Connections, Handshake, ListenerManager};
 use portcullis::report;
 use portcullis::snapshot::Store;
@@ -149,12 +150,14 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         .thread_name("portcullis-worker")
         .build()
         .context("cannot start the data-plane runtime")?;
+    let edge = args.edge.settings().map_err(anyhow::Error::msg)?;
     let mut listeners = ListenerManager::new(
         store.clone(),
         args.bind_address,
         args.port_offset,
         shutdown_rx.clone(),
-    );
+    )
+    .with_edge(edge);
     let listener_states = listeners.states();
     let connections = listeners.connections();
     data_rt.block_on(async { listeners.reconcile() });
@@ -205,6 +208,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                         stop_rx.clone(),
                         shutdown_rx,
                         Connections::default(),
+                        ListenerEdge::none(),
                     ));
                     match source {
                         Source::Files(loader, watcher) => {

@@ -6,6 +6,7 @@
 //! (`HttpProxy<HttpApp>`) of that port, exactly as a Pingora listening service would. See
 //! `docs/adr/0001-own-listeners.md`.
 
+pub mod edge;
 pub mod http;
 pub mod io;
 pub mod listeners;

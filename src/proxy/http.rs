@@ -1,18 +1,21 @@
 //! The HTTP data plane: Pingora's `ProxyHttp`, reading one snapshot per request.
 //!
 //! Phases:
-//! - `request_filter`: load the snapshot (the only shared-state access of the request), find the route, and answer
-//!   directly when the route says so (404, 421, redirects, CORS preflights, 500/503 for invalid backends);
-//!   otherwise pick the backend and endpoint, and note the request deadline.
+//! - `request_filter`: first the edge checks (`proxy::edge`: framing, sizes, path normalization); then load the
+//!   snapshot (the only shared-state access of the request), find the route, and answer directly when the route
+//!   says so (404, 421, redirects, CORS preflights, 500/503 for invalid backends); otherwise pick the backend and
+//!   endpoint, and note the request deadline.
 //! - `upstream_peer`: the chosen endpoint (a fresh one on each retry), with the per-attempt timeout.
 //! - `upstream_request_filter`: `X-Forwarded-*`, rule and backend filters (header modifiers, URL rewrite), then
 //!   the request mirrors start with the headers as sent upstream.
-//! - `request_body_filter`: body chunks are copied to the mirrors.
+//! - `request_body_filter`: the body size limit (`proxy::edge`); body chunks are copied to the mirrors.
 //! - `upstream_response_filter`: retry on the statuses the rule's retry policy names.
 //! - `response_filter`: response header modifiers and CORS headers.
 //! - `error_while_proxy` / `fail_to_connect` / `fail_to_proxy`: retries of connection errors and timeouts, and
 //!   the status the client gets (504 for timeouts).
+//! - `logging`: tells the connection (`proxy::edge::EdgeIo`) that its next bytes are a new request head.
 
+use super::edge::{self, EdgeSettings};
 use super::mirror::{MirrorBodies, Mirrors};
 use super::upstream_tls::TlsConnect;
 use crate::model::{BackendProtocol, Cors, Filter, HeaderModifier, PathModifier, Redirect};
@@ -43,6 +46,8 @@ pub struct HttpApp {
     port: u16,
     tls: bool,
     mirrors: Mirrors,
+    /// Limits and checks at the edge (`proxy::edge`).
+    edge: Arc<EdgeSettings>,
 }
 
 impl HttpApp {
@@ -54,7 +59,14 @@ impl HttpApp {
             port: key.1,
             tls,
             mirrors: Mirrors::default(),
+            edge: Arc::new(EdgeSettings::default()),
         }
+    }
+
+    /// The app with these edge settings (instead of the defaults).
+    pub fn with_edge(mut self, edge: Arc<EdgeSettings>) -> Self {
+        self.edge = edge;
+        self
     }
 }
 
@@ -85,6 +97,8 @@ pub struct Ctx {
     cors_origin: Option<HeaderValue>,
     mirrors: MirrorBodies,
     mirrors_started: bool,
+    /// The edge checks' state (body size so far).
+    edge: edge::RequestState,
 }
 
 impl Ctx {
@@ -425,6 +439,10 @@ impl ProxyHttp for HttpApp {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // Edge hook: framing, sizes and path normalization before anything reads the request (proxy::edge).
+        if edge::check_request(&self.edge, session, &mut ctx.edge).await? {
+            return Ok(true);
+        }
         let snap = self.store.load();
         let req = session.req_header();
         let mut buf = [0u8; 256];
@@ -624,11 +642,13 @@ impl ProxyHttp for HttpApp {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // Edge hook: the body size limit, counted as the body arrives (proxy::edge).
+        edge::count_body(session, &mut ctx.edge, body.as_ref())?;
         if !ctx.mirrors.is_empty() {
             if let Some(chunk) = body.as_ref() {
                 ctx.mirrors.send(chunk);
@@ -696,6 +716,11 @@ impl ProxyHttp for HttpApp {
         Ok(())
     }
 
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, _ctx: &mut Ctx) {
+        // Edge hook: the request is over; the connection's next bytes are a new head (proxy::edge).
+        edge::request_done(session);
+    }
+
     fn fail_to_connect(
         &self,
         _session: &mut Session,
@@ -753,7 +778,9 @@ impl ProxyHttp for HttpApp {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
-        if code > 0 {
+        // Edge fix: once a response header went out (an upstream that broke its own framing mid-body), an error
+        // page written now would become that response's body; the connection is closed instead.
+        if code > 0 && session.response_written().is_none() {
             let _ = respond(session, code, None).await;
         }
         FailToProxy {

@@ -1,5 +1,6 @@
 //! Binding, accepting and releasing listener ports as the published configuration changes.
 
+use super::edge::{EdgeSettings, ListenerEdge};
 use super::http::HttpApp;
 use super::io::BufferedIo;
 use crate::model::Protocol;
@@ -75,6 +76,7 @@ pub enum Handshake {
 
 /// Accepts connections on `listener` until `stop` turns true, handing each to `app` on its own task. Connections
 /// already accepted keep running after the loop stops; `shutdown` tells them to finish (no more keep-alive).
+/// `edge` limits the connections open at once and wraps each in its checks ([`ListenerEdge::none`]: neither).
 pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     listener: tokio::net::TcpListener,
     app: Arc<A>,
@@ -82,6 +84,7 @@ pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     mut stop: watch::Receiver<bool>,
     shutdown: ShutdownWatch,
     connections: Connections,
+    edge: ListenerEdge,
 ) {
     let listener = Listener::from(listener);
     loop {
@@ -93,17 +96,23 @@ pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
             }
             res = listener.accept() => match res {
                 Ok(mut stream) => {
+                    // Edge hook: over the listener's connection limit, the connection is closed at once.
+                    let Some(admitted) = edge.admit() else {
+                        continue;
+                    };
                     let _ = stream.set_nodelay();
                     let app = app.clone();
                     let shutdown = shutdown.clone();
                     let guard = connections.guard();
                     let handshake = handshake.clone();
+                    let edge = edge.clone();
                     tokio::spawn(async move {
                         let _guard = guard;
                         match handshake {
                             Handshake::Plain => {
-                                app.process_new(Box::new(BufferedIo::new(stream)), &shutdown)
-                                    .await;
+                                // Edge hook: header/idle timeouts and the request head check.
+                                let io = edge.wrap(Box::new(BufferedIo::new(stream)), &admitted);
+                                app.process_new(io, &shutdown).await;
                             }
                             Handshake::Tls { store, key } => {
                                 let acceptor = store.load().acceptor(key.0, key.1).cloned();
@@ -111,14 +120,19 @@ pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
                                     tracing::debug!(port = key.1, "no TLS configuration; connection closed");
                                     return;
                                 };
-                                match acceptor.tls_handshake(BufferedIo::new(stream)).await {
-                                    Ok(tls) => {
-                                        app.process_new(Box::new(tls), &shutdown).await;
+                                // Edge hook: the handshake counts against the header timeout.
+                                let tls = acceptor.tls_handshake(BufferedIo::new(stream));
+                                match edge.handshake(&admitted, tls).await {
+                                    Some(Ok(tls)) => {
+                                        let io = edge.wrap(Box::new(tls), &admitted);
+                                        app.process_new(io, &shutdown).await;
                                     }
-                                    Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
+                                    Some(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                                    None => tracing::debug!("TLS handshake timed out"),
                                 }
                             }
                         }
+                        drop(admitted);
                     });
                 }
                 Err(e) => {
@@ -166,6 +180,7 @@ pub struct ListenerManager {
     shutdown: ShutdownWatch,
     states: Arc<Mutex<Vec<ListenerState>>>,
     connections: Connections,
+    edge: Arc<EdgeSettings>,
 }
 
 impl ListenerManager {
@@ -186,7 +201,14 @@ impl ListenerManager {
             shutdown,
             states: Arc::new(Mutex::new(Vec::new())),
             connections: Connections::default(),
+            edge: Arc::new(EdgeSettings::default()),
         }
+    }
+
+    /// The manager with these edge settings for every listener (instead of the defaults).
+    pub fn with_edge(mut self, edge: EdgeSettings) -> Self {
+        self.edge = Arc::new(edge);
+        self
     }
 
     /// The open-connection counter of every listener this manager binds.
@@ -267,6 +289,7 @@ impl ListenerManager {
                         key,
                         stop_rx,
                         self.connections.clone(),
+                        ListenerEdge::new(self.edge.clone(), false),
                     ));
                     tracing::info!(port, %addr, ?protocol, "listener bound");
                     self.bound.insert(
@@ -284,12 +307,15 @@ impl ListenerManager {
                     let tls = protocol == Protocol::Https;
                     let mut proxy = pingora::proxy::http_proxy(
                         &self.conf,
-                        HttpApp::new(self.store.clone(), key, tls),
+                        HttpApp::new(self.store.clone(), key, tls).with_edge(self.edge.clone()),
                     );
                     // Cleartext HTTP/2 with prior knowledge (gRPC, h2c clients) next to HTTP/1.1: Pingora peeks
                     // for the HTTP/2 preface once per connection. TLS listeners negotiate by ALPN instead.
                     let mut options = HttpServerOptions::default();
                     options.h2c = !tls;
+                    // Edge hook: requests per connection, HTTP/2 idle timeout and HTTP/2 limits.
+                    self.edge.apply_server_options(&mut options);
+                    proxy.h2_options = Some(self.edge.h2_options());
                     proxy.server_options = Some(options);
                     let handshake = if tls {
                         Handshake::Tls {
@@ -306,6 +332,7 @@ impl ListenerManager {
                         stop_rx,
                         self.shutdown.clone(),
                         self.connections.clone(),
+                        ListenerEdge::new(self.edge.clone(), !tls),
                     ));
                     tracing::info!(port, %addr, ?protocol, "listener bound");
                     self.bound.insert(

@@ -1,6 +1,7 @@
 //! TLS passthrough (TLSRoute): read the ClientHello without consuming it, route by SNI, and splice the client's
 //! bytes, still encrypted, to a backend endpoint.
 
+use super::edge::ListenerEdge;
 use super::listeners::{ConnectionGuard, Connections};
 use crate::router::Target;
 use crate::snapshot::{ListenerAddr, Store};
@@ -64,13 +65,15 @@ pub async fn peek_sni(stream: &TcpStream) -> std::io::Result<Option<String>> {
     }
 }
 
-/// Accepts connections on `listener` until `stop` turns true and passes each through by SNI.
+/// Accepts connections on `listener` until `stop` turns true and passes each through by SNI. `edge` limits the
+/// connections open at once.
 pub async fn accept_loop(
     listener: TcpListener,
     store: Arc<Store>,
     key: ListenerAddr,
     mut stop: watch::Receiver<bool>,
     connections: Connections,
+    edge: ListenerEdge,
 ) {
     loop {
         tokio::select! {
@@ -81,11 +84,16 @@ pub async fn accept_loop(
             }
             res = listener.accept() => match res {
                 Ok((stream, _)) => {
+                    // Edge hook: over the listener's connection limit, the connection is closed at once.
+                    let Some(admitted) = edge.admit() else {
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let guard = connections.guard();
                     let store = store.clone();
                     tokio::spawn(async move {
                         let _guard: ConnectionGuard = guard;
+                        let _admitted = admitted;
                         if let Err(e) = serve(stream, &store, key).await {
                             tracing::debug!(error = %e, "TLS passthrough connection ended");
                         }
