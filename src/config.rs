@@ -2,6 +2,9 @@
 
 use crate::proxy::edge::EdgeSettings;
 use crate::proxy::path::EscapedSlashes;
+use crate::translate::nginx::{
+    NginxOptions, Settings, DEFAULT_ANNOTATIONS_PREFIX, INGRESS_NGINX_CONTROLLER,
+};
 use crate::translate::{Options, GATEWAY_CONTROLLER, INGRESS_CONTROLLER};
 use clap::{Args, Parser, Subcommand};
 use std::net::{IpAddr, SocketAddr};
@@ -42,6 +45,46 @@ pub struct TranslateArgs {
     /// GatewayClass `spec.controllerName` value that selects Portcullis.
     #[arg(long, default_value = GATEWAY_CONTROLLER)]
     pub gateway_controller: String,
+    /// Prefix of ingress-nginx annotations (both profiles), as ingress-nginx's own `--annotations-prefix`.
+    #[arg(long, default_value = DEFAULT_ANNOTATIONS_PREFIX, value_name = "PREFIX")]
+    pub annotations_prefix: String,
+    /// Take over the Ingresses of this ingress-nginx IngressClass (repeatable): its IngressClass must have
+    /// `spec.controller` equal to --ingress-nginx-controller; Ingresses naming it in the legacy
+    /// `kubernetes.io/ingress.class` annotation are taken over too. They get ingress-nginx's defaults.
+    #[arg(long = "ingress-nginx-class", value_name = "NAME")]
+    pub ingress_nginx_classes: Vec<String>,
+    /// `spec.controller` of the ingress-nginx IngressClasses taken over.
+    #[arg(long, default_value = INGRESS_NGINX_CONTROLLER, value_name = "CONTROLLER")]
+    pub ingress_nginx_controller: String,
+    /// The ingress-nginx ConfigMap whose keys set the taken-over Ingresses' defaults (read from the manifests, or
+    /// from the cluster in Kubernetes mode, and followed when it changes).
+    #[arg(long, value_name = "NS/NAME", value_parser = parse_ns_name)]
+    pub ingress_nginx_configmap: Option<String>,
+    /// Set one ingress-nginx ConfigMap key for the taken-over Ingresses (repeatable; wins over the ConfigMap):
+    /// ssl-redirect, force-ssl-redirect, preserve-trailing-slash, http-redirect-code, proxy-body-size,
+    /// proxy-connect-timeout, proxy-read-timeout, proxy-send-timeout, use-forwarded-headers,
+    /// allow-snippet-annotations, limit-req-status-code, limit-conn-status-code, whitelist-source-range,
+    /// denylist-source-range.
+    #[arg(long = "ingress-nginx-set", value_name = "KEY=VALUE", value_parser = parse_nginx_setting)]
+    pub ingress_nginx_settings: Vec<(String, String)>,
+}
+
+fn parse_ns_name(s: &str) -> Result<String, String> {
+    match s.split_once('/') {
+        Some((ns, n)) if !ns.is_empty() && !n.is_empty() && !n.contains('/') => Ok(s.to_string()),
+        _ => Err(format!("{s:?}: expected NAMESPACE/NAME")),
+    }
+}
+
+fn parse_nginx_setting(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))?;
+    match Settings::ingress_nginx().set(k, v) {
+        Ok(true) => Ok((k.to_string(), v.to_string())),
+        Ok(false) => Err(format!("{k}: not a key Portcullis understands")),
+        Err(e) => Err(format!("{k}={v}: {e}")),
+    }
 }
 
 impl TranslateArgs {
@@ -53,6 +96,13 @@ impl TranslateArgs {
             ingress_controller: self.ingress_controller.clone(),
             gateway_controller: self.gateway_controller.clone(),
             default_addresses: Vec::new(),
+            nginx: NginxOptions {
+                annotations_prefix: self.annotations_prefix.trim_end_matches('/').to_string(),
+                classes: self.ingress_nginx_classes.clone(),
+                controller: self.ingress_nginx_controller.clone(),
+                config_map: self.ingress_nginx_configmap.clone(),
+                overrides: self.ingress_nginx_settings.clone(),
+            },
         }
     }
 }
@@ -73,21 +123,55 @@ pub struct RunArgs {
     /// non-root runs.
     #[arg(long, default_value_t = 0)]
     pub port_offset: u16,
-    /// Address of the admin API (/healthz, /readyz, /config).
+    /// Address of the admin API (/healthz, /readyz, /metrics, /config, /status, ...).
     #[arg(long, default_value = "127.0.0.1:9901")]
     pub admin_addr: SocketAddr,
+    /// Address of the health port, serving only /healthz, /readyz and /metrics (for kubelet probes and
+    /// Prometheus on the pod IP). Off when not given.
+    #[arg(long, value_name = "ADDR")]
+    pub health_addr: Option<SocketAddr>,
     /// IP address the proxy listeners bind.
     #[arg(long, default_value = "0.0.0.0")]
     pub bind_address: IpAddr,
     /// Data-plane worker threads (default: one per CPU).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Seconds to let open connections finish after SIGTERM/SIGINT.
-    #[arg(long, default_value_t = 5)]
+    /// Seconds the listeners keep accepting after SIGTERM while /readyz answers 503, so load balancers take this
+    /// instance out before it stops accepting (SIGINT skips it).
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub shutdown_delay: u64,
+    /// Seconds to let open connections finish once the listeners are closed.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub shutdown_grace: u64,
     /// Limits and checks at the edge (docs/hardening.md).
     #[command(flatten)]
     pub edge: EdgeArgs,
+    /// Request metrics, access logs and the Server header.
+    #[command(flatten)]
+    pub observe: ObserveArgs,
+}
+
+/// What the data plane reports about requests (docs/observability.md).
+#[derive(Debug, Clone, Args)]
+pub struct ObserveArgs {
+    /// Labels of the per-request metrics: `none` (listener only), `route` (and the route's kind, namespace and
+    /// name), `route+backend` (and the backend Service port). Each step multiplies the series.
+    #[arg(long, value_enum, default_value_t = crate::metrics::request::LabelMode::Route, value_name = "LABELS")]
+    pub metrics_labels: crate::metrics::request::LabelMode,
+    /// Access log on stdout: `off`, `json` (one object per line) or `text` (ingress-nginx's upstream format).
+    #[arg(long, value_enum, default_value_t = crate::proxy::observe::AccessLogFormat::Off, value_name = "FORMAT")]
+    pub access_log: crate::proxy::observe::AccessLogFormat,
+    /// Log paths with their query string (off by default: queries often carry tokens).
+    #[arg(long)]
+    pub access_log_query: bool,
+    /// Access-log lines that may wait for the writer; when full, lines are dropped and counted
+    /// (`portcullis_access_log_dropped_total`) rather than slowing requests down.
+    #[arg(long, default_value_t = 16384, value_name = "LINES")]
+    pub access_log_buffer: usize,
+    /// `Server` header of responses that carry none (local replies, and upstream responses without one): a
+    /// name, or `off`.
+    #[arg(long, default_value = "portcullis", value_name = "NAME|off")]
+    pub server_header: String,
 }
 
 /// The limits of the edge (`docs/hardening.md`: each limit, its default and why). Sizes take a `k` or `m`
@@ -253,6 +337,10 @@ impl KubeArgs {
             lease: Default::default(),
             ingress_controller: translate.ingress_controller.clone(),
             gateway_controller: translate.gateway_controller.clone(),
+            nginx_config_map: translate.ingress_nginx_configmap.as_ref().and_then(|c| {
+                c.split_once('/')
+                    .map(|(ns, n)| (ns.to_string(), n.to_string()))
+            }),
         })
     }
 }

@@ -1,13 +1,16 @@
 //! The control plane loop: source -> translate -> publish, with the problems of each round kept for the admin API
 //! and logged once when they first appear.
 
+use crate::k8s::Ingress;
+use crate::metrics::{Metrics, Round, RouteCounts};
 use crate::report;
 use crate::snapshot::Store;
 use crate::source::file::{FileLoader, Loaded, Watcher};
+use crate::source::{Input, ObjectRef};
 use crate::translate::status::Statuses;
-use crate::translate::{self, Options, Severity};
+use crate::translate::{self, Diagnostic, Options, Output, Severity};
 use arc_swap::ArcSwap;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// Translates and publishes what a source loaded.
@@ -18,6 +21,10 @@ pub struct Control {
     statuses: Arc<ArcSwap<Statuses>>,
     logged: BTreeSet<String>,
     after_round: Option<fn()>,
+    metrics: Option<Arc<Metrics>>,
+    /// The last version of each Ingress that translation accepted: an Ingress whose annotations are refused is
+    /// translated with it instead (ingress-nginx keeps the Ingress it had when its annotations are refused).
+    last_good: HashMap<ObjectRef, Arc<Ingress>>,
 }
 
 /// What one round did.
@@ -41,7 +48,20 @@ impl Control {
             statuses: Arc::new(ArcSwap::from_pointee(Statuses::default())),
             logged: BTreeSet::new(),
             after_round: None,
+            metrics: None,
+            last_good: HashMap::new(),
         }
+    }
+
+    /// Records every round in `metrics` (rounds by result, routes, and the gauges that follow the published
+    /// model).
+    pub fn set_metrics(&mut self, metrics: Arc<Metrics>) {
+        self.metrics = Some(metrics);
+    }
+
+    /// The metrics rounds are recorded in, if any.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
     }
 
     /// Runs `hook` at the end of every round, once the round's temporaries are freed. The binary uses it to
@@ -62,7 +82,7 @@ impl Control {
 
     /// Translates `loaded` and publishes the result if it changed.
     pub fn apply(&mut self, loaded: &Loaded) -> Outcome {
-        let out = translate::translate(&loaded.input, &self.options);
+        let out = self.translate_keeping_last_good(&loaded.input);
         let mut lines = Vec::new();
         let mut severities = Vec::new();
         for p in &loaded.problems {
@@ -70,7 +90,11 @@ impl Control {
             severities.push(p.severity);
         }
         for d in &out.diagnostics {
-            lines.push(report::diagnostic_line(d, &loaded.locations));
+            lines.push(report::diagnostic_line_at(
+                d,
+                &loaded.locations,
+                &loaded.field_lines,
+            ));
             severities.push(d.severity);
         }
         // Log each problem once, when it first appears.
@@ -85,14 +109,15 @@ impl Control {
         }
         self.logged = current;
         self.diagnostics.store(Arc::new(lines));
+        let routes = self
+            .metrics
+            .as_ref()
+            .map(|_| RouteCounts::new(&out.model, &out.diagnostics, &out.statuses));
         self.statuses.store(Arc::new(out.statuses));
 
         let published = self.store.publish(out.model);
         drop(out.diagnostics);
-        if let Some(hook) = self.after_round {
-            hook();
-        }
-        match published {
+        let outcome = match published {
             Ok(Some(v)) => {
                 tracing::info!(version = v, "configuration published");
                 Outcome::Published(v)
@@ -102,7 +127,91 @@ impl Control {
                 tracing::error!(error = %e, "configuration refused; the previous one keeps serving");
                 Outcome::Refused
             }
+        };
+        if let Some(m) = &self.metrics {
+            match outcome {
+                Outcome::Published(_) => {
+                    m.set_model(&self.store.load().model);
+                    m.round(Round::Published);
+                }
+                Outcome::Unchanged => m.round(Round::Unchanged),
+                Outcome::Refused => m.round(Round::Refused),
+            }
+            // The counts describe the table being served: not updated when the round was refused.
+            if let (Some(counts), false) = (routes, outcome == Outcome::Refused) {
+                m.set_routes(&counts);
+            }
         }
+        if let Some(hook) = self.after_round {
+            hook();
+        }
+        outcome
+    }
+
+    /// Translates `input`; Ingresses that translation refuses are replaced by their last accepted version (when
+    /// there is one) and the input translated again. Remembers the accepted versions for the next round.
+    fn translate_keeping_last_good(&mut self, input: &Input) -> Output {
+        let first = translate::translate(input, &self.options);
+        let refused: BTreeSet<&ObjectRef> = first.rejected.iter().collect();
+        let mut notes = Vec::new();
+        let mut patched: Option<Input> = None;
+        for r in &first.rejected {
+            match self.last_good.get(r) {
+                Some(old) => {
+                    let input = patched.get_or_insert_with(|| input.clone());
+                    for ing in input.ingresses.iter_mut() {
+                        if ObjectRef::new("Ingress", &ing.metadata) == *r {
+                            *ing = old.clone();
+                        }
+                    }
+                    notes.push(Diagnostic {
+                        severity: Severity::Warning,
+                        object: r.clone(),
+                        message: "its last good version keeps serving".into(),
+                        annotation: None,
+                    });
+                }
+                None => notes.push(Diagnostic {
+                    severity: Severity::Warning,
+                    object: r.clone(),
+                    message: "no earlier version of this Ingress was accepted; it is not served"
+                        .into(),
+                    annotation: None,
+                }),
+            }
+        }
+        // Remember what was accepted this round (the refused ones keep their previous entry).
+        let current: BTreeSet<ObjectRef> = input
+            .ingresses
+            .iter()
+            .map(|i| ObjectRef::new("Ingress", &i.metadata))
+            .collect();
+        self.last_good.retain(|k, _| current.contains(k));
+        for ing in &input.ingresses {
+            let r = ObjectRef::new("Ingress", &ing.metadata);
+            if !refused.contains(&r) {
+                self.last_good.insert(r, ing.clone());
+            }
+        }
+        let mut out = match patched {
+            None => first,
+            Some(patched) => {
+                let mut second = translate::translate(&patched, &self.options);
+                // The refusals of the new versions are this round's news; the old versions' own findings too.
+                second.diagnostics.extend(
+                    first
+                        .diagnostics
+                        .into_iter()
+                        .filter(|d| refused.contains(&d.object) && d.severity == Severity::Error),
+                );
+                second.rejected = first.rejected;
+                second
+            }
+        };
+        out.diagnostics.extend(notes);
+        out.diagnostics.sort();
+        out.diagnostics.dedup();
+        out
     }
 
     /// Reloads and republishes on every change the watcher reports, until it stops.

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod config;
 pub mod control;
 pub mod k8s;
+pub mod metrics;
 pub mod model;
 pub mod proxy;
 pub mod report;

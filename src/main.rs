@@ -2,9 +2,11 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use portcullis::admin::Admin;
+use portcullis::admin::{Admin, Draining};
 use portcullis::config::{Cli, Command, RoutesArgs, RunArgs, ValidateArgs};
 use portcullis::control::Control;
+use portcullis::metrics::request::RequestMetrics;
+use portcullis::metrics::Metrics;
 use portcullis::proxy::edge::ListenerEdge;
 use portcullis::proxy::{accept_loop, bind, Connections, Handshake, ListenerManager};
 use portcullis::report;
@@ -16,6 +18,7 @@ use portcullis::translate::{self, Severity};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 /// mimalloc: per-thread free lists suit Pingora's many small per-request allocations (docs/benchmarks.md).
@@ -62,7 +65,10 @@ fn validate(args: &ValidateArgs) -> Result<ExitCode> {
         }
     }
     for d in &out.diagnostics {
-        println!("{}", report::diagnostic_line(d, &loaded.locations));
+        println!(
+            "{}",
+            report::diagnostic_line_at(d, &loaded.locations, &loaded.field_lines)
+        );
         match d.severity {
             Severity::Error => errors += 1,
             Severity::Warning => warnings += 1,
@@ -87,7 +93,10 @@ fn routes(args: &RoutesArgs) -> Result<ExitCode> {
         eprintln!("{p}");
     }
     for d in &out.diagnostics {
-        eprintln!("{}", report::diagnostic_line(d, &loaded.locations));
+        eprintln!(
+            "{}",
+            report::diagnostic_line_at(d, &loaded.locations, &loaded.field_lines)
+        );
     }
     let rows = report::route_rows(&out.model);
     if args.json {
@@ -106,10 +115,33 @@ enum Source {
     Kube(Box<KubeSource>),
 }
 
+/// After the listeners close, how long busy HTTP/1.1 connections get to receive a `Connection: close` answer
+/// before idle keep-alive connections are closed (docs/deploy.md, "Drain").
+const IDLE_LINGER: Duration = Duration::from_secs(1);
+
 fn run(args: RunArgs) -> Result<ExitCode> {
     let store = Arc::new(Store::new());
+    let metrics = Arc::new(Metrics::new()?);
+    let request_metrics = Arc::new(RequestMetrics::new(
+        metrics.registry(),
+        args.observe.metrics_labels,
+    )?);
+    store.set_request_metrics(request_metrics.clone());
+    portcullis::proxy::observe::set_server_header(&args.observe.server_header)?;
+    portcullis::proxy::observe::start_access_log(
+        args.observe.access_log,
+        args.observe.access_log_query,
+        args.observe.access_log_buffer,
+        Some(request_metrics.access_log_dropped()),
+    )
+    .context("cannot start the access log")?;
+    let draining = Draining::default();
+    // stop: listeners stop accepting, the source stops (and releases the leader Lease).
     let (stop_tx, stop_rx) = watch::channel(false);
+    // shutdown: HTTP/1.1 answers carry `Connection: close`, HTTP/2 connections get GOAWAY.
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // exit: the admin API and health port close (they answer until the drain is over).
+    let (exit_tx, exit_rx) = watch::channel(false);
 
     // Control plane: its own single-threaded runtime, so configuration work never competes with requests.
     let control_rt = tokio::runtime::Builder::new_current_thread()
@@ -124,6 +156,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     }
     let mut control = Control::new(store.clone(), options);
     control.set_after_round(release_freed_memory);
+    control.set_metrics(metrics.clone());
     let source = if args.kube.kubernetes {
         let settings = args
             .kube
@@ -178,15 +211,23 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             s.error.as_deref().unwrap_or("unknown error")
         );
     }
-    data_rt.spawn(listeners.run(stop_rx.clone()));
+    let listeners_task = data_rt.spawn(listeners.run(stop_rx.clone()));
+    data_rt.spawn(portcullis::proxy::upstream::run_active_checks(
+        store.clone(),
+        stop_rx.clone(),
+    ));
 
     // Admin API and file watching on the control-plane runtime.
-    let admin = Arc::new(Admin::new(
-        store.clone(),
-        control.diagnostics(),
-        control.statuses(),
-        listener_states,
-    ));
+    let admin = Arc::new(
+        Admin::new(
+            store.clone(),
+            control.diagnostics(),
+            control.statuses(),
+            listener_states,
+        )
+        .with_metrics(metrics)
+        .with_draining(draining.clone()),
+    );
     let status_source: StatusSource = {
         let admin = admin.clone();
         Arc::new(move || admin.status())
@@ -195,6 +236,16 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         .block_on(async { bind(args.admin_addr) })
         .with_context(|| format!("cannot bind the admin address {}", args.admin_addr))?;
     tracing::info!(addr = %args.admin_addr, "admin API listening");
+    let health_listener = match args.health_addr {
+        Some(addr) => {
+            let l = control_rt
+                .block_on(async { bind(addr) })
+                .with_context(|| format!("cannot bind the health address {addr}"))?;
+            tracing::info!(%addr, "health port listening (/healthz, /readyz, /metrics)");
+            Some((l, Arc::new(admin.probes_only())))
+        }
+        None => None,
+    };
     let control_thread = std::thread::Builder::new()
         .name("portcullis-control".into())
         .spawn({
@@ -205,11 +256,22 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                         admin_listener,
                         admin,
                         Handshake::Plain,
-                        stop_rx.clone(),
-                        shutdown_rx,
+                        exit_rx.clone(),
+                        shutdown_rx.clone(),
                         Connections::default(),
                         ListenerEdge::none(),
                     ));
+                    if let Some((listener, health)) = health_listener {
+                        tokio::spawn(accept_loop(
+                            listener,
+                            health,
+                            Handshake::Plain,
+                            exit_rx.clone(),
+                            shutdown_rx,
+                            Connections::default(),
+                            ListenerEdge::none(),
+                        ));
+                    }
                     match source {
                         Source::Files(loader, watcher) => {
                             let mut stop = stop_rx;
@@ -221,28 +283,72 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                         // Returns after stop, having released the leader Lease.
                         Source::Kube(kube) => kube.run(control, status_source, stop_rx).await,
                     }
+                    // Keep answering probes and scrapes until the drain is over.
+                    let mut exit = exit_rx;
+                    let _ = exit.wait_for(|e| *e).await;
                 });
             }
         })
         .context("cannot start the control-plane thread")?;
 
-    // Wait for SIGINT/SIGTERM, then stop accepting and give open connections time to finish.
+    // Wait for SIGTERM (or SIGINT), then drain: see docs/deploy.md, "Drain".
     data_rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        // SIGINT is someone at a terminal: no load balancer to wait for.
+        let delay = tokio::select! {
+            _ = term.recv() => Duration::from_secs(args.shutdown_delay),
+            _ = int.recv() => Duration::ZERO,
+        };
+        draining.start();
+        tracing::info!(
+            ?delay,
+            "shutting down: /readyz answers 503; listeners keep accepting until the delay is over"
+        );
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            _ = tokio::time::sleep(delay) => {}
+            _ = term.recv() => tracing::info!("second signal: shutdown delay cut short"),
+            _ = int.recv() => tracing::info!("second signal: shutdown delay cut short"),
         }
-        tracing::info!("shutting down");
         let _ = stop_tx.send(true);
         let _ = shutdown_tx.send(true);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(args.shutdown_grace);
-        while connections.open() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let grace = Duration::from_secs(args.shutdown_grace);
+        tracing::info!(
+            open = connections.open(),
+            ?grace,
+            "listeners closed; waiting for open connections"
+        );
+        let deadline = tokio::time::Instant::now() + grace;
+        let stopped = listeners_task.await.ok();
+        // Busy keep-alive connections get their `Connection: close` (or GOAWAY) and end on their own ...
+        wait_for_connections(
+            &connections,
+            (tokio::time::Instant::now() + IDLE_LINGER).min(deadline),
+        )
+        .await;
+        // ... then idle ones are closed, and requests still in progress finish.
+        if let Some(stopped) = &stopped {
+            stopped.close_idle().await;
+        }
+        wait_for_connections(&connections, deadline).await;
+        match connections.open() {
+            0 => tracing::info!("all connections closed"),
+            n => tracing::warn!(
+                open = n,
+                "shutdown grace over; closing the remaining connections"
+            ),
         }
         Ok::<(), std::io::Error>(())
     })?;
+    let _ = exit_tx.send(true);
     let _ = control_thread.join();
     data_rt.shutdown_timeout(Duration::from_millis(100));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Waits until no connection is open or `deadline` passes.
+async fn wait_for_connections(connections: &Connections, deadline: tokio::time::Instant) {
+    while connections.open() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -7,22 +7,28 @@
 //! - invalid input is data too ([`Backend::Invalid`]), so the proxy answers what the spec requires;
 //! - collections are sorted deterministically, so two translations of the same input compare equal.
 
+mod backend;
 mod host;
+pub mod policy;
 pub mod precedence;
 mod rule;
 mod tls;
 
+pub use backend::{
+    ActiveHealth, BackendKey, BackendPolicy, BackendProtocol, BackendTls, ClientCertificate,
+    Endpoint, HashOn, HealthCheck, LoadBalancing, PassiveHealth, ServiceBackend, SubjectAltName,
+};
 pub use host::{HostPattern, HostPatternError};
 pub use rule::{
-    Action, Backend, BackendGroup, BackendProtocol, BackendTls, ClientCertificate, Cors, Endpoint,
-    Filter, HeaderMatch, HeaderModifier, HttpRule, Mirror, Origin, OriginKind, PathMatch,
-    PathModifier, QueryParamMatch, Redirect, Retry, RouteMatch, ServiceBackend, StringMatch,
-    SubjectAltName, Timeouts, WeightedBackend,
+    Action, Backend, BackendGroup, Cors, Filter, HeaderMatch, HeaderModifier, HttpRule, Mirror,
+    Origin, OriginKind, PathMatch, PathModifier, QueryParamMatch, Redirect, Retry, RouteMatch,
+    StringMatch, Timeouts, WeightedBackend,
 };
 
 pub use tls::{ClientValidation, ListenerCertificate, ListenerTls, Redacted};
 
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 /// The whole routing configuration at one point in time.
@@ -31,6 +37,10 @@ pub struct Model {
     /// One entry per (address, port) the proxy serves, sorted by address then port. Ports are logical (before
     /// `--port-offset`).
     pub listeners: Vec<Listener>,
+    /// Every backend the rules name, each once. Invariant: every [`Backend::Service`] key in a rule, mirror or
+    /// TLS route is present here.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub backends: BTreeMap<BackendKey, ServiceBackend>,
 }
 
 impl Model {

@@ -11,8 +11,13 @@ pub mod http;
 pub mod io;
 pub mod listeners;
 pub mod mirror;
+pub mod observe;
 pub mod passthrough;
 pub mod path;
+pub mod policy;
+pub mod upstream;
 pub mod upstream_tls;
 
-pub use listeners::{accept_loop, bind, Connections, Handshake, ListenerManager, ListenerState};
+pub use listeners::{
+    accept_loop, bind, Connections, Handshake, ListenerManager, ListenerState, Stopped,
+};

@@ -1,6 +1,8 @@
 //! Human and JSON presentations: diagnostics with file locations, and the routing table of `portcullis routes`.
 
-use crate::model::{precedence, Action, Filter, HostPattern, HttpRule, Model, PathModifier};
+use crate::model::{
+    precedence, Action, Backend, Filter, HostPattern, HttpRule, Model, PathModifier,
+};
 use crate::source::file::Location;
 use crate::source::ObjectRef;
 use crate::translate::{Diagnostic, Severity};
@@ -9,7 +11,24 @@ use std::collections::HashMap;
 
 /// `file:line: error: Kind ns/name: message` (the location part only when the object's file is known).
 pub fn diagnostic_line(d: &Diagnostic, locations: &HashMap<ObjectRef, Location>) -> String {
-    match locations.get(&d.object) {
+    diagnostic_line_at(d, locations, &HashMap::new())
+}
+
+/// [`diagnostic_line`], with the line of the annotation a diagnostic is about when `field_lines` knows it.
+pub fn diagnostic_line_at(
+    d: &Diagnostic,
+    locations: &HashMap<ObjectRef, Location>,
+    field_lines: &HashMap<ObjectRef, HashMap<String, usize>>,
+) -> String {
+    let at = d.annotation.as_ref().and_then(|a| {
+        let line = *field_lines.get(&d.object)?.get(a)?;
+        let file = &locations.get(&d.object)?.file;
+        Some(Location {
+            file: file.clone(),
+            line,
+        })
+    });
+    match at.as_ref().or_else(|| locations.get(&d.object)) {
         Some(loc) => {
             let sev = match d.severity {
                 Severity::Error => "error",
@@ -66,6 +85,7 @@ fn filter_text(f: &Filter) -> String {
         }
         Filter::Cors(c) => format!("cors(origins={})", c.allow_origins.join(",")),
         Filter::RequestRedirect(r) => format!("redirect({})", r.status),
+        Filter::Policy(p) => format!("ingress-nginx({})", p.source),
     }
 }
 
@@ -90,13 +110,33 @@ fn modifier_text(m: &crate::model::HeaderModifier) -> String {
     parts.join(", ")
 }
 
-fn action_text(rule: &HttpRule) -> Vec<String> {
+/// A backend with its endpoints: `ns/name:port [ip:port ...]`, or the status an invalid one answers.
+fn backend_text(model: &Model, b: &Backend) -> String {
+    match b {
+        Backend::Service(key) => {
+            let endpoints = model.backends.get(key).map_or_else(
+                || "missing".to_string(),
+                |s| {
+                    s.endpoints
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                },
+            );
+            format!("{key} [{endpoints}]")
+        }
+        Backend::Invalid { .. } => b.to_string(),
+    }
+}
+
+fn action_text(model: &Model, rule: &HttpRule) -> Vec<String> {
     match &rule.action {
         Action::Forward(g) => g
             .backends
             .iter()
             .map(|b| {
-                let mut s = format!("{}x {}", b.weight, b.backend);
+                let mut s = format!("{}x {}", b.weight, backend_text(model, &b.backend));
                 for f in &b.filters {
                     s.push(' ');
                     s.push_str(&filter_text(f));
@@ -151,7 +191,7 @@ pub fn route_rows(model: &Model) -> Vec<RouteRow> {
                     listener_hostname: listener.map(HostPattern::to_string),
                     matches: rule.matches[i].to_string(),
                     filters: rule.filters.iter().map(filter_text).collect(),
-                    backends: action_text(rule),
+                    backends: action_text(model, rule),
                     origin: rule.origin.to_string(),
                 });
             }
@@ -163,7 +203,7 @@ pub fn route_rows(model: &Model) -> Vec<RouteRow> {
                 listener_hostname: None,
                 matches: "(default)".into(),
                 filters: vec![],
-                backends: action_text(d),
+                backends: action_text(model, d),
                 origin: d.origin.to_string(),
             });
         }

@@ -10,15 +10,16 @@ mod matcher;
 pub use hosts::HostIndex;
 pub use matcher::RequestParts;
 
+pub use crate::proxy::upstream::BackendId;
+
+use crate::metrics::request::{Resolver, RouteStats};
 use crate::model::{
-    precedence, Action, Backend, BackendGroup, BackendProtocol, Cors, Filter, HostPattern,
-    HttpRule, Model, Origin, Protocol, Redirect, Retry, Timeouts, TlsRoute,
+    precedence, Action, Backend, BackendGroup, BackendKey, Cors, Filter, HostPattern, HttpRule,
+    Model, Origin, Protocol, Redirect, Retry, Timeouts, TlsRoute,
 };
 use http::HeaderName;
 use matcher::{HeaderHint, Matcher};
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Why a model could not be compiled. Translation validates everything compiled here, so this only happens on a
@@ -276,6 +277,10 @@ pub struct CompiledRule {
     pub mirrors: Box<[CompiledMirror]>,
     /// CORS settings of the rule.
     pub cors: Option<CompiledCors>,
+    /// ingress-nginx annotation behaviour of the rule (`proxy::policy`).
+    pub policy: Option<Arc<crate::proxy::policy::CompiledPolicy>>,
+    /// The rule's request-metric handles, when the table was compiled with request metrics.
+    pub stats: Option<RouteStats>,
 }
 
 /// A request mirror ready to use.
@@ -294,14 +299,19 @@ impl CompiledMirror {
     }
 }
 
-fn compile_mirrors(filters: &[Filter]) -> Box<[CompiledMirror]> {
+fn compile_mirrors(
+    filters: &[Filter],
+    ids: &BackendIds<'_>,
+) -> Result<Box<[CompiledMirror]>, String> {
     filters
         .iter()
         .filter_map(|f| match f {
-            Filter::RequestMirror(m) => Some(CompiledMirror {
-                target: Target::new(&m.backend),
-                per_million: m.per_million,
-            }),
+            Filter::RequestMirror(m) => {
+                Some(Target::new(&m.backend, ids).map(|target| CompiledMirror {
+                    target,
+                    per_million: m.per_million,
+                }))
+            }
             _ => None,
         })
         .collect()
@@ -386,7 +396,7 @@ pub struct WeightedBackends {
 }
 
 impl WeightedBackends {
-    fn new(group: &BackendGroup) -> Self {
+    fn new(group: &BackendGroup, ids: &BackendIds<'_>) -> Result<Self, String> {
         let mut cumulative = Vec::with_capacity(group.backends.len());
         let mut total = 0u64;
         let mut backends = Vec::with_capacity(group.backends.len());
@@ -394,34 +404,34 @@ impl WeightedBackends {
             total += u64::from(b.weight);
             cumulative.push(total);
             backends.push(CompiledBackend {
-                target: Target::new(&b.backend),
+                target: Target::new(&b.backend, ids)?,
                 filters: b.filters.clone().into_boxed_slice(),
-                mirrors: compile_mirrors(&b.filters),
+                mirrors: compile_mirrors(&b.filters, ids)?,
                 redirect: b.filters.iter().find_map(|f| match f {
                     Filter::RequestRedirect(r) => Some(r.clone()),
                     _ => None,
                 }),
             });
         }
-        WeightedBackends {
+        Ok(WeightedBackends {
             backends: backends.into_boxed_slice(),
             cumulative: cumulative.into_boxed_slice(),
             total,
-        }
+        })
     }
 
-    /// Picks a backend in proportion to the weights; `None` when every weight is 0.
-    pub fn pick(&self) -> Option<&CompiledBackend> {
-        match self.backends.len() {
-            0 => None,
-            1 if self.total > 0 => self.backends.first(),
-            _ if self.total == 0 => None,
+    /// Picks a backend in proportion to the weights (with its index); `None` when every weight is 0.
+    pub fn pick(&self) -> Option<(usize, &CompiledBackend)> {
+        let i = match self.backends.len() {
+            0 => return None,
+            1 if self.total > 0 => 0,
+            _ if self.total == 0 => return None,
             _ => {
                 let r = fastrand::u64(0..self.total);
-                let i = self.cumulative.partition_point(|&c| c <= r);
-                self.backends.get(i)
+                self.cumulative.partition_point(|&c| c <= r)
             }
-        }
+        };
+        self.backends.get(i).map(|b| (i, b))
     }
 
     /// All candidates (for tests and display).
@@ -446,8 +456,8 @@ pub struct CompiledBackend {
 /// A backend target.
 #[derive(Debug)]
 pub enum Target {
-    /// Ready endpoints, chosen round-robin.
-    Endpoints(Endpoints),
+    /// A backend of the model: its place in the snapshot's upstreams, which choose the endpoint.
+    Backend(BackendId),
     /// Answer this status instead of proxying.
     Status {
         /// The HTTP status.
@@ -458,67 +468,34 @@ pub enum Target {
 }
 
 impl Target {
-    fn new(b: &Backend) -> Self {
+    fn new(b: &Backend, ids: &BackendIds<'_>) -> Result<Self, String> {
         match b {
-            Backend::Service(s) => {
-                let tls = match s.tls.as_deref().map(crate::tls::upstream).transpose() {
-                    Ok(t) => t.map(Arc::new),
-                    Err(e) => {
-                        return Target::Status {
-                            status: 500,
-                            reason: format!("backend TLS cannot be configured: {e}").into(),
-                        }
-                    }
-                };
-                Target::Endpoints(Endpoints {
-                    addrs: s
-                        .endpoints
-                        .iter()
-                        .map(|e| SocketAddr::new(e.ip, e.port))
-                        .collect(),
-                    next: AtomicUsize::new(0),
-                    service: format!("{}/{}:{}", s.namespace, s.name, s.port).into_boxed_str(),
-                    protocol: s.protocol,
-                    tls,
-                })
-            }
-            Backend::Invalid { status, reason } => Target::Status {
+            Backend::Service(key) => ids
+                .0
+                .get(key)
+                .map(|&id| Target::Backend(id))
+                .ok_or_else(|| format!("backend {key} is not in the model's backends")),
+            Backend::Invalid { status, reason } => Ok(Target::Status {
                 status: *status,
                 reason: reason.as_str().into(),
-            },
+            }),
         }
     }
 }
 
-/// The endpoints of a Service port, with a round-robin cursor.
-#[derive(Debug)]
-pub struct Endpoints {
-    addrs: Box<[SocketAddr]>,
-    next: AtomicUsize,
-    /// `namespace/name:port`, for logs.
-    pub service: Box<str>,
-    /// What the endpoints speak.
-    pub protocol: BackendProtocol,
-    /// TLS to the endpoints (BackendTLSPolicy).
-    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
-}
+/// Backend keys to their [`BackendId`]: their position in `Model::backends`.
+struct BackendIds<'m>(HashMap<&'m BackendKey, BackendId>);
 
-impl Endpoints {
-    /// The next endpoint in round-robin order (`None` only if there are none, which translation prevents).
-    pub fn next(&self) -> Option<SocketAddr> {
-        match self.addrs.len() {
-            0 => None,
-            1 => self.addrs.first().copied(),
-            n => {
-                let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
-                self.addrs.get(i).copied()
-            }
-        }
-    }
-
-    /// All endpoints.
-    pub fn addrs(&self) -> &[SocketAddr] {
-        &self.addrs
+impl<'m> BackendIds<'m> {
+    fn new(model: &'m Model) -> Self {
+        BackendIds(
+            model
+                .backends
+                .keys()
+                .enumerate()
+                .map(|(i, k)| (k, BackendId(i as u32)))
+                .collect(),
+        )
     }
 }
 
@@ -560,10 +537,25 @@ impl Router {
         model: &Model,
         previous: Option<&Router>,
     ) -> Result<Router, CompileError> {
+        Router::compile_with(model, previous, None)
+    }
+
+    /// [`Router::compile_reusing`], resolving every rule's request-metric handles through `stats`.
+    pub fn compile_with(
+        model: &Model,
+        previous: Option<&Router>,
+        mut stats: Option<&mut Resolver<'_>>,
+    ) -> Result<Router, CompileError> {
         let mut compiler = matcher::MatchCompiler::new(previous.map(|r| &r.regexes));
+        let ids = BackendIds::new(model);
         let mut listeners = Vec::with_capacity(model.listeners.len());
         for l in &model.listeners {
-            listeners.push(compile_listener(l, &mut compiler)?);
+            listeners.push(compile_listener(
+                l,
+                &mut compiler,
+                &ids,
+                stats.as_deref_mut(),
+            )?);
         }
         Ok(Router {
             listeners,
@@ -665,9 +657,43 @@ struct BuildEntry<'m> {
     compiled: Arc<RouteEntry>,
 }
 
-fn compile_rule(rule: &HttpRule) -> Result<Arc<CompiledRule>, CompileError> {
+/// The metrics label of a listener: `ADDRESS:PORT`, `*` for the default address.
+pub fn listener_label(address: Option<std::net::IpAddr>, port: u16) -> String {
+    match address {
+        Some(std::net::IpAddr::V6(a)) => format!("[{a}]:{port}"),
+        Some(a) => format!("{a}:{port}"),
+        None => format!("*:{port}"),
+    }
+}
+
+fn rule_stats(rule: &HttpRule, listener: &str, stats: &mut Resolver<'_>) -> RouteStats {
+    let backends: Vec<Option<&BackendKey>> = match &rule.action {
+        Action::Forward(g) => g
+            .backends
+            .iter()
+            .map(|b| match &b.backend {
+                Backend::Service(k) => Some(k),
+                _ => None,
+            })
+            .collect(),
+        Action::Redirect(_) => Vec::new(),
+    };
+    stats.route(listener, &rule.origin, &backends)
+}
+
+fn compile_rule(
+    rule: &HttpRule,
+    ids: &BackendIds<'_>,
+    stats: Option<RouteStats>,
+) -> Result<Arc<CompiledRule>, CompileError> {
+    let error = |reason: String| CompileError {
+        origin: rule.origin.to_string(),
+        reason,
+    };
     let action = match &rule.action {
-        Action::Forward(g) => CompiledAction::Forward(WeightedBackends::new(g)),
+        Action::Forward(g) => {
+            CompiledAction::Forward(WeightedBackends::new(g, ids).map_err(error)?)
+        }
         Action::Redirect(r) => CompiledAction::Redirect(r.clone()),
     };
     Ok(Arc::new(CompiledRule {
@@ -676,22 +702,34 @@ fn compile_rule(rule: &HttpRule) -> Result<Arc<CompiledRule>, CompileError> {
         action,
         timeouts: rule.timeouts,
         retry: rule.retry.clone(),
-        mirrors: compile_mirrors(&rule.filters),
+        mirrors: compile_mirrors(&rule.filters, ids).map_err(error)?,
         cors: rule.filters.iter().find_map(|f| match f {
             Filter::Cors(c) => Some(CompiledCors::new(c)),
             _ => None,
         }),
+        policy: rule.filters.iter().find_map(|f| match f {
+            Filter::Policy(p) => Some(Arc::new(crate::proxy::policy::CompiledPolicy::new(p))),
+            _ => None,
+        }),
+        stats,
     }))
 }
 
 fn compile_listener(
     l: &crate::model::Listener,
     compiler: &mut matcher::MatchCompiler<'_>,
+    ids: &BackendIds<'_>,
+    mut stats: Option<&mut Resolver<'_>>,
 ) -> Result<ListenerTable, CompileError> {
+    let label = stats.as_ref().map(|_| listener_label(l.address, l.port));
     let mut entries: Vec<BuildEntry<'_>> = Vec::new();
     for vh in &l.virtual_hosts {
         for rule in &vh.rules {
-            let compiled = compile_rule(rule)?;
+            let rs = match (stats.as_deref_mut(), &label) {
+                (Some(r), Some(label)) => Some(rule_stats(rule, label, r)),
+                _ => None,
+            };
+            let compiled = compile_rule(rule, ids, rs)?;
             for (index, m) in rule.matches.iter().enumerate() {
                 let matcher = Matcher::new(m, compiler).map_err(|reason| CompileError {
                     origin: rule.origin.to_string(),
@@ -739,7 +777,11 @@ fn compile_listener(
 
     let default = match &l.default_backend {
         Some(rule) => {
-            let compiled = compile_rule(rule)?;
+            let rs = match (stats, &label) {
+                (Some(r), Some(label)) => Some(rule_stats(rule, label, r)),
+                _ => None,
+            };
+            let compiled = compile_rule(rule, ids, rs)?;
             let m = rule
                 .matches
                 .first()
@@ -757,7 +799,7 @@ fn compile_listener(
         None => None,
     };
 
-    let tls_routes = compile_tls_routes(&l.tls_routes);
+    let tls_routes = compile_tls_routes(&l.tls_routes, ids)?;
 
     Ok(ListenerTable {
         tls_routes,
@@ -770,19 +812,27 @@ fn compile_listener(
     })
 }
 
-fn compile_tls_routes(routes: &[TlsRoute]) -> HostIndex<Arc<HostIndex<Arc<TlsRouteEntry>>>> {
-    let compiled: Vec<(&TlsRoute, Arc<TlsRouteEntry>)> = routes
+fn compile_tls_routes(
+    routes: &[TlsRoute],
+    ids: &BackendIds<'_>,
+) -> Result<HostIndex<Arc<HostIndex<Arc<TlsRouteEntry>>>>, CompileError> {
+    let compiled = routes
         .iter()
         .map(|r| {
-            (
+            let backends =
+                WeightedBackends::new(&r.backends, ids).map_err(|reason| CompileError {
+                    origin: r.origin.to_string(),
+                    reason,
+                })?;
+            Ok((
                 r,
                 Arc::new(TlsRouteEntry {
                     origin: r.origin.clone(),
-                    backends: WeightedBackends::new(&r.backends),
+                    backends,
                 }),
-            )
+            ))
         })
-        .collect();
+        .collect::<Result<Vec<(&TlsRoute, Arc<TlsRouteEntry>)>, CompileError>>()?;
     let listener_patterns: Vec<&HostPattern> = {
         let mut v: Vec<&HostPattern> = routes.iter().map(|r| &r.listener_hostname).collect();
         v.sort();
@@ -790,7 +840,7 @@ fn compile_tls_routes(routes: &[TlsRoute]) -> HostIndex<Arc<HostIndex<Arc<TlsRou
         v
     };
     let mut by_key: HashMap<HostPattern, Arc<HostIndex<Arc<TlsRouteEntry>>>> = HashMap::new();
-    HostIndex::build(listener_patterns, false, |key, _| {
+    Ok(HostIndex::build(listener_patterns, false, |key, _| {
         by_key
             .entry(key.clone())
             .or_insert_with(|| {
@@ -832,7 +882,7 @@ fn compile_tls_routes(routes: &[TlsRoute]) -> HostIndex<Arc<HostIndex<Arc<TlsRou
                 Arc::new(inner)
             })
             .clone()
-    })
+    }))
 }
 
 /// The per-hostname index of one listener group: each key's list holds every entry whose hostname covers the key,

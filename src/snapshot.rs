@@ -1,12 +1,14 @@
 //! The published configuration: one `ArcSwap` that the data plane loads once per request.
 
+use crate::metrics::request::RequestMetrics;
 use crate::model::Model;
+use crate::proxy::upstream::Upstreams;
 use crate::router::{CompileError, Router};
 use arc_swap::ArcSwap;
 use pingora::listeners::tls::Acceptor;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::watch;
 
 /// A listener's place in the model: (address, logical port); `None` is the process's bind address.
@@ -22,6 +24,8 @@ pub struct Snapshot {
     pub model: Arc<Model>,
     /// The compiled index over `model`.
     pub router: Router,
+    /// The backends of `model`, in `model.backends` order (the router's `BackendId`s index it).
+    pub upstreams: Upstreams,
     acceptors: Vec<(ListenerAddr, Arc<Acceptor>)>,
     /// TLS listeners whose acceptor could not be built, with the reason (their handshakes fail).
     pub tls_errors: Vec<(ListenerAddr, String)>,
@@ -59,6 +63,8 @@ pub struct Store {
     version: AtomicU64,
     noops: AtomicU64,
     changed: watch::Sender<u64>,
+    /// Per-request metrics: every published table gets its handles resolved here.
+    request_metrics: OnceLock<Arc<RequestMetrics>>,
 }
 
 impl Default for Store {
@@ -76,7 +82,18 @@ impl Store {
             version: AtomicU64::new(0),
             noops: AtomicU64::new(0),
             changed: watch::channel(0).0,
+            request_metrics: OnceLock::new(),
         }
+    }
+
+    /// Records requests in `metrics` from the next publish on (set once, before the first publish).
+    pub fn set_request_metrics(&self, metrics: Arc<RequestMetrics>) {
+        let _ = self.request_metrics.set(metrics);
+    }
+
+    /// The per-request metrics, when on.
+    pub fn request_metrics(&self) -> Option<&Arc<RequestMetrics>> {
+        self.request_metrics.get()
     }
 
     /// The current snapshot.
@@ -104,7 +121,9 @@ impl Store {
             self.ready.store(true, Ordering::Release);
             return Ok(None);
         }
-        let router = Router::compile_reusing(&model, Some(&current.router))?;
+        let mut resolver = self.request_metrics.get().map(|m| m.resolver());
+        let router = Router::compile_with(&model, Some(&current.router), resolver.as_mut())?;
+        let upstreams = Upstreams::reconcile(&model, &current.upstreams);
         let mut acceptors = Vec::new();
         let mut tls_errors = Vec::new();
         for l in &model.listeners {
@@ -123,9 +142,14 @@ impl Store {
             version,
             model: Arc::new(model),
             router,
+            upstreams,
             acceptors,
             tls_errors,
         }));
+        if let Some(r) = resolver {
+            // Series of routes that left are removed once the table without them serves.
+            r.finish();
+        }
         self.ready.store(true, Ordering::Release);
         self.changed.send_replace(version);
         Ok(Some(version))

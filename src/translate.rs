@@ -4,11 +4,13 @@
 //! become [`Diagnostic`]s (and, for Gateway API, the status the spec requires), never an `Err` or a panic: one bad
 //! object never stops the others from being served.
 
+mod backendpolicy;
 mod backendtls;
 mod builder;
 mod gateway;
 mod httproute;
 mod ingress;
+pub mod nginx;
 mod refs;
 mod routes;
 pub mod status;
@@ -35,6 +37,8 @@ pub struct Options {
     /// Addresses reported in the status of Gateways that do not ask for their own (the bind address in
     /// standalone mode, the published addresses in a cluster).
     pub default_addresses: Vec<String>,
+    /// ingress-nginx compatibility: the annotation prefix and the IngressClasses taken over.
+    pub nginx: nginx::NginxOptions,
 }
 
 /// Re-reads a value as another generated type with the same JSON shape (the gateway-api crate generates separate,
@@ -59,6 +63,7 @@ impl Default for Options {
             ingress_controller: INGRESS_CONTROLLER.to_string(),
             gateway_controller: GATEWAY_CONTROLLER.to_string(),
             default_addresses: Vec::new(),
+            nginx: nginx::NginxOptions::default(),
         }
     }
 }
@@ -82,6 +87,9 @@ pub struct Diagnostic {
     pub object: ObjectRef,
     /// What is wrong and, where it helps, how to fix it. Starts with the field path when there is one.
     pub message: String,
+    /// The annotation the problem is about, when it is one (file mode then points at its line).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub annotation: Option<String>,
 }
 
 impl fmt::Display for Diagnostic {
@@ -103,6 +111,10 @@ pub struct Output {
     pub diagnostics: Vec<Diagnostic>,
     /// Gateway API status of our objects.
     pub statuses: Statuses,
+    /// Ingresses refused as a whole (an annotation value ingress-nginx refuses): nothing of them is in `model`;
+    /// the caller may translate again with their last good version (see `control`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<ObjectRef>,
 }
 
 /// Collects diagnostics while translating.
@@ -115,6 +127,7 @@ impl Diagnostics {
             severity: Severity::Error,
             object: object.clone(),
             message: message.into(),
+            annotation: None,
         });
     }
 
@@ -123,6 +136,23 @@ impl Diagnostics {
             severity: Severity::Warning,
             object: object.clone(),
             message: message.into(),
+            annotation: None,
+        });
+    }
+
+    /// A problem with one annotation of `object`.
+    pub(crate) fn annotation(
+        &mut self,
+        severity: Severity,
+        object: &ObjectRef,
+        annotation: &str,
+        message: impl Into<String>,
+    ) {
+        self.0.push(Diagnostic {
+            severity,
+            object: object.clone(),
+            message: message.into(),
+            annotation: Some(annotation.to_string()),
         });
     }
 }
@@ -140,7 +170,7 @@ pub fn translate(input: &Input, opts: &Options) -> Output {
 
     let mut statuses = Statuses::default();
 
-    ingress::translate(input, opts, &refs, &mut model, &mut diags);
+    let rejected = ingress::translate(input, opts, &refs, &mut model, &mut diags);
     gateway::class_statuses(input, opts, &mut statuses);
     let mut gws = gateway::translate(input, opts, &refs, &mut model, &mut diags);
     let policies = backendtls::Policies::new(input, &refs);
@@ -165,7 +195,10 @@ pub fn translate(input: &Input, opts: &Options) -> Output {
     gws.finish(&mut statuses);
     statuses.sort();
 
-    let model = model.finish(&mut diags);
+    for (object, problem) in refs.policy_problems() {
+        diags.warning(object, problem.clone());
+    }
+    let model = model.finish(&mut diags, refs.take_backends());
     let mut diagnostics = diags.0;
     diagnostics.sort();
     diagnostics.dedup();
@@ -173,5 +206,6 @@ pub fn translate(input: &Input, opts: &Options) -> Output {
         model,
         diagnostics,
         statuses,
+        rejected,
     }
 }

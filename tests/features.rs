@@ -28,6 +28,11 @@ spec:
     - type: RequestMirror
       requestMirror: {{backendRef: {{name: shadow, port: 80}}}}
     backendRefs: [{{name: main, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /mirror-h2c}}}}]
+    filters:
+    - type: RequestMirror
+      requestMirror: {{backendRef: {{name: shadow-h2c, port: 80}}}}
+    backendRefs: [{{name: main, port: 80}}]
   - matches: [{{path: {{type: PathPrefix, value: /cors}}}}]
     filters:
     - type: CORS
@@ -58,9 +63,20 @@ spec:
 async fn mirrors_cors_timeouts_and_retries() -> Result<()> {
     let main = echo("main-7d9f8b6c4-aaaaa", "default").await?;
     let shadow = echo("shadow-5c6d7e8f9-bbbbb", "default").await?;
+    let mut h2c_cfg = proto_conformance::echo::EchoConfig::new(
+        "shadow-h2c-5c6d7e8f9-ccccc",
+        "default",
+        "127.0.0.1:0".parse()?,
+    );
+    h2c_cfg.h2c_addr = Some("127.0.0.1:0".parse()?);
+    let shadow_h2c = proto_conformance::echo::EchoServer::start(h2c_cfg).await?;
+    let h2c_port = shadow_h2c.h2c_addr().expect("h2c listener").port();
     let svc = [
         service_yaml("default", "main", 80, &[&main]),
         service_yaml("default", "shadow", 80, &[&shadow]),
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: shadow-h2c, namespace: default}}\nspec:\n  ports: [{{name: h2c, port: 80, appProtocol: kubernetes.io/h2c}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: shadow-h2c\n  namespace: default\n  labels: {{kubernetes.io/service-name: shadow-h2c}}\naddressType: IPv4\nports: [{{name: h2c, port: {h2c_port}}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n---\n"
+        ),
     ]
     .concat();
     let dir = tempfile::tempdir()?;
@@ -90,6 +106,17 @@ async fn mirrors_cors_timeouts_and_retries() -> Result<()> {
     assert_eq!(copy.method, "POST");
     assert_eq!(&copy.body[..], b"hello");
     assert_eq!(copy.header("x-test").as_deref(), Some("1"));
+
+    // A mirror to an h2c backend speaks HTTP/2 with prior knowledge to it, as a request would.
+    let p = proxy.clone();
+    let r = tokio::task::spawn_blocking(move || p.get("a.example.com", "/mirror-h2c/x")).await??;
+    assert_eq!(r.status, 200);
+    let copy = shadow_h2c
+        .wait_for_request(Duration::from_secs(5), |q| q.path == "/mirror-h2c/x")
+        .await
+        .expect("the h2c mirror received the request");
+    assert_eq!(copy.listener, proto_conformance::echo::EchoListener::H2c);
+    assert_eq!(copy.proto, "HTTP/2.0");
 
     let p = proxy.clone();
     tokio::task::spawn_blocking(move || -> Result<()> {

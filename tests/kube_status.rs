@@ -280,6 +280,7 @@ async fn status_is_written_for_our_objects_only() -> Result<()> {
         let gw = f.get("Gateway", Some("shop"), "public").unwrap_or_default();
         gw["status"]["listeners"][0]["attachedRoutes"] == 0
     })?;
+    kube::rbac::assert_within(&fake, "cluster", None);
     Ok(())
 }
 
@@ -320,7 +321,137 @@ async fn publish_service_addresses() -> Result<()> {
     wait(&fake, &p, "Ingress status follows", |f| {
         lb(f) == json!([{"hostname": "lb.example.net"}])
     })?;
+    kube::rbac::assert_within(&fake, "cluster", None);
     Ok(())
+}
+
+/// `--watch-namespace`: the same kind of run (status written, the published Service followed, the Lease held)
+/// stays within the namespace-scope rules of docs/kubernetes.md, which grant namespaced kinds only in the watched
+/// namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watched_namespace_run_stays_within_namespace_scope_rbac() -> Result<()> {
+    let fake = FakeApiServer::start(true);
+    let http = free_port();
+    fake.apply_yaml(&world(http));
+    fake.apply_yaml(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: portcullis, namespace: portcullis-system}\nspec: {type: LoadBalancer, clusterIP: 10.96.0.1, ports: [{port: 80}]}\n",
+    );
+    fake.set_status(
+        "Service",
+        Some("portcullis-system"),
+        "portcullis",
+        json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}),
+    );
+    let p = KubeProxy::start(
+        &fake.kubeconfig(None),
+        http,
+        &[
+            "--watch-namespace",
+            "shop",
+            "--publish-service",
+            "portcullis-system/portcullis",
+        ],
+    )?;
+    wait(&fake, &p, "Ingress status from the Service", |f| {
+        f.get("Ingress", Some("shop"), "shop").unwrap_or_default()["status"]["loadBalancer"]
+            ["ingress"]
+            == json!([{"ip": "203.0.113.7"}])
+    })?;
+    wait(&fake, &p, "route status written", |f| {
+        let r = f.get("HTTPRoute", Some("shop"), "api").unwrap_or_default();
+        entry(&r["status"], "parents", OURS).is_some()
+    })?;
+    wait(&fake, &p, "GatewayClass status written", |f| {
+        f.get("GatewayClass", None, "portcullis")
+            .unwrap_or_default()["status"]["conditions"]
+            .is_array()
+    })?;
+    assert_eq!(leader_metric(&p), Some(1));
+    kube::rbac::assert_within(&fake, "namespace", None);
+    Ok(())
+}
+
+/// The checker of the two tests above must refuse what the rules do not grant, or they prove nothing.
+#[test]
+fn rbac_checker_refuses_what_the_documented_rules_do_not_grant() {
+    use kube::fake_apiserver::RequestRecord;
+    use kube::rbac::{allowed, attributes, documented_rules, Rule};
+    let cluster = documented_rules("cluster");
+    let namespaced = documented_rules("namespace");
+    let ok = |rules: &[Rule], method: &str, path: &str, query: &str| {
+        let r = RequestRecord {
+            method: method.into(),
+            path: path.into(),
+            query: query.into(),
+            token: None,
+        };
+        allowed(rules, &attributes(&r).expect("not discovery"))
+    };
+    let discovery = RequestRecord {
+        method: "GET".into(),
+        path: "/apis/gateway.networking.k8s.io/v1".into(),
+        query: String::new(),
+        token: None,
+    };
+    assert!(attributes(&discovery).is_none());
+    let tls = "watch=true&fieldSelector=type%3Dkubernetes.io%2Ftls";
+    assert!(ok(&cluster, "GET", "/api/v1/secrets", tls));
+    assert!(
+        !ok(&cluster, "GET", "/api/v1/namespaces/shop/secrets/x", ""),
+        "get is not granted"
+    );
+    let ingress = "/apis/networking.k8s.io/v1/namespaces/shop/ingresses/x";
+    assert!(!ok(&cluster, "PUT", ingress, ""), "only status is written");
+    assert!(ok(&cluster, "PATCH", &format!("{ingress}/status"), ""));
+    let leases = "/apis/coordination.k8s.io/v1/namespaces/portcullis-system/leases";
+    assert!(ok(&cluster, "POST", leases, ""));
+    assert!(!ok(
+        &cluster,
+        "POST",
+        "/apis/coordination.k8s.io/v1/namespaces/other/leases",
+        ""
+    ));
+    assert!(ok(
+        &cluster,
+        "PUT",
+        &format!("{leases}/portcullis-leader"),
+        ""
+    ));
+    assert!(!ok(&cluster, "PUT", &format!("{leases}/other"), ""));
+    // Namespace scope: namespaced kinds only in the watched namespace; cluster-scoped kinds everywhere.
+    assert!(ok(
+        &namespaced,
+        "GET",
+        "/api/v1/namespaces/shop/services",
+        "watch=true"
+    ));
+    assert!(!ok(&namespaced, "GET", "/api/v1/services", "watch=true"));
+    assert!(!ok(
+        &namespaced,
+        "GET",
+        "/api/v1/namespaces/other/services",
+        ""
+    ));
+    assert!(ok(&namespaced, "GET", "/api/v1/namespaces", "watch=true"));
+    let class = "/apis/gateway.networking.k8s.io/v1/gatewayclasses/x/status";
+    assert!(ok(&namespaced, "PATCH", class, ""));
+    // The published Service, by name only.
+    let own = "/api/v1/namespaces/portcullis-system/services";
+    assert!(ok(
+        &namespaced,
+        "GET",
+        own,
+        "fieldSelector=metadata.name%3Dportcullis&watch=true"
+    ));
+    assert!(!ok(&namespaced, "GET", own, "watch=true"));
+}
+
+/// `portcullis_leader` on the instance's health metrics (admin API).
+fn leader_metric(p: &KubeProxy) -> Option<i64> {
+    let text = p.admin("/metrics").ok()?.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("portcullis_leader "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn lease_holder(fake: &FakeApiServer) -> String {
@@ -350,6 +481,12 @@ async fn two_instances_elect_one_leader_and_hand_over() -> Result<()> {
         a.pid(),
         b.pid()
     );
+    // portcullis_leader says the same (each instance sets it when its election loop sees the change).
+    kube::wait_for(Duration::from_secs(5), || {
+        leader_metric(&a) == Some(i64::from(a_leads))
+            && leader_metric(&b) == Some(i64::from(b_leads))
+    })
+    .context("portcullis_leader 1 on the holder, 0 on the other")?;
     let (leader_token, follower_token) = if a_leads {
         ("instance-a", "instance-b")
     } else {
@@ -413,10 +550,15 @@ async fn two_instances_elect_one_leader_and_hand_over() -> Result<()> {
         .iter()
         .any(|p| p.token.as_deref() == Some(follower_token) && p.code == 200));
     println!("leader handover after SIGKILL: {handover:?}");
+    kube::wait_for(Duration::from_secs(5), || {
+        leader_metric(follower) == Some(1)
+    })
+    .context("portcullis_leader 1 on the new holder")?;
 
     // SIGTERM: the Lease is released on the way out.
     let status = follower.terminate()?;
     assert!(status.success(), "{status}");
     assert_eq!(lease_holder(&fake), "", "{}", follower.log_text());
+    kube::rbac::assert_within(&fake, "cluster", None);
     Ok(())
 }

@@ -166,6 +166,7 @@ fn settings(kubeconfig: std::path::PathBuf) -> Settings {
         lease: Default::default(),
         ingress_controller: portcullis::translate::INGRESS_CONTROLLER.into(),
         gateway_controller: portcullis::translate::GATEWAY_CONTROLLER.into(),
+        nginx_config_map: None,
     }
 }
 
@@ -395,6 +396,7 @@ async fn every_kind_reaches_the_input() -> Result<()> {
 
     stop_tx.send(true)?;
     tokio::time::timeout(Duration::from_secs(5), task).await??;
+    kube::rbac::assert_within(&fake, "cluster", None);
     Ok(())
 }
 
@@ -857,6 +859,7 @@ async fn watch_cut_resumed_relisted_and_failing() -> Result<()> {
             .is_ok_and(|r| r.pod() == "api-1")
     })?;
     println!("changes flow again {took:?} after the API server recovered");
+    kube::rbac::assert_within(&fake, "cluster", None);
     Ok(())
 }
 
@@ -927,6 +930,7 @@ spec:
         p.log_text().contains("CRD no longer served")
     })?;
     assert_eq!(p.get("shop.example.com", "/")?.pod(), "web-1");
+    kube::rbac::assert_within(&fake, "cluster", None);
     Ok(())
 }
 

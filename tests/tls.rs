@@ -522,6 +522,11 @@ spec:
     backendRefs: [{{name: secure-mismatch, port: 443}}]
   - matches: [{{path: {{type: Exact, value: /wrong-ca}}}}]
     backendRefs: [{{name: secure-wrong-ca, port: 443}}]
+  - matches: [{{path: {{type: Exact, value: /mirror-tls}}}}]
+    filters:
+    - type: RequestMirror
+      requestMirror: {{backendRef: {{name: secure, port: 443}}}}
+    backendRefs: [{{name: secure, port: 443}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: TLSRoute
@@ -557,6 +562,36 @@ spec:
     let proxy = Proxy::start(dir.path(), http, &[])?;
     let ca_pem = ca.pem.clone();
     let client_pem = client_cert.0.clone();
+    let proxy = std::sync::Arc::new(proxy);
+    let p = proxy.clone();
+    let mirror_received = {
+        let p = proxy.clone();
+        tokio::task::spawn_blocking(move || p.get("abc.example.com", "/mirror-tls")).await??
+    };
+    assert_eq!(mirror_received.status, 200, "{}", proxy.log_text());
+    // The mirror copy reaches the TLS backend over TLS, as the request does (the BackendTLSPolicy of the port
+    // applies to mirrors too).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let n = backend
+            .received()
+            .iter()
+            .filter(|r| {
+                r.path == "/mirror-tls"
+                    && r.listener == proto_conformance::echo::EchoListener::Https
+            })
+            .count();
+        if n >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the TLS backend got {n} of 2 requests (request + mirror copy); log:\n{}",
+            proxy.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let proxy = p;
     tokio::task::spawn_blocking(move || -> Result<()> {
         // TLS to the backend, the certificate checked against the URI SAN; the Gateway's client certificate
         // is presented.

@@ -1,7 +1,8 @@
 //! Golden translation tests: one behaviour per fixture.
 //!
 //! For every `tests/fixtures/translate/<behaviour>.yaml` this reads the YAML with the production file source,
-//! runs the production translator with default options, and compares
+//! runs the production translator with default options (plus the ingress-nginx profile when the fixture's comment
+//! says `# ingress-nginx-class: NAME`), and compares
 //!
 //! ```json
 //! { "model": <Model>, "statuses": <Gateway API status>, "diagnostics": ["<Diagnostic as Display>", ...],
@@ -40,10 +41,29 @@ fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/translate")
 }
 
+/// The translation options of a fixture: the defaults, plus `# ingress-nginx-class: NAME` and
+/// `# ingress-nginx-configmap: NS/NAME` lines of its leading comment (the ingress-nginx profile).
+fn options(yaml: &str) -> Options {
+    let mut opts = Options::default();
+    for line in yaml
+        .lines()
+        .take_while(|l| l.trim_start().starts_with('#') || l.trim().is_empty())
+    {
+        let line = line.trim_start_matches('#').trim();
+        if let Some(v) = line.strip_prefix("ingress-nginx-class:") {
+            opts.nginx.classes.push(v.trim().to_string());
+        }
+        if let Some(v) = line.strip_prefix("ingress-nginx-configmap:") {
+            opts.nginx.config_map = Some(v.trim().to_string());
+        }
+    }
+    opts
+}
+
 /// The snapshot text for one fixture's YAML (pretty JSON, ending in a newline).
 fn render(yaml: &str) -> String {
     let (input, load_problems) = input_from_str(yaml);
-    let out = translate(&input, &Options::default());
+    let out = translate(&input, &options(yaml));
     // The supported-features list is the same in every fixture; it is tested once, not 87 times.
     let mut statuses = out.statuses.clone();
     for c in &mut statuses.gateway_classes {

@@ -17,6 +17,11 @@
 //!   redirects apply; the h2c listener answers `400 Expected h2c request` to HTTP/1 requests without
 //!   `Upgrade: h2c` and echoes everything else (it has no routes, like echo-basic's).
 //!
+//! The other modes of echo-basic (selected there by `GRPC_ECHO_SERVER`, `TCP_ECHO_SERVER`, `UDP_ECHO_SERVER`) are
+//! separate servers: [`grpc`] (the `GrpcEcho` service over h2c and TLS), [`tcp`] (the line dialogue with
+//! `PING`/`IS_TLS`/`TEST`), [`udp`] (one JSON envelope per datagram). [`dns`] stands in for the CoreDNS pod of the
+//! UDPRoute test (its `whoami` answer), which is not echo-basic.
+//!
 //! Every echoed request is also recorded in memory ([`EchoServer::received`]) so a harness can tell which
 //! backend (for example which mirror) received which request; echo-basic's log line
 //! `Echoing back request made to <RequestURI> to client (<remote addr>)` is printed only when
@@ -26,11 +31,15 @@
 #![warn(missing_docs)]
 
 mod connio;
+pub mod dns;
 mod godur;
 mod gojson;
 mod gourl;
+pub mod grpc;
 mod handler;
+pub mod tcp;
 mod tls;
+pub mod udp;
 mod ws;
 
 use std::collections::{BTreeMap, HashMap};
@@ -116,6 +125,86 @@ impl Default for EchoConfig {
     /// Empty names, HTTP on `127.0.0.1:0`, no h2c or HTTPS listener, no logging.
     fn default() -> Self {
         EchoConfig::new("", "", SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+    }
+}
+
+/// Who a backend says it is: echo-basic's `POD_NAME`, `NAMESPACE`, `INGRESS_NAME` and `SERVICE_NAME` (empty when
+/// unset), as every mode reports them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodIdentity {
+    /// `POD_NAME`.
+    pub pod_name: String,
+    /// `NAMESPACE`.
+    pub namespace: String,
+    /// `INGRESS_NAME`.
+    pub ingress_name: String,
+    /// `SERVICE_NAME`.
+    pub service_name: String,
+}
+
+impl PodIdentity {
+    /// An identity with this pod name and namespace, empty ingress and service names.
+    pub fn new(pod_name: impl Into<String>, namespace: impl Into<String>) -> Self {
+        PodIdentity {
+            pod_name: pod_name.into(),
+            namespace: namespace.into(),
+            ..PodIdentity::default()
+        }
+    }
+}
+
+/// Prints one line to stdout when `on`; never panics (a closed stdout is ignored).
+pub(crate) fn log_line(on: bool, line: std::fmt::Arguments<'_>) {
+    if on {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_fmt(line);
+        let _ = out.write_all(b"\n");
+        let _ = out.flush();
+    }
+}
+
+/// The background tasks of one of the non-HTTP servers and its shutdown signal: dropping it stops them.
+pub(crate) struct Tasks {
+    shutdown_tx: watch::Sender<bool>,
+    shutdown_rx: watch::Receiver<bool>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Tasks {
+    pub(crate) fn new() -> Tasks {
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        Tasks {
+            shutdown_tx,
+            shutdown_rx,
+            handles: Vec::new(),
+        }
+    }
+
+    /// A receiver that [`stopped`] resolves on once the server shuts down.
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown_rx.clone()
+    }
+
+    pub(crate) fn spawn(&mut self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.handles.push(tokio::spawn(f));
+    }
+
+    /// Signals shutdown, aborts every task and waits until they have ended (listeners closed).
+    pub(crate) async fn stop_and_wait(mut self) {
+        let handles = std::mem::take(&mut self.handles);
+        drop(self);
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        let _ = self.shutdown_tx.send(true);
+        for h in &self.handles {
+            h.abort();
+        }
     }
 }
 

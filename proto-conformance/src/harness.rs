@@ -5,11 +5,12 @@
 //! placeholders filled and one loopback address per Gateway, the TLS Secrets and CA ConfigMaps the suite
 //! generates ([`certs`]), one in-process echo server per pod ([`pods`]) and the EndpointSlices that select them.
 //! It writes the world as YAML files, starts `portcullis run` on them ([`proxy`]), and then either replays the
-//! test's HTTP cases with the upstream comparison and eventual-consistency rules ([`runner`], [`compare`],
-//! [`client`]) or, for the status-only tests, checks the conditions upstream asserts against `GET /status`
-//! ([`status`], expectations in `proto-conformance/expected/status/`). [`report`] prints a table per
-//! SupportedFeature and the line `conformance: P passed, F failed, S skipped`, and compares a run with the
-//! expected-results file CI uses.
+//! test's cases of the selected suites with the upstream comparison and eventual-consistency rules (HTTP:
+//! [`runner`], [`compare`], [`client`]; gRPC and L4: [`protocases`], [`grpc`], [`l4`]) or, for the status-only
+//! tests, checks the conditions upstream asserts against `GET /status` ([`status`], expectations in
+//! `proto-conformance/expected/status/`). [`report`] prints a table per SupportedFeature and the line
+//! `conformance: P passed, F failed, S skipped` (every case of the selected suites and every status-only test),
+//! and compares a run with the expected-results files CI uses.
 //!
 //! Where the harness has to decide something the derived data leaves open, it follows the upstream Go code:
 //!
@@ -28,16 +29,33 @@
 //!   with a client certificate the server must also have asked for it (upstream's `GetClientCertificate` hook);
 //! * certificates are ECDSA P-256 (rcgen with ring cannot make RSA keys); names, SANs and issuers are upstream's;
 //! * a status step holds when all its assertions hold on two consecutive polls of `GET /status` (upstream polls
-//!   each helper on its own; the conditions are the same).
+//!   each helper on its own; the conditions are the same);
+//! * the gRPC and L4 cases (`--suites grpc,l4`, [`protocases`]) run against in-process gRPC, TCP and UDP echo pods;
+//!   the CoreDNS pod of the UDPRoute test is a stand-in answering its Corefile's `whoami` zones ([`crate::echo::dns`]),
+//!   not CoreDNS;
+//! * a gRPC case without `:authority` sends the gateway address `ip:port` (the manifest port), as
+//!   `grpc.NewClient(address)` does; a response that is not gRPC gets the code of its HTTP status, as in grpc-go;
+//! * a case never passes when the gateway cannot be reached (connect refused, TLS handshake failure), not even an
+//!   `expect_failure` gRPC case (grpc-go would report `UNAVAILABLE`, a non-OK code);
+//! * TCP, UDP, DNS and TLS-rejection cases pass on the first matching exchange, as upstream's `Eventually`/poll
+//!   helpers do; a mismatch is retried until the consistency time (upstream's non-fatal `assert`s inside the
+//!   TCP helper fail the test at once);
+//! * the newer TCPRoute/UDPRoute that the `*MultipleRoutesAttachment` tests create in Go are built by
+//!   [`runtime_objects`] and written with a `creationTimestamp` one second after the routes already there;
+//! * the status-only tests of TLSRoute, TCPRoute and UDPRoute have no expectation files yet and stay skipped.
 
 pub mod certs;
 pub mod client;
 pub mod compare;
 pub mod data;
+pub mod grpc;
+pub mod l4;
 pub mod pods;
+pub mod protocases;
 pub mod proxy;
 pub mod report;
 pub mod runner;
+pub mod runtime_objects;
 pub mod status;
 pub mod tlsverify;
 pub mod util;

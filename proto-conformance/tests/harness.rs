@@ -12,15 +12,19 @@ use proto_conformance::harness::compare::{
     backend_of_pod, check_location, check_response, check_weights, mirror_count_bounds,
     resolve_location, Expectation, Location, ResolvedRequest, SentRequest,
 };
-use proto_conformance::harness::data::ExpectedRedirect;
+use proto_conformance::harness::data::{ExpectedRedirect, Suite};
 use proto_conformance::harness::report::{self, Expected};
-use proto_conformance::harness::runner::{calculate_host, CaseResult, Outcome, RunResults};
+use proto_conformance::harness::runner::{
+    calculate_host, CaseResult, Outcome, RunResults, StatusResult,
+};
+use proto_conformance::harness::runtime_objects;
 use proto_conformance::harness::status::{self, Assertion, StatusView};
 use proto_conformance::harness::tlsverify::go_match_hostname;
 use proto_conformance::harness::util::{canonical_header_key, pod_name, uuid_v4, Rng};
 use proto_conformance::harness::world::{
     self, apiserver_defaults, endpoint_slice_for, fill_placeholder_slice, fill_placeholders,
-    plan_pods, prepare_gateway_addresses, VolumeSources, WorldOptions, CLASS_NAME, CONTROLLER_NAME,
+    plan_pods, prepare_gateway_addresses, BackendPlan, VolumeSources, WorldOptions, CLASS_NAME,
+    CONTROLLER_NAME,
 };
 use proto_conformance::harness::yaml;
 use serde_json::{json, Value};
@@ -181,7 +185,7 @@ fn endpoint_slices_select_the_deployment_pods() {
     assert_eq!(pods.len(), 2);
     assert_eq!(pods[0].ip, Ipv4Addr::new(127, 19, 6, 1));
     assert_eq!(pods[1].ip, Ipv4Addr::new(127, 19, 6, 2));
-    let echo = pods[0].echo.as_ref().expect("an echo pod");
+    let echo = pods[0].http_echo().expect("an echo pod");
     assert_eq!((echo.http_port, echo.h2c_port), (3000, 3001));
     assert!(echo.https.is_none());
 
@@ -237,22 +241,69 @@ fn endpoint_slices_select_the_deployment_pods() {
 }
 
 #[test]
-fn non_http_echo_pods_are_planned_but_not_run() {
-    let mut dep = deployment();
-    dep["spec"]["template"]["spec"]["containers"][0]["env"] =
-        json!([{"name": "GRPC_ECHO_SERVER", "value": "1"}]);
+fn echo_basic_modes_are_chosen_like_upstream() {
     let certs = CertStore::default();
-    let pods = plan_pods(
-        &dep,
-        0,
-        0,
-        &VolumeSources {
-            certs: &certs,
-            objects: Vec::new(),
-        },
+    let plan_with_env = |env: Value, image: &str| {
+        let mut dep = deployment();
+        dep["spec"]["template"]["spec"]["containers"][0]["env"] = env;
+        dep["spec"]["template"]["spec"]["containers"][0]["image"] = json!(image);
+        plan_pods(
+            &dep,
+            0,
+            0,
+            &VolumeSources {
+                certs: &certs,
+                objects: Vec::new(),
+            },
+        )
+    };
+    let echo = "registry.k8s.io/gateway-api/conformance/echo-basic:v0.1.0";
+    // GRPC_ECHO_SERVER wins over TCP_ECHO_SERVER (echo-basic's main checks it first); HTTP_PORT applies.
+    let pods = plan_with_env(
+        json!([{"name": "TCP_ECHO_SERVER", "value": "1"}, {"name": "GRPC_ECHO_SERVER", "value": "1"},
+               {"name": "HTTP_PORT", "value": "4000"}, {"name": "SERVICE_NAME", "value": "svc"}]),
+        echo,
     );
     assert_eq!(pods.len(), 2);
-    assert!(pods.iter().all(|p| p.echo.is_none() && p.note.is_some()));
+    assert!(pods.iter().all(|p| matches!(
+        p.backend,
+        Some(BackendPlan::Grpc {
+            port: 4000,
+            tls: None
+        })
+    )));
+    assert_eq!(pods[0].service_name, "svc");
+    let pods = plan_with_env(
+        json!([{"name": "TCP_ECHO_SERVER", "value": "1"}, {"name": "TCP_PORT", "value": "3100"}]),
+        echo,
+    );
+    assert!(matches!(
+        pods[0].backend,
+        Some(BackendPlan::Tcp {
+            port: 3100,
+            tls: None
+        })
+    ));
+    let pods = plan_with_env(json!([{"name": "UDP_ECHO_SERVER", "value": "1"}]), echo);
+    assert!(matches!(
+        pods[0].backend,
+        Some(BackendPlan::Udp { port: 8080 })
+    ));
+    // TLS variables that name files the pod does not mount: no TLS, and a note saying so.
+    let pods = plan_with_env(
+        json!([{"name": "TCP_ECHO_SERVER", "value": "1"},
+               {"name": "TLS_SERVER_CERT", "value": "/etc/x/crt"},
+               {"name": "TLS_SERVER_PRIV_KEY", "value": "/etc/x/key"}]),
+        echo,
+    );
+    assert!(matches!(
+        pods[0].backend,
+        Some(BackendPlan::Tcp { tls: None, .. })
+    ));
+    assert!(pods[0].note.as_deref().unwrap_or("").contains("not found"));
+    // Other images are not run.
+    let pods = plan_with_env(json!([]), "nginx:1");
+    assert!(pods.iter().all(|p| p.backend.is_none() && p.note.is_some()));
 }
 
 #[test]
@@ -277,8 +328,7 @@ fn tls_backends_get_the_mounted_certificates() {
         },
     );
     let https = pods[0]
-        .echo
-        .as_ref()
+        .http_echo()
         .and_then(|e| e.https.as_ref())
         .expect("HTTPS");
     assert_eq!(https.port, 8443);
@@ -381,15 +431,58 @@ fn the_base_world_is_complete() {
         yaml::parse_documents(&text).expect("parse"),
         plan.files[0].docs
     );
-    // Pods: the echo-basic HTTP ones run; gRPC, TCP and coredns pods are planned but not run.
-    assert!(plan
-        .pods
-        .iter()
-        .any(|p| p.deployment == "grpc-infra-backend-v1" && p.echo.is_none()));
-    assert!(plan
-        .pods
-        .iter()
-        .any(|p| p.deployment == "web-backend" && p.echo.is_some()));
+    // Pods: every one runs; gRPC v1 and tcp-backend with their mounted certificates, coredns as the whoami
+    // stand-in for the zone of its Corefile.
+    let pod = |dep: &str| {
+        plan.pods
+            .iter()
+            .find(|p| p.deployment == dep)
+            .unwrap_or_else(|| panic!("a pod of {dep}"))
+    };
+    match &pod("grpc-infra-backend-v1").backend {
+        Some(BackendPlan::Grpc {
+            port: 3000,
+            tls: Some(t),
+        }) => {
+            assert_eq!(t.port, 8443);
+            assert_eq!(
+                Some(t.cert_pem.as_str()),
+                certs.secret(
+                    "gateway-conformance-infra",
+                    "tls-checks-certificate",
+                    "tls.crt"
+                )
+            );
+        }
+        other => panic!("grpc-infra-backend-v1: {other:?}"),
+    }
+    assert!(matches!(
+        pod("grpc-infra-backend-v2").backend,
+        Some(BackendPlan::Grpc { tls: None, .. })
+    ));
+    match &pod("tcp-backend").backend {
+        Some(BackendPlan::Tcp {
+            port: 3000,
+            tls: Some(t),
+        }) => assert_eq!(
+            Some(t.cert_pem.as_str()),
+            certs.secret(
+                "gateway-conformance-infra",
+                "tls-passthrough-checks-certificate",
+                "tls.crt"
+            )
+        ),
+        other => panic!("tcp-backend: {other:?}"),
+    }
+    match &pod("coredns").backend {
+        Some(BackendPlan::Dns { port: 53, zones }) => assert_eq!(zones, &["foo.bar.com"]),
+        other => panic!("coredns: {other:?}"),
+    }
+    assert!(pod("web-backend").http_echo().is_some());
+    assert!(
+        plan.pods.iter().all(|p| p.backend.is_some()),
+        "every base pod runs"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1178,6 +1271,7 @@ fn result(id: &str, outcome: Outcome) -> CaseResult {
     CaseResult {
         id: id.into(),
         test: id.split('/').next().unwrap().into(),
+        suite: Suite::Http,
         features: vec!["Gateway".into()],
         outcome,
         duration: std::time::Duration::ZERO,
@@ -1248,4 +1342,165 @@ fn expected_file_round_trip_and_check() {
         report::headline(&later),
         "conformance: 3 passed, 1 failed, 0 skipped"
     );
+    // The headline counts the status-only tests too.
+    let status = |outcome| StatusResult {
+        test: "T".into(),
+        features: Vec::new(),
+        source: String::new(),
+        outcome,
+    };
+    let with_status = RunResults {
+        status: vec![status(Outcome::Pass), status(Outcome::Skip("why".into()))],
+        ..later
+    };
+    assert_eq!(
+        report::headline(&with_status),
+        "conformance: 4 passed, 1 failed, 1 skipped"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Suites, gRPC and L4 case files, objects created at run time
+// ---------------------------------------------------------------------------------------------------------
+
+#[test]
+fn suites_parse() {
+    assert_eq!(Suite::parse_list("http"), Ok(vec![Suite::Http]));
+    assert_eq!(
+        Suite::parse_list("l4, grpc,l4"),
+        Ok(vec![Suite::Grpc, Suite::L4])
+    );
+    assert_eq!(Suite::parse_list("all"), Ok(Suite::ALL.to_vec()));
+    assert!(Suite::parse_list("tcp").is_err());
+    assert!(Suite::parse_list(" , ").is_err());
+}
+
+#[test]
+fn every_grpc_and_l4_case_is_understood() {
+    let conf = proto_conformance::harness::data::Conformance::load(&data_root()).expect("data");
+    assert_eq!(conf.count(Suite::Http), 400);
+    assert_eq!(conf.count(Suite::Grpc), 36);
+    assert_eq!(conf.count(Suite::L4), 34);
+    for c in &conf.grpc_cases {
+        assert!(
+            c.grpc
+                .method
+                .starts_with(&format!("/{}/", proto_conformance::echo::grpc::SERVICE)),
+            "{}",
+            c.id
+        );
+        assert!(
+            c.expect_failure || c.grpc.expected_code.is_some(),
+            "{}",
+            c.id
+        );
+    }
+    for c in &conf.l4_cases {
+        match c.kind.as_str() {
+            "tcp" => assert!(
+                c.l4.as_ref().and_then(|l| l.backend.as_ref()).is_some(),
+                "{}",
+                c.id
+            ),
+            "tcp_echo" | "udp_echo" => {}
+            "udp_dns" => assert!(c.l4.as_ref().and_then(|l| l.dns_query_a.as_ref()).is_some()),
+            "tls_connection_rejected" => assert!(c.tls.is_some(), "{}", c.id),
+            other => panic!("{}: unknown kind {other}", c.id),
+        }
+        if c.use_tls {
+            assert!(c.trust_ca.is_some() && c.server_name.is_some(), "{}", c.id);
+        }
+        for change in &c.after_state_changes {
+            let words: Vec<&str> = change
+                .split_whitespace()
+                .map(|w| w.trim_matches(|ch| ch == '[' || ch == ']'))
+                .collect();
+            assert_eq!(words[0], "MustApplyObjectsWithCleanup", "{change}");
+            assert!(
+                runtime_objects::build(words[1], words[2]).is_some(),
+                "the harness builds {change}"
+            );
+        }
+    }
+    // A test with HTTP and L4 cases gets both, in id order, only from the selected suites.
+    let both = conf.all_cases_of("TLSRouteHostnameIntersection", &Suite::ALL);
+    assert_eq!(both.len(), 11);
+    assert!(both.windows(2).all(|w| w[0].id() < w[1].id()));
+    assert_eq!(both[10].suite(), Suite::L4);
+    assert_eq!(
+        conf.all_cases_of("TLSRouteHostnameIntersection", &[Suite::Http])
+            .len(),
+        7
+    );
+}
+
+#[test]
+fn runtime_routes_are_newer_than_the_world() {
+    let certs = CertStore::generate().expect("certificates");
+    let opts = WorldOptions {
+        index: 2,
+        inject_addresses: true,
+        bind_address: Ipv4Addr::LOCALHOST,
+    };
+    let mut plan = world::build_world(
+        &data_root(),
+        &["tests/tcproute-multiple-routes-attachment.yaml".into()],
+        &certs,
+        &opts,
+    )
+    .expect("world");
+    let obj = runtime_objects::build(
+        "TCPRoute",
+        "gateway-conformance-infra/tcproute-attach-newer",
+    )
+    .expect("known object");
+    assert_eq!(
+        obj["spec"]["rules"][0]["backendRefs"][0]["name"],
+        "tcp-attach-backend-2"
+    );
+    assert_eq!(obj["spec"]["parentRefs"][0]["sectionName"], "tcp");
+    let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_289_649);
+    runtime_objects::add_newer(&mut plan, obj, now);
+    let older = plan
+        .find(
+            "TCPRoute",
+            "gateway-conformance-infra/tcproute-attach-older",
+        )
+        .expect("older");
+    let newer = plan
+        .find(
+            "TCPRoute",
+            "gateway-conformance-infra/tcproute-attach-newer",
+        )
+        .expect("newer");
+    assert_eq!(
+        older["metadata"]["creationTimestamp"],
+        "2026-12-03T09:20:48Z"
+    );
+    assert_eq!(
+        newer["metadata"]["creationTimestamp"],
+        "2026-12-03T09:20:49Z"
+    );
+    assert_eq!(newer["metadata"]["generation"], 1);
+    assert!(runtime_objects::build("TCPRoute", "x/unknown").is_none());
+    // Gateways of the L4 tests record their UDP listener ports.
+    let udp = world::build_world(
+        &data_root(),
+        &["tests/udproute-parentref-attach-all-listeners.yaml".into()],
+        &certs,
+        &opts,
+    )
+    .expect("world");
+    let gw = &udp.gateways["gateway-conformance-infra/udp-attach-all-listeners-gateway"];
+    assert_eq!(
+        gw.udp_ports.iter().copied().collect::<Vec<_>>(),
+        [5310, 5311, 5312]
+    );
+    let pod = udp
+        .pods
+        .iter()
+        .find(|p| p.deployment == "udp-echo-attach-all")
+        .expect("pod");
+    assert_eq!(pod.service_name, "udp-echo-attach-all");
+    assert!(matches!(pod.backend, Some(BackendPlan::Udp { port: 8080 })));
 }

@@ -1,8 +1,8 @@
 //! Route rules: matches, filters, actions and backends.
 
+use super::BackendKey;
 use serde::Serialize;
 use std::fmt;
-use std::net::IpAddr;
 
 /// Which API object a rule came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -267,6 +267,8 @@ pub enum Filter {
     /// Answer with a redirect (as a backendRef filter: the requests that pick this backend are redirected; a
     /// rule-level redirect is [`Action::Redirect`]).
     RequestRedirect(Redirect),
+    /// ingress-nginx annotation behaviour (rule level only): see [`super::policy::Policy`].
+    Policy(Box<super::policy::Policy>),
 }
 
 /// A request mirror.
@@ -371,13 +373,14 @@ pub struct WeightedBackend {
     pub filters: Vec<Filter>,
 }
 
-/// A backend: a resolved Service port, or the answer the spec requires when it cannot be resolved.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "type")]
+/// A backend: a Service port held once in [`crate::model::Model::backends`] and named here by its key, or the
+/// answer the spec requires when the reference cannot be resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Backend {
-    /// A Service port with its ready endpoints (never empty: no endpoints is [`Backend::Invalid`] 503).
-    Service(ServiceBackend),
-    /// Requests routed here get `status` (500 for an unresolvable reference, 503 for no ready endpoints).
+    /// A Service port; the key is always present in the model's `backends`.
+    Service(BackendKey),
+    /// Requests routed here get `status` (500 for an unresolvable reference, 503 for a Service without the port's
+    /// endpoints information).
     Invalid {
         /// The HTTP status to answer.
         status: u16,
@@ -386,109 +389,32 @@ pub enum Backend {
     },
 }
 
-/// A resolved Service port.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ServiceBackend {
-    /// Service namespace.
-    pub namespace: String,
-    /// Service name.
-    pub name: String,
-    /// The Service port that was referenced.
-    pub port: u16,
-    /// Ready endpoints, sorted.
-    pub endpoints: Vec<Endpoint>,
-    /// What the backend speaks (from the Service port's `appProtocol`).
-    #[serde(skip_serializing_if = "BackendProtocol::is_default")]
-    pub protocol: BackendProtocol,
-    /// TLS to the backend (from a BackendTLSPolicy), when required.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls: Option<Box<BackendTls>>,
-}
-
-/// TLS from the proxy to a backend.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct BackendTls {
-    /// The BackendTLSPolicy that asks for it (`namespace/name`).
-    pub policy: String,
-    /// SNI sent, and the name the certificate must carry when `subject_alt_names` is empty.
-    pub hostname: String,
-    /// PEM CA bundles the backend certificate must chain to.
-    #[serde(skip)]
-    pub ca_bundles: Vec<String>,
-    /// When not empty, the certificate must carry one of these names (instead of `hostname`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub subject_alt_names: Vec<SubjectAltName>,
-    /// Client certificate presented to the backend (a Gateway's `spec.tls.backend.clientCertificateRef`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_certificate: Option<ClientCertificate>,
-}
-
-/// A certificate and key the proxy presents.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ClientCertificate {
-    /// Where it came from.
-    pub source: String,
-    /// PEM chain.
-    #[serde(skip)]
-    pub cert_pem: String,
-    /// PEM key.
-    #[serde(skip)]
-    pub key_pem: super::Redacted,
-}
-
-/// A subject alternative name a backend certificate may have to carry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "type", content = "value")]
-pub enum SubjectAltName {
-    /// A DNS name.
-    Hostname(String),
-    /// A URI, such as a SPIFFE ID.
-    #[serde(rename = "URI")]
-    Uri(String),
-}
-
-/// The application protocol of a backend.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
-pub enum BackendProtocol {
-    /// HTTP/1.1 (upgrades such as WebSocket pass through).
-    #[default]
-    Http1,
-    /// HTTP/2 over cleartext with prior knowledge (`appProtocol: kubernetes.io/h2c`).
-    H2c,
-}
-
-impl BackendProtocol {
-    /// `true` for HTTP/1.1.
-    pub fn is_default(&self) -> bool {
-        *self == BackendProtocol::Http1
+/// `{"type": "Service", "key": "ns/name:port"}` or `{"type": "Invalid", "status": 500, "reason": "..."}`.
+impl Serialize for Backend {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Backend::Service(k) => {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("type", "Service")?;
+                m.serialize_entry("key", k)?;
+                m.end()
+            }
+            Backend::Invalid { status, reason } => {
+                let mut m = s.serialize_map(Some(3))?;
+                m.serialize_entry("type", "Invalid")?;
+                m.serialize_entry("status", status)?;
+                m.serialize_entry("reason", reason)?;
+                m.end()
+            }
+        }
     }
-}
-
-/// One ready endpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct Endpoint {
-    /// Pod address.
-    pub ip: IpAddr,
-    /// Target port on the pod.
-    pub port: u16,
 }
 
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Backend::Service(s) => {
-                write!(f, "{}/{}:{} [", s.namespace, s.name, s.port)?;
-                for (i, e) in s.endpoints.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(" ")?;
-                    }
-                    match e.ip {
-                        IpAddr::V4(ip) => write!(f, "{ip}:{}", e.port)?,
-                        IpAddr::V6(ip) => write!(f, "[{ip}]:{}", e.port)?,
-                    }
-                }
-                f.write_str("]")
-            }
+            Backend::Service(k) => write!(f, "{k}"),
             Backend::Invalid { status, reason } => write!(f, "{status} ({reason})"),
         }
     }

@@ -5,9 +5,11 @@
 //!   and the strict check of every HTTP/1 request head ([`head::HeadScanner`]: smuggling shapes, 400 / 414 /
 //!   431 / 505), before Pingora parses it.
 //! - Per listener ([`ListenerEdge`]): the connection limit, and the TLS handshake held to the header timeout.
-//! - Per request ([`check_request`], [`count_body`], [`request_done`], called from `proxy::http`): HTTP/2 sizes,
-//!   `Content-Length` and `Transfer-Encoding` as parsed, the body size (413, streamed bodies counted as they
-//!   arrive), and the path normalization of [`super::path`] that matching, rewrites and the upstream request see.
+//! - Per request ([`check_request`], [`limit_body`], [`count_body`], [`request_done`], called from
+//!   `proxy::http`): HTTP/2 sizes, `Content-Length` and `Transfer-Encoding` as parsed, the path normalization of
+//!   [`super::path`] that matching, rewrites and the upstream request see, and after routing the body limit
+//!   ([`body_limit`]: `--max-request-body`, or the rule's ingress-nginx `proxy-body-size`; 413 by
+//!   `Content-Length` at once, streamed bodies counted as they arrive).
 //! - HTTP/2 ([`EdgeSettings::h2_options`]): concurrent streams, header list size, and the `h2` crate's reset
 //!   limits; CONTINUATION floods are bounded by the header list size; rapid reset by [`h2::ResetWatch`] in
 //!   [`EdgeIo`].
@@ -370,10 +372,57 @@ impl ListenerEdge {
 /// Per-request state of the edge checks (in the proxy's request context).
 #[derive(Debug, Default)]
 pub struct RequestState {
-    /// The body limit of this request.
-    body_limit: Option<u64>,
-    /// Body bytes received so far.
-    body_seen: u64,
+    /// The declared `Content-Length`, once [`check_request`] has checked it.
+    declared: Option<u64>,
+    /// The body limit of this request, once routing has chosen it ([`limit_body`]).
+    body_limit: Option<BodyLimit>,
+    /// The body passed the limit (counted once; every later chunk, of any attempt, is refused too).
+    body_refused: bool,
+}
+
+/// The largest body one request may send, and which setting said so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyLimit {
+    /// The most body bytes.
+    pub bytes: u64,
+    /// Where the limit comes from.
+    pub source: BodyLimitSource,
+}
+
+/// The setting a body limit comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyLimitSource {
+    /// `--max-request-body`.
+    Edge,
+    /// The rule's ingress-nginx `proxy-body-size` (an annotation, or the ingress-nginx profile's default).
+    Ingress,
+}
+
+impl BodyLimitSource {
+    fn reason(self) -> &'static str {
+        match self {
+            BodyLimitSource::Edge => "request body larger than --max-request-body",
+            BodyLimitSource::Ingress => "request body larger than proxy-body-size",
+        }
+    }
+}
+
+/// The body limit of a request whose rule says `rule` (the policy's `proxy-body-size`: `None` when the rule has
+/// none, `Some(0)` for no limit). A rule's own value replaces `--max-request-body`, larger or smaller, as nginx's
+/// location-level `client_max_body_size` replaces the server-level one (ingress-nginx writes the annotation
+/// there); a rule without one gets `--max-request-body`. `None`: no limit.
+pub fn body_limit(settings: &EdgeSettings, rule: Option<u64>) -> Option<BodyLimit> {
+    match rule {
+        Some(0) => None,
+        Some(bytes) => Some(BodyLimit {
+            bytes,
+            source: BodyLimitSource::Ingress,
+        }),
+        None => settings.max_body.map(|bytes| BodyLimit {
+            bytes,
+            source: BodyLimitSource::Edge,
+        }),
+    }
 }
 
 /// A `Content-Length` value as RFC 9110 §8.6 writes it: one or more digits, nothing else.
@@ -427,12 +476,7 @@ pub async fn check_request(
     if chunked > 1 {
         return refuse(session, 400, "chunked applied more than once").await;
     }
-    if let (Some(max), Some(n)) = (settings.max_body, length) {
-        if n > max {
-            return refuse(session, 413, "request body larger than --max-request-body").await;
-        }
-    }
-    state.body_limit = settings.max_body;
+    state.declared = length;
 
     match path::normalize(req.uri.path(), settings.escaped_slashes) {
         Ok(Normalized::Unchanged) => Ok(false),
@@ -470,28 +514,46 @@ fn set_path(session: &mut Session, p: &str) -> std::result::Result<(), http::Err
     Ok(())
 }
 
-/// Counts body bytes as they arrive; an error (the client gets 413) once the request's limit is passed. The
-/// bytes of an upgraded connection (WebSocket) are not a body and are not counted.
+/// Sets the body limit of a routed request ([`body_limit`]); answers 413 itself (and returns `Ok(true)`) when
+/// the declared `Content-Length` is already over it, before anything is forwarded.
+pub async fn limit_body(
+    session: &mut Session,
+    state: &mut RequestState,
+    limit: Option<BodyLimit>,
+) -> Result<bool> {
+    state.body_limit = limit;
+    match (limit, state.declared) {
+        (Some(l), Some(n)) if n > l.bytes => refuse(session, 413, l.source.reason()).await,
+        _ => Ok(false),
+    }
+}
+
+/// Checks the body against the request's limit as it arrives; an error (the client gets 413) once it is passed.
+/// The bytes are Pingora's count of body bytes read from the client, so a body sent again to another endpoint
+/// (a retry) is not counted twice. The error is the client's ([`ErrorSource::Downstream`]), which
+/// `proxy::http` never retries; and a request over its limit stays refused on any later attempt. The bytes of
+/// an upgraded connection (WebSocket) are not a body and are not counted.
 pub fn count_body(
     session: &mut Session,
     state: &mut RequestState,
     chunk: Option<&Bytes>,
 ) -> Result<()> {
-    let (Some(max), Some(chunk)) = (state.body_limit, chunk) else {
+    let (Some(limit), Some(_)) = (state.body_limit, chunk) else {
         return Ok(());
     };
     if session.was_upgraded() {
         return Ok(());
     }
-    state.body_seen = state.body_seen.saturating_add(chunk.len() as u64);
-    if state.body_seen > max {
-        state.body_limit = None;
-        STATS.refused_head(413);
-        linger(session);
-        return Err(Error::explain(
-            HTTPStatus(413),
-            "request body larger than --max-request-body",
-        ));
+    if state.body_refused || session.body_bytes_read() as u64 > limit.bytes {
+        if !state.body_refused {
+            state.body_refused = true;
+            STATS.refused_head(413);
+            linger(session);
+        }
+        let mut e = Error::explain(HTTPStatus(413), limit.source.reason());
+        e.esource = ErrorSource::Downstream;
+        e.set_retry(false);
+        return Err(e);
     }
     Ok(())
 }
@@ -530,17 +592,24 @@ async fn refuse(session: &mut Session, status: u16, reason: &str) -> Result<bool
         code.as_u16(),
         code.canonical_reason().unwrap_or("")
     ));
-    let mut resp = ResponseHeader::build(code, Some(3))?;
+    let mut resp = ResponseHeader::build(code, Some(4))?;
+    super::http::add_server_header(&mut resp)?;
     resp.insert_header("content-type", "text/plain; charset=utf-8")?;
     resp.insert_header("content-length", body.len().to_string())?;
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await?;
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
     Ok(true)
 }
 
 /// Answers 307 to `location` (the path with its escaped slashes decoded).
 async fn redirect(session: &mut Session, location: &str) -> Result<bool> {
-    let mut resp = ResponseHeader::build(StatusCode::TEMPORARY_REDIRECT, Some(2))?;
+    let mut resp = ResponseHeader::build(StatusCode::TEMPORARY_REDIRECT, Some(3))?;
+    super::http::add_server_header(&mut resp)?;
     resp.insert_header(LOCATION, location)?;
     resp.insert_header("content-length", "0")?;
     session.write_response_header(Box::new(resp), true).await?;

@@ -2,23 +2,29 @@
 //!
 //! Phases:
 //! - `request_filter`: first the edge checks (`proxy::edge`: framing, sizes, path normalization); then load the
-//!   snapshot (the only shared-state access of the request), find the route, and answer directly when the route
-//!   says so (404, 421, redirects, CORS preflights, 500/503 for invalid backends); otherwise pick the backend and
-//!   endpoint, and note the request deadline.
+//!   snapshot (the only shared-state access of the request), find the route, apply the request's body limit (413
+//!   by `Content-Length`) and the rule's ingress-nginx policy, and answer directly when the route says so (404,
+//!   421, redirects, CORS preflights, 500/503 for invalid backends); otherwise pick the backend and endpoint, and
+//!   note the request deadline.
 //! - `upstream_peer`: the chosen endpoint (a fresh one on each retry), with the per-attempt timeout.
 //! - `upstream_request_filter`: `X-Forwarded-*`, rule and backend filters (header modifiers, URL rewrite), then
 //!   the request mirrors start with the headers as sent upstream.
-//! - `request_body_filter`: the body size limit (`proxy::edge`); body chunks are copied to the mirrors.
+//! - `request_body_filter`: the body limit (`proxy::edge`, 413 while the body streams); body chunks are copied
+//!   to the mirrors.
 //! - `upstream_response_filter`: retry on the statuses the rule's retry policy names.
 //! - `response_filter`: response header modifiers and CORS headers.
 //! - `error_while_proxy` / `fail_to_connect` / `fail_to_proxy`: retries of connection errors and timeouts, and
 //!   the status the client gets (504 for timeouts).
-//! - `logging`: tells the connection (`proxy::edge::EdgeIo`) that its next bytes are a new request head.
+//! - `logging`: tells the connection (`proxy::edge::EdgeIo`) that its next bytes are a new request head; request
+//!   metrics and the access log.
 
 use super::edge::{self, EdgeSettings};
 use super::mirror::{MirrorBodies, Mirrors};
-use super::upstream_tls::TlsConnect;
-use crate::model::{BackendProtocol, Cors, Filter, HeaderModifier, PathModifier, Redirect};
+use super::observe::{self, Attempt, Failure, Record, RouteRef};
+use super::policy;
+use super::upstream::{BackendId, Tried, Upstream};
+use crate::metrics::request::{Handles, UpstreamResult};
+use crate::model::{Cors, Filter, HashOn, HeaderModifier, PathModifier, Redirect};
 use crate::router::{
     normalize_host, CompiledAction, CompiledBackend, Lookup, RequestParts, RouteEntry, Target,
 };
@@ -32,12 +38,10 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::FailToProxy;
-use std::net::{IpAddr, SocketAddr};
+use prometheus::IntGauge;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// How long connecting to an endpoint may take before the request fails with 502.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The `ProxyHttp` implementation for one listener (address, port).
 pub struct HttpApp {
@@ -48,11 +52,17 @@ pub struct HttpApp {
     mirrors: Mirrors,
     /// Limits and checks at the edge (`proxy::edge`).
     edge: Arc<EdgeSettings>,
+    /// The listener's metrics label (`ADDRESS:PORT`).
+    label: String,
+    /// Metric handles of requests no route answered, and the active-request gauge.
+    stats: Option<(Arc<Handles>, IntGauge)>,
 }
 
 impl HttpApp {
     /// An app serving the listener at (address, logical port) from `store`; `tls` when clients connect with TLS.
     pub fn new(store: Arc<Store>, key: (Option<IpAddr>, u16), tls: bool) -> Self {
+        let label = crate::router::listener_label(key.0, key.1);
+        let stats = store.request_metrics().map(|m| m.listener(&label));
         HttpApp {
             store,
             address: key.0,
@@ -60,6 +70,8 @@ impl HttpApp {
             tls,
             mirrors: Mirrors::default(),
             edge: Arc::new(EdgeSettings::default()),
+            label,
+            stats,
         }
     }
 
@@ -67,6 +79,133 @@ impl HttpApp {
     pub fn with_edge(mut self, edge: Arc<EdgeSettings>) -> Self {
         self.edge = edge;
         self
+    }
+
+    /// The metric handles to record this request under: its rule's (and chosen backend's), else the listener's.
+    fn handles<'a>(&'a self, ctx: &'a Ctx) -> Option<&'a Handles> {
+        match ctx.entry.as_ref().and_then(|e| e.rule.stats.as_ref()) {
+            Some(s) => Some(s.handles(ctx.upstream.map(|_| ctx.backend))),
+            None => self.stats.as_ref().map(|(h, _)| &**h),
+        }
+    }
+
+    /// Writes the access-log line of a finished request.
+    fn access_log(
+        &self,
+        log: &observe::AccessLog,
+        session: &Session,
+        ctx: &Ctx,
+        status: u16,
+        duration: Duration,
+    ) {
+        let req = session.req_header();
+        let header = |name: &str| {
+            req.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        };
+        let path = if log.with_query() {
+            req.uri.path_and_query().map_or("/", |p| p.as_str())
+        } else {
+            req.uri.path()
+        };
+        let tls = session.digest().and_then(|d| d.ssl_digest.as_ref());
+        let origin = ctx.entry.as_ref().map(|e| &e.rule.origin);
+        let backend = ctx.upstream().map(|u| u.key.to_string());
+        let record = Record {
+            time: jiff::Timestamp::now().to_string(),
+            request_id: ctx.request_id.as_deref().unwrap_or(""),
+            trace_id: observe::trace_id(header("traceparent")),
+            client: session.client_addr().map(|a| a.to_string()),
+            method: req.method.as_str(),
+            authority: std::str::from_utf8(request_host(req)).unwrap_or(""),
+            path,
+            protocol: version_text(req.version),
+            tls_sni: if self.tls { sni(session) } else { None },
+            tls_version: tls.map(|t| &*t.version),
+            status,
+            bytes_in: session.body_bytes_read(),
+            bytes_out: session.body_bytes_sent(),
+            duration: duration.as_secs_f64(),
+            listener: &self.label,
+            route: origin.map(|o| RouteRef {
+                kind: o.kind.as_str(),
+                namespace: &o.namespace,
+                name: &o.name,
+                rule: (o.rule != crate::model::Origin::DEFAULT_BACKEND).then_some(o.rule),
+            }),
+            backend,
+            upstreams: &ctx.log_attempts,
+            retries: ctx.attempts.saturating_sub(1),
+            reason: ctx.failure,
+            user_agent: header("user-agent"),
+            referer: header("referer"),
+        };
+        log.log(&record);
+    }
+}
+
+fn version_text(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// A local answer instead of proxying: the status, and the `Location` of a redirect.
+type Answer = (u16, Option<HeaderValue>);
+
+impl HttpApp {
+    /// Decides what answers a matched request: a redirect, a status, or a backend and its first endpoint (noted
+    /// in `ctx`).
+    fn choose(
+        &self,
+        snap: &Snapshot,
+        entry: &RouteEntry,
+        session: &Session,
+        ctx: &mut Ctx,
+    ) -> std::result::Result<(), Answer> {
+        let req = session.req_header();
+        let redirect = |rd: &Redirect| {
+            location(rd, req, self.tls, self.port, entry.matched_prefix())
+                .map_or((500, None), |l| (rd.status, Some(l)))
+        };
+        let w = match &entry.rule.action {
+            CompiledAction::Redirect(rd) => return Err(redirect(rd)),
+            CompiledAction::Forward(w) => w,
+        };
+        // ingress-nginx policy hook: a canary decision picks the backend instead of the weights.
+        let picked = match ctx.policy.forced_backend {
+            Some(i) => w.backends().get(i).map(|b| (i, b)),
+            None => w.pick(),
+        };
+        let (index, b) = picked.ok_or((500, None))?;
+        if let Some(rd) = &b.redirect {
+            return Err(redirect(rd));
+        }
+        let id = match &b.target {
+            Target::Status { status, .. } => return Err((*status, None)),
+            Target::Backend(id) => *id,
+        };
+        let upstream = snap.upstreams.get(id).ok_or((500, None))?;
+        if let Some(reason) = upstream.unusable() {
+            tracing::debug!(backend = %upstream.key, reason, "backend unusable");
+            return Err((500, None));
+        }
+        let client = client_ip(session);
+        let endpoint = with_hash_key(upstream.hash_on(), req, client, |key| {
+            upstream.select(key, &Tried::default())
+        })
+        .ok_or((503, None))?;
+        ctx.backend = index;
+        ctx.upstream = Some(id);
+        ctx.endpoint = Some(endpoint);
+        ctx.tried.add(endpoint);
+        Ok(())
     }
 }
 
@@ -87,22 +226,48 @@ fn sni(session: &Session) -> Option<&str> {
 pub struct Ctx {
     snap: Option<Arc<Snapshot>>,
     entry: Option<Arc<RouteEntry>>,
+    /// The chosen candidate of the rule's weighted backends.
     backend: usize,
-    peer: Option<SocketAddr>,
+    /// The backend's upstream, when the candidate proxies.
+    upstream: Option<BackendId>,
+    /// The endpoint of the current attempt (an index into the upstream's endpoints).
+    endpoint: Option<usize>,
+    /// Endpoints tried so far.
+    tried: Tried,
     /// Attempts made so far (1 on the first try).
     attempts: u32,
+    /// The current attempt's connection failed (nothing was sent).
+    connect_failed: bool,
+    /// The current attempt got a response header.
+    answered: bool,
+    /// When the current attempt started, for backends that select by latency.
+    attempt_started: Option<Instant>,
     /// When the request timeout passes.
     deadline: Option<Instant>,
     /// The request's `Origin`, when the rule has CORS and the origin is allowed.
     cors_origin: Option<HeaderValue>,
     mirrors: MirrorBodies,
     mirrors_started: bool,
-    /// The edge checks' state (body size so far).
+    /// The edge checks' state (the request's body limit, body size so far).
     edge: edge::RequestState,
+    /// ingress-nginx policy state of the request (`proxy::policy`).
+    policy: policy::RequestState,
+    /// When the request head was read (set when request metrics or logs are on).
+    started: Option<Instant>,
+    /// When the current attempt started.
+    attempt_clock: Option<Instant>,
+    /// Why no backend answered, when none did.
+    failure: Option<Failure>,
+    /// `X-Request-ID`: the client's, or one made here (access log on only).
+    request_id: Option<String>,
+    /// The request id was made here, and goes upstream.
+    request_id_made: bool,
+    /// The attempts, for the access log (access log on only).
+    log_attempts: Vec<Attempt>,
 }
 
 impl Ctx {
-    /// May a failed attempt be tried again (retry policy, attempts left, deadline not passed)?
+    /// May a failed attempt be tried again under the rule's retry policy (attempts left, deadline not passed)?
     fn can_retry(&self) -> bool {
         let Some(entry) = &self.entry else {
             return false;
@@ -110,7 +275,18 @@ impl Ctx {
         let Some(r) = &entry.rule.retry else {
             return false;
         };
-        self.attempts <= r.attempts && self.deadline.is_none_or(|d| Instant::now() < d)
+        self.attempts <= r.attempts && self.before_deadline()
+    }
+
+    fn before_deadline(&self) -> bool {
+        self.deadline.is_none_or(|d| Instant::now() < d)
+    }
+
+    /// May an attempt whose connection failed (so nothing was sent) be made again on another endpoint?
+    fn can_retry_connect(&self, upstream: &Upstream) -> bool {
+        self.attempts < CONNECT_ATTEMPTS
+            && upstream.endpoints().len() > self.tried.len()
+            && self.before_deadline()
     }
 
     fn retry_codes(&self) -> &[u16] {
@@ -126,6 +302,76 @@ impl Ctx {
             CompiledAction::Redirect(_) => None,
         }
     }
+
+    fn upstream(&self) -> Option<&Arc<Upstream>> {
+        self.snap.as_ref()?.upstreams.get(self.upstream?)
+    }
+
+    /// Ends the bookkeeping of the current attempt (in-flight count and latency, for least-request backends).
+    fn attempt_done(&mut self, latency: Option<Duration>) {
+        if self.attempt_started.take().is_none() {
+            return;
+        }
+        if let (Some(i), Some(u)) = (self.endpoint, self.upstream()) {
+            u.on_attempt_done(i, latency);
+        }
+    }
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        // A request that ends without a response header (client gone, error) still leaves the in-flight count.
+        self.attempt_done(None);
+    }
+}
+
+/// Attempts a request may make when connections fail before anything was sent (each on an endpoint not tried yet).
+const CONNECT_ATTEMPTS: u32 = 3;
+
+/// Calls `f` with the bytes consistent hashing uses for this request (empty when the property is absent).
+fn with_hash_key<R>(
+    on: Option<&HashOn>,
+    req: &RequestHeader,
+    client: Option<IpAddr>,
+    f: impl FnOnce(&[u8]) -> R,
+) -> R {
+    let Some(on) = on else { return f(b"") };
+    match on {
+        HashOn::SourceIp => match client {
+            Some(IpAddr::V4(ip)) => f(&ip.octets()),
+            Some(IpAddr::V6(ip)) => f(&ip.octets()),
+            None => f(b""),
+        },
+        HashOn::Uri => f(req
+            .uri
+            .path_and_query()
+            .map_or(&b""[..], |p| p.as_str().as_bytes())),
+        HashOn::Header(name) => f(req
+            .headers
+            .get(name.as_str())
+            .map_or(&b""[..], |v| v.as_bytes())),
+        HashOn::Cookie(name) => {
+            let value = req
+                .headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+                .find_map(|pair| {
+                    let pair = pair.trim_ascii_start();
+                    pair.strip_prefix(name.as_bytes())?.strip_prefix(b"=")
+                });
+            f(value.unwrap_or(b""))
+        }
+        HashOn::QueryParam(name) => {
+            let value = req.uri.query().and_then(|q| {
+                q.split('&').find_map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    (k == name).then_some(v)
+                })
+            });
+            f(value.map_or(&b""[..], str::as_bytes))
+        }
+    }
 }
 
 fn request_host(req: &RequestHeader) -> &[u8] {
@@ -139,6 +385,16 @@ fn request_host(req: &RequestHeader) -> &[u8] {
 }
 
 /// Writes a complete response with a short text body, keeping the connection reusable.
+/// Adds the `Server` header (`--server-header`) unless the response has one.
+pub(super) fn add_server_header(resp: &mut ResponseHeader) -> Result<()> {
+    if let Some(v) = observe::server_header() {
+        if !resp.headers.contains_key(http::header::SERVER) {
+            resp.insert_header(http::header::SERVER, v.clone())?;
+        }
+    }
+    Ok(())
+}
+
 async fn respond(
     session: &mut Session,
     status: u16,
@@ -154,7 +410,8 @@ async fn respond(
             code.canonical_reason().unwrap_or("")
         ))
     };
-    let mut resp = ResponseHeader::build(code, Some(3))?;
+    let mut resp = ResponseHeader::build(code, Some(4))?;
+    add_server_header(&mut resp)?;
     resp.insert_header("content-length", body.len().to_string())?;
     if !body.is_empty() {
         resp.insert_header("content-type", "text/plain; charset=utf-8")?;
@@ -302,7 +559,8 @@ fn apply_request_filters(
             Filter::ResponseHeaderModifier(_)
             | Filter::RequestMirror(_)
             | Filter::Cors(_)
-            | Filter::RequestRedirect(_) => {}
+            | Filter::RequestRedirect(_)
+            | Filter::Policy(_) => {}
         }
     }
     Ok(())
@@ -368,7 +626,8 @@ async fn respond_preflight(
     origin: HeaderValue,
 ) -> Result<bool> {
     let req = session.req_header();
-    let mut resp = ResponseHeader::build(StatusCode::OK, Some(8))?;
+    let mut resp = ResponseHeader::build(StatusCode::OK, Some(9))?;
+    add_server_header(&mut resp)?;
     resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin)?;
     // A wildcard is answered with what was asked for, which is valid with and without credentials.
     let requested_method = req
@@ -439,7 +698,28 @@ impl ProxyHttp for HttpApp {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        // Edge hook: framing, sizes and path normalization before anything reads the request (proxy::edge).
+        if let Some((_, active)) = &self.stats {
+            ctx.started = Some(Instant::now());
+            active.inc();
+        }
+        if observe::access_log().is_some() {
+            ctx.started.get_or_insert_with(Instant::now);
+            let given = session
+                .req_header()
+                .headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty());
+            ctx.request_id = Some(match given {
+                Some(v) => v.to_string(),
+                None => {
+                    ctx.request_id_made = true;
+                    observe::new_request_id()
+                }
+            });
+        }
+        // Edge hook: framing, sizes and path normalization before anything reads the request (proxy::edge). After
+        // the metrics clock starts, so that refusals are counted and logged under the listener.
         if edge::check_request(&self.edge, session, &mut ctx.edge).await? {
             return Ok(true);
         }
@@ -460,9 +740,41 @@ impl ProxyHttp for HttpApp {
         };
         let entry = match lookup {
             Lookup::Route(e) => e.clone(),
-            Lookup::NotFound => return respond(session, 404, None).await,
-            Lookup::Misdirected => return respond(session, 421, None).await,
+            Lookup::NotFound | Lookup::Misdirected => {
+                ctx.failure = Some(Failure::NoRoute);
+                let status = if matches!(lookup, Lookup::NotFound) {
+                    404
+                } else {
+                    421
+                };
+                return respond(session, status, None).await;
+            }
         };
+        // Noted now so that every answer, local ones too, is counted under its route.
+        ctx.entry = Some(entry.clone());
+        // Edge hook, and ingress-nginx policy hook: the body limit is the rule's `proxy-body-size` when it has
+        // one, else `--max-request-body`; a declared `Content-Length` over it is answered 413 here, as nginx does
+        // when it has found the location (proxy::edge::body_limit).
+        let rule_limit = entry
+            .rule
+            .policy
+            .as_ref()
+            .and_then(|p| p.policy.max_body_bytes);
+        let limit = edge::body_limit(&self.edge, rule_limit);
+        if edge::limit_body(session, &mut ctx.edge, limit).await? {
+            return Ok(true);
+        }
+        // ingress-nginx policy hook: redirects, limits, access checks, auth, canary choice.
+        if let Some(p) = entry.rule.policy.clone() {
+            let conn = policy::Conn {
+                tls: self.tls,
+                port: self.port,
+            };
+            if let Some(answer) = policy::on_request(&p, session, &mut ctx.policy, conn).await? {
+                return policy::write_answer(session, answer).await;
+            }
+        }
+        let req = session.req_header();
         // CORS: answer allowed preflights here; remember allowed origins for the response.
         if let Some(cors) = &entry.rule.cors {
             let origin = req.headers.get(http::header::ORIGIN).cloned();
@@ -477,66 +789,41 @@ impl ProxyHttp for HttpApp {
                 (None, false) => {}
             }
         }
-        let outcome = match &entry.rule.action {
-            CompiledAction::Redirect(rd) => {
-                let loc = location(rd, req, self.tls, self.port, entry.matched_prefix());
-                match loc {
-                    Some(l) => Err((rd.status, Some(l))),
-                    None => Err((500, None)),
-                }
-            }
-            CompiledAction::Forward(w) => match w.pick() {
-                None => Err((500, None)),
-                Some(b) if b.redirect.is_some() => {
-                    let loc = b.redirect.as_ref().and_then(|rd| {
-                        location(rd, req, self.tls, self.port, entry.matched_prefix())
-                            .map(|l| (rd.status, l))
-                    });
-                    match loc {
-                        Some((status, l)) => Err((status, Some(l))),
-                        None => Err((500, None)),
-                    }
-                }
-                Some(b) => match &b.target {
-                    Target::Status { status, .. } => Err((*status, None)),
-                    Target::Endpoints(eps) => match eps.next() {
-                        Some(addr) => {
-                            let index = w
-                                .backends()
-                                .iter()
-                                .position(|x| std::ptr::eq(x, b))
-                                .unwrap_or(0);
-                            Ok((index, addr))
-                        }
-                        None => Err((503, None)),
-                    },
-                },
-            },
-        };
+        let outcome = self.choose(&snap, &entry, session, ctx);
         if let Some(ms) = entry.rule.timeouts.request_ms {
             ctx.deadline = Some(Instant::now() + Duration::from_millis(ms));
         }
         let retries = entry.rule.retry.is_some();
         ctx.snap = Some(snap);
-        ctx.entry = Some(entry);
         match outcome {
-            Ok((index, addr)) => {
-                ctx.backend = index;
-                ctx.peer = Some(addr);
+            Ok(()) => {
                 if retries {
                     // Keep the request body so that a retry can send it again.
                     session.enable_retry_buffering();
                 }
                 Ok(false)
             }
-            Err((status, loc)) => respond(session, status, loc).await,
+            Err((status, loc)) => {
+                if status == 503 {
+                    ctx.failure = Some(Failure::NoHealthyUpstream);
+                }
+                respond(session, status, loc).await
+            }
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         ctx.attempts += 1;
+        ctx.connect_failed = false;
+        ctx.answered = false;
+        let upstream = ctx
+            .upstream()
+            .cloned()
+            .ok_or_else(|| Error::explain(HTTPStatus(500), "no backend chosen"))?;
         if ctx.attempts > 1 {
-            // A retry: back off if the policy says so, and move to the next endpoint.
+            // A retry: back off if the policy says so, and move to an endpoint not tried yet (the same ones again
+            // when every endpoint was tried and the route's policy still retries).
+            ctx.attempt_done(None);
             let backoff = ctx
                 .entry
                 .as_ref()
@@ -545,24 +832,35 @@ impl ProxyHttp for HttpApp {
             if let Some(ms) = backoff {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
-            if let Some(Target::Endpoints(eps)) = ctx.backend().map(|b| &b.target) {
-                if let Some(next) = eps.next() {
-                    ctx.peer = Some(next);
-                }
+            let client = client_ip(session);
+            let next = with_hash_key(upstream.hash_on(), session.req_header(), client, |key| {
+                upstream
+                    .select(key, &ctx.tried)
+                    .or_else(|| upstream.select(key, &Tried::default()))
+            });
+            if let Some(i) = next {
+                ctx.endpoint = Some(i);
+                ctx.tried.add(i);
             }
+            upstream.record_retry();
         }
-        let addr = ctx
-            .peer
-            .ok_or_else(|| Error::explain(HTTPStatus(500), "no endpoint chosen"))?;
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
-        if let Some(Target::Endpoints(eps)) = ctx.backend().map(|b| &b.target) {
-            if eps.protocol == BackendProtocol::H2c {
-                peer.options.set_http_version(2, 2);
-            }
-            if let Some(tls) = &eps.tls {
-                peer.options.custom_l4 = Some(Arc::new(TlsConnect(tls.clone())));
-                peer.group_key = tls.group_key;
+        let ep = ctx
+            .endpoint
+            .and_then(|i| upstream.endpoint(i))
+            .ok_or_else(|| Error::explain(HTTPStatus(503), "no endpoint"))?;
+        let mut peer = upstream.peer(ep);
+        ctx.attempt_clock = Some(Instant::now());
+        if observe::access_log().is_some() {
+            ctx.log_attempts.push(Attempt {
+                addr: ep.addr,
+                status: None,
+                seconds: 0.0,
+            });
+        }
+        if let Some(i) = ctx.endpoint {
+            upstream.on_attempt(i);
+            if upstream.tracks_load() {
+                ctx.attempt_started = Some(Instant::now());
             }
         }
         // The attempt may last the backend timeout, and no longer than what is left of the request timeout.
@@ -581,6 +879,10 @@ impl ProxyHttp for HttpApp {
         if let Some(l) = limit {
             peer.options.read_timeout = Some(l);
             peer.options.write_timeout = Some(l);
+        }
+        // ingress-nginx policy hook: idle read and send timeouts.
+        if let Some(p) = ctx.entry.as_ref().and_then(|e| e.rule.policy.as_ref()) {
+            policy::peer_options(p, &mut peer);
         }
         Ok(Box::new(peer))
     }
@@ -612,6 +914,11 @@ impl ProxyHttp for HttpApp {
         }
         let proto = HeaderValue::from_static(if self.tls { "https" } else { "http" });
         upstream.insert_header("x-forwarded-proto", proto)?;
+        if ctx.request_id_made {
+            if let Some(id) = &ctx.request_id {
+                upstream.insert_header("x-request-id", id.as_str())?;
+            }
+        }
         if let Some(h) = upstream.headers.get(HOST).cloned() {
             upstream.insert_header("x-forwarded-host", h)?;
         }
@@ -624,16 +931,27 @@ impl ProxyHttp for HttpApp {
         if let Some(b) = ctx.backend() {
             apply_request_filters(&b.filters, upstream, prefix)?;
         }
+        // ingress-nginx policy hook: rewrite, Host, auth headers, forwarded headers.
+        if let Some(p) = &entry.rule.policy {
+            let conn = policy::Conn {
+                tls: self.tls,
+                port: self.port,
+            };
+            policy::upstream_request(p, &ctx.policy, upstream, conn)?;
+        }
         // Mirrors get the request as it goes upstream, once (not again on retries).
         if !ctx.mirrors_started {
             ctx.mirrors_started = true;
-            let body = has_body(upstream);
-            self.mirrors
-                .start(&entry.rule.mirrors, upstream, body, &mut ctx.mirrors);
-            if let CompiledAction::Forward(w) = &entry.rule.action {
-                if let Some(b) = w.backends().get(ctx.backend) {
-                    self.mirrors
-                        .start(&b.mirrors, upstream, body, &mut ctx.mirrors);
+            if let Some(snap) = ctx.snap.clone() {
+                let body = has_body(upstream);
+                let ups = &snap.upstreams;
+                self.mirrors
+                    .start(&entry.rule.mirrors, ups, upstream, body, &mut ctx.mirrors);
+                if let CompiledAction::Forward(w) = &entry.rule.action {
+                    if let Some(b) = w.backends().get(ctx.backend) {
+                        self.mirrors
+                            .start(&b.mirrors, ups, upstream, body, &mut ctx.mirrors);
+                    }
                 }
             }
         }
@@ -647,7 +965,8 @@ impl ProxyHttp for HttpApp {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        // Edge hook: the body size limit, counted as the body arrives (proxy::edge).
+        // Edge hook: the request's body limit (`--max-request-body`, or the rule's `proxy-body-size`), counted as
+        // the body arrives (proxy::edge).
         edge::count_body(session, &mut ctx.edge, body.as_ref())?;
         if !ctx.mirrors.is_empty() {
             if let Some(chunk) = body.as_ref() {
@@ -666,6 +985,21 @@ impl ProxyHttp for HttpApp {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        ctx.answered = true;
+        if let (Some(i), Some(u)) = (ctx.endpoint, ctx.upstream()) {
+            u.record_success(i);
+        }
+        let took = ctx.attempt_clock.map(|t| t.elapsed());
+        if let (Some(h), Some(took)) = (self.handles(ctx), took) {
+            h.upstream_result(UpstreamResult::Ok);
+            h.upstream_duration(took);
+        }
+        if let Some(a) = ctx.log_attempts.last_mut() {
+            a.status = Some(resp.status.as_u16());
+            a.seconds = took.map_or(0.0, |t| t.as_secs_f64());
+        }
+        let latency = ctx.attempt_started.map(|t| t.elapsed());
+        ctx.attempt_done(latency);
         let status = resp.status.as_u16();
         if ctx.retry_codes().contains(&status) && ctx.can_retry() {
             let mut e = Error::explain(
@@ -684,6 +1018,7 @@ impl ProxyHttp for HttpApp {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        add_server_header(resp)?;
         let Some(entry) = ctx.entry.as_ref() else {
             return Ok(());
         };
@@ -713,12 +1048,11 @@ impl ProxyHttp for HttpApp {
             }
             resp.append_header(http::header::VARY, "Origin")?;
         }
+        // ingress-nginx policy hook: CORS headers, external auth cookies.
+        if let Some(p) = &entry.rule.policy {
+            policy::response(p, &ctx.policy, resp)?;
+        }
         Ok(())
-    }
-
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, _ctx: &mut Ctx) {
-        // Edge hook: the request is over; the connection's next bytes are a new head (proxy::edge).
-        edge::request_done(session);
     }
 
     fn fail_to_connect(
@@ -728,8 +1062,17 @@ impl ProxyHttp for HttpApp {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if ctx.can_retry() {
-            e.set_retry(true);
+        // Nothing was sent: the endpoint is at fault, and the request can go to another one.
+        ctx.connect_failed = true;
+        ctx.attempt_done(None);
+        self.attempt_failed(ctx, UpstreamResult::ConnectError);
+        if let Some(u) = ctx.upstream().cloned() {
+            if let Some(i) = ctx.endpoint {
+                u.record_failure(i);
+            }
+            if ctx.can_retry() || ctx.can_retry_connect(&u) {
+                e.set_retry(true);
+            }
         }
         e
     }
@@ -742,8 +1085,33 @@ impl ProxyHttp for HttpApp {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
+        ctx.attempt_done(None);
+        if !ctx.answered && e.esource() == &ErrorSource::Upstream {
+            let result = if matches!(e.etype(), ReadTimedout | WriteTimedout) {
+                UpstreamResult::Timeout
+            } else {
+                UpstreamResult::Reset
+            };
+            self.attempt_failed(ctx, result);
+        }
+        // Before any response: a timeout, or a connection the endpoint broke (a reused idle connection that turns
+        // out closed is not the endpoint's fault), counts against the endpoint.
+        if !ctx.answered && e.esource() == &ErrorSource::Upstream {
+            let endpoint_fault = matches!(e.etype(), ReadTimedout | WriteTimedout)
+                || (!client_reused
+                    && matches!(e.etype(), ConnectionClosed | ReadError | WriteError));
+            if endpoint_fault {
+                if let (Some(i), Some(u)) = (ctx.endpoint, ctx.upstream()) {
+                    u.record_failure(i);
+                }
+            }
+        }
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if ctx.entry.as_ref().is_some_and(|en| en.rule.retry.is_some()) {
+        if e.esource() == &ErrorSource::Downstream {
+            // The client's fault (it left, or its body passed the limit: proxy::edge::count_body): another
+            // attempt would not do better, and must not send the body again without its limit.
+            e.set_retry(false);
+        } else if ctx.entry.as_ref().is_some_and(|en| en.rule.retry.is_some()) {
             // The route's policy decides: connection errors and timeouts are retried while attempts last,
             // unless the request body could not be kept for a retry.
             let retry = ctx.can_retry() && !session.as_ref().retry_buffer_truncated();
@@ -778,14 +1146,65 @@ impl ProxyHttp for HttpApp {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
+        ctx.failure = match code {
+            0 => Some(Failure::DownstreamDisconnect),
+            504 => Some(Failure::UpstreamTimeout),
+            502 | 503 if ctx.connect_failed => Some(Failure::UpstreamConnectFailure),
+            _ => ctx.failure,
+        };
         // Edge fix: once a response header went out (an upstream that broke its own framing mid-body), an error
         // page written now would become that response's body; the connection is closed instead.
         if code > 0 && session.response_written().is_none() {
+            if ctx.connect_failed {
+                // Pingora does not keep a client connection after a failed upstream connect: say so.
+                session.set_keepalive(None);
+            }
             let _ = respond(session, code, None).await;
         }
         FailToProxy {
             error_code: code,
             can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        // Edge hook: the request is over; the connection's next bytes are a new head (proxy::edge).
+        edge::request_done(session);
+        let Some(started) = ctx.started else {
+            return;
+        };
+        let duration = started.elapsed();
+        // No response sent: the client left first (nginx's 499).
+        let status = session
+            .response_written()
+            .map_or(499, |r| r.status.as_u16());
+        if let Some((_, active)) = &self.stats {
+            active.dec();
+        }
+        if let Some(h) = self.handles(ctx) {
+            h.request(&session.req_header().method, status);
+            h.duration(status, duration);
+            h.retries(u64::from(ctx.attempts.saturating_sub(1)));
+            h.bytes(
+                session.body_bytes_read() as u64,
+                session.body_bytes_sent() as u64,
+            );
+        }
+        if let Some(log) = observe::access_log() {
+            self.access_log(log, session, ctx, status, duration);
+        }
+    }
+}
+
+impl HttpApp {
+    /// Counts a failed attempt and notes its time for the access log.
+    fn attempt_failed(&self, ctx: &mut Ctx, result: UpstreamResult) {
+        let took = ctx.attempt_clock.take().map(|t| t.elapsed());
+        if let Some(h) = self.handles(ctx) {
+            h.upstream_result(result);
+        }
+        if let Some(a) = ctx.log_attempts.last_mut() {
+            a.seconds = took.map_or(0.0, |t| t.as_secs_f64());
         }
     }
 }

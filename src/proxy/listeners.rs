@@ -13,7 +13,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -164,10 +164,33 @@ pub struct ListenerState {
     pub error: Option<String>,
 }
 
+/// The Pingora application of one HTTP or HTTPS listener.
+type HttpProxyApp = pingora::proxy::HttpProxy<HttpApp>;
+
 struct Bound {
     protocol: Protocol,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// `None` for TLS passthrough (no HTTP inside).
+    app: Option<Arc<HttpProxyApp>>,
+}
+
+/// What the listeners leave when they stop accepting: the HTTP applications whose accepted connections may still
+/// be open (those of listeners released earlier too, while any of their connections lives).
+pub struct Stopped {
+    apps: Vec<Arc<HttpProxyApp>>,
+}
+
+impl Stopped {
+    /// Closes the HTTP/1.1 connections that are idle between two requests (keep-alive) at once, through Pingora's
+    /// application cleanup; requests already being read or answered finish. Call it once the clients of busy
+    /// connections have had time to get a `Connection: close` answer: a request still on the wire when its idle
+    /// connection closes is not read (the client may retry it, as HTTP/1.1 clients do on a closed idle connection).
+    pub async fn close_idle(&self) {
+        for app in &self.apps {
+            app.cleanup().await;
+        }
+    }
 }
 
 /// Keeps the set of bound ports equal to the set of listener ports in the current snapshot.
@@ -181,6 +204,8 @@ pub struct ListenerManager {
     states: Arc<Mutex<Vec<ListenerState>>>,
     connections: Connections,
     edge: Arc<EdgeSettings>,
+    /// Applications of released listeners, while connections they accepted still hold them.
+    retired: Vec<Weak<HttpProxyApp>>,
 }
 
 impl ListenerManager {
@@ -202,6 +227,7 @@ impl ListenerManager {
             states: Arc::new(Mutex::new(Vec::new())),
             connections: Connections::default(),
             edge: Arc::new(EdgeSettings::default()),
+            retired: Vec::new(),
         }
     }
 
@@ -249,9 +275,13 @@ impl ListenerManager {
             if let Some(b) = self.bound.remove(&key) {
                 let _ = b.stop.send(true);
                 drop(b.task);
+                if let Some(app) = &b.app {
+                    self.retired.push(Arc::downgrade(app));
+                }
                 tracing::info!(port = key.1, address = ?key.0, "listener released");
             }
         }
+        self.retired.retain(|app| app.strong_count() > 0);
 
         let mut states = Vec::new();
         let mut all_bound = true;
@@ -298,6 +328,7 @@ impl ListenerManager {
                             protocol,
                             stop: stop_tx,
                             task,
+                            app: None,
                         },
                     );
                     states.push(state(addr, None));
@@ -305,7 +336,7 @@ impl ListenerManager {
                 Ok(listener) => {
                     let (stop_tx, stop_rx) = watch::channel(false);
                     let tls = protocol == Protocol::Https;
-                    let mut proxy = pingora::proxy::http_proxy(
+                    let mut proxy: HttpProxyApp = pingora::proxy::http_proxy(
                         &self.conf,
                         HttpApp::new(self.store.clone(), key, tls).with_edge(self.edge.clone()),
                     );
@@ -325,9 +356,10 @@ impl ListenerManager {
                     } else {
                         Handshake::Plain
                     };
+                    let app = Arc::new(proxy);
                     let task = tokio::spawn(accept_loop(
                         listener,
-                        Arc::new(proxy),
+                        app.clone(),
                         handshake,
                         stop_rx,
                         self.shutdown.clone(),
@@ -341,6 +373,7 @@ impl ListenerManager {
                             protocol,
                             stop: stop_tx,
                             task,
+                            app: Some(app),
                         },
                     );
                     states.push(state(addr, None));
@@ -358,8 +391,9 @@ impl ListenerManager {
         all_bound
     }
 
-    /// Reconciles after every publish (and retries failed binds) until `stop` turns true; then stops accepting.
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    /// Reconciles after every publish (and retries failed binds) until `stop` turns true; then stops accepting
+    /// and returns what is needed to close the connections still open.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Stopped {
         let mut changes = self.store.subscribe();
         loop {
             let all_bound = self.reconcile();
@@ -376,8 +410,12 @@ impl ListenerManager {
                 _ = stop.changed() => if *stop.borrow() { break },
             }
         }
+        let mut apps: Vec<Arc<HttpProxyApp>> =
+            self.retired.iter().filter_map(Weak::upgrade).collect();
         for (_, b) in std::mem::take(&mut self.bound) {
             let _ = b.stop.send(true);
+            apps.extend(b.app);
         }
+        Stopped { apps }
     }
 }

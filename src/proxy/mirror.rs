@@ -1,6 +1,7 @@
 //! Request mirroring: a copy of the request (headers as sent upstream, and the body as it streams) goes to each
 //! mirror backend on its own task; the mirror's response is read and discarded and never delays the client.
 
+use super::upstream::{Tried, Upstreams};
 use crate::router::{CompiledMirror, Target};
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
@@ -68,6 +69,7 @@ impl Mirrors {
     pub fn start(
         &self,
         mirrors: &[CompiledMirror],
+        upstreams: &Upstreams,
         req: &RequestHeader,
         has_body: bool,
         bodies: &mut MirrorBodies,
@@ -76,10 +78,21 @@ impl Mirrors {
             if !m.sample() {
                 continue;
             }
-            let Target::Endpoints(eps) = &m.target else {
+            let Target::Backend(id) = &m.target else {
                 continue;
             };
-            let Some(addr) = eps.next() else { continue };
+            let Some(upstream) = upstreams.get(*id) else {
+                continue;
+            };
+            let Some(ep) = upstream
+                .select(b"", &Tried::default())
+                .and_then(|i| upstream.endpoint(i))
+            else {
+                continue;
+            };
+            // The same peer a request to that backend gets: h2c and backend TLS included.
+            let peer = upstream.peer(ep);
+            let addr = ep.addr;
             if self.in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_IN_FLIGHT {
                 self.in_flight.fetch_sub(1, Ordering::Relaxed);
                 tracing::debug!("too many mirror copies in flight; copy dropped");
@@ -97,7 +110,6 @@ impl Mirrors {
             };
             tokio::spawn(async move {
                 let _guard = guard;
-                let peer = HttpPeer::new(addr, false, String::new());
                 let copy = send_copy(&connector, &peer, header, rx);
                 match tokio::time::timeout(MIRROR_TIMEOUT, copy).await {
                     Ok(Ok(())) => {}

@@ -3,8 +3,11 @@
 
 use super::edge::ListenerEdge;
 use super::listeners::{ConnectionGuard, Connections};
+use super::upstream::{Tried, Upstream, CONNECT_TIMEOUT};
+use crate::model::HashOn;
 use crate::router::Target;
 use crate::snapshot::{ListenerAddr, Store};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -14,8 +17,8 @@ use tokio::sync::watch;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most bytes read while looking for the end of the ClientHello.
 const MAX_HELLO: usize = 16 * 1024;
-/// How long connecting to a backend may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Endpoints tried for one connection when connections fail.
+const CONNECT_ATTEMPTS: usize = 3;
 
 /// Reads the SNI of the ClientHello at the start of `stream` without consuming any byte. `Ok(None)` when the
 /// client sent no SNI; an error when the bytes are not a TLS ClientHello.
@@ -116,21 +119,60 @@ async fn serve(mut client: TcpStream, store: &Store, key: ListenerAddr) -> std::
         .listener_at(key.0, key.1)
         .and_then(|l| l.find_tls(&sni))
         .cloned();
-    drop(snap);
     // No route: close the connection (a TLS client sees the handshake fail).
     let Some(entry) = entry else {
         return Ok(());
     };
-    let Some(Target::Endpoints(eps)) = entry.backends.pick().map(|b| &b.target) else {
+    let Some((_, Target::Backend(id))) = entry.backends.pick().map(|(i, b)| (i, &b.target)) else {
         return Ok(());
     };
-    let Some(addr) = eps.next() else {
+    let Some(upstream) = snap.upstreams.get(*id).cloned() else {
         return Ok(());
     };
-    let mut backend = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
+    drop(snap);
+    let client_ip = client.peer_addr().ok().map(|a| a.ip());
+    let mut backend = connect(&upstream, client_ip).await?;
     let _ = backend.set_nodelay(true);
     tokio::io::copy_bidirectional(&mut client, &mut backend).await?;
     Ok(())
+}
+
+/// Connects to an endpoint of `upstream`, trying others (at most [`CONNECT_ATTEMPTS`] in all) when a connection
+/// fails, and keeping the endpoints' passive health up to date.
+async fn connect(
+    upstream: &Upstream,
+    client_ip: Option<std::net::IpAddr>,
+) -> std::io::Result<TcpStream> {
+    let key: Vec<u8> = match (upstream.hash_on(), client_ip) {
+        (Some(HashOn::SourceIp), Some(IpAddr::V4(ip))) => ip.octets().to_vec(),
+        (Some(HashOn::SourceIp), Some(IpAddr::V6(ip))) => ip.octets().to_vec(),
+        _ => Vec::new(),
+    };
+    let mut tried = Tried::default();
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no endpoints");
+    for attempt in 0..CONNECT_ATTEMPTS {
+        let Some(i) = upstream.select(&key, &tried) else {
+            break;
+        };
+        tried.add(i);
+        let Some(ep) = upstream.endpoint(i) else {
+            break;
+        };
+        if attempt > 0 {
+            upstream.record_retry();
+        }
+        upstream.on_attempt(i);
+        let res = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(ep.addr)).await;
+        upstream.on_attempt_done(i, None);
+        match res {
+            Ok(Ok(stream)) => {
+                upstream.record_success(i);
+                return Ok(stream);
+            }
+            Ok(Err(e)) => last = e,
+            Err(_) => last = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"),
+        }
+        upstream.record_failure(i);
+    }
+    Err(last)
 }

@@ -11,6 +11,7 @@ use crate::source::file::input_from_str;
 use crate::translate::{translate, Options, Output, Severity};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde_json::{json, Value};
+use std::net::SocketAddr;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers
@@ -108,12 +109,11 @@ impl Fixture {
         };
         match &e.rule.action {
             CompiledAction::Forward(wb) => match wb.backends() {
-                [b] => match &b.target {
-                    Target::Endpoints(ep) => ep.service.to_string(),
-                    Target::Status { status, reason } => {
-                        panic!("{}: backend answers {status} ({reason})", e.rule.origin)
-                    }
-                },
+                [b] => {
+                    let key = service_of(self, b);
+                    // The Service port, without a variant.
+                    key.split('#').next().unwrap_or_default().to_string()
+                }
                 other => panic!("{}: {} backends", e.rule.origin, other.len()),
             },
             CompiledAction::Redirect(_) => panic!("{}: redirect", e.rule.origin),
@@ -1758,9 +1758,16 @@ fn forward<'f>(f: &'f Fixture, path: &str) -> &'f WeightedBackends {
     }
 }
 
-fn service_of(b: &CompiledBackend) -> &str {
+fn service_of(f: &Fixture, b: &CompiledBackend) -> String {
     match &b.target {
-        Target::Endpoints(ep) => &ep.service,
+        Target::Backend(id) => f
+            .out
+            .model
+            .backends
+            .keys()
+            .nth(id.0 as usize)
+            .map(ToString::to_string)
+            .expect("the id indexes the model's backends"),
         Target::Status { status, reason } => panic!("backend answers {status} ({reason})"),
     }
 }
@@ -1774,7 +1781,7 @@ fn weighted_pick_follows_weights() {
     const DRAWS: usize = 20_000;
     let (mut a, mut b) = (0usize, 0usize);
     for _ in 0..DRAWS {
-        match service_of(wb.pick().expect("weights are not all zero")) {
+        match service_of(&f, wb.pick().expect("weights are not all zero").1).as_str() {
             "default/a:8080" => a += 1,
             "default/b:8080" => b += 1,
             other => panic!("picked {other}, whose weight is 0"),
@@ -1804,11 +1811,15 @@ fn weighted_pick_with_only_zero_weights_is_none() {
 fn endpoints_round_robin_cycles_through_all_addresses() {
     let f = weighted_fixture();
     let wb = forward(&f, "/rr");
-    let Target::Endpoints(ep) = &wb.pick().unwrap().target else {
-        panic!("rr resolves to endpoints")
+    let Target::Backend(id) = &wb.pick().unwrap().1.target else {
+        panic!("rr resolves to a backend")
     };
-    assert_eq!(ep.addrs().len(), 3);
-    let first: Vec<SocketAddr> = (0..3).map(|_| ep.next().unwrap()).collect();
+    let ups = crate::proxy::upstream::Upstreams::reconcile(&f.out.model, &Default::default());
+    let up = ups.get(*id).expect("the id indexes the upstreams");
+    assert_eq!(up.endpoints().len(), 3);
+    let tried = crate::proxy::upstream::Tried::default();
+    let next = || up.endpoints()[up.select(b"", &tried).unwrap()].addr;
+    let first: Vec<SocketAddr> = (0..3).map(|_| next()).collect();
     let mut sorted = first.clone();
     sorted.sort();
     sorted.dedup();
@@ -1818,7 +1829,7 @@ fn endpoints_round_robin_cycles_through_all_addresses() {
         .collect();
     assert_eq!(sorted, want, "one round visits every address once");
     for round in 0..5 {
-        let again: Vec<SocketAddr> = (0..3).map(|_| ep.next().unwrap()).collect();
+        let again: Vec<SocketAddr> = (0..3).map(|_| next()).collect();
         assert_eq!(again, first, "round {round} repeats the order");
     }
 }

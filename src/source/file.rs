@@ -101,6 +101,8 @@ pub struct Parsed {
     pub location: Location,
     /// The object.
     pub object: Object,
+    /// The line of each of its annotations (Ingresses only), when found in the text.
+    pub annotation_lines: Option<Arc<HashMap<String, usize>>>,
 }
 
 /// The API groups (of `apiVersion`, without version) each kind may come from; `""` is the core group.
@@ -210,9 +212,54 @@ pub fn parse_str(text: &str, file: &Path) -> ParsedFile {
                 return out;
             }
         };
-    for doc in docs {
+    let starts: Vec<usize> = docs.iter().map(|d| d.referenced.line() as usize).collect();
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, doc) in docs.into_iter().enumerate() {
         let line = doc.referenced.line() as usize;
+        let before = out.objects.len();
         read_document(doc.value, &loc(line), &mut out);
+        let end = starts.get(i + 1).copied().unwrap_or(lines.len() + 1);
+        for p in &mut out.objects[before..] {
+            if let Object::Ingress(ing) = &p.object {
+                if let Some(anns) = &ing.metadata.annotations {
+                    p.annotation_lines = Some(Arc::new(key_lines(&lines, line, end, anns.keys())));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The 1-based line, within the document's lines `start..end`, where each key is written (`key:`, quoted or not;
+/// else the first line that mentions it, for flow mappings).
+fn key_lines<'k>(
+    lines: &[&str],
+    start: usize,
+    end: usize,
+    keys: impl Iterator<Item = &'k String>,
+) -> HashMap<String, usize> {
+    let range = start.max(1) - 1..end.saturating_sub(1).min(lines.len());
+    let mut out = HashMap::new();
+    for key in keys {
+        let block = lines
+            .get(range.clone())
+            .unwrap_or(&[])
+            .iter()
+            .position(|l| {
+                let t = l.trim_start().trim_start_matches(['"', '\'']);
+                t.strip_prefix(key.as_str())
+                    .is_some_and(|rest| rest.trim_start_matches(['"', '\'']).starts_with(':'))
+            });
+        let any = || {
+            lines
+                .get(range.clone())
+                .unwrap_or(&[])
+                .iter()
+                .position(|l| l.contains(key.as_str()))
+        };
+        if let Some(i) = block.or_else(any) {
+            out.insert(key.clone(), range.start + i + 1);
+        }
     }
     out
 }
@@ -332,6 +379,7 @@ fn read_document(v: Value, loc: &Location, out: &mut ParsedFile) {
             object_ref,
             location: loc.clone(),
             object,
+            annotation_lines: None,
         }),
         Err(e) => {
             out.failed.push(object_ref.clone());
@@ -349,6 +397,8 @@ pub struct Loaded {
     pub locations: HashMap<ObjectRef, Location>,
     /// Problems found while reading, in file order.
     pub problems: Vec<LoadProblem>,
+    /// The line of each annotation of the Ingresses read, when found.
+    pub field_lines: HashMap<ObjectRef, HashMap<String, usize>>,
 }
 
 impl Loaded {
@@ -530,6 +580,7 @@ impl FileLoader {
 pub fn assemble(objects: Vec<Parsed>, mut problems: Vec<LoadProblem>) -> Loaded {
     let mut input = Input::default();
     let mut locations: HashMap<ObjectRef, Location> = HashMap::new();
+    let mut field_lines: HashMap<ObjectRef, HashMap<String, usize>> = HashMap::new();
     let mut seen: BTreeMap<ObjectRef, ()> = BTreeMap::new();
     for p in objects {
         if seen.insert(p.object_ref.clone(), ()).is_some() {
@@ -544,6 +595,9 @@ pub fn assemble(objects: Vec<Parsed>, mut problems: Vec<LoadProblem>) -> Loaded 
                 message: format!("defined again; the definition at {first} is used"),
             });
             continue;
+        }
+        if let Some(l) = &p.annotation_lines {
+            field_lines.insert(p.object_ref.clone(), l.as_ref().clone());
         }
         locations.insert(p.object_ref, p.location);
         match p.object {
@@ -571,6 +625,7 @@ pub fn assemble(objects: Vec<Parsed>, mut problems: Vec<LoadProblem>) -> Loaded 
         input,
         locations,
         problems,
+        field_lines,
     }
 }
 
@@ -671,6 +726,43 @@ metadata: {name: d}
             msgs[1].contains("x.yaml:12: warning: Deployment d"),
             "{msgs:?}"
         );
+    }
+
+    #[test]
+    fn finds_the_line_of_each_ingress_annotation() {
+        let text = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: web
+  namespace: shop
+  annotations:
+    nginx.ingress.kubernetes.io/rewrite-target: /
+    \"nginx.ingress.kubernetes.io/ssl-redirect\": \"false\"
+spec: {}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: flow, namespace: shop, annotations: {a/b: c}}
+spec: {}
+";
+        let p = parse_str(text, Path::new("x.yaml"));
+        let lines = |i: usize| p.objects[i].annotation_lines.clone().expect("lines");
+        let web = lines(1);
+        assert_eq!(
+            web.get("nginx.ingress.kubernetes.io/rewrite-target"),
+            Some(&11)
+        );
+        assert_eq!(
+            web.get("nginx.ingress.kubernetes.io/ssl-redirect"),
+            Some(&12)
+        );
+        assert_eq!(lines(2).get("a/b"), Some(&17));
+        assert!(p.objects[0].annotation_lines.is_none());
     }
 
     #[test]

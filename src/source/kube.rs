@@ -72,6 +72,8 @@ pub struct Settings {
     pub ingress_controller: String,
     /// Our GatewayClass controller.
     pub gateway_controller: String,
+    /// The ingress-nginx ConfigMap (`--ingress-nginx-configmap`), watched by name like the CA bundles.
+    pub nginx_config_map: Option<(String, String)>,
 }
 
 /// Why the Kubernetes client could not be configured.
@@ -156,6 +158,8 @@ struct Registry {
     discovered: Option<Discovered>,
     /// Late units already reported, so each is logged once.
     reported_late: BTreeSet<UnitKey>,
+    /// ConfigMaps watched whatever the input references (the ingress-nginx ConfigMap).
+    extra_config_maps: BTreeSet<(String, String)>,
 }
 
 /// Starts the watch of one kind at one served version. The match is the one place that ties kind names to types
@@ -213,6 +217,7 @@ impl Registry {
             units: BTreeMap::new(),
             discovered: None,
             reported_late: BTreeSet::new(),
+            extra_config_maps: BTreeSet::new(),
         }
     }
 
@@ -277,10 +282,12 @@ impl Registry {
         self.discovered = Some(found.clone());
     }
 
-    /// Starts a watch for every ConfigMap that `input` references as a CA bundle and stops the others. Returns
+    /// Starts a watch for every ConfigMap that `input` references as a CA bundle (and the ingress-nginx ConfigMap)
+    /// and stops the others. Returns
     /// `true` when the set changed.
     fn reconcile_config_maps(&mut self, input: &Input) -> bool {
-        let wanted = ca_config_map_refs(input);
+        let mut wanted = ca_config_map_refs(input);
+        wanted.extend(self.extra_config_maps.iter().cloned());
         let current: BTreeSet<(String, String)> = self
             .units
             .keys()
@@ -453,6 +460,9 @@ impl KubeSource {
             },
             settings.watch_namespaces.clone(),
         );
+        registry
+            .extra_config_maps
+            .extend(settings.nginx_config_map.clone());
         registry.start_builtin();
 
         let (disc_tx, mut disc_rx) = watch::channel::<Option<Discovered>>(None);
@@ -484,6 +494,19 @@ impl KubeSource {
             _always_leader = Some(tx);
             (rx, None)
         };
+
+        if let Some(gauge) = control.metrics().and_then(|m| m.leader()).cloned() {
+            // portcullis_leader follows the Lease until the election task ends (it sends false on release).
+            let mut leader = leader_rx.clone();
+            tokio::spawn(async move {
+                loop {
+                    gauge.set(i64::from(*leader.borrow_and_update()));
+                    if leader.changed().await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
 
         let round_rx = round_tx.subscribe();
         let status_task = tokio::spawn(status::run(
@@ -551,6 +574,7 @@ impl KubeSource {
             let loaded = Loaded {
                 input,
                 locations: HashMap::new(),
+                field_lines: HashMap::new(),
                 problems,
             };
             let outcome = control.apply(&loaded);

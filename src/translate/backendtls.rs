@@ -10,7 +10,7 @@ use super::refs::Resolver;
 use super::status::{Condition, Named, ParentRef, PolicyAncestorStatus, PolicyStatus};
 use crate::k8s::gw::BackendTLSPolicy;
 use crate::k8s::GATEWAY_GROUP;
-use crate::model::{BackendTls, SubjectAltName};
+use crate::model::{BackendTls, ServiceBackend, SubjectAltName};
 use crate::source::Input;
 use gateway_api::apis::standard::backendtlspolicies::BackendTlsPolicyValidationSubjectAltNamesType as SanType;
 use std::collections::{BTreeMap, BTreeSet};
@@ -96,6 +96,26 @@ impl<'a> Policies<'a> {
     }
 
     /// What TLS port `port_name` of Service `ns/svc` needs.
+    /// `s` with TLS to the backend when a BackendTLSPolicy targets its Service port; `Err` with the reason when
+    /// the policy that targets it cannot be used.
+    pub(crate) fn apply(
+        &self,
+        mut s: ServiceBackend,
+        refs: &Resolver<'_>,
+    ) -> Result<ServiceBackend, String> {
+        let port_name = refs
+            .service_port_name(&s.namespace, &s.name, s.port)
+            .unwrap_or_default();
+        match self.for_port(&s.namespace, &s.name, &port_name) {
+            PortTls::None => Ok(s),
+            PortTls::Tls(t) => {
+                s.tls = Some(Box::new(t));
+                Ok(s)
+            }
+            PortTls::Invalid(reason) => Err(reason),
+        }
+    }
+
     pub(crate) fn for_port(&self, ns: &str, svc: &str, port_name: &str) -> PortTls {
         match self.winner(ns, svc, port_name) {
             None => PortTls::None,

@@ -3,11 +3,12 @@
 use super::{Diagnostics, Options};
 use crate::model::precedence::MatchKey;
 use crate::model::{
-    ClientValidation, HostPattern, HttpRule, Listener, ListenerCertificate, ListenerTls, Model,
-    OriginKind, Protocol, TlsRoute, VirtualHost,
+    Action, Backend, BackendKey, ClientValidation, Filter, HostPattern, HttpRule, Listener,
+    ListenerCertificate, ListenerTls, Model, OriginKind, Protocol, ServiceBackend, TlsRoute,
+    VirtualHost,
 };
 use crate::source::ObjectRef;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 type VhostKey = (Option<HostPattern>, HostPattern);
@@ -141,7 +142,11 @@ impl ModelBuilder {
 
     /// Finishes the model, reporting Ingress paths that another rule makes unreachable. TLS listeners that ended
     /// up without a certificate are dropped (they could not complete a handshake).
-    pub(crate) fn finish(self, diags: &mut Diagnostics) -> Model {
+    pub(crate) fn finish(
+        self,
+        diags: &mut Diagnostics,
+        backends: BTreeMap<BackendKey, ServiceBackend>,
+    ) -> Model {
         let mut listeners = Vec::with_capacity(self.listeners.len());
         for (key, l) in self.listeners {
             report_shadowed_ingress_paths(&l.vhosts, diags);
@@ -184,8 +189,57 @@ impl ModelBuilder {
                 tls_routes: l.tls_routes,
             });
         }
-        Model { listeners }
+        let mut model = Model {
+            listeners,
+            backends,
+        };
+        retain_referenced_backends(&mut model);
+        model
     }
+}
+
+/// Drops backends no rule names (a reference resolved once and then replaced by a variant, such as a Gateway's
+/// client-certificate variant).
+fn retain_referenced_backends(model: &mut Model) {
+    fn note<'m>(b: &'m Backend, used: &mut HashSet<&'m BackendKey>) {
+        if let Backend::Service(k) = b {
+            used.insert(k);
+        }
+    }
+    fn note_filters<'m>(filters: &'m [Filter], used: &mut HashSet<&'m BackendKey>) {
+        for f in filters {
+            if let Filter::RequestMirror(m) = f {
+                note(&m.backend, used);
+            }
+        }
+    }
+    fn note_rule<'m>(rule: &'m HttpRule, used: &mut HashSet<&'m BackendKey>) {
+        note_filters(&rule.filters, used);
+        if let Action::Forward(g) = &rule.action {
+            for b in &g.backends {
+                note(&b.backend, used);
+                note_filters(&b.filters, used);
+            }
+        }
+    }
+    let mut used = HashSet::new();
+    for l in &model.listeners {
+        for vh in &l.virtual_hosts {
+            for rule in &vh.rules {
+                note_rule(rule, &mut used);
+            }
+        }
+        if let Some(d) = &l.default_backend {
+            note_rule(d, &mut used);
+        }
+        for r in &l.tls_routes {
+            for b in &r.backends.backends {
+                note(&b.backend, &mut used);
+            }
+        }
+    }
+    let used: HashSet<BackendKey> = used.into_iter().cloned().collect();
+    model.backends.retain(|k, _| used.contains(k));
 }
 
 /// An Ingress path is unreachable when a rule for the same hostname has exactly the same match and wins the tie:

@@ -1,7 +1,7 @@
 //! Gateway API HTTPRoute: attachment to Gateway listeners (parentRefs, allowedRoutes, hostname intersection) and
 //! translation of rules (matches, filters, weighted backendRefs) into model rules.
 
-use super::backendtls::{Policies, PortTls};
+use super::backendtls::Policies;
 use super::builder::ModelBuilder;
 use super::gateway::Gateways;
 use super::refs::{PortRef, Resolver};
@@ -56,14 +56,23 @@ pub(crate) fn translate(
     }
 }
 
-/// The rule with the Gateway's backend client certificate set on every TLS backend.
-fn with_client_certificate(rule: &HttpRule, cc: &ClientCertificate) -> HttpRule {
+/// The rule with the Gateway's backend client certificate set on every TLS backend (each such backend becomes a
+/// variant of its Service port: another Gateway may present another certificate, or none).
+fn with_client_certificate(
+    rule: &HttpRule,
+    cc: &ClientCertificate,
+    refs: &Resolver<'_>,
+) -> HttpRule {
     let mut rule = rule.clone();
     if let Action::Forward(g) = &mut rule.action {
         for b in &mut g.backends {
-            if let Backend::Service(s) = &mut b.backend {
+            if let Backend::Service(key) = &mut b.backend {
+                let Some(mut s) = refs.backend(key) else {
+                    continue;
+                };
                 if let Some(t) = &mut s.tls {
                     t.client_certificate = Some(cc.clone());
+                    *key = refs.register(s);
                 }
             }
         }
@@ -147,7 +156,7 @@ fn translate_one(
             for host in &a.hostnames {
                 for rule in &rules {
                     let rule = match &l.backend_client_cert {
-                        Some(cc) => with_client_certificate(rule, cc),
+                        Some(cc) => with_client_certificate(rule, cc, cx.refs),
                         None => rule.clone(),
                     };
                     model.add_rule(*key, Some(l.hostname.clone()), host.clone(), rule);
@@ -205,6 +214,7 @@ fn translate_rule(
         all_prefix,
         route_ns,
         refs,
+        policies: cx.policies,
     };
     for (fi, f) in r.filters.iter().flatten().enumerate() {
         let ffield = format!("{field}.filters[{fi}]");
@@ -513,6 +523,7 @@ struct FilterCtx<'a, 'r> {
     all_prefix: bool,
     route_ns: &'a str,
     refs: &'a Resolver<'r>,
+    policies: &'a Policies<'r>,
 }
 
 fn translate_filter(
@@ -605,7 +616,11 @@ fn mirror(
         .port
         .ok_or_else(|| format!("mirror to Service {ns}/{} needs a port", b.name))?;
     let backend = match cx.refs.service_backend(ns, &b.name, PortRef::Number(port)) {
-        Ok(s) => Backend::Service(s),
+        // A mirror reaches its Service as a backendRef does: with the BackendTLSPolicy of the port, if any.
+        Ok(s) => match cx.policies.apply(s, cx.refs) {
+            Ok(s) => Backend::Service(cx.refs.register(s)),
+            Err(reason) => return Err(format!("mirror to Service {ns}/{}: {reason}", b.name)),
+        },
         Err(e) => Backend::Invalid {
             status: if e.is_unavailable() { 503 } else { 500 },
             reason: e.to_string(),
@@ -838,6 +853,7 @@ fn backend_group(
                             all_prefix,
                             route_ns,
                             refs,
+                            policies: cx.policies,
                         },
                     )
                 });
@@ -885,22 +901,13 @@ fn resolve_backend(
         namespace: b.namespace.as_deref(),
         port: b.port,
     };
-    let mut s = match routes::resolve_service_ref(&view, bfield, object, cx.refs, diags, report) {
+    let s = match routes::resolve_service_ref(&view, bfield, object, cx.refs, diags, report) {
         Ok(s) => s,
         Err(answer) => return answer,
     };
-    // TLS to the backend when a BackendTLSPolicy targets the Service port.
-    let port_name = cx
-        .refs
-        .service_port_name(&s.namespace, &s.name, s.port)
-        .unwrap_or_default();
-    match cx.policies.for_port(&s.namespace, &s.name, &port_name) {
-        PortTls::None => Backend::Service(s),
-        PortTls::Tls(t) => {
-            s.tls = Some(Box::new(t));
-            Backend::Service(s)
-        }
-        PortTls::Invalid(reason) => {
+    match cx.policies.apply(s, cx.refs) {
+        Ok(s) => Backend::Service(cx.refs.register(s)),
+        Err(reason) => {
             diags.warning(
                 object,
                 format!("{bfield}: {reason}; requests routed to it get 500"),

@@ -3,23 +3,33 @@
 //! Which Ingresses are ours: those whose class (`spec.ingressClassName`, or the older
 //! `kubernetes.io/ingress.class` annotation) names an IngressClass with `spec.controller` equal to ours, and those
 //! with no class at all when one of our IngressClasses is marked default
-//! (`ingressclass.kubernetes.io/is-default-class: "true"`). Everything else belongs to another controller and is
+//! (`ingressclass.kubernetes.io/is-default-class: "true"`); with `--ingress-nginx-class`, also the Ingresses of
+//! the ingress-nginx classes taken over (see `nginx`). Everything else belongs to another controller and is
 //! ignored without a word.
 //!
 //! Path types follow the Kubernetes documentation: `Exact` compares the whole path, case-sensitively; `Prefix`
 //! compares element by element split on `/` and ignores a trailing slash; `ImplementationSpecific` is treated as
-//! `Prefix` (documented in docs/routing.md).
+//! `Prefix` (documented in docs/routing.md). ingress-nginx annotations change that as ingress-nginx does: a host
+//! with `use-regex` or `rewrite-target` on any of its Ingresses (of the same profile) has all its paths matched as
+//! case-insensitive `^path` prefix regexes.
 
 use super::builder::{ListenerKey, ModelBuilder};
+use super::nginx::annotations::{self, IngressAnnotations};
+use super::nginx::{self, Profile, Settings};
 use super::refs::{BackendError, PortRef, Resolver};
-use super::{Diagnostics, Options};
+use super::{Diagnostics, Options, Severity};
 use crate::k8s::{Ingress, IngressClass};
+use crate::model::policy::{
+    BasicAuth, Canary, FixedRedirect, Forwarded, Policy, Rewrite, SourceRanges, SslRedirect,
+    TemplatePart, WwwRedirect,
+};
 use crate::model::{
-    Action, Backend, BackendGroup, HostPattern, HttpRule, ListenerCertificate, Origin, OriginKind,
-    PathMatch, Protocol, RouteMatch, Timeouts, WeightedBackend,
+    Action, Backend, BackendGroup, Filter, HostPattern, HttpRule, ListenerCertificate, Origin,
+    OriginKind, PathMatch, PathModifier, Protocol, Redirect, RouteMatch, Timeouts, WeightedBackend,
 };
 use crate::source::{Input, ObjectRef};
-use k8s_openapi::api::networking::v1::IngressBackend;
+use k8s_openapi::api::networking::v1::{HTTPIngressPath, IngressBackend};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Annotation that marks the default IngressClass.
 pub(crate) const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
@@ -74,23 +84,104 @@ pub(crate) fn translate(
     refs: &Resolver<'_>,
     model: &mut ModelBuilder,
     diags: &mut Diagnostics,
-) {
+) -> Vec<ObjectRef> {
+    let nginx_settings = if opts.nginx.classes.is_empty() {
+        Settings::ingress_nginx()
+    } else {
+        nginx::nginx_settings(opts, refs, diags)
+    };
+    let v1_settings = Settings::ingress_v1();
     // Oldest first, so the oldest Ingress's defaultBackend wins, as ingress-nginx does.
-    let mut ours: Vec<&Ingress> = input
+    let mut ours: Vec<(&Ingress, Profile)> = input
         .ingresses
         .iter()
-        .map(|i| i.as_ref())
-        .filter(|i| ingress_is_ours(i, input, opts))
+        .filter_map(|i| nginx::profile_of(i, input, opts).map(|p| (i.as_ref(), p)))
         .collect();
-    ours.sort_by_key(|i| created(i).map_or((1, 0), |t| (0, t)));
+    ours.sort_by_key(|(i, _)| created(i).map_or((1, 0), |t| (0, t)));
+
+    // Annotations first: an Ingress whose annotations ingress-nginx would refuse is left out entirely (the caller
+    // puts its last good version back).
+    let mut rejected = Vec::new();
+    let mut entries = Vec::new();
+    let no_annotations = BTreeMap::new();
+    for (ing, profile) in ours {
+        let object = ObjectRef::new("Ingress", &ing.metadata);
+        let settings = match profile {
+            Profile::IngressV1 => &v1_settings,
+            Profile::IngressNginx => &nginx_settings,
+        };
+        let ns = ing.metadata.namespace.as_deref().unwrap_or("default");
+        let name = ing.metadata.name.as_deref().unwrap_or("");
+        let map = ing.metadata.annotations.as_ref().unwrap_or(&no_annotations);
+        report_controller_annotations(ing, &opts.nginx.annotations_prefix, &object, diags);
+        let cx = annotations::Context {
+            prefix: &opts.nginx.annotations_prefix,
+            namespace: ns,
+            name,
+            settings,
+        };
+        let mut anns = annotations::parse(map, &cx);
+        let basic = match &anns.basic_auth {
+            None => None,
+            Some(r) => {
+                let data = refs.secret_entries(&r.namespace, &r.name);
+                match annotations::basic_auth_policy(r, data.as_ref()) {
+                    Ok((b, problems)) => {
+                        for p in problems {
+                            diags.warning(
+                                &object,
+                                format!("auth-secret {}: {p}; that entry is skipped", b.secret),
+                            );
+                        }
+                        Some(b)
+                    }
+                    Err(e) => {
+                        anns.findings.push(annotations::Finding::Deny {
+                            key: format!("{}/auth-secret", opts.nginx.annotations_prefix),
+                            message: format!(
+                                "{e}; as in ingress-nginx, the Ingress's paths answer 503"
+                            ),
+                        });
+                        anns.denied.get_or_insert(e);
+                        None
+                    }
+                }
+            }
+        };
+        for f in &anns.findings {
+            let (severity, key, message) = match f {
+                annotations::Finding::Reject { key, message }
+                | annotations::Finding::Deny { key, message } => (Severity::Error, key, message),
+                annotations::Finding::Warn { key, message } => (Severity::Warning, key, message),
+            };
+            diags.annotation(
+                severity,
+                &object,
+                key,
+                format!("annotation {key}: {message}"),
+            );
+        }
+        if anns.rejected() {
+            rejected.push(object);
+            continue;
+        }
+        entries.push(Entry {
+            ing,
+            profile,
+            object,
+            anns,
+            basic,
+        });
+    }
 
     // TLS first: the HTTPS listener exists when at least one Ingress has a usable certificate, and then serves
     // every Ingress rule, as ingress-nginx does (hosts without a certificate of their own get the first one).
     let https = ListenerKey::port(opts.https_port);
     let mut certificates = Vec::new();
-    for ing in &ours {
-        certificates.extend(tls_certificates(ing, refs, diags));
+    for e in &entries {
+        certificates.extend(tls_certificates(e.ing, refs, diags));
     }
+    let tls_hosts: Vec<HostPattern> = certificates.iter().map(|c| c.hostname.clone()).collect();
     let mut keys = vec![ListenerKey::port(opts.http_port)];
     if !certificates.is_empty() {
         match model.ensure_listener(https, Protocol::Https) {
@@ -101,9 +192,9 @@ pub(crate) fn translate(
                 keys.push(https);
             }
             Err(existing) => {
-                if let Some(ing) = ours.first() {
+                if let Some(e) = entries.first() {
                     diags.error(
-                        &ObjectRef::new("Ingress", &ing.metadata),
+                        &e.object,
                         format!(
                             "spec.tls: the HTTPS port {} already serves {existing:?}; TLS hosts are not served",
                             opts.https_port
@@ -114,28 +205,439 @@ pub(crate) fn translate(
         }
     }
 
-    for ing in ours {
-        translate_one(ing, &keys, refs, model, diags);
+    let hosts = HostFacts::new(&entries, refs, diags);
+    let cx = EmitCtx {
+        keys: &keys,
+        refs,
+        hosts: &hosts,
+        tls_hosts: &tls_hosts,
+        v1: &v1_settings,
+        nginx: &nginx_settings,
+    };
+    for e in entries.iter().filter(|e| e.anns.canary.is_none()) {
+        translate_one(e, &cx, model, diags);
     }
+    hosts.finish(&cx, model, diags);
+    rejected
+}
+
+/// One Ingress of ours with its parsed annotations.
+struct Entry<'a> {
+    ing: &'a Ingress,
+    profile: Profile,
+    object: ObjectRef,
+    anns: IngressAnnotations,
+    /// The basic-auth policy, its Secret resolved.
+    basic: Option<BasicAuth>,
+}
+
+impl Entry<'_> {
+    fn ns(&self) -> &str {
+        self.ing.metadata.namespace.as_deref().unwrap_or("default")
+    }
+
+    fn name(&self) -> &str {
+        self.ing.metadata.name.as_deref().unwrap_or("")
+    }
+
+    /// Every (rule index, host, path) of the Ingress.
+    fn paths(&self) -> impl Iterator<Item = (usize, Option<&str>, &HTTPIngressPath)> {
+        self.ing
+            .spec
+            .iter()
+            .flat_map(|s| s.rules.iter().flatten())
+            .enumerate()
+            .flat_map(|(ri, r)| {
+                r.http
+                    .iter()
+                    .flat_map(|h| h.paths.iter())
+                    .map(move |p| (ri, r.host.as_deref().filter(|h| !h.is_empty()), p))
+            })
+    }
+
+    /// Does this path need ingress-nginx's regex location (`use-regex`, or a rewrite target other than the path)?
+    fn needs_regex(&self, path: &str) -> bool {
+        self.anns.use_regex
+            || self
+                .anns
+                .rewrite_target
+                .as_deref()
+                .is_some_and(|t| t != path)
+    }
+}
+
+/// A (profile, host) pair: ingress-nginx's `server`. Host-wide behaviour is scoped to it, so that Ingresses of our
+/// own class keep Ingress v1 semantics whatever the taken-over ones do on the same host.
+type ServerKey = (Profile, HostPattern);
+
+/// Host-wide facts gathered over every Ingress before rules are emitted.
+#[derive(Default)]
+struct HostFacts {
+    /// Servers in regex mode: every path becomes a case-insensitive `^path` prefix regex.
+    regex: BTreeSet<ServerKey>,
+    /// `app-root` of the server (the oldest Ingress that sets it).
+    app_root: BTreeMap<ServerKey, (String, Origin)>,
+    /// `server-alias` names of the server.
+    aliases: BTreeMap<ServerKey, BTreeSet<String>>,
+    /// Hosts that have a server.
+    exists: BTreeSet<ServerKey>,
+    /// The paths of each server, as written.
+    paths: BTreeMap<ServerKey, BTreeSet<String>>,
+    /// Canary backends by (server, path, pathType).
+    canaries: BTreeMap<(ServerKey, String, String), CanaryTarget>,
+    /// `from-to-www-redirect`: the host redirected from -> (the host redirected to, origin).
+    www: BTreeMap<ServerKey, (String, Origin)>,
+}
+
+/// A canary Ingress's backend for one main path.
+struct CanaryTarget {
+    backend: Backend,
+    config: annotations::CanaryAnnotation,
+    ingress: String,
+    used: std::cell::Cell<bool>,
+    object: ObjectRef,
+}
+
+fn host_pattern(h: Option<&str>) -> Option<HostPattern> {
+    match h {
+        None => Some(HostPattern::Any),
+        Some(h) => HostPattern::ingress(h).ok(),
+    }
+}
+
+impl HostFacts {
+    fn new(entries: &[Entry<'_>], refs: &Resolver<'_>, diags: &mut Diagnostics) -> Self {
+        let mut f = HostFacts::default();
+        for e in entries {
+            let canary = e.anns.canary.as_ref();
+            for (ri, host, path) in e.paths() {
+                let Some(hp) = host_pattern(host) else {
+                    continue;
+                };
+                let key = (e.profile, hp.clone());
+                let p = path
+                    .path
+                    .as_deref()
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or("/");
+                if let Some(c) = canary {
+                    let be = backend(
+                        &path.backend,
+                        e.ns(),
+                        refs,
+                        &e.object,
+                        &format!("spec.rules[{ri}].http.paths"),
+                        diags,
+                    );
+                    f.canaries.insert(
+                        (key, p.to_string(), path.path_type.clone()),
+                        CanaryTarget {
+                            backend: be,
+                            config: c.clone(),
+                            ingress: format!("{}/{}", e.ns(), e.name()),
+                            used: std::cell::Cell::new(false),
+                            object: e.object.clone(),
+                        },
+                    );
+                    continue;
+                }
+                f.exists.insert(key.clone());
+                if e.needs_regex(p) {
+                    f.regex.insert(key.clone());
+                }
+                f.paths
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(p.to_string());
+                if let Some(root) = &e.anns.app_root {
+                    f.app_root
+                        .entry(key.clone())
+                        .or_insert_with(|| (root.clone(), origin(e, 0)));
+                }
+                if !e.anns.aliases.is_empty() {
+                    f.aliases
+                        .entry(key.clone())
+                        .or_default()
+                        .extend(e.anns.aliases.iter().cloned());
+                }
+                if e.anns.redirect.as_ref().is_some_and(|r| r.from_to_www) {
+                    if let Some(h) = host {
+                        let h = h.to_ascii_lowercase();
+                        let other = match h.strip_prefix("www.") {
+                            Some(rest) => rest.to_string(),
+                            None => format!("www.{h}"),
+                        };
+                        if let Ok(op) = HostPattern::ingress(&other) {
+                            f.www
+                                .entry((e.profile, op))
+                                .or_insert_with(|| (h.clone(), origin(e, 0)));
+                        }
+                    }
+                }
+            }
+        }
+        f
+    }
+
+    /// The hosts a rule for `key` is also served on (its `server-alias` names that have no server of their own).
+    fn alias_hosts(&self, key: &ServerKey) -> Vec<HostPattern> {
+        let Some(names) = self.aliases.get(key) else {
+            return Vec::new();
+        };
+        names
+            .iter()
+            .filter_map(|n| HostPattern::ingress(n).ok())
+            .filter(|hp| !self.exists.contains(&(key.0, hp.clone())))
+            .collect()
+    }
+
+    /// Rules that belong to a server rather than to one path (`app-root`'s `/`, `from-to-www-redirect`), and the
+    /// report of canaries that found no main path.
+    fn finish(&self, cx: &EmitCtx<'_>, model: &mut ModelBuilder, diags: &mut Diagnostics) {
+        for (key, (root, org)) in &self.app_root {
+            // ingress-nginx checks `$uri = /` for the whole server before choosing a location: an Exact `/` rule
+            // here, and the same check in every rule of the server's policy.
+            let policy = Policy {
+                source: format!("{}/{}", org.namespace, org.name),
+                app_root: Some(root.clone()),
+                ..Policy::default()
+            };
+            let rule = HttpRule {
+                origin: org.clone(),
+                matches: vec![RouteMatch {
+                    path: PathMatch::Exact("/".into()),
+                    ..RouteMatch::any()
+                }],
+                filters: vec![Filter::Policy(Box::new(policy))],
+                action: Action::Redirect(Redirect {
+                    scheme: None,
+                    hostname: None,
+                    port: None,
+                    path: Some(PathModifier::ReplaceFullPath(root.clone())),
+                    status: 302,
+                }),
+                timeouts: Timeouts::default(),
+                retry: None,
+            };
+            let mut hosts = vec![key.1.clone()];
+            hosts.extend(self.alias_hosts(key));
+            for h in hosts {
+                for k in cx.keys {
+                    model.add_rule(*k, None, h.clone(), rule.clone());
+                }
+            }
+        }
+        for (key, (to, org)) in &self.www {
+            // Only when the other name has no server of its own, as ingress-nginx does.
+            if self.exists.contains(key) {
+                continue;
+            }
+            let settings = cx.settings(key.0);
+            let policy = Policy {
+                source: format!("{}/{}", org.namespace, org.name),
+                www_redirect: Some(WwwRedirect {
+                    to: to.clone(),
+                    status: settings.http_redirect_code,
+                    trust_forwarded: settings.use_forwarded_headers,
+                }),
+                ..Policy::default()
+            };
+            let rule = HttpRule {
+                origin: org.clone(),
+                matches: vec![RouteMatch::any()],
+                filters: vec![Filter::Policy(Box::new(policy))],
+                action: Action::Redirect(Redirect {
+                    scheme: None,
+                    hostname: Some(to.clone()),
+                    port: None,
+                    path: None,
+                    status: settings.http_redirect_code,
+                }),
+                timeouts: Timeouts::default(),
+                retry: None,
+            };
+            for k in cx.keys {
+                model.add_rule(*k, None, key.1.clone(), rule.clone());
+            }
+        }
+        for ((key, path, path_type), c) in &self.canaries {
+            if !c.used.get() {
+                diags.warning(
+                    &c.object,
+                    format!(
+                        "canary path {path} ({path_type}) on host {} matches no path of a main Ingress; as in ingress-nginx, it is not served",
+                        key.1
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// What emitting rules needs besides the Ingress.
+struct EmitCtx<'a> {
+    keys: &'a [ListenerKey],
+    refs: &'a Resolver<'a>,
+    hosts: &'a HostFacts,
+    tls_hosts: &'a [HostPattern],
+    v1: &'a Settings,
+    nginx: &'a Settings,
+}
+
+impl EmitCtx<'_> {
+    fn settings(&self, p: Profile) -> &Settings {
+        match p {
+            Profile::IngressV1 => self.v1,
+            Profile::IngressNginx => self.nginx,
+        }
+    }
+
+    /// Does the host have a certificate of its own (ingress-nginx redirects to https only then)?
+    fn host_has_tls(&self, host: &HostPattern) -> bool {
+        self.tls_hosts.iter().any(|t| match (t, host) {
+            (HostPattern::Any, HostPattern::Any) => true,
+            (HostPattern::Any, _) => false,
+            (t, HostPattern::Exact(h)) => t.matches(h),
+            (t, h) => t == h,
+        })
+    }
+}
+
+fn origin(e: &Entry<'_>, rule: usize) -> Origin {
+    Origin {
+        kind: OriginKind::Ingress,
+        namespace: e.ns().to_string(),
+        name: e.name().to_string(),
+        rule,
+        rule_name: None,
+        created: created(e.ing),
+    }
+}
+
+/// The policy of one path of a server (or of the default backend when `key` and `path` are `None`).
+fn policy_for(
+    e: &Entry<'_>,
+    cx: &EmitCtx<'_>,
+    key: Option<&ServerKey>,
+    path: Option<&str>,
+) -> Result<Policy, String> {
+    let a = &e.anns;
+    let settings = cx.settings(e.profile);
+    let host_tls = key.is_some_and(|k| cx.host_has_tls(&k.1));
+    let ssl_redirect = if a.force_ssl_redirect || (a.ssl_redirect && host_tls) {
+        Some(SslRedirect {
+            force: a.force_ssl_redirect,
+            status: settings.http_redirect_code,
+            preserve_trailing_slash: a.preserve_trailing_slash,
+            trust_forwarded_proto: settings.use_forwarded_headers,
+        })
+    } else {
+        None
+    };
+    let rewrite = match (path, &a.rewrite_target, &a.rewrite_template) {
+        (Some(p), Some(t), Some(tpl)) if t != p => {
+            let pattern = format!("(?i){p}");
+            regex::Regex::new(&pattern).map_err(|err| {
+                format!("path {p:?} is not a regex Portcullis can use for rewrite-target: {err}")
+            })?;
+            Some(Rewrite {
+                pattern,
+                target: tpl.clone(),
+            })
+        }
+        _ => None,
+    };
+    let x_forwarded_prefix = match (&rewrite, &a.x_forwarded_prefix) {
+        (Some(_), Some(x)) => Some(
+            annotations::capture_template(x)
+                .unwrap_or_else(|_| vec![TemplatePart::Text(x.clone())]),
+        ),
+        _ => None,
+    };
+    let app_root = key
+        .and_then(|k| cx.hosts.app_root.get(k))
+        .map(|(r, _)| r.clone());
+    Ok(Policy {
+        source: format!("{}/{}", e.ns(), e.name()),
+        denied: a.denied.clone(),
+        redirect: a.redirect.as_ref().and_then(|r| {
+            r.url.as_ref().map(|u| FixedRedirect {
+                status: r.code,
+                location: u.clone(),
+                keep_query: false,
+            })
+        }),
+        ssl_redirect,
+        app_root,
+        www_redirect: None,
+        rewrite,
+        x_forwarded_prefix,
+        upstream_host: a.upstream_vhost.clone(),
+        max_body_bytes: a.body_size,
+        read_timeout_s: a.read_timeout,
+        send_timeout_s: a.send_timeout,
+        source_ranges: SourceRanges {
+            allow: a.allowlist.clone(),
+            deny: a.denylist.clone(),
+        },
+        cors: a.cors.clone(),
+        basic_auth: e.basic.clone(),
+        external_auth: a.external_auth.clone(),
+        rate_limit: a.rate_limit.clone(),
+        canary: None,
+        forwarded: (e.profile == Profile::IngressNginx).then_some(Forwarded {
+            trust_client_headers: settings.use_forwarded_headers,
+        }),
+    })
+}
+
+/// The rule's filters: the policy, unless it does nothing.
+fn policy_filters(p: Policy) -> Vec<Filter> {
+    let empty = Policy {
+        source: p.source.clone(),
+        ..Policy::default()
+    };
+    if p == empty {
+        Vec::new()
+    } else {
+        vec![Filter::Policy(Box::new(p))]
+    }
+}
+
+/// The case-insensitive `^path` prefix regex ingress-nginx writes for every location of a server in regex mode.
+fn regex_path(path: &str) -> Result<PathMatch, String> {
+    let pattern = format!("(?i:{path})(?s:.*)");
+    regex::Regex::new(&pattern).map_err(|e| {
+        format!("path {path:?} is not a regex Portcullis can use (its host is in regex mode): {e}")
+    })?;
+    Ok(PathMatch::RegularExpression(pattern))
 }
 
 /// Annotation prefixes of other Ingress controllers whose behaviour Portcullis does not implement.
 const FOREIGN_ANNOTATION_PREFIXES: &[&str] = &[
-    "nginx.ingress.kubernetes.io/",
     "nginx.org/",
     "traefik.ingress.kubernetes.io/",
     "haproxy.org/",
 ];
 
-/// Controller-specific annotations (ingress-nginx's `rewrite-target`, `ssl-redirect`, ...) change what an
-/// Ingress means under the controller they were written for. Portcullis does not implement them yet, so each
-/// one is reported (a warning: the Ingress is still served, without that behaviour) instead of being dropped
-/// without a word.
-fn report_controller_annotations(ing: &Ingress, object: &ObjectRef, diags: &mut Diagnostics) {
+/// Annotations of other controllers (NGINX Inc.'s, Traefik's, HAProxy's) change what an Ingress means under the
+/// controller they were written for. Portcullis does not implement them, so each one is reported (a warning: the
+/// Ingress is still served, without that behaviour) instead of being dropped without a word. ingress-nginx's own
+/// annotations are parsed by `nginx::annotations`.
+fn report_controller_annotations(
+    ing: &Ingress,
+    prefix: &str,
+    object: &ObjectRef,
+    diags: &mut Diagnostics,
+) {
     let Some(annotations) = &ing.metadata.annotations else {
         return;
     };
+    let ours = format!("{prefix}/");
     for key in annotations.keys() {
+        if key.starts_with(&ours) {
+            continue;
+        }
         if FOREIGN_ANNOTATION_PREFIXES
             .iter()
             .any(|p| key.starts_with(p))
@@ -145,6 +647,215 @@ fn report_controller_annotations(ing: &Ingress, object: &ObjectRef, diags: &mut 
                 format!("annotation {key} is not supported; the Ingress is served without it"),
             );
         }
+    }
+}
+
+fn translate_one(
+    e: &Entry<'_>,
+    cx: &EmitCtx<'_>,
+    model: &mut ModelBuilder,
+    diags: &mut Diagnostics,
+) {
+    let object = &e.object;
+    let ns = e.ns();
+    let Some(spec) = &e.ing.spec else { return };
+
+    if let Some(default) = &spec.default_backend {
+        let policy = match policy_for(e, cx, None, None) {
+            Ok(p) => p,
+            Err(err) => {
+                diags.error(object, format!("spec.defaultBackend: {err}"));
+                Policy::default()
+            }
+        };
+        let rule = HttpRule {
+            origin: origin(e, Origin::DEFAULT_BACKEND),
+            matches: vec![RouteMatch::any()],
+            filters: policy_filters(policy),
+            timeouts: Timeouts::default(),
+            retry: None,
+            action: Action::Forward(group(backend(
+                default,
+                ns,
+                cx.refs,
+                object,
+                "spec.defaultBackend",
+                diags,
+            ))),
+        };
+        for (i, key) in cx.keys.iter().enumerate() {
+            if let Err(existing) = model.set_default_backend(*key, rule.clone()) {
+                if i == 0 {
+                    let msg = format!(
+                        "spec.defaultBackend is ignored: {} already sets the default backend (the oldest Ingress wins)",
+                        existing.origin
+                    );
+                    diags.warning(object, msg);
+                }
+            }
+        }
+    }
+
+    let mut index = 0usize;
+    for (ri, rule) in spec.rules.iter().flatten().enumerate() {
+        let host = match rule.host.as_deref() {
+            None | Some("") => HostPattern::Any,
+            Some(h) => match HostPattern::ingress(h) {
+                Ok(p) => p,
+                Err(err) => {
+                    diags.error(
+                        object,
+                        format!("spec.rules[{ri}].host: {err}; rule skipped"),
+                    );
+                    index += rule.http.as_ref().map_or(0, |h| h.paths.len());
+                    continue;
+                }
+            },
+        };
+        let key: ServerKey = (e.profile, host.clone());
+        let regex_mode = cx.hosts.regex.contains(&key);
+        let mut hosts = vec![host.clone()];
+        hosts.extend(cx.hosts.alias_hosts(&key));
+        for (pi, path) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
+            let this = index;
+            index += 1;
+            let field = format!("spec.rules[{ri}].http.paths[{pi}]");
+            let raw = path
+                .path
+                .as_deref()
+                .filter(|p| !p.is_empty())
+                .unwrap_or("/");
+            let plain = match path_match(path.path.as_deref(), &path.path_type) {
+                Ok(m) => m,
+                Err(err) => {
+                    diags.error(object, format!("{field}: {err}; path skipped"));
+                    continue;
+                }
+            };
+            let m = if regex_mode {
+                match regex_path(raw) {
+                    Ok(m) => m,
+                    Err(err) => {
+                        diags.error(object, format!("{field}: {err}; path skipped"));
+                        continue;
+                    }
+                }
+            } else {
+                plain
+            };
+            let mut policy = match policy_for(e, cx, Some(&key), Some(raw)) {
+                Ok(p) => p,
+                Err(err) => {
+                    diags.error(object, format!("{field}: {err}; path skipped"));
+                    continue;
+                }
+            };
+            let be = backend(
+                &path.backend,
+                ns,
+                cx.refs,
+                object,
+                &format!("{field}.backend"),
+                diags,
+            );
+            let canary =
+                cx.hosts
+                    .canaries
+                    .get(&(key.clone(), raw.to_string(), path.path_type.clone()));
+            let action = match canary {
+                Some(c) => {
+                    c.used.set(true);
+                    policy.canary = Some(Canary {
+                        ingress: c.ingress.clone(),
+                        header: c.config.header.clone(),
+                        header_value: c.config.header_value.clone(),
+                        header_pattern: c.config.header_pattern.clone(),
+                        cookie: c.config.cookie.clone(),
+                    });
+                    Action::Forward(canary_group(be, c.backend.clone(), &c.config))
+                }
+                None => Action::Forward(group(be)),
+            };
+            let rule = HttpRule {
+                origin: origin(e, this),
+                matches: vec![RouteMatch {
+                    path: m,
+                    method: None,
+                    headers: vec![],
+                    query_params: vec![],
+                }],
+                filters: policy_filters(policy),
+                action,
+                timeouts: Timeouts::default(),
+                retry: None,
+            };
+            // ingress-nginx's trailing-slash rule (its profile only): a Prefix path `/foo/` answers `/foo` with a
+            // 301 to `/foo/` (nginx's redirect for a prefix location ending in `/`), unless `/foo` is a path of
+            // its own on the host.
+            let short = raw.trim_end_matches('/');
+            let trailing = (e.profile == Profile::IngressNginx
+                && !regex_mode
+                && path.path_type != "Exact"
+                && !short.is_empty()
+                && short.len() < raw.len()
+                && !cx.hosts.paths.get(&key).is_some_and(|p| p.contains(short)))
+            .then(|| HttpRule {
+                origin: origin(e, this),
+                matches: vec![RouteMatch {
+                    path: PathMatch::Exact(short.to_string()),
+                    ..RouteMatch::any()
+                }],
+                filters: vec![Filter::Policy(Box::new(Policy {
+                    source: format!("{}/{}", e.ns(), e.name()),
+                    redirect: Some(FixedRedirect {
+                        status: 301,
+                        location: raw.to_string(),
+                        keep_query: true,
+                    }),
+                    ..Policy::default()
+                }))],
+                action: Action::Redirect(Redirect {
+                    scheme: None,
+                    hostname: None,
+                    port: None,
+                    path: Some(PathModifier::ReplaceFullPath(raw.to_string())),
+                    status: 301,
+                }),
+                timeouts: Timeouts::default(),
+                retry: None,
+            });
+            for h in &hosts {
+                for k in cx.keys {
+                    model.add_rule(*k, None, h.clone(), rule.clone());
+                    if let Some(t) = &trailing {
+                        model.add_rule(*k, None, h.clone(), t.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The main backend (index 0) and the canary (index 1), weighted as ingress-nginx draws: the canary when a
+/// number drawn from 1..=total is at most the weight, `total` being `canary-weight-total` or 100, whichever is
+/// larger.
+fn canary_group(main: Backend, canary: Backend, c: &annotations::CanaryAnnotation) -> BackendGroup {
+    let total = c.weight_total.max(100);
+    let w = c.weight.clamp(0, total);
+    let clamp = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
+    BackendGroup {
+        backends: vec![
+            WeightedBackend {
+                weight: clamp(total - w),
+                backend: main,
+                filters: vec![],
+            },
+            WeightedBackend {
+                weight: clamp(w),
+                backend: canary,
+                filters: vec![],
+            },
+        ],
     }
 }
 
@@ -210,108 +921,6 @@ fn tls_certificates(
 
 fn created(ing: &Ingress) -> Option<i64> {
     super::created(&ing.metadata)
-}
-
-fn translate_one(
-    ing: &Ingress,
-    keys: &[ListenerKey],
-    refs: &Resolver<'_>,
-    model: &mut ModelBuilder,
-    diags: &mut Diagnostics,
-) {
-    let object = ObjectRef::new("Ingress", &ing.metadata);
-    let ns = ing.metadata.namespace.as_deref().unwrap_or("default");
-    let name = ing.metadata.name.as_deref().unwrap_or("");
-    report_controller_annotations(ing, &object, diags);
-    let Some(spec) = &ing.spec else { return };
-    let origin = |rule: usize| Origin {
-        kind: OriginKind::Ingress,
-        namespace: ns.to_string(),
-        name: name.to_string(),
-        rule,
-        rule_name: None,
-        created: created(ing),
-    };
-
-    if let Some(default) = &spec.default_backend {
-        let rule = HttpRule {
-            origin: origin(Origin::DEFAULT_BACKEND),
-            matches: vec![RouteMatch::any()],
-            filters: vec![],
-            timeouts: Timeouts::default(),
-            retry: None,
-            action: Action::Forward(group(backend(
-                default,
-                ns,
-                refs,
-                &object,
-                "spec.defaultBackend",
-                diags,
-            ))),
-        };
-        for (i, key) in keys.iter().enumerate() {
-            if let Err(existing) = model.set_default_backend(*key, rule.clone()) {
-                if i == 0 {
-                    let msg = format!(
-                        "spec.defaultBackend is ignored: {} already sets the default backend (the oldest Ingress wins)",
-                        existing.origin
-                    );
-                    diags.warning(&object, msg);
-                }
-            }
-        }
-    }
-
-    let mut index = 0usize;
-    for (ri, rule) in spec.rules.iter().flatten().enumerate() {
-        let host = match rule.host.as_deref() {
-            None | Some("") => HostPattern::Any,
-            Some(h) => match HostPattern::ingress(h) {
-                Ok(p) => p,
-                Err(e) => {
-                    diags.error(&object, format!("spec.rules[{ri}].host: {e}; rule skipped"));
-                    index += rule.http.as_ref().map_or(0, |h| h.paths.len());
-                    continue;
-                }
-            },
-        };
-        for (pi, path) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
-            let this = index;
-            index += 1;
-            let field = format!("spec.rules[{ri}].http.paths[{pi}]");
-            let m = match path_match(path.path.as_deref(), &path.path_type) {
-                Ok(m) => m,
-                Err(e) => {
-                    diags.error(&object, format!("{field}: {e}; path skipped"));
-                    continue;
-                }
-            };
-            let be = backend(
-                &path.backend,
-                ns,
-                refs,
-                &object,
-                &format!("{field}.backend"),
-                diags,
-            );
-            let rule = HttpRule {
-                origin: origin(this),
-                matches: vec![RouteMatch {
-                    path: m,
-                    method: None,
-                    headers: vec![],
-                    query_params: vec![],
-                }],
-                filters: vec![],
-                action: Action::Forward(group(be)),
-                timeouts: Timeouts::default(),
-                retry: None,
-            };
-            for key in keys {
-                model.add_rule(*key, None, host.clone(), rule.clone());
-            }
-        }
-    }
 }
 
 fn group(backend: Backend) -> BackendGroup {
@@ -385,7 +994,7 @@ fn backend(
         }
     };
     match refs.service_backend(ns, &svc.name, port) {
-        Ok(s) => Backend::Service(s),
+        Ok(s) => Backend::Service(refs.register(s)),
         Err(e) => {
             if !matches!(e, BackendError::NoReadyEndpoints(..)) {
                 diags.warning(object, format!("{field}: {e}; requests get 503"));

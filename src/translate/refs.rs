@@ -3,8 +3,11 @@
 
 use crate::k8s::gw::ReferenceGrant;
 use crate::k8s::{ConfigMap, EndpointSlice, Namespace, Secret, Service};
-use crate::model::{BackendProtocol, Endpoint, Redacted, ServiceBackend};
-use crate::source::{HasMeta, Input};
+use crate::model::{
+    BackendKey, BackendPolicy, BackendProtocol, Endpoint, Redacted, ServiceBackend,
+};
+use crate::source::{HasMeta, Input, ObjectRef};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
@@ -48,6 +51,12 @@ pub(crate) struct Resolver<'a> {
     grants: HashMap<&'a str, Vec<&'a ReferenceGrant>>,
     secrets: HashMap<(&'a str, &'a str), &'a Secret>,
     config_maps: HashMap<(&'a str, &'a str), &'a ConfigMap>,
+    /// The `portcullis.dev/*` policy of each Service that has one.
+    policies: HashMap<(&'a str, &'a str), BackendPolicy>,
+    /// Problems found in those annotations, to report once per translation.
+    policy_problems: Vec<(ObjectRef, String)>,
+    /// Every backend a rule refers to, collected as the translators resolve references.
+    backends: RefCell<BTreeMap<BackendKey, ServiceBackend>>,
 }
 
 /// The text of `key` in a Secret, from `data` (already base64-decoded) or `stringData` (files often use it).
@@ -104,6 +113,19 @@ impl<'a> Resolver<'a> {
             .iter()
             .map(|c| (ns_name(c.as_ref()), c.as_ref()))
             .collect();
+        let mut policies = HashMap::new();
+        let mut policy_problems = Vec::new();
+        for svc in &input.services {
+            let (policy, problems) = super::backendpolicy::parse(svc.metadata.annotations.as_ref());
+            let key = ns_name(svc.as_ref());
+            if !problems.is_empty() {
+                let object = ObjectRef::new("Service", &svc.metadata);
+                policy_problems.extend(problems.into_iter().map(|p| (object.clone(), p)));
+            }
+            if !policy.is_default() {
+                policies.insert(key, policy);
+            }
+        }
         Resolver {
             services,
             slices,
@@ -111,7 +133,84 @@ impl<'a> Resolver<'a> {
             grants,
             secrets,
             config_maps,
+            policies,
+            policy_problems,
+            backends: RefCell::new(BTreeMap::new()),
         }
+    }
+
+    /// Problems in the `portcullis.dev/*` annotations of Services (warnings: the default is used instead).
+    pub(crate) fn policy_problems(&self) -> &[(ObjectRef, String)] {
+        &self.policy_problems
+    }
+
+    /// Holds `backend` once in the model and returns the key rules use for it. References to the same Service port
+    /// with the same settings share one key; settings that differ from the port's own (a Gateway's backend client
+    /// certificate) get a variant named after what differs, so keys stay stable from one translation to the next.
+    pub(crate) fn register(&self, backend: ServiceBackend) -> BackendKey {
+        let mut variant = String::new();
+        if let Some(cc) = backend
+            .tls
+            .as_ref()
+            .and_then(|t| t.client_certificate.as_ref())
+        {
+            variant = format!("client-cert={}", cc.source);
+        }
+        let mut backends = self.backends.borrow_mut();
+        let base = backend.key(variant);
+        let mut key = base.clone();
+        // Two different settings under one label cannot come from valid input today; numbered variants keep them
+        // apart anyway (in input order, which is sorted, so still deterministic).
+        for n in 2u32.. {
+            match backends.get(&key) {
+                None => {
+                    backends.insert(key.clone(), backend);
+                    break;
+                }
+                Some(existing) if *existing == backend => break,
+                Some(_) => {
+                    key = base.clone();
+                    key.variant = if base.variant.is_empty() {
+                        format!("{n}")
+                    } else {
+                        format!("{}~{n}", base.variant)
+                    };
+                }
+            }
+        }
+        key
+    }
+
+    /// The backend registered under `key`.
+    pub(crate) fn backend(&self, key: &BackendKey) -> Option<ServiceBackend> {
+        self.backends.borrow().get(key).cloned()
+    }
+
+    /// Every registered backend, leaving none behind.
+    pub(crate) fn take_backends(&self) -> BTreeMap<BackendKey, ServiceBackend> {
+        std::mem::take(&mut *self.backends.borrow_mut())
+    }
+
+    /// Every key of a Secret with its text (`data` and `stringData`; values that are not UTF-8 are left out), or
+    /// `None` when there is no such Secret. For ingress-nginx `auth-secret` (htpasswd entries).
+    pub(crate) fn secret_entries(&self, ns: &str, name: &str) -> Option<BTreeMap<String, String>> {
+        let s = self.secrets.get(&(ns, name))?;
+        let mut out = BTreeMap::new();
+        for (k, v) in s.string_data.iter().flatten() {
+            out.insert(k.clone(), v.clone());
+        }
+        for (k, v) in s.data.iter().flatten() {
+            if let Ok(text) = String::from_utf8(v.0.clone()) {
+                out.insert(k.clone(), text);
+            }
+        }
+        Some(out)
+    }
+
+    /// The `data` of a ConfigMap, or `None` when there is no such ConfigMap.
+    pub(crate) fn config_map_data(&self, ns: &str, name: &str) -> Option<BTreeMap<String, String>> {
+        let c = self.config_maps.get(&(ns, name))?;
+        Some(c.data.clone().unwrap_or_default().into_iter().collect())
     }
 
     /// The certificate chain and key of a TLS Secret, checked to parse and to belong together.
@@ -245,6 +344,7 @@ impl<'a> Resolver<'a> {
             endpoints,
             protocol,
             tls: None,
+            policy: self.policies.get(&(ns, name)).cloned().unwrap_or_default(),
         })
     }
 

@@ -137,6 +137,13 @@ fn resolve(
         namespace: b.namespace.as_deref(),
         port: b.port,
     };
-    routes::resolve_service_ref(&view, field, object, cx.refs, diags, report)
-        .map_or_else(|answer| answer, Backend::Service)
+    routes::resolve_service_ref(&view, field, object, cx.refs, diags, report).map_or_else(
+        |answer| answer,
+        |s| {
+            // Passed-through bytes ignore the port's TLS settings; registering them anyway keeps one backend
+            // (one key, one health state) per Service port for every kind of route.
+            let s = cx.policies.apply(s.clone(), cx.refs).unwrap_or(s);
+            Backend::Service(cx.refs.register(s))
+        },
+    )
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests), never one this process was given
@@ -45,6 +45,7 @@ impl Proxy {
         let admin = free_port();
         let log = manifests.with_extension("log");
         let log_file = std::fs::File::create(&log)?;
+        let out_file = std::fs::File::create(log.with_extension("out"))?;
         let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .arg("run")
             .arg("--manifests")
@@ -58,11 +59,13 @@ impl Proxy {
                 "2",
                 "--shutdown-grace",
                 "1",
+                "--shutdown-delay",
+                "0",
             ])
             .args(extra)
             .env("RUST_LOG", "info")
             .env("RUST_BACKTRACE", "1")
-            .stdout(Stdio::null())
+            .stdout(out_file)
             .stderr(log_file)
             .spawn()
             .context("cannot start portcullis")?;
@@ -92,6 +95,11 @@ impl Proxy {
     /// What the proxy logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What the proxy wrote to stdout so far (access logs).
+    pub fn stdout_text(&self) -> String {
+        std::fs::read_to_string(self.log.with_extension("out")).unwrap_or_default()
     }
 
     /// GET through the proxy's HTTP port.

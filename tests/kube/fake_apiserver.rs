@@ -947,7 +947,8 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn parse_query(q: &str) -> HashMap<String, String> {
+/// A query string's parameters, percent-decoded (the last of a repeated name wins).
+pub fn parse_query(q: &str) -> HashMap<String, String> {
     q.split('&')
         .filter(|s| !s.is_empty())
         .map(|kv| match kv.split_once('=') {

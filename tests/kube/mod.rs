@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fake_apiserver;
+pub mod rbac;
 
 pub use fake_apiserver::FakeApiServer;
 
@@ -52,7 +53,8 @@ impl KubeProxy {
             .args(["--http-port", &http.to_string()])
             .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
             .args(["--bind-address", "127.0.0.1", "--threads", "2"])
-            .args(["--shutdown-grace", "1", "--discovery-interval", "0.5"])
+            .args(["--shutdown-grace", "1", "--shutdown-delay", "0"])
+            .args(["--discovery-interval", "0.5"])
             .args(extra)
             .env("RUST_LOG", rust_log)
             .env("RUST_BACKTRACE", "1")

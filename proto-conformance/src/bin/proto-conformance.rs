@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use proto_conformance::harness::data::Conformance;
+use proto_conformance::harness::data::{Conformance, Suite};
 use proto_conformance::harness::report;
 use proto_conformance::harness::runner::{run_all, RunOptions};
 
@@ -15,8 +15,10 @@ proto-conformance: the Gateway API conformance suite against portcullis, without
 USAGE: proto-conformance [OPTIONS]
 
 OPTIONS:
-  --check FILE            compare with an expected-results file; exit 1 when a case expected to pass fails
-                          or an in-scope status-only test fails
+  --suites LIST           the case files to run, comma-separated: http (cases.jsonl), grpc (grpc_cases.jsonl),
+                          l4 (l4_cases.jsonl), or all (default: http; the last --suites wins)
+  --check FILE            compare with an expected-results file (repeatable: the files are merged); exit 1
+                          when a case expected to pass fails or an in-scope status-only test fails
   --write-expected FILE   write the expected-results file from this run
   --test NAME             only this test (ShortName); repeatable
   --case ID               only this case (e.g. HTTPRouteMatching/003); repeatable
@@ -36,7 +38,8 @@ OPTIONS:
 ";
 
 struct Cli {
-    check: Option<PathBuf>,
+    suites: Vec<Suite>,
+    check: Vec<PathBuf>,
     write_expected: Option<PathBuf>,
     details: bool,
     data: Option<PathBuf>,
@@ -56,7 +59,8 @@ struct Cli {
 
 fn parse_args() -> Result<Cli, String> {
     let mut cli = Cli {
-        check: None,
+        suites: vec![Suite::Http],
+        check: Vec::new(),
         write_expected: None,
         details: false,
         data: None,
@@ -79,7 +83,11 @@ fn parse_args() -> Result<Cli, String> {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
         match arg.as_str() {
             "-h" | "--help" => return Err(String::new()),
-            "--check" => cli.check = Some(PathBuf::from(value("--check")?)),
+            "--check" => cli.check.push(PathBuf::from(value("--check")?)),
+            "--suites" => {
+                cli.suites =
+                    Suite::parse_list(&value("--suites")?).map_err(|e| format!("--suites: {e}"))?
+            }
             "--write-expected" => {
                 cli.write_expected = Some(PathBuf::from(value("--write-expected")?))
             }
@@ -174,16 +182,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             anyhow::bail!("no test named {t:?} in {}", data.display());
         }
     }
-    let expected = match &cli.check {
-        None => None,
-        Some(path) => {
+    let expected = if cli.check.is_empty() {
+        None
+    } else {
+        let mut merged = std::collections::BTreeMap::new();
+        for path in &cli.check {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-            Some(
-                report::parse_expected(&text)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
-            )
+            let parsed = report::parse_expected(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            for (id, e) in parsed {
+                if merged.insert(id.clone(), e).is_some() {
+                    anyhow::bail!(
+                        "{}: {id} is listed in another --check file too",
+                        path.display()
+                    );
+                }
+            }
         }
+        Some(merged)
     };
     let binary = proto_conformance::harness::proxy::find_binary(cli.binary.as_deref())?;
     let temp_work = cli.work_dir.is_none();
@@ -205,15 +222,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         request_timeout: Duration::from_secs(10),
         port_offset: cli.port_offset,
         inject_addresses: cli.inject,
+        suites: cli.suites.clone(),
         tests: cli.tests.clone(),
         cases: cli.cases.clone(),
         verbose: cli.verbose,
         keep: cli.keep,
     };
     eprintln!(
-        "proto-conformance: {} with {} job(s); worlds in {}",
+        "proto-conformance: {} with {} job(s), suites {}; worlds in {}",
         opts.binary.display(),
         opts.jobs,
+        cli.suites
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(","),
         work_dir.display()
     );
     let results = run_all(&conf, &opts).await?;
@@ -222,7 +245,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     print!(
         "{}",
-        report::render(&conf, &results, cli.details || cli.verbose)
+        report::render(&conf, &results, cli.details || cli.verbose, &cli.suites)
     );
     if let Some(path) = &cli.write_expected {
         std::fs::write(path, report::write_expected(&results))

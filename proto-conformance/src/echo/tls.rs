@@ -19,11 +19,22 @@ pub(crate) struct TlsInfo {
     pub server_name: String,
     pub negotiated_protocol: String,
     pub cipher_suite: String,
+    /// Go's `ConnectionState.CurveID.String()` of the key exchange group (empty if none).
+    pub curve: String,
 }
 
-/// Builds the server configuration: the given chain and key, ALPN `h2` + `http/1.1` (as Go's `ListenAndServeTLS`
-/// offers), TLS 1.2 and 1.3, and, with a client CA, Go's `tls.VerifyClientCertIfGiven`.
+/// Builds the HTTPS server configuration: ALPN `h2` + `http/1.1` (as Go's `ListenAndServeTLS` offers), see
+/// [`server_config_with_alpn`].
 pub(crate) fn server_config(tls: &EchoTls) -> anyhow::Result<Arc<ServerConfig>> {
+    server_config_with_alpn(tls, &[b"h2", b"http/1.1"])
+}
+
+/// Builds a server configuration: the given chain and key, the given ALPN protocols (none = no ALPN, as a Go
+/// `tls.Config` without `NextProtos`), TLS 1.2 and 1.3, and, with a client CA, Go's `tls.VerifyClientCertIfGiven`.
+pub(crate) fn server_config_with_alpn(
+    tls: &EchoTls,
+    alpn: &[&[u8]],
+) -> anyhow::Result<Arc<ServerConfig>> {
     let mut provider = rustls::crypto::ring::default_provider();
     // Go's server picks from its own preference list (AES-128-GCM first), not the client's.
     provider
@@ -64,7 +75,7 @@ pub(crate) fn server_config(tls: &EchoTls) -> anyhow::Result<Arc<ServerConfig>> 
     let mut config = builder
         .with_single_cert(certs, key)
         .context("echo server: server certificate and key")?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
@@ -133,6 +144,34 @@ pub(crate) fn tls_info(conn: &ServerConnection) -> TlsInfo {
             .negotiated_cipher_suite()
             .map(|s| cipher_suite_name(u16::from(s.suite())))
             .unwrap_or_default(),
+        curve: conn
+            .negotiated_key_exchange_group()
+            .map(|g| curve_name(u16::from(g.name())))
+            .unwrap_or_default(),
+    }
+}
+
+/// Go's `tls.VersionName` (`TLS 1.3`, with a space; the TCP echo reports this form).
+pub(crate) fn go_version_name(conn: &ServerConnection) -> String {
+    match conn.protocol_version() {
+        Some(ProtocolVersion::TLSv1_3) => "TLS 1.3".to_owned(),
+        Some(ProtocolVersion::TLSv1_2) => "TLS 1.2".to_owned(),
+        Some(ProtocolVersion::TLSv1_1) => "TLS 1.1".to_owned(),
+        Some(ProtocolVersion::TLSv1_0) => "TLS 1.0".to_owned(),
+        Some(other) => format!("0x{:04X}", u16::from(other)),
+        None => String::new(),
+    }
+}
+
+/// Go's `tls.CurveID.String()` for the groups rustls' ring provider offers; others as `CurveID(N)`.
+fn curve_name(id: u16) -> String {
+    match id {
+        0x0017 => "CurveP256".into(),
+        0x0018 => "CurveP384".into(),
+        0x0019 => "CurveP521".into(),
+        0x001d => "X25519".into(),
+        0x11ec => "X25519MLKEM768".into(),
+        other => format!("CurveID({other})"),
     }
 }
 

@@ -149,7 +149,8 @@ pub async fn round_trip(spec: &RequestSpec, ctx: &ClientContext) -> Result<Captu
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources, each once, joined with `: `.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(inner) = cur {
@@ -163,10 +164,13 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-async fn connect_tls(
+/// The client side of a TLS handshake the way the conformance client does it: Go's verification rules against
+/// `tls.trust_pems` (see `tlsverify`), SNI `tls.server_name`, the client certificate when asked, TLS 1.2+, and
+/// the given ALPN protocol (`None`: no ALPN extension, as a Go `tls.Config` without `NextProtos`).
+pub(crate) async fn connect_tls(
     tcp: TcpStream,
     tls: &TlsSpec,
-    alpn: &[u8],
+    alpn: Option<&[u8]>,
     ctx: &ClientContext,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, RtError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -186,7 +190,7 @@ async fn connect_tls(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![alpn.to_vec()];
+    config.alpn_protocols = alpn.map(|p| vec![p.to_vec()]).unwrap_or_default();
     let server_name = ServerName::try_from(tls.server_name.clone())
         .map_err(|e| RtError::Setup(format!("server name {:?}: {e}", tls.server_name)))?;
     let stream = TlsConnector::from(Arc::new(config))
@@ -205,7 +209,7 @@ async fn round_trip_inner(spec: &RequestSpec, ctx: &ClientContext) -> Result<Cap
         (Some(tls), proto) => {
             let want_h2 = proto == Proto::H2;
             let alpn: &[u8] = if want_h2 { b"h2" } else { b"http/1.1" };
-            let stream = connect_tls(tcp, tls, alpn, ctx).await?;
+            let stream = connect_tls(tcp, tls, Some(alpn), ctx).await?;
             if want_h2 && stream.get_ref().1.alpn_protocol() != Some(b"h2") {
                 return Err(RtError::Protocol(format!(
                     "server did not negotiate h2 (ALPN: {:?})",

@@ -264,16 +264,266 @@ pub struct TestInfo {
     pub l4_cases: usize,
 }
 
-/// A gRPC or L4 case: only what the report needs (they are out of scope).
+/// A GRPCRoute case of `grpc_cases.jsonl` (README "`grpc_cases.jsonl`").
 #[derive(Clone, Debug, Deserialize)]
-pub struct OtherCase {
-    /// Case id.
+pub struct GrpcCase {
+    /// `<test>/<NNN>`.
     pub id: String,
-    /// Test ShortName.
+    /// The ConformanceTest `ShortName`.
     pub test: String,
-    /// SupportedFeatures.
+    /// The `t.Run` path.
+    #[serde(default, deserialize_with = "null_default")]
+    pub subtest: String,
+    /// All YAML files of the test, relative to `gateway-api/`.
+    #[serde(default, deserialize_with = "null_default")]
+    pub manifests: Vec<String>,
+    /// The test's SupportedFeature names.
     #[serde(default, deserialize_with = "null_default")]
     pub features: Vec<String>,
+    /// `namespace/name` of the Gateway whose address the Go test used.
+    pub gateway: String,
+    /// The port in the Go test's gateway address (its `:authority` when the case sets none).
+    pub gateway_port: Option<u16>,
+    /// The (manifest) port to dial.
+    pub connect_port: u16,
+    /// The RPC.
+    pub grpc: GrpcSpec,
+    /// Prefix of the answering pod name (checked when the code is OK).
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// The answering pod's namespace (checked when non-empty and the code is OK).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Expected traffic share per backend.
+    #[serde(default)]
+    pub weights: Option<BTreeMap<String, f64>>,
+    /// Any non-OK status is expected.
+    #[serde(default, deserialize_with = "null_default")]
+    pub expect_failure: bool,
+    /// World changes to make before this case.
+    #[serde(default, deserialize_with = "null_default")]
+    pub after_state_changes: Vec<String>,
+    /// Go file:line of the assertion.
+    #[serde(default, deserialize_with = "null_default")]
+    pub source: String,
+}
+
+/// `grpc` of a gRPC case.
+#[derive(Clone, Debug, Deserialize)]
+pub struct GrpcSpec {
+    /// The full method path, e.g. `/gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/Echo`.
+    pub method: String,
+    /// `:authority` (`None`: the gateway address, as the Go client dials it).
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// Request metadata (Go's `metadata.New` lower-cases the keys).
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// The expected gRPC status code (`None` for `expect_failure` cases).
+    #[serde(default)]
+    pub expected_code: Option<i32>,
+    /// Its name, for reports.
+    #[serde(default, deserialize_with = "null_default")]
+    pub expected_code_name: String,
+}
+
+/// An L4 case of `l4_cases.jsonl` (README "`l4_cases.jsonl`").
+#[derive(Clone, Debug, Deserialize)]
+pub struct L4Case {
+    /// `<test>/<NNN>`.
+    pub id: String,
+    /// The ConformanceTest `ShortName`.
+    pub test: String,
+    /// The `t.Run` path.
+    #[serde(default, deserialize_with = "null_default")]
+    pub subtest: String,
+    /// All YAML files of the test, relative to `gateway-api/`.
+    #[serde(default, deserialize_with = "null_default")]
+    pub manifests: Vec<String>,
+    /// The test's SupportedFeature names.
+    #[serde(default, deserialize_with = "null_default")]
+    pub features: Vec<String>,
+    /// `tcp`, `tcp_echo`, `udp_echo`, `udp_dns` or `tls_connection_rejected`.
+    pub kind: String,
+    /// `namespace/name` of the Gateway whose address the Go test used.
+    pub gateway: String,
+    /// The (manifest) port to dial.
+    pub connect_port: u16,
+    /// What to check (`None`: any answer).
+    #[serde(default)]
+    pub l4: Option<L4Expect>,
+    /// `tcp`: dial with TLS.
+    #[serde(default, deserialize_with = "null_default")]
+    pub use_tls: bool,
+    /// `tcp` with TLS: the SNI.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// `tcp` with TLS: `configmap:ns/name:key` or `secret:ns/name:key` of the PEM the client trusts.
+    #[serde(default)]
+    pub trust_ca: Option<String>,
+    /// `tls_connection_rejected`: the SNI.
+    #[serde(default)]
+    pub tls: Option<L4Tls>,
+    /// Expected traffic share per backend.
+    #[serde(default)]
+    pub weights: Option<BTreeMap<String, f64>>,
+    /// Hand-written semantics.
+    #[serde(default)]
+    pub notes: Option<String>,
+    /// World changes to make before this case.
+    #[serde(default, deserialize_with = "null_default")]
+    pub after_state_changes: Vec<String>,
+    /// Go file:line of the assertion.
+    #[serde(default, deserialize_with = "null_default")]
+    pub source: String,
+}
+
+/// `l4` of an L4 case: the upstream `tcp.ExpectedResponse` / `udp.ExpectedResponse` fields, and the DNS name.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct L4Expect {
+    /// `tcp`: the answer to `IS_TLS` (the backend saw TLS).
+    #[serde(rename = "BackendIsTLS", default, deserialize_with = "null_default")]
+    pub backend_is_tls: bool,
+    /// `tcp`: the pod name must start with `<Backend>-`.
+    #[serde(rename = "Backend", default)]
+    pub backend: Option<String>,
+    /// The namespace the backend reports.
+    #[serde(rename = "Namespace", default)]
+    pub namespace: Option<String>,
+    /// `tcp`: the SNI the backend saw (checked when non-empty).
+    #[serde(rename = "Hostname", default)]
+    pub hostname: Option<String>,
+    /// `udp_echo`: the `service` the backend reports (checked when non-empty).
+    #[serde(rename = "Service", default)]
+    pub service: Option<String>,
+    /// `udp_dns`: the name of the `A` query.
+    #[serde(rename = "dns_query_A", default)]
+    pub dns_query_a: Option<String>,
+}
+
+/// `tls` of a `tls_connection_rejected` case.
+#[derive(Clone, Debug, Deserialize)]
+pub struct L4Tls {
+    /// SNI.
+    pub server_name: String,
+}
+
+/// The case files a run covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Suite {
+    /// `cases.jsonl`: HTTP, HTTPS and WebSocket.
+    Http,
+    /// `grpc_cases.jsonl`.
+    Grpc,
+    /// `l4_cases.jsonl`: TCP, TLS over TCP, UDP, DNS.
+    L4,
+}
+
+impl Suite {
+    /// Every suite.
+    pub const ALL: [Suite; 3] = [Suite::Http, Suite::Grpc, Suite::L4];
+
+    /// `http`, `grpc` or `l4`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Suite::Http => "http",
+            Suite::Grpc => "grpc",
+            Suite::L4 => "l4",
+        }
+    }
+
+    /// Parses a comma-separated list (`http,grpc,l4`; `all` = every suite), without duplicates, in
+    /// [`Suite::ALL`] order.
+    pub fn parse_list(s: &str) -> Result<Vec<Suite>, String> {
+        let mut out = Vec::new();
+        for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            let add: &[Suite] = match word {
+                "http" => &[Suite::Http],
+                "grpc" => &[Suite::Grpc],
+                "l4" => &[Suite::L4],
+                "all" => &Suite::ALL,
+                other => {
+                    return Err(format!(
+                        "unknown suite {other:?} (expected http, grpc, l4 or all)"
+                    ))
+                }
+            };
+            out.extend_from_slice(add);
+        }
+        if out.is_empty() {
+            return Err("no suite given (expected http, grpc, l4 or all)".to_string());
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+}
+
+/// A case of any of the three files.
+#[derive(Clone, Debug)]
+pub enum AnyCase {
+    /// From `cases.jsonl`.
+    Http(Box<Case>),
+    /// From `grpc_cases.jsonl`.
+    Grpc(Box<GrpcCase>),
+    /// From `l4_cases.jsonl`.
+    L4(Box<L4Case>),
+}
+
+impl AnyCase {
+    /// Case id.
+    pub fn id(&self) -> &str {
+        match self {
+            AnyCase::Http(c) => &c.id,
+            AnyCase::Grpc(c) => &c.id,
+            AnyCase::L4(c) => &c.id,
+        }
+    }
+
+    /// Test ShortName.
+    pub fn test(&self) -> &str {
+        match self {
+            AnyCase::Http(c) => &c.test,
+            AnyCase::Grpc(c) => &c.test,
+            AnyCase::L4(c) => &c.test,
+        }
+    }
+
+    /// SupportedFeatures.
+    pub fn features(&self) -> &[String] {
+        match self {
+            AnyCase::Http(c) => &c.features,
+            AnyCase::Grpc(c) => &c.features,
+            AnyCase::L4(c) => &c.features,
+        }
+    }
+
+    /// World changes to make before the case.
+    pub fn after_state_changes(&self) -> &[String] {
+        match self {
+            AnyCase::Http(c) => &c.after_state_changes,
+            AnyCase::Grpc(c) => &c.after_state_changes,
+            AnyCase::L4(c) => &c.after_state_changes,
+        }
+    }
+
+    /// Expected traffic shares, if the case checks a distribution.
+    pub fn weights(&self) -> Option<&BTreeMap<String, f64>> {
+        match self {
+            AnyCase::Http(c) => c.weights.as_ref(),
+            AnyCase::Grpc(c) => c.weights.as_ref(),
+            AnyCase::L4(c) => c.weights.as_ref(),
+        }
+    }
+
+    /// The file it comes from.
+    pub fn suite(&self) -> Suite {
+        match self {
+            AnyCase::Http(_) => Suite::Http,
+            AnyCase::Grpc(_) => Suite::Grpc,
+            AnyCase::L4(_) => Suite::L4,
+        }
+    }
 }
 
 /// Level and channel of a SupportedFeature (`features.json` → `per_feature`).
@@ -304,10 +554,10 @@ pub struct Conformance {
     pub root: PathBuf,
     /// The 400 HTTP cases, file order.
     pub cases: Vec<Case>,
-    /// gRPC cases (out of scope, reported as skipped).
-    pub grpc_cases: Vec<OtherCase>,
-    /// L4 cases (out of scope, reported as skipped).
-    pub l4_cases: Vec<OtherCase>,
+    /// The gRPC cases, file order.
+    pub grpc_cases: Vec<GrpcCase>,
+    /// The L4 cases, file order.
+    pub l4_cases: Vec<L4Case>,
     /// All tests.
     pub tests: Vec<TestInfo>,
     /// ShortNames of the status-only tests (`skipped.json`).
@@ -356,6 +606,66 @@ impl Conformance {
         let mut cases: Vec<&Case> = self.cases.iter().filter(|c| c.test == test).collect();
         cases.sort_by(|a, b| a.id.cmp(&b.id));
         cases
+    }
+
+    /// The cases of a test from the given suites, in id order.
+    pub fn all_cases_of(&self, test: &str, suites: &[Suite]) -> Vec<AnyCase> {
+        let mut out: Vec<AnyCase> = Vec::new();
+        if suites.contains(&Suite::Http) {
+            out.extend(
+                self.cases
+                    .iter()
+                    .filter(|c| c.test == test)
+                    .cloned()
+                    .map(|c| AnyCase::Http(Box::new(c))),
+            );
+        }
+        if suites.contains(&Suite::Grpc) {
+            out.extend(
+                self.grpc_cases
+                    .iter()
+                    .filter(|c| c.test == test)
+                    .cloned()
+                    .map(|c| AnyCase::Grpc(Box::new(c))),
+            );
+        }
+        if suites.contains(&Suite::L4) {
+            out.extend(
+                self.l4_cases
+                    .iter()
+                    .filter(|c| c.test == test)
+                    .cloned()
+                    .map(|c| AnyCase::L4(Box::new(c))),
+            );
+        }
+        out.sort_by(|a, b| a.id().cmp(b.id()));
+        out
+    }
+
+    /// The number of cases of a suite.
+    pub fn count(&self, suite: Suite) -> usize {
+        match suite {
+            Suite::Http => self.cases.len(),
+            Suite::Grpc => self.grpc_cases.len(),
+            Suite::L4 => self.l4_cases.len(),
+        }
+    }
+
+    /// The SupportedFeatures of every case of a suite, one entry per case.
+    pub fn features_of(&self, suite: Suite) -> Vec<&[String]> {
+        match suite {
+            Suite::Http => self.cases.iter().map(|c| c.features.as_slice()).collect(),
+            Suite::Grpc => self
+                .grpc_cases
+                .iter()
+                .map(|c| c.features.as_slice())
+                .collect(),
+            Suite::L4 => self
+                .l4_cases
+                .iter()
+                .map(|c| c.features.as_slice())
+                .collect(),
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use super::data::Conformance;
+use super::data::{Conformance, Suite};
 use super::runner::{Outcome, RunResults};
 use super::util::excerpt;
 
@@ -29,11 +29,15 @@ impl Tally {
     }
 }
 
-/// The headline: `conformance: P passed, F failed, S skipped` over the HTTP cases.
+/// The headline: `conformance: P passed, F failed, S skipped` over every case the run was asked to run (all
+/// selected suites) and every status-only test.
 pub fn headline(results: &RunResults) -> String {
     let mut t = Tally::default();
     for c in &results.cases {
         t.add(&c.outcome);
+    }
+    for s in &results.status {
+        t.add(&s.outcome);
     }
     format!(
         "conformance: {} passed, {} failed, {} skipped",
@@ -41,8 +45,13 @@ pub fn headline(results: &RunResults) -> String {
     )
 }
 
-/// The whole report (everything but the headline).
-pub fn render(conf: &Conformance, results: &RunResults, full_details: bool) -> String {
+/// The whole report (everything but the headline) of a run of the given suites.
+pub fn render(
+    conf: &Conformance,
+    results: &RunResults,
+    full_details: bool,
+    suites: &[Suite],
+) -> String {
     let mut out = String::new();
     let mut per_feature: BTreeMap<String, (Tally, Tally)> = BTreeMap::new();
     for c in &results.cases {
@@ -55,10 +64,18 @@ pub fn render(conf: &Conformance, results: &RunResults, full_details: bool) -> S
             per_feature.entry(f.clone()).or_default().1.add(&s.outcome);
         }
     }
-    let mut grpc_l4: BTreeMap<String, usize> = BTreeMap::new();
-    for c in conf.grpc_cases.iter().chain(conf.l4_cases.iter()) {
-        for f in &c.features {
-            *grpc_l4.entry(f.clone()).or_default() += 1;
+    // Cases of the suites not selected, per feature.
+    let not_selected: Vec<Suite> = Suite::ALL
+        .iter()
+        .copied()
+        .filter(|s| !suites.contains(s))
+        .collect();
+    let mut not_run: BTreeMap<String, usize> = BTreeMap::new();
+    for suite in &not_selected {
+        for features in conf.features_of(*suite) {
+            for f in features {
+                *not_run.entry(f.clone()).or_default() += 1;
+            }
         }
     }
     // Features of the tests this suite has (features.json also lists mesh features, not processed here).
@@ -76,14 +93,17 @@ pub fn render(conf: &Conformance, results: &RunResults, full_details: bool) -> S
     let mut names: Vec<String> = names.into_iter().collect();
     names.sort_by(|a, b| rank(a).cmp(&rank(b)).then(a.cmp(b)));
 
+    let names_of =
+        |list: &[Suite]| -> String { list.iter().map(|s| s.name()).collect::<Vec<_>>().join(",") };
     let _ = writeln!(
         out,
-        "\nHTTP cases (and status-only tests) per SupportedFeature:"
+        "\nCases ({}) and status-only tests per SupportedFeature:",
+        names_of(suites)
     );
     let _ = writeln!(
         out,
         "{:<58} {:<9} {:<5} {:>6} {:>6} {:>6} {:>6}   {:<14} {:>9}",
-        "feature", "level", "chan", "cases", "pass", "fail", "skip", "status p/f/s", "gRPC/L4"
+        "feature", "level", "chan", "cases", "pass", "fail", "skip", "status p/f/s", "not run"
     );
     for n in &names {
         let (cases, status) = per_feature.get(n).copied().unwrap_or_default();
@@ -94,7 +114,7 @@ pub fn render(conf: &Conformance, results: &RunResults, full_details: bool) -> S
         } else {
             format!("{}/{}/{}", status.pass, status.fail, status.skip)
         };
-        let other = grpc_l4.get(n).copied().unwrap_or(0);
+        let other = not_run.get(n).copied().unwrap_or(0);
         let _ = writeln!(
             out,
             "{:<58} {:<9} {:<5} {:>6} {:>6} {:>6} {:>6}   {:<14} {:>9}",
@@ -118,12 +138,34 @@ pub fn render(conf: &Conformance, results: &RunResults, full_details: bool) -> S
             }
         );
     }
-    let _ = writeln!(
-        out,
-        "\nNot run (not GATEWAY-HTTP profile: gRPC/L4): {} gRPC cases, {} L4 cases (counted under gRPC/L4 above).",
-        conf.grpc_cases.len(),
-        conf.l4_cases.len()
-    );
+    let mut per_suite = String::new();
+    for suite in suites {
+        let mut t = Tally::default();
+        for c in results.cases.iter().filter(|c| c.suite == *suite) {
+            t.add(&c.outcome);
+        }
+        let _ = write!(
+            per_suite,
+            "\n  {:<5} {} passed, {} failed, {} skipped",
+            suite.name(),
+            t.pass,
+            t.fail,
+            t.skip
+        );
+    }
+    let _ = writeln!(out, "\nCases per suite:{per_suite}");
+    if !not_selected.is_empty() {
+        let counts: Vec<String> = not_selected
+            .iter()
+            .map(|s| format!("{} {} cases", conf.count(*s), s.name()))
+            .collect();
+        let _ = writeln!(
+            out,
+            "Not run (suites not selected; --suites {}): {} (counted under \"not run\" above).",
+            names_of(&Suite::ALL),
+            counts.join(", ")
+        );
+    }
 
     let mut st = Tally::default();
     for s in &results.status {
@@ -156,7 +198,7 @@ pub fn render(conf: &Conformance, results: &RunResults, full_details: bool) -> S
         .filter(|c| matches!(c.outcome, Outcome::Fail { .. }))
         .collect();
     if !failed.is_empty() {
-        let _ = writeln!(out, "\nFailed HTTP cases ({}):", failed.len());
+        let _ = writeln!(out, "\nFailed cases ({}):", failed.len());
         for c in failed {
             if let Outcome::Fail { reason, detail } = &c.outcome {
                 let _ = writeln!(out, "  {:<58} {}", c.id, excerpt(reason, 140));
@@ -168,7 +210,7 @@ pub fn render(conf: &Conformance, results: &RunResults, full_details: bool) -> S
             }
         }
     }
-    let _ = writeln!(out, "\nFailure causes (HTTP cases):");
+    let _ = writeln!(out, "\nFailure causes (cases):");
     for (cause, ids) in failure_causes(results) {
         let _ = writeln!(out, "  {:>4}  {cause}", ids.len());
     }
@@ -252,9 +294,10 @@ pub fn parse_expected(text: &str) -> Result<BTreeMap<String, Expected>, String> 
 /// Writes the expected-results file from a run: `pass` for passing cases, `skip <why>` for the others.
 pub fn write_expected(results: &RunResults) -> String {
     let mut out = String::from(
-        "# Expected results of the HTTP conformance cases (proto-conformance --check).\n\
+        "# Expected results of conformance cases (proto-conformance --check).\n\
          # `pass`: must pass (a failure is a regression); `skip <reason>`: does not pass yet, and why.\n\
-         # Regenerate after a run with: proto-conformance --write-expected proto-conformance/expected/http-cases.txt\n",
+         # Regenerate after a run of one suite with: proto-conformance --suites <suite> --write-expected \\\n\
+         #   proto-conformance/expected/<suite>-cases.txt\n",
     );
     for c in &results.cases {
         let line = match &c.outcome {

@@ -21,7 +21,7 @@ use super::compare::{
     backend_of_pod, check_response, check_weights, is_timeout_status, mirror_count_bounds,
     parse_echo, Expectation, ResolvedRequest, SentRequest,
 };
-use super::data::{Case, Conformance, TestInfo};
+use super::data::{AnyCase, Case, Conformance, Suite, TestInfo};
 use super::pods::{pods_of, start_pods, RunningPod};
 use super::proxy::{Proxy, StatusFetch};
 use super::status::{self, Action, StatusTestSpec, StatusView};
@@ -54,6 +54,8 @@ pub struct RunOptions {
     pub port_offset: u16,
     /// Give every Gateway its own loopback address (the proxy contract); off = everything on 127.0.0.1.
     pub inject_addresses: bool,
+    /// The case files to run (`cases.jsonl`, `grpc_cases.jsonl`, `l4_cases.jsonl`).
+    pub suites: Vec<Suite>,
     /// Only these tests (ShortNames); empty = all.
     pub tests: Vec<String>,
     /// Only these case ids; empty = all.
@@ -81,7 +83,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn fail(reason: impl Into<String>, detail: impl Into<String>) -> Outcome {
+    pub(crate) fn fail(reason: impl Into<String>, detail: impl Into<String>) -> Outcome {
         Outcome::Fail {
             reason: reason.into(),
             detail: detail.into(),
@@ -96,12 +98,28 @@ pub struct CaseResult {
     pub id: String,
     /// Test ShortName.
     pub test: String,
+    /// The case file it comes from.
+    pub suite: Suite,
     /// Its SupportedFeatures.
     pub features: Vec<String>,
     /// What happened.
     pub outcome: Outcome,
     /// Time spent.
     pub duration: Duration,
+}
+
+impl CaseResult {
+    /// A result for `case`.
+    pub fn of(case: &AnyCase, outcome: Outcome, duration: Duration) -> CaseResult {
+        CaseResult {
+            id: case.id().to_string(),
+            test: case.test().to_string(),
+            suite: case.suite(),
+            features: case.features().to_vec(),
+            outcome,
+            duration,
+        }
+    }
 }
 
 /// The result of one status-only test.
@@ -120,14 +138,14 @@ pub struct StatusResult {
 /// Everything a run produced.
 #[derive(Clone, Debug, Default)]
 pub struct RunResults {
-    /// HTTP cases, in id order.
+    /// Cases of every suite run, in id order.
     pub cases: Vec<CaseResult>,
     /// Status-only tests.
     pub status: Vec<StatusResult>,
 }
 
 enum Work {
-    Cases(Vec<Case>),
+    Cases(Vec<AnyCase>),
     Status(StatusTestSpec),
 }
 
@@ -142,11 +160,10 @@ pub async fn run_all(conf: &Conformance, opts: &RunOptions) -> anyhow::Result<Ru
         if !opts.tests.is_empty() && !opts.tests.contains(&test.test) {
             continue;
         }
-        let cases: Vec<Case> = conf
-            .cases_of(&test.test)
+        let cases: Vec<AnyCase> = conf
+            .all_cases_of(&test.test, &opts.suites)
             .into_iter()
-            .filter(|c| opts.cases.is_empty() || opts.cases.contains(&c.id))
-            .cloned()
+            .filter(|c| opts.cases.is_empty() || opts.cases.iter().any(|id| id == c.id()))
             .collect();
         if !cases.is_empty() {
             work.push((index, test.clone(), Work::Cases(cases)));
@@ -249,18 +266,18 @@ fn print_progress(
 }
 
 /// The live parts of a world, shared by its concurrent cases.
-struct WorldRuntime {
-    plan: Mutex<WorldPlan>,
-    dir: PathBuf,
-    offset: u16,
-    pods: Vec<RunningPod>,
-    certs: Arc<CertStore>,
-    client: ClientContext,
-    opts: RunOptions,
+pub(crate) struct WorldRuntime {
+    pub(crate) plan: Mutex<WorldPlan>,
+    pub(crate) dir: PathBuf,
+    pub(crate) offset: u16,
+    pub(crate) pods: Vec<RunningPod>,
+    pub(crate) certs: Arc<CertStore>,
+    pub(crate) client: ClientContext,
+    pub(crate) opts: RunOptions,
 }
 
 impl WorldRuntime {
-    fn plan(&self) -> std::sync::MutexGuard<'_, WorldPlan> {
+    pub(crate) fn plan(&self) -> std::sync::MutexGuard<'_, WorldPlan> {
         self.plan.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -292,15 +309,24 @@ fn port_free(ip: IpAddr, port: u16, offset: u16) -> bool {
         .is_some_and(|p| TcpListener::bind(SocketAddr::new(ip, p)).is_ok())
 }
 
+fn udp_port_free(ip: IpAddr, port: u16, offset: u16) -> bool {
+    port.checked_add(offset)
+        .is_some_and(|p| std::net::UdpSocket::bind(SocketAddr::new(ip, p)).is_ok())
+}
+
 /// Whether every port the proxy will bind is free: the listener ports of every Gateway on its address, and the
 /// Ingress ports (80, 443) on `--bind-address`, which the proxy binds even without Ingresses.
 fn ports_free(plan: &WorldPlan, offset: u16) -> bool {
     let local = IpAddr::V4(Ipv4Addr::LOCALHOST);
     [80u16, 443].iter().all(|p| port_free(local, *p, offset))
-        && plan
-            .gateways
-            .values()
-            .all(|gw| !gw.ip.is_loopback() || gw.ports.iter().all(|p| port_free(gw.ip, *p, offset)))
+        && plan.gateways.values().all(|gw| {
+            !gw.ip.is_loopback()
+                || (gw.ports.iter().all(|p| port_free(gw.ip, *p, offset))
+                    && gw
+                        .udp_ports
+                        .iter()
+                        .all(|p| udp_port_free(gw.ip, *p, offset)))
+        })
 }
 
 /// A `--port-offset` whose ports are free. Worlds running at the same time share 127.0.0.1 (the Ingress
@@ -332,12 +358,8 @@ async fn run_world(
             Work::Cases(cases) => (
                 cases
                     .iter()
-                    .map(|c| CaseResult {
-                        id: c.id.clone(),
-                        test: c.test.clone(),
-                        features: c.features.clone(),
-                        outcome: Outcome::fail(reason, detail.clone()),
-                        duration: Duration::ZERO,
+                    .map(|c| {
+                        CaseResult::of(c, Outcome::fail(reason, detail.clone()), Duration::ZERO)
                     })
                     .collect(),
                 Vec::new(),
@@ -480,25 +502,34 @@ async fn run_world(
 
 /// Tests whose cases share backend state (retry counters, timing, mirror counts, traffic shares) run one case
 /// at a time.
-fn sequential_test(test: &str, cases: &[Case]) -> bool {
+fn sequential_test(test: &str, cases: &[AnyCase]) -> bool {
     ["Retry", "Timeout", "Mirror", "Weight"]
         .iter()
         .any(|k| test.contains(k))
-        || cases
-            .iter()
-            .any(|c| c.weights.is_some() || c.mirrored_to.is_some())
+        || cases.iter().any(|c| {
+            c.weights().is_some() || matches!(c, AnyCase::Http(h) if h.mirrored_to.is_some())
+        })
 }
 
-async fn run_cases(rt: &Arc<WorldRuntime>, test: &TestInfo, cases: Vec<Case>) -> Vec<CaseResult> {
+async fn run_cases(
+    rt: &Arc<WorldRuntime>,
+    test: &TestInfo,
+    cases: Vec<AnyCase>,
+) -> Vec<CaseResult> {
     let concurrency = if sequential_test(&test.test, &cases) {
         1
     } else {
         rt.opts.case_concurrency.max(1)
     };
-    // Segments: a case with state changes starts a new segment, run after everything before it.
-    let mut segments: Vec<Vec<Case>> = Vec::new();
+    // Segments: a case with state changes starts a new segment, run after everything before it; consecutive
+    // cases after the same changes share one segment (the changes are made once).
+    let mut segments: Vec<Vec<AnyCase>> = Vec::new();
     for c in cases {
-        if !c.after_state_changes.is_empty() || segments.is_empty() {
+        let same_changes = segments
+            .last()
+            .and_then(|seg| seg.last())
+            .is_some_and(|prev| prev.after_state_changes() == c.after_state_changes());
+        if segments.is_empty() || (!c.after_state_changes().is_empty() && !same_changes) {
             segments.push(Vec::new());
         }
         if let Some(last) = segments.last_mut() {
@@ -509,19 +540,19 @@ async fn run_cases(rt: &Arc<WorldRuntime>, test: &TestInfo, cases: Vec<Case>) ->
     let mut broken_state: Option<String> = None;
     for segment in segments {
         if let Some(first) = segment.first() {
-            if broken_state.is_none() && !first.after_state_changes.is_empty() {
-                if let Err(e) = apply_state_changes(rt, &first.after_state_changes) {
+            if broken_state.is_none() && !first.after_state_changes().is_empty() {
+                if let Err(e) = apply_state_changes(rt, first.after_state_changes()) {
                     broken_state = Some(e);
                 }
             }
         }
         if let Some(reason) = &broken_state {
-            results.extend(segment.iter().map(|c| CaseResult {
-                id: c.id.clone(),
-                test: c.test.clone(),
-                features: c.features.clone(),
-                outcome: Outcome::Skip(format!("state change not supported: {reason}")),
-                duration: Duration::ZERO,
+            results.extend(segment.iter().map(|c| {
+                CaseResult::of(
+                    c,
+                    Outcome::Skip(format!("state change not supported: {reason}")),
+                    Duration::ZERO,
+                )
             }));
             continue;
         }
@@ -533,14 +564,12 @@ async fn run_cases(rt: &Arc<WorldRuntime>, test: &TestInfo, cases: Vec<Case>) ->
             set.spawn(async move {
                 let _permit = limit.acquire_owned().await;
                 let start = Instant::now();
-                let outcome = run_case(&rt, &case).await;
-                let result = CaseResult {
-                    id: case.id.clone(),
-                    test: case.test.clone(),
-                    features: case.features.clone(),
-                    outcome,
-                    duration: start.elapsed(),
+                let outcome = match &case {
+                    AnyCase::Http(c) => run_case(&rt, c).await,
+                    AnyCase::Grpc(c) => super::protocases::run_grpc_case(&rt, c).await,
+                    AnyCase::L4(c) => super::protocases::run_l4_case(&rt, c).await,
                 };
+                let result = CaseResult::of(&case, outcome, start.elapsed());
                 if rt.opts.verbose {
                     print_case(&result);
                 }
@@ -553,6 +582,7 @@ async fn run_cases(rt: &Arc<WorldRuntime>, test: &TestInfo, cases: Vec<Case>) ->
                 Err(e) => results.push(CaseResult {
                     id: format!("{}/?", test.test),
                     test: test.test.clone(),
+                    suite: Suite::Http,
                     features: test.features.clone(),
                     outcome: Outcome::fail("harness: case task failed", e.to_string()),
                     duration: Duration::ZERO,
@@ -564,7 +594,7 @@ async fn run_cases(rt: &Arc<WorldRuntime>, test: &TestInfo, cases: Vec<Case>) ->
     results
 }
 
-fn print_case(r: &CaseResult) {
+pub(crate) fn print_case(r: &CaseResult) {
     match &r.outcome {
         Outcome::Pass => eprintln!("  PASS {} ({:.1}s)", r.id, r.duration.as_secs_f32()),
         Outcome::Skip(why) => eprintln!("  SKIP {}: {why}", r.id),
@@ -581,16 +611,25 @@ fn print_case(r: &CaseResult) {
     }
 }
 
-/// Applies `after_state_changes` (only deletions are described in the HTTP cases).
+/// Applies `after_state_changes`: deletions (`Delete <Kind> <ns/name>`) and the objects the Go tests create at
+/// run time (`MustApplyObjectsWithCleanup [<Kind> <ns/name>]`, built by `runtime_objects`).
 fn apply_state_changes(rt: &WorldRuntime, changes: &[String]) -> Result<(), String> {
     let mut plan = rt.plan();
     for change in changes {
-        let words: Vec<&str> = change.split_whitespace().collect();
+        let words: Vec<&str> = change
+            .split_whitespace()
+            .map(|w| w.trim_matches(|c| c == '[' || c == ']'))
+            .collect();
         match words.as_slice() {
             ["Delete", kind, ns_name, ..] => {
                 if !plan.remove(kind, ns_name) {
                     return Err(format!("{change}: no such object in the world"));
                 }
+            }
+            ["MustApplyObjectsWithCleanup", kind, ns_name, ..] => {
+                let obj = super::runtime_objects::build(kind, ns_name)
+                    .ok_or_else(|| format!("{change}: the harness cannot build this object"))?;
+                super::runtime_objects::add_newer(&mut plan, obj, std::time::SystemTime::now());
             }
             _ => return Err(change.clone()),
         }
@@ -624,21 +663,28 @@ struct CaseTarget {
     url_host: String,
 }
 
-fn case_target(rt: &WorldRuntime, case: &Case) -> Result<CaseTarget, String> {
+/// The address to dial for a Gateway's (manifest) port, and the Gateway's IP.
+pub(crate) fn gateway_target(
+    rt: &WorldRuntime,
+    gateway: &str,
+    connect_port: u16,
+) -> Result<(SocketAddr, IpAddr), String> {
     let plan = rt.plan();
     let gw = plan
         .gateways
-        .get(&case.gateway)
-        .ok_or_else(|| format!("Gateway {} is not in the test's manifests", case.gateway))?;
-    let port = case.connect_port.checked_add(rt.offset).ok_or_else(|| {
-        format!(
-            "port {} + offset {} overflows",
-            case.connect_port, rt.offset
-        )
-    })?;
+        .get(gateway)
+        .ok_or_else(|| format!("Gateway {gateway} is not in the test's manifests"))?;
+    let port = connect_port
+        .checked_add(rt.offset)
+        .ok_or_else(|| format!("port {connect_port} + offset {} overflows", rt.offset))?;
+    Ok((SocketAddr::new(gw.ip, port), gw.ip))
+}
+
+fn case_target(rt: &WorldRuntime, case: &Case) -> Result<CaseTarget, String> {
+    let (connect, ip) = gateway_target(rt, &case.gateway, case.connect_port)?;
     Ok(CaseTarget {
-        connect: SocketAddr::new(gw.ip, port),
-        url_host: calculate_host(gw.ip, case.gateway_port, &case.scheme),
+        connect,
+        url_host: calculate_host(ip, case.gateway_port, &case.scheme),
     })
 }
 
@@ -913,10 +959,10 @@ fn describe_expectation(exp: &Expectation) -> String {
 }
 
 /// A failure with what was sent and received on the last attempt.
-struct LastFailure {
-    reason: String,
-    request: String,
-    response: String,
+pub(crate) struct LastFailure {
+    pub(crate) reason: String,
+    pub(crate) request: String,
+    pub(crate) response: String,
 }
 
 struct Passed {
@@ -927,6 +973,20 @@ struct Passed {
 /// by `max_time_to_consistency`.
 async fn eventually<F, Fut>(
     rt: &WorldRuntime,
+    attempt: F,
+) -> Result<(usize, Duration), (LastFailure, usize, Duration)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), LastFailure>>,
+{
+    eventually_n(rt, rt.opts.consecutive, attempt).await
+}
+
+/// [`eventually`] with `needed` passes in a row (upstream's TCP, UDP and TLS-rejection helpers poll until the
+/// first pass: `needed` = 1).
+pub(crate) async fn eventually_n<F, Fut>(
+    rt: &WorldRuntime,
+    needed: usize,
     mut attempt: F,
 ) -> Result<(usize, Duration), (LastFailure, usize, Duration)>
 where
@@ -949,7 +1009,7 @@ where
         match attempt().await {
             Ok(()) => {
                 successes += 1;
-                if successes >= rt.opts.consecutive {
+                if successes >= needed.max(1) {
                     return Ok((attempts, start.elapsed()));
                 }
                 continue;
@@ -968,7 +1028,12 @@ where
     Err((last, attempts, start.elapsed()))
 }
 
-fn failure_outcome(f: LastFailure, attempts: usize, took: Duration, expected: &str) -> Outcome {
+pub(crate) fn failure_outcome(
+    f: LastFailure,
+    attempts: usize,
+    took: Duration,
+    expected: &str,
+) -> Outcome {
     Outcome::fail(
         f.reason.clone(),
         format!(
@@ -1277,11 +1342,9 @@ fn count_received(rt: &WorldRuntime, ns: &str, backend: &str, path: &str) -> usi
     pods_of(&rt.pods, ns, backend)
         .iter()
         .map(|p| {
-            p.server
-                .received()
-                .iter()
-                .filter(|r| r.path == path)
-                .count()
+            p.http()
+                .map(|s| s.received().iter().filter(|r| r.path == path).count())
+                .unwrap_or(0)
         })
         .sum()
 }

@@ -52,6 +52,8 @@ pub struct GatewayPlan {
     pub ip: IpAddr,
     /// Its listener ports and those of the ListenerSets that name it (manifest ports).
     pub ports: BTreeSet<u16>,
+    /// The ports of its UDP listeners (also in `ports`).
+    pub udp_ports: BTreeSet<u16>,
     /// Annotated `gateway-api/skip-this-for-readiness: "true"`.
     pub skip_readiness: bool,
 }
@@ -69,7 +71,7 @@ pub struct EchoTlsPlan {
     pub client_ca_pem: Option<String>,
 }
 
-/// How an echo-basic pod is run.
+/// How an echo-basic pod in its HTTP mode is run.
 #[derive(Clone, Debug)]
 pub struct EchoPlan {
     /// `HTTP_PORT` (3000).
@@ -78,6 +80,50 @@ pub struct EchoPlan {
     pub h2c_port: u16,
     /// HTTPS, when the pod has `TLS_SERVER_CERT` and `TLS_SERVER_PRIVKEY`.
     pub https: Option<EchoTlsPlan>,
+}
+
+/// A TLS listener of a gRPC or TCP echo pod (`TLS_SERVER_CERT` + `TLS_SERVER_PRIV_KEY`).
+#[derive(Clone, Debug)]
+pub struct PodTlsPlan {
+    /// `HTTPS_PORT` (gRPC) or `TLS_PORT` (TCP), default 8443.
+    pub port: u16,
+    /// The certificate chain PEM.
+    pub cert_pem: String,
+    /// The private key PEM.
+    pub key_pem: String,
+}
+
+/// What a pod runs.
+#[derive(Clone, Debug)]
+pub enum BackendPlan {
+    /// echo-basic's HTTP echo.
+    Http(EchoPlan),
+    /// echo-basic with `GRPC_ECHO_SERVER`: h2c on `port` (`HTTP_PORT`, 3000), TLS when configured.
+    Grpc {
+        /// `HTTP_PORT`.
+        port: u16,
+        /// `HTTPS_PORT` with the mounted certificate.
+        tls: Option<PodTlsPlan>,
+    },
+    /// echo-basic with `TCP_ECHO_SERVER`: plain on `port` (`TCP_PORT`, 3000), TLS when configured.
+    Tcp {
+        /// `TCP_PORT`.
+        port: u16,
+        /// `TLS_PORT` with the mounted certificate.
+        tls: Option<PodTlsPlan>,
+    },
+    /// echo-basic with `UDP_ECHO_SERVER` on `port` (`UDP_PORT`, 8080).
+    Udp {
+        /// `UDP_PORT`.
+        port: u16,
+    },
+    /// The CoreDNS pod: the `whoami` zones of its Corefile, answered on UDP `port` (53).
+    Dns {
+        /// The UDP port (53).
+        port: u16,
+        /// Zones with the `whoami` plugin.
+        zones: Vec<String>,
+    },
 }
 
 /// One pod of a Deployment.
@@ -95,10 +141,24 @@ pub struct PodPlan {
     pub labels: BTreeMap<String, String>,
     /// Declared container ports: (name, port).
     pub container_ports: Vec<(Option<String>, u16)>,
-    /// How to run it; `None` when it is not an HTTP echo-basic pod (gRPC, TCP, UDP, coredns).
-    pub echo: Option<EchoPlan>,
+    /// `SERVICE_NAME` and `INGRESS_NAME` of its container (literal env values), empty when unset.
+    pub service_name: String,
+    /// `INGRESS_NAME`.
+    pub ingress_name: String,
+    /// How to run it; `None` when the harness cannot run it (see `note`).
+    pub backend: Option<BackendPlan>,
     /// Why it is not run, or what could not be set up.
     pub note: Option<String>,
+}
+
+impl PodPlan {
+    /// The HTTP echo plan, when the pod runs echo-basic's HTTP mode.
+    pub fn http_echo(&self) -> Option<&EchoPlan> {
+        match &self.backend {
+            Some(BackendPlan::Http(e)) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 /// A world ready to be written and run.
@@ -428,10 +488,18 @@ pub fn plan_pods(
             ))
         })
         .collect();
-    let (echo, note) = match containers.first() {
+    let (backend, note) = match containers.first() {
         None => (None, Some("no containers".to_string())),
-        Some(c) => plan_echo(&pod_spec, c, &ns, sources),
+        Some(c) => plan_backend(&pod_spec, c, &ns, sources),
     };
+    let env_of = |var: &str| {
+        containers
+            .first()
+            .and_then(|c| env_value(c, var))
+            .unwrap_or("")
+            .to_string()
+    };
+    let (service_name, ingress_name) = (env_of("SERVICE_NAME"), env_of("INGRESS_NAME"));
     let seed = stable_hash(&format!("{world}/{ns}"));
     (0..replicas)
         .map(|r| PodPlan {
@@ -441,69 +509,173 @@ pub fn plan_pods(
             ip: pod_ip(world, deployment_index, r),
             labels: labels.clone(),
             container_ports: container_ports.clone(),
-            echo: echo.clone(),
+            service_name: service_name.clone(),
+            ingress_name: ingress_name.clone(),
+            backend: backend.clone(),
             note: note.clone(),
         })
         .collect()
 }
 
-fn plan_echo(
+/// A mounted certificate and key (`cert_var`, `key_var` name the file paths in the container's env), or why not.
+fn mounted_tls(
     pod_spec: &Value,
     container: &Value,
     ns: &str,
     sources: &VolumeSources<'_>,
-) -> (Option<EchoPlan>, Option<String>) {
+    cert_var: &str,
+    key_var: &str,
+) -> Result<Option<(String, String)>, String> {
+    let (Some(cert_path), Some(key_path)) = (
+        env_value(container, cert_var),
+        env_value(container, key_var),
+    ) else {
+        return Ok(None);
+    };
+    let cert = sources.mounted_file(pod_spec, container, ns, cert_path);
+    let key = sources.mounted_file(pod_spec, container, ns, key_path);
+    match (cert, key) {
+        (Some(c), Some(k)) => Ok(Some((c, k))),
+        _ => Err(format!(
+            "TLS files {cert_path} / {key_path} not found in the pod's volumes: TLS not served"
+        )),
+    }
+}
+
+fn plan_backend(
+    pod_spec: &Value,
+    container: &Value,
+    ns: &str,
+    sources: &VolumeSources<'_>,
+) -> (Option<BackendPlan>, Option<String>) {
     let image = str_at(container, &["image"]).unwrap_or("");
+    let port = |var: &str, default: u16| {
+        env_value(container, var)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    if image.contains("coredns") {
+        return plan_dns(pod_spec, container, ns, sources);
+    }
     if !image.contains("echo-basic") {
         return (
             None,
             Some(format!("not an echo-basic pod (image {image}): not run")),
         );
     }
-    for mode in ["GRPC_ECHO_SERVER", "TCP_ECHO_SERVER", "UDP_ECHO_SERVER"] {
-        if env_value(container, mode).is_some() {
-            return (None, Some(format!("{mode} pod: out of scope, not run")));
-        }
-    }
-    let port = |var: &str, default: u16| {
-        env_value(container, var)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let mut note = None;
-    let https = match (
-        env_value(container, "TLS_SERVER_CERT"),
-        env_value(container, "TLS_SERVER_PRIVKEY"),
-    ) {
-        (Some(cert_path), Some(key_path)) => {
-            let cert = sources.mounted_file(pod_spec, container, ns, cert_path);
-            let key = sources.mounted_file(pod_spec, container, ns, key_path);
-            match (cert, key) {
-                (Some(cert_pem), Some(key_pem)) => Some(EchoTlsPlan {
-                    port: port("HTTPS_PORT", 8443),
-                    cert_pem,
-                    key_pem,
-                    client_ca_pem: env_value(container, "TLS_CLIENT_CACERTS")
-                        .and_then(|p| sources.mounted_file(pod_spec, container, ns, p)),
-                }),
-                _ => {
-                    note = Some(format!(
-                        "TLS files {cert_path} / {key_path} not found in the pod's volumes: HTTPS not served"
-                    ));
-                    None
-                }
+    // echo-basic's main(): GRPC_ECHO_SERVER, then TCP_ECHO_SERVER, then UDP_ECHO_SERVER (non-empty values).
+    let mode_set = |var: &str| env_value(container, var).is_some_and(|v| !v.is_empty());
+    if mode_set("GRPC_ECHO_SERVER") || mode_set("TCP_ECHO_SERVER") {
+        let grpc = mode_set("GRPC_ECHO_SERVER");
+        let (tls, note) = match mounted_tls(
+            pod_spec,
+            container,
+            ns,
+            sources,
+            "TLS_SERVER_CERT",
+            "TLS_SERVER_PRIV_KEY",
+        ) {
+            Ok(t) => (t, None),
+            Err(e) => (None, Some(e)),
+        };
+        let tls_port = if grpc {
+            port("HTTPS_PORT", 8443)
+        } else {
+            port("TLS_PORT", 8443)
+        };
+        let tls = tls.map(|(cert_pem, key_pem)| PodTlsPlan {
+            port: tls_port,
+            cert_pem,
+            key_pem,
+        });
+        let plan = if grpc {
+            BackendPlan::Grpc {
+                port: port("HTTP_PORT", 3000),
+                tls,
             }
-        }
-        _ => None,
+        } else {
+            BackendPlan::Tcp {
+                port: port("TCP_PORT", 3000),
+                tls,
+            }
+        };
+        return (Some(plan), note);
+    }
+    if mode_set("UDP_ECHO_SERVER") {
+        return (
+            Some(BackendPlan::Udp {
+                port: port("UDP_PORT", 8080),
+            }),
+            None,
+        );
+    }
+    let (https, note) = match mounted_tls(
+        pod_spec,
+        container,
+        ns,
+        sources,
+        "TLS_SERVER_CERT",
+        "TLS_SERVER_PRIVKEY",
+    ) {
+        Ok(t) => (
+            t.map(|(cert_pem, key_pem)| EchoTlsPlan {
+                port: port("HTTPS_PORT", 8443),
+                cert_pem,
+                key_pem,
+                client_ca_pem: env_value(container, "TLS_CLIENT_CACERTS")
+                    .and_then(|p| sources.mounted_file(pod_spec, container, ns, p)),
+            }),
+            None,
+        ),
+        Err(e) => (None, Some(e.replace("TLS not served", "HTTPS not served"))),
     };
     (
-        Some(EchoPlan {
+        Some(BackendPlan::Http(EchoPlan {
             http_port: port("HTTP_PORT", 3000),
             h2c_port: port("H2C_PORT", 3001),
             https,
-        }),
+        })),
         note,
     )
+}
+
+/// The CoreDNS pod: its Corefile (the file named by `-conf`, default `Corefile` in the working directory, read
+/// from the pod's volumes) must have at least one `whoami` server block; the harness answers those zones.
+fn plan_dns(
+    pod_spec: &Value,
+    container: &Value,
+    ns: &str,
+    sources: &VolumeSources<'_>,
+) -> (Option<BackendPlan>, Option<String>) {
+    let args: Vec<&str> = container
+        .get("args")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let conf = args
+        .iter()
+        .position(|a| *a == "-conf")
+        .and_then(|i| args.get(i + 1))
+        .copied()
+        .unwrap_or("Corefile");
+    let Some(corefile) = sources.mounted_file(pod_spec, container, ns, conf) else {
+        return (
+            None,
+            Some(format!(
+                "CoreDNS pod: {conf} not found in its volumes: not run"
+            )),
+        );
+    };
+    let zones = crate::echo::dns::whoami_zones(&corefile);
+    if zones.is_empty() {
+        return (
+            None,
+            Some("CoreDNS pod: its Corefile has no whoami block: not run".to_string()),
+        );
+    }
+    (Some(BackendPlan::Dns { port: 53, zones }), None)
 }
 
 /// The EndpointSlice the EndpointSlice controller would make for a Service with a selector: every selected
@@ -663,12 +835,14 @@ pub fn build_world(
         );
         g += 1;
         let ports = listener_ports(doc);
+        let udp_ports = udp_listener_ports(doc);
         let skip = str_at(doc, &["metadata", "annotations", SKIP_READINESS]) == Some("true");
         gateways.insert(
             format!("{}/{}", namespace(doc), name(doc)),
             GatewayPlan {
                 ip,
                 ports,
+                udp_ports,
                 skip_readiness: skip,
             },
         );
@@ -683,8 +857,10 @@ pub fn build_world(
             str_at(doc, &["spec", "parentRef", "name"]).unwrap_or("")
         );
         let ports = listener_ports(doc);
+        let udp_ports = udp_listener_ports(doc);
         if let Some(gw) = gateways.get_mut(&parent) {
             gw.ports.extend(ports);
+            gw.udp_ports.extend(udp_ports);
         }
     }
 
@@ -732,6 +908,18 @@ pub fn listener_ports(doc: &Value) -> BTreeSet<u16> {
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
+        .filter_map(|l| l.get("port").and_then(Value::as_u64))
+        .filter_map(|p| u16::try_from(p).ok())
+        .collect()
+}
+
+/// The ports of the `protocol: UDP` listeners of a Gateway or ListenerSet.
+pub fn udp_listener_ports(doc: &Value) -> BTreeSet<u16> {
+    at(doc, &["spec", "listeners"])
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|l| str_at(l, &["protocol"]) == Some("UDP"))
         .filter_map(|l| l.get("port").and_then(Value::as_u64))
         .filter_map(|p| u16::try_from(p).ok())
         .collect()

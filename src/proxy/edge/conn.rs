@@ -341,8 +341,13 @@ pub fn response(status: u16) -> Vec<u8> {
         code.as_u16(),
         code.canonical_reason().unwrap_or("")
     );
+    // The `Server` header of local replies (`--server-header`), as Pingora's own answers carry it.
+    let server = crate::proxy::observe::server_header()
+        .and_then(|v| v.to_str().ok())
+        .map(|v| format!("server: {v}\r\n"))
+        .unwrap_or_default();
     format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {} {}\r\n{server}content-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         code.as_u16(),
         code.canonical_reason().unwrap_or(""),
         body.len()

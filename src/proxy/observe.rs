@@ -1,0 +1,429 @@
+//! What the data plane says about each request: the `Server` header, and access logs.
+//!
+//! Both are process-wide settings fixed at start (`--server-header`, `--access-log`), held in `OnceLock`s so that
+//! a request reads them with one atomic load.
+//!
+//! Access logs go to stdout, one line per request, through a bounded queue to a writer thread: a request never
+//! waits for stdout. When the queue is full the line is dropped and `portcullis_access_log_dropped_total`
+//! counts it. Formats: `json` (the fields of [`Record`]) and `text` (ingress-nginx's `log-format-upstream`).
+
+use http::HeaderValue;
+use prometheus::IntCounter;
+use serde::Serialize;
+use std::io::Write;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::OnceLock;
+
+static SERVER: OnceLock<Option<HeaderValue>> = OnceLock::new();
+static ACCESS_LOG: OnceLock<AccessLog> = OnceLock::new();
+
+/// Access-log format (`--access-log`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccessLogFormat {
+    /// No access log.
+    #[default]
+    Off,
+    /// One JSON object per line.
+    Json,
+    /// ingress-nginx's upstream log format.
+    Text,
+}
+
+/// Why the `--server-header` value cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("--server-header {0:?}: not a valid header value")]
+pub struct BadServerHeader(String);
+
+/// Sets the `Server` header of this process: a name, or `off` for none. Later calls change nothing.
+pub fn set_server_header(value: &str) -> Result<(), BadServerHeader> {
+    let v = if value.eq_ignore_ascii_case("off") {
+        None
+    } else {
+        Some(HeaderValue::from_str(value).map_err(|_| BadServerHeader(value.to_string()))?)
+    };
+    let _ = SERVER.set(v);
+    Ok(())
+}
+
+/// The `Server` header to add to responses that carry none (local replies, and upstream responses without one).
+#[inline]
+pub fn server_header() -> Option<&'static HeaderValue> {
+    SERVER.get().and_then(Option::as_ref)
+}
+
+/// The access log of this process.
+pub struct AccessLog {
+    format: AccessLogFormat,
+    query: bool,
+    tx: SyncSender<Vec<u8>>,
+    dropped: Option<IntCounter>,
+}
+
+/// Starts the access log: lines are written to stdout by a thread of their own; at most `capacity` lines wait.
+/// Does nothing when `format` is `off` or a log was started already.
+pub fn start_access_log(
+    format: AccessLogFormat,
+    query: bool,
+    capacity: usize,
+    dropped: Option<IntCounter>,
+) -> std::io::Result<()> {
+    if format == AccessLogFormat::Off || ACCESS_LOG.get().is_some() {
+        return Ok(());
+    }
+    let (tx, rx) = sync_channel(capacity.max(1));
+    std::thread::Builder::new()
+        .name("portcullis-accesslog".into())
+        .spawn(move || write_lines(rx))?;
+    let _ = ACCESS_LOG.set(AccessLog {
+        format,
+        query,
+        tx,
+        dropped,
+    });
+    Ok(())
+}
+
+fn write_lines(rx: Receiver<Vec<u8>>) {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    while let Ok(line) = rx.recv() {
+        let mut ok = out.write_all(&line).is_ok();
+        // Write what is queued, then flush once the queue is empty.
+        while let Ok(line) = rx.try_recv() {
+            ok &= out.write_all(&line).is_ok();
+        }
+        if !ok || out.flush().is_err() {
+            // stdout is gone (closed pipe): nothing more can be logged.
+            return;
+        }
+    }
+}
+
+/// The access log, when one is on.
+#[inline]
+pub fn access_log() -> Option<&'static AccessLog> {
+    ACCESS_LOG.get()
+}
+
+/// One attempt to a backend, as the access log reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    /// The endpoint.
+    pub addr: std::net::SocketAddr,
+    /// The response status, when a response header arrived.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Seconds from the start of the attempt to its response header (or its failure).
+    pub seconds: f64,
+}
+
+/// Why a request did not get a backend's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failure {
+    /// No route matched (404) or the host belongs to another listener (421).
+    NoRoute,
+    /// Connections to the backend failed.
+    UpstreamConnectFailure,
+    /// The backend did not answer in time.
+    UpstreamTimeout,
+    /// The backend has no endpoint that may be tried.
+    NoHealthyUpstream,
+    /// The client went away before the response was complete.
+    DownstreamDisconnect,
+}
+
+/// The route a request matched.
+#[derive(Debug, Serialize)]
+pub struct RouteRef<'a> {
+    /// Object kind.
+    pub kind: &'a str,
+    /// Namespace.
+    pub namespace: &'a str,
+    /// Name.
+    pub name: &'a str,
+    /// Rule index in the object (absent for an Ingress default backend).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<usize>,
+}
+
+/// The fields of one access-log line.
+#[derive(Debug, Serialize)]
+pub struct Record<'a> {
+    /// When the response ended (RFC 3339, UTC).
+    pub time: String,
+    /// `X-Request-ID` of the request, or the one made for it.
+    pub request_id: &'a str,
+    /// The trace id of a W3C `traceparent` header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<&'a str>,
+    /// Client address and port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// Method.
+    pub method: &'a str,
+    /// Host header (or `:authority`).
+    pub authority: &'a str,
+    /// Path, and the query when `--access-log-query` is on.
+    pub path: &'a str,
+    /// `HTTP/1.1`, `HTTP/2.0`, ...
+    pub protocol: &'static str,
+    /// TLS server name the client sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_sni: Option<&'a str>,
+    /// TLS version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_version: Option<&'a str>,
+    /// Status sent (499: the client left before a response was sent).
+    pub status: u16,
+    /// Request body bytes read.
+    pub bytes_in: usize,
+    /// Response body bytes sent.
+    pub bytes_out: usize,
+    /// Seconds from the request head to the end of the response.
+    pub duration: f64,
+    /// Listener (`ADDRESS:PORT`).
+    pub listener: &'a str,
+    /// The route that answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<RouteRef<'a>>,
+    /// The backend (`namespace/name:port`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// The attempts to the backend's endpoints.
+    #[serde(skip_serializing_if = "<[Attempt]>::is_empty")]
+    pub upstreams: &'a [Attempt],
+    /// Attempts made again.
+    pub retries: u32,
+    /// Why no backend answered, when none did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Failure>,
+    /// `User-Agent` (text format only).
+    #[serde(skip)]
+    pub user_agent: &'a str,
+    /// `Referer` (text format only).
+    #[serde(skip)]
+    pub referer: &'a str,
+}
+
+impl AccessLog {
+    /// Whether paths are logged with their query.
+    pub fn with_query(&self) -> bool {
+        self.query
+    }
+
+    /// Queues one line (dropped and counted when the writer is behind).
+    pub fn log(&self, r: &Record<'_>) {
+        let line = match self.format {
+            AccessLogFormat::Off => return,
+            AccessLogFormat::Json => {
+                let mut v = Vec::with_capacity(512);
+                if serde_json::to_writer(&mut v, r).is_err() {
+                    return;
+                }
+                v.push(b'\n');
+                v
+            }
+            AccessLogFormat::Text => text_line(r),
+        };
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(line) {
+            if let Some(c) = &self.dropped {
+                c.inc();
+            }
+        }
+    }
+}
+
+/// Writes `s` as nginx writes variables in a log line: `"` `\` and bytes outside printable ASCII as `\xHH`.
+fn escaped(out: &mut Vec<u8>, s: &str) {
+    for &b in s.as_bytes() {
+        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+            let _ = write!(out, "\\x{b:02X}");
+        } else {
+            out.push(b);
+        }
+    }
+}
+
+fn dash_or(out: &mut Vec<u8>, s: &str) {
+    if s.is_empty() {
+        out.push(b'-');
+    } else {
+        escaped(out, s);
+    }
+}
+
+/// ingress-nginx's `log-format-upstream`:
+/// `$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer"
+/// "$http_user_agent" $request_length $request_time [$proxy_upstream_name] [$proxy_alternative_upstream_name]
+/// $upstream_addr $upstream_response_length $upstream_response_time $upstream_status $req_id`.
+/// `$remote_user` is `-`, `$request_length` is the body length, `$upstream_response_length` is `-` (not tracked
+/// per attempt); lists of attempts are separated by `, ` as nginx does.
+fn text_line(r: &Record<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    let client_ip = r
+        .client
+        .as_deref()
+        .map(|c| c.rsplit_once(':').map_or(c, |(ip, _)| ip))
+        .unwrap_or("-");
+    let local = jiff::Zoned::now()
+        .strftime("%d/%b/%Y:%H:%M:%S %z")
+        .to_string();
+    let _ = write!(out, "{client_ip} - - [{local}] \"");
+    escaped(&mut out, r.method);
+    out.push(b' ');
+    escaped(&mut out, r.path);
+    let _ = write!(out, " {}\" {} {} \"", r.protocol, r.status, r.bytes_out);
+    dash_or(&mut out, r.referer);
+    out.extend_from_slice(b"\" \"");
+    dash_or(&mut out, r.user_agent);
+    let _ = write!(out, "\" {} {:.3} [", r.bytes_in, r.duration);
+    match &r.backend {
+        Some(b) => escaped(&mut out, b),
+        None => out.push(b'-'),
+    }
+    out.extend_from_slice(b"] [] ");
+    if r.upstreams.is_empty() {
+        out.extend_from_slice(b"- - - -");
+    } else {
+        let list = |out: &mut Vec<u8>, f: &dyn Fn(&Attempt, &mut Vec<u8>)| {
+            for (i, a) in r.upstreams.iter().enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b", ");
+                }
+                f(a, out);
+            }
+        };
+        list(&mut out, &|a, o| {
+            let _ = write!(o, "{}", a.addr);
+        });
+        out.extend_from_slice(b" - ");
+        list(&mut out, &|a, o| {
+            let _ = write!(o, "{:.3}", a.seconds);
+        });
+        out.push(b' ');
+        list(&mut out, &|a, o| match a.status {
+            Some(s) => {
+                let _ = write!(o, "{s}");
+            }
+            None => o.push(b'-'),
+        });
+    }
+    out.push(b' ');
+    escaped(&mut out, r.request_id);
+    out.push(b'\n');
+    out
+}
+
+/// A new request id: 32 lowercase hex digits, as ingress-nginx's `$req_id`.
+pub fn new_request_id() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
+/// The trace id of a W3C `traceparent` value (`00-<32 hex>-<16 hex>-<2 hex>`), when well formed and not all zero.
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.trim().split('-');
+    let version = parts.next()?;
+    let trace = parts.next()?;
+    let parent = parts.next()?;
+    let flags = parts.next()?;
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2)
+    {
+        return None;
+    }
+    if trace.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    Some(trace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record<'a>(upstreams: &'a [Attempt]) -> Record<'a> {
+        Record {
+            time: "2026-12-03T11:00:00Z".into(),
+            request_id: "abc",
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            client: Some("127.0.0.1:5555".into()),
+            method: "GET",
+            authority: "shop.example",
+            path: "/a\"b",
+            protocol: "HTTP/1.1",
+            tls_sni: None,
+            tls_version: None,
+            status: 200,
+            bytes_in: 0,
+            bytes_out: 12,
+            duration: 0.0123,
+            listener: "*:80",
+            route: Some(RouteRef {
+                kind: "HTTPRoute",
+                namespace: "shop",
+                name: "web",
+                rule: Some(0),
+            }),
+            backend: Some("shop/web:80".into()),
+            upstreams,
+            retries: 1,
+            reason: None,
+            user_agent: "curl/8",
+            referer: "",
+        }
+    }
+
+    #[test]
+    fn text_line_follows_the_ingress_nginx_format() {
+        let a = [
+            Attempt {
+                addr: "10.0.0.1:8080".parse().unwrap(),
+                status: None,
+                seconds: 0.001,
+            },
+            Attempt {
+                addr: "10.0.0.2:8080".parse().unwrap(),
+                status: Some(200),
+                seconds: 0.01,
+            },
+        ];
+        let line = String::from_utf8(text_line(&record(&a))).unwrap();
+        assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+        assert!(
+            line.ends_with(
+                "] \"GET /a\\x22b HTTP/1.1\" 200 12 \"-\" \"curl/8\" 0 0.012 [shop/web:80] [] \
+                 10.0.0.1:8080, 10.0.0.2:8080 - 0.001, 0.010 -, 200 abc\n"
+            ),
+            "{line}"
+        );
+        let none = String::from_utf8(text_line(&record(&[]))).unwrap();
+        assert!(none.ends_with("[shop/web:80] [] - - - - abc\n"), "{none}");
+    }
+
+    #[test]
+    fn json_has_the_fields() {
+        let r = record(&[]);
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["route"]["name"], "web");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(v.get("upstreams").is_none());
+        assert!(v.get("user_agent").is_none());
+    }
+
+    #[test]
+    fn trace_ids() {
+        assert_eq!(
+            trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(
+            trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(trace_id("00-4bf92f35-00f067aa0ba902b7-01"), None);
+        assert_eq!(trace_id("garbage"), None);
+        assert_eq!(new_request_id().len(), 32);
+    }
+}

@@ -1,0 +1,617 @@
+//! Table-driven tests: for each annotation, values ingress-nginx takes, values it refuses (the Ingress keeps its
+//! last good version), values that deny the location (503), and values it corrects (with the value used).
+
+use super::*;
+use crate::model::policy::TemplatePart as T;
+
+const PREFIX: &str = "nginx.ingress.kubernetes.io";
+
+fn parse_in(settings: &Settings, pairs: &[(&str, &str)]) -> IngressAnnotations {
+    let anns: BTreeMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (format!("{PREFIX}/{k}"), v.to_string()))
+        .collect();
+    let cx = Context {
+        prefix: PREFIX,
+        namespace: "shop",
+        name: "web",
+        settings,
+    };
+    parse(&anns, &cx)
+}
+
+fn parse_v1(pairs: &[(&str, &str)]) -> IngressAnnotations {
+    parse_in(&Settings::ingress_v1(), pairs)
+}
+
+/// What happened to one annotation.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum Outcome {
+    /// No finding for it.
+    Ok,
+    Reject,
+    Deny,
+    Warn,
+}
+use Outcome::*;
+
+fn outcome(a: &IngressAnnotations, short: &str) -> Outcome {
+    let key = format!("{PREFIX}/{short}");
+    let mut out = Ok;
+    for f in a.findings.iter().filter(|f| f.key() == key) {
+        out = match (out, f) {
+            (_, Finding::Reject { .. }) => Reject,
+            (Reject, _) => Reject,
+            (_, Finding::Deny { .. }) => Deny,
+            (Deny, _) => Deny,
+            _ => Warn,
+        };
+    }
+    out
+}
+
+/// Runs a table of single-annotation cases (`extra` annotations are set alongside, e.g. the one it depends on).
+fn table(extra: &[(&str, &str)], rows: &[(&str, &str, Outcome)]) {
+    for (key, value, want) in rows {
+        let mut pairs = extra.to_vec();
+        pairs.push((key, value));
+        let a = parse_v1(&pairs);
+        assert_eq!(
+            outcome(&a, key),
+            *want,
+            "{key}: {value:?} -> {:?}",
+            a.findings
+        );
+        assert_eq!(
+            a.rejected(),
+            *want == Reject,
+            "{key}: {value:?} rejected? {:?}",
+            a.findings
+        );
+    }
+}
+
+#[test]
+fn rewrite_group_is_corrected_never_refused() {
+    table(
+        &[],
+        &[
+            ("rewrite-target", "/$1", Ok),
+            ("rewrite-target", "/api/$2/x", Ok),
+            ("rewrite-target", "/a?b", Warn),
+            ("rewrite-target", "/a b", Warn),
+            ("rewrite-target", "/$host", Reject),
+            ("use-regex", "true", Ok),
+            ("use-regex", "yes", Warn),
+            ("ssl-redirect", "false", Ok),
+            ("ssl-redirect", "off", Warn),
+            ("force-ssl-redirect", "True", Ok),
+            ("force-ssl-redirect", "1x", Warn),
+            ("preserve-trailing-slash", "t", Ok),
+            ("preserve-trailing-slash", "sure", Warn),
+            ("app-root", "/app1", Ok),
+            ("app-root", "app1", Warn),
+            ("app-root", "https://x/app1", Warn),
+        ],
+    );
+    let a = parse_v1(&[("rewrite-target", "/x/$1$2"), ("use-regex", "true")]);
+    assert_eq!(
+        a.rewrite_template,
+        Some(vec![T::Text("/x/".into()), T::Capture(1), T::Capture(2)])
+    );
+    assert!(a.use_regex);
+    // A bad boolean keeps the profile's default.
+    assert!(!parse_v1(&[("ssl-redirect", "on")]).ssl_redirect);
+    assert!(parse_in(&Settings::ingress_nginx(), &[("ssl-redirect", "on")]).ssl_redirect);
+    assert!(!parse_in(&Settings::ingress_nginx(), &[("ssl-redirect", "false")]).ssl_redirect);
+}
+
+#[test]
+fn redirect_group_refuses_bad_values_and_corrects_codes() {
+    table(
+        &[],
+        &[
+            ("permanent-redirect", "https://example.com/new", Ok),
+            ("permanent-redirect", "https://example.com/$1", Reject),
+            ("permanent-redirect", "https://example.com/a b", Reject),
+            ("permanent-redirect-code", "308", Ok),
+            ("permanent-redirect-code", "abc", Reject),
+            ("temporal-redirect", "https://example.com/t", Ok),
+            ("temporal-redirect", "ftp://example.com/t", Warn),
+            ("from-to-www-redirect", "true", Ok),
+            ("from-to-www-redirect", "yes", Reject),
+        ],
+    );
+    let code = |pairs: &[(&str, &str)]| parse_v1(pairs).redirect.map(|r| r.code);
+    assert_eq!(code(&[("permanent-redirect", "https://a/")]), Some(301));
+    assert_eq!(
+        code(&[
+            ("permanent-redirect", "https://a/"),
+            ("permanent-redirect-code", "308")
+        ]),
+        Some(308)
+    );
+    // Out of range: 301, with a warning.
+    let a = parse_v1(&[
+        ("permanent-redirect", "https://a/"),
+        ("permanent-redirect-code", "200"),
+    ]);
+    assert_eq!(a.redirect.as_ref().map(|r| r.code), Some(301));
+    assert_eq!(outcome(&a, "permanent-redirect-code"), Warn);
+    assert_eq!(
+        code(&[
+            ("temporal-redirect", "https://a/"),
+            ("temporal-redirect-code", "308")
+        ]),
+        Some(302)
+    );
+    assert_eq!(
+        code(&[
+            ("temporal-redirect", "https://a/"),
+            ("temporal-redirect-code", "307")
+        ]),
+        Some(307)
+    );
+    // temporal wins over permanent.
+    let a = parse_v1(&[
+        ("temporal-redirect", "https://t/"),
+        ("permanent-redirect", "https://p/"),
+    ]);
+    assert_eq!(
+        a.redirect.and_then(|r| r.url).as_deref(),
+        Some("https://t/")
+    );
+}
+
+#[test]
+fn server_alias_and_vhost_and_prefix() {
+    table(
+        &[],
+        &[
+            ("server-alias", "a.example.com, b.example.com", Ok),
+            ("server-alias", "*.example.com", Ok),
+            ("server-alias", "a.example.com;b", Reject),
+            ("upstream-vhost", "internal.example.com", Ok),
+            ("upstream-vhost", "bad host;", Reject),
+            ("x-forwarded-prefix", "/api", Ok),
+            ("x-forwarded-prefix", "/api/$1", Ok),
+            ("x-forwarded-prefix", "/api?x", Reject),
+        ],
+    );
+    let a = parse_v1(&[(
+        "server-alias",
+        "b.example.com,a.example.com, a.example.com,",
+    )]);
+    assert_eq!(a.aliases, vec!["a.example.com", "b.example.com"]);
+}
+
+#[test]
+fn proxy_group_falls_back_to_defaults() {
+    table(
+        &[],
+        &[
+            ("proxy-body-size", "8m", Ok),
+            ("proxy-body-size", "0", Ok),
+            ("proxy-body-size", "8mb", Warn),
+            ("proxy-body-size", "10b", Warn),
+            ("proxy-read-timeout", "120", Ok),
+            ("proxy-read-timeout", "2m", Warn),
+            ("proxy-read-timeout", "-1", Warn),
+            ("proxy-send-timeout", "30", Ok),
+            ("proxy-send-timeout", "x", Warn),
+            ("proxy-buffering", "on", Ok),
+            ("proxy-buffering", "maybe", Warn),
+        ],
+    );
+    let nginx = Settings::ingress_nginx();
+    assert_eq!(parse_in(&nginx, &[]).body_size, Some(1 << 20));
+    assert_eq!(
+        parse_in(&nginx, &[("proxy-body-size", "8m")]).body_size,
+        Some(8 << 20)
+    );
+    assert_eq!(
+        parse_in(&nginx, &[("proxy-body-size", "0")]).body_size,
+        Some(0)
+    );
+    assert_eq!(
+        parse_in(&nginx, &[("proxy-body-size", "8mb")]).body_size,
+        Some(1 << 20)
+    );
+    assert_eq!(parse_v1(&[]).body_size, None);
+    assert_eq!(parse_in(&nginx, &[]).read_timeout, Some(60));
+    assert_eq!(
+        parse_in(&nginx, &[("proxy-read-timeout", "x")]).read_timeout,
+        Some(60)
+    );
+    assert_eq!(
+        parse_in(&nginx, &[("proxy-read-timeout", "5")]).read_timeout,
+        Some(5)
+    );
+}
+
+#[test]
+fn source_ranges_deny_the_location_when_bad() {
+    table(
+        &[],
+        &[
+            ("allowlist-source-range", "10.0.0.0/8, 192.168.0.1", Ok),
+            ("whitelist-source-range", "10.0.0.0/8", Ok),
+            ("allowlist-source-range", "10.0.0.0/33", Deny),
+            ("denylist-source-range", "2001:db8::/32", Ok),
+            ("denylist-source-range", "not-an-ip", Deny),
+        ],
+    );
+    let a = parse_v1(&[("allowlist-source-range", "10.0.0.0/99")]);
+    assert!(a.denied.is_some());
+    // allowlist wins over its older alias.
+    let a = parse_v1(&[
+        ("allowlist-source-range", "10.0.0.0/8"),
+        ("whitelist-source-range", "192.168.0.0/16"),
+    ]);
+    assert_eq!(a.allowlist.len(), 1);
+    assert_eq!(a.allowlist[0].to_string(), "10.0.0.0/8");
+}
+
+#[test]
+fn cors_group_is_corrected() {
+    table(
+        &[("enable-cors", "true")],
+        &[
+            (
+                "cors-allow-origin",
+                "https://a.com, https://*.b.org:8443",
+                Ok,
+            ),
+            ("cors-allow-origin", "*", Ok),
+            ("cors-allow-origin", "https://a.com/path", Warn),
+            ("cors-allow-methods", "GET, PUT", Ok),
+            ("cors-allow-methods", "GET;PUT", Warn),
+            ("cors-allow-headers", "X-Token, Content-Type", Ok),
+            ("cors-allow-headers", "X-Token:", Warn),
+            ("cors-expose-headers", "X-Trace, *", Ok),
+            ("cors-expose-headers", "X/Trace", Warn),
+            ("cors-allow-credentials", "false", Ok),
+            ("cors-allow-credentials", "nope", Warn),
+            ("cors-max-age", "600", Ok),
+            ("cors-max-age", "10m", Warn),
+        ],
+    );
+    table(
+        &[],
+        &[("enable-cors", "true", Ok), ("enable-cors", "yes", Warn)],
+    );
+    let c = parse_v1(&[("enable-cors", "true")]).cors.unwrap();
+    assert!(c.any && c.allow_credentials);
+    assert_eq!(c.max_age, 1_728_000);
+    assert_eq!(c.allow_methods, "GET, PUT, POST, DELETE, PATCH, OPTIONS");
+    let c = parse_v1(&[
+        ("enable-cors", "true"),
+        ("cors-allow-origin", "https://a.com, https://*.b.org"),
+    ])
+    .cors
+    .unwrap();
+    assert!(!c.any);
+    assert_eq!(c.origins.len(), 2);
+    assert_eq!(c.origins[1].suffix.as_deref(), Some(".b.org"));
+    assert!(parse_v1(&[("cors-allow-origin", "https://a.com")])
+        .cors
+        .is_none());
+}
+
+#[test]
+fn basic_auth_refuses_denies_and_reads() {
+    table(
+        &[("auth-secret", "users")],
+        &[
+            ("auth-type", "basic", Ok),
+            ("auth-type", "token", Reject),
+            ("auth-type", "digest", Deny),
+        ],
+    );
+    table(
+        &[("auth-type", "basic")],
+        &[
+            ("auth-secret", "users", Ok),
+            ("auth-secret", "shop/users", Ok),
+            ("auth-secret", "other/users", Deny),
+            ("auth-secret", "a/b/c", Deny),
+            ("auth-secret", "users;x", Deny),
+        ],
+    );
+    table(
+        &[("auth-type", "basic"), ("auth-secret", "users")],
+        &[
+            ("auth-realm", "Shop staff", Ok),
+            ("auth-realm", "Shop \"staff\"", Reject),
+            ("auth-secret-type", "auth-map", Ok),
+            ("auth-secret-type", "auth-file", Ok),
+            ("auth-secret-type", "file", Reject),
+        ],
+    );
+    let a = parse_v1(&[("auth-type", "basic")]);
+    assert_eq!(outcome(&a, "auth-secret"), Deny);
+    let r = parse_v1(&[
+        ("auth-type", "basic"),
+        ("auth-secret", "users"),
+        ("auth-realm", "Staff"),
+    ])
+    .basic_auth
+    .unwrap();
+    assert_eq!(
+        (r.namespace.as_str(), r.name.as_str(), r.realm.as_str()),
+        ("shop", "users", "Staff")
+    );
+    assert!(!r.map);
+}
+
+#[test]
+fn htpasswd_formats() {
+    let text = "# comment\n\
+                alice:$apr1$xyz$HXgo9gtz4gpj4JWTLYmjB0\n\
+                bob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n\
+                carol:$2y$05$abcdefghijklmnopqrstuuVq8VZpeV0bjRSDnVYgN7rlbB4DZUmK2\n\
+                dave:$6$salt$hash\n\
+                erin\n\
+                frank:{PLAIN}pw:comment\n";
+    let (users, problems) = htpasswd(text);
+    let names: Vec<&str> = users.iter().map(|(u, _)| u.as_str()).collect();
+    assert_eq!(names, ["alice", "bob", "carol", "frank"]);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(matches!(users[1].1, PasswordHash::Sha1(_)));
+    assert!(matches!(&users[3].1, PasswordHash::Plain(p) if p == "pw"));
+}
+
+#[test]
+fn external_auth_values() {
+    table(
+        &[],
+        &[
+            ("auth-url", "http://auth.shop.svc:8080/verify?x=1", Ok),
+            ("auth-url", "https://auth.example.com/oauth2/auth", Ok),
+            ("auth-url", "http://auth/$host", Reject),
+            ("auth-url", "ftp://auth/x", Reject),
+            ("auth-url", "http:///x", Deny),
+            ("auth-url", "http://a;b/x", Reject),
+        ],
+    );
+    table(
+        &[("auth-url", "http://auth/verify")],
+        &[
+            ("auth-method", "POST", Ok),
+            ("auth-method", "FETCH", Deny),
+            (
+                "auth-signin",
+                "https://auth.example.com/start?rd=$escaped_request_uri",
+                Ok,
+            ),
+            ("auth-signin", "https://$host/oauth2/start", Ok),
+            ("auth-signin", "https://$upstream_addr/x", Reject),
+            ("auth-signin", "https://a.com/\"x", Warn),
+            ("auth-response-headers", "X-User, X-Email", Ok),
+            ("auth-response-headers", "X-User: 1", Deny),
+            ("auth-signin-redirect-param", "next", Ok),
+            ("auth-cache-key", "$remote_user", Warn),
+        ],
+    );
+    let e = parse_v1(&[
+        ("auth-url", "http://10.0.0.9:9000/verify"),
+        ("auth-signin", "https://login.example.com/start"),
+        ("auth-response-headers", "X-User"),
+    ])
+    .external_auth
+    .unwrap();
+    assert_eq!(
+        (e.host.as_str(), e.port, e.path_and_query.as_str()),
+        ("10.0.0.9", 9000, "/verify")
+    );
+    assert_eq!(e.response_headers, vec!["x-user"]);
+    let signin = e.signin.unwrap();
+    assert_eq!(
+        signin[0],
+        UrlPart::Text("https://login.example.com/start?rd=".into())
+    );
+    assert_eq!(signin[1], UrlPart::Scheme);
+    // An `rd` already present is kept as is.
+    let e = parse_v1(&[
+        ("auth-url", "http://a/v"),
+        ("auth-signin", "https://l/s?rd=$escaped_request_uri"),
+    ])
+    .external_auth
+    .unwrap();
+    assert_eq!(e.signin.unwrap().len(), 2);
+}
+
+#[test]
+fn rate_limits() {
+    table(
+        &[],
+        &[
+            ("limit-rps", "10", Ok),
+            ("limit-rps", "ten", Reject),
+            ("limit-rpm", "600", Ok),
+            ("limit-rpm", "1.5", Reject),
+            ("limit-connections", "3", Ok),
+            ("limit-connections", "x", Reject),
+            ("limit-burst-multiplier", "2", Ok),
+            ("limit-burst-multiplier", "x", Warn),
+            ("limit-allowlist", "10.0.0.0/8", Ok),
+            ("limit-allowlist", "10.0.0.0/77", Reject),
+        ],
+    );
+    let r = parse_v1(&[("limit-rps", "5")]).rate_limit.unwrap();
+    assert_eq!(
+        (r.rps, r.rpm, r.burst_multiplier, r.req_status),
+        (5, 0, 5, 503)
+    );
+    assert_eq!(r.zone, "shop/web");
+    assert!(parse_v1(&[("limit-rps", "0")]).rate_limit.is_none());
+    assert!(parse_v1(&[("limit-rps", "-4")]).rate_limit.is_none());
+}
+
+#[test]
+fn canary_group_is_corrected() {
+    table(
+        &[("canary", "true")],
+        &[
+            ("canary-weight", "20", Ok),
+            ("canary-weight", "20%", Warn),
+            ("canary-weight-total", "1000", Ok),
+            ("canary-by-header", "X-Canary", Ok),
+            ("canary-by-header", "X:Canary;", Warn),
+            ("canary-by-header-value", "v2", Ok),
+            ("canary-by-header-pattern", "^v[0-9]+$", Ok),
+            ("canary-by-header-pattern", "(v", Warn),
+            ("canary-by-cookie", "canary", Ok),
+        ],
+    );
+    table(&[], &[("canary", "true", Ok), ("canary", "on", Warn)]);
+    let a = parse_v1(&[("canary-weight", "50")]);
+    assert!(a.canary.is_none());
+    assert_eq!(outcome(&a, "canary"), Warn);
+    let c = parse_v1(&[("canary", "true"), ("canary-by-header", "X-Canary")])
+        .canary
+        .unwrap();
+    assert_eq!(c.header.as_deref(), Some("x-canary"));
+    assert_eq!(c.weight_total, 100);
+}
+
+#[test]
+fn backend_settings_are_parsed_not_applied() {
+    table(
+        &[],
+        &[
+            ("backend-protocol", "HTTPS", Warn),
+            ("backend-protocol", "QUIC", Warn),
+            ("load-balance", "ewma", Warn),
+            ("load-balance", "random", Reject),
+            ("upstream-hash-by", "$request_uri", Warn),
+            ("upstream-hash-by", "$request_uri;", Reject),
+            ("affinity", "cookie", Warn),
+            ("service-upstream", "true", Warn),
+            ("proxy-next-upstream", "error timeout http_502", Warn),
+            ("proxy-next-upstream-tries", "5", Warn),
+            ("proxy-connect-timeout", "10", Warn),
+            ("custom-http-errors", "404,503", Warn),
+            ("custom-http-errors", "200", Reject),
+            ("default-backend", "errors", Warn),
+            ("default-backend", "Errors", Reject),
+            ("proxy-ssl-secret", "shop/ca", Warn),
+            ("proxy-ssl-secret", "other/ca", Deny),
+            ("proxy-ssl-secret", "ca;x", Reject),
+        ],
+    );
+    let b = parse_v1(&[
+        ("backend-protocol", "grpc"),
+        ("load-balance", "ewma"),
+        ("upstream-hash-by", "$request_uri"),
+        ("affinity", "cookie"),
+        ("session-cookie-name", "route"),
+        ("affinity-mode", "persistent"),
+        ("proxy-next-upstream", "error http_503"),
+        ("custom-http-errors", "404, 503"),
+        ("proxy-ssl-secret", "shop/ca"),
+        ("proxy-ssl-verify", "on"),
+    ])
+    .backend;
+    assert_eq!(b.protocol, BackendProtocolAnnotation::Grpc);
+    assert_eq!(b.load_balance, Some(LoadBalance::Ewma));
+    assert_eq!(b.upstream_hash_by.unwrap().subset_size, 3);
+    let aff = b.affinity.unwrap();
+    assert!(aff.persistent);
+    assert_eq!(aff.name, "route");
+    assert_eq!(
+        b.next_upstream,
+        vec![NextUpstream::Error, NextUpstream::Status(503)]
+    );
+    assert_eq!(b.custom_http_errors, vec![404, 503]);
+    assert!(b.proxy_ssl.unwrap().verify);
+}
+
+#[test]
+fn snippets_are_refused_unless_allowed() {
+    for key in [
+        "configuration-snippet",
+        "server-snippet",
+        "auth-snippet",
+        "stream-snippet",
+    ] {
+        let a = parse_v1(&[(key, "more_set_headers \"X: y\";")]);
+        assert_eq!(outcome(&a, key), Reject, "{key}");
+    }
+    let mut allowed = Settings::ingress_nginx();
+    allowed.allow_snippets = true;
+    let a = parse_in(&allowed, &[("configuration-snippet", "return 200;")]);
+    assert_eq!(outcome(&a, "configuration-snippet"), Warn);
+    assert!(!a.rejected());
+}
+
+#[test]
+fn unknown_keys_name_the_closest_known_one() {
+    let a = parse_v1(&[("rewrite-targt", "/")]);
+    assert_eq!(outcome(&a, "rewrite-targt"), Warn);
+    let msg = format!("{:?}", a.findings);
+    assert!(
+        msg.contains("did you mean nginx.ingress.kubernetes.io/rewrite-target"),
+        "{msg}"
+    );
+    assert_eq!(closest_known("ssl-redirects"), "ssl-redirect");
+    assert_eq!(closest_known("enable-corss"), "enable-cors");
+    // Known but not supported at all: a warning, not "unknown".
+    let a = parse_v1(&[("enable-modsecurity", "true")]);
+    assert!(format!("{:?}", a.findings).contains("does not support"));
+}
+
+#[test]
+fn empty_values_are_ignored_with_a_warning() {
+    let a = parse_v1(&[("rewrite-target", "")]);
+    assert_eq!(outcome(&a, "rewrite-target"), Warn);
+    assert!(a.rewrite_target.is_none());
+}
+
+#[test]
+fn custom_prefix_refuses_the_default_one() {
+    let anns: BTreeMap<String, String> = [
+        (
+            "nginx.ingress.kubernetes.io/rewrite-target".to_string(),
+            "/".to_string(),
+        ),
+        ("example.com/rewrite-target".to_string(), "/".to_string()),
+    ]
+    .into_iter()
+    .collect();
+    let settings = Settings::ingress_v1();
+    let cx = Context {
+        prefix: "example.com",
+        namespace: "shop",
+        name: "web",
+        settings: &settings,
+    };
+    let a = parse(&anns, &cx);
+    assert!(a.rejected());
+    assert_eq!(a.rewrite_target.as_deref(), Some("/"));
+}
+
+#[test]
+fn capture_templates() {
+    assert_eq!(
+        capture_template("/a/$1/$10$").unwrap(),
+        vec![
+            T::Text("/a/".into()),
+            T::Capture(1),
+            T::Text("/".into()),
+            T::Capture(1),
+            T::Text("0$".into())
+        ]
+    );
+    assert!(capture_template("/${x}").is_err());
+    assert_eq!(
+        url_template("https://$host/s?rd=${escaped_request_uri}").unwrap(),
+        vec![
+            UrlPart::Text("https://".into()),
+            UrlPart::Host,
+            UrlPart::Text("/s?rd=".into()),
+            UrlPart::EscapedRequestUri
+        ]
+    );
+    assert!(url_template("https://$remote_addr/").is_err());
+}
