@@ -28,6 +28,12 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Print the compiled routing table for the given manifests.
     Routes(RoutesArgs),
+    /// Compare two configurations request by request: `equivalent`, or counter-example requests with what each
+    /// configuration does with them (exit 1).
+    Diff(DiffArgs),
+    /// Turn Ingresses into Gateway API objects (a Gateway, HTTPRoutes, ReferenceGrants), report every rule, and
+    /// prove the result routes like the input (exit 1 when it does not).
+    Migrate(MigrateArgs),
 }
 
 /// Settings that change how objects translate (shared by every subcommand).
@@ -155,7 +161,8 @@ pub struct RunArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ObserveArgs {
     /// Labels of the per-request metrics: `none` (listener only), `route` (and the route's kind, namespace and
-    /// name), `route+backend` (and the backend Service port). Each step multiplies the series.
+    /// name), `route+backend` (and the backend Service port). Each step multiplies the series. `off` records
+    /// none (to measure what they cost).
     #[arg(long, value_enum, default_value_t = crate::metrics::request::LabelMode::Route, value_name = "LABELS")]
     pub metrics_labels: crate::metrics::request::LabelMode,
     /// Access log on stdout: `off`, `json` (one object per line) or `text` (ingress-nginx's upstream format).
@@ -363,6 +370,51 @@ pub struct RoutesArgs {
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
     /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Translation settings.
+    #[command(flatten)]
+    pub translate: TranslateArgs,
+}
+
+/// `portcullis diff OLD... -- NEW...`.
+#[derive(Debug, Clone, Args)]
+pub struct DiffArgs {
+    /// Files or directories of the old configuration.
+    #[arg(required = true, value_name = "OLD")]
+    pub old: Vec<PathBuf>,
+    /// Files or directories of the new configuration (after `--`).
+    #[arg(last = true, required = true, value_name = "NEW")]
+    pub new: Vec<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Counter-examples listed per host (the others are counted).
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub max_examples: usize,
+    /// Translation settings (both configurations).
+    #[command(flatten)]
+    pub translate: TranslateArgs,
+}
+
+/// `portcullis migrate PATH... [--gateway NS/NAME] [--only HOST[/PATH]]... [--out DIR]`.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// Files or directories of Kubernetes YAML (the Ingresses and everything they refer to).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// The Gateway to create (or reuse, when it is among the input) and attach the HTTPRoutes to.
+    #[arg(long, default_value = "default/portcullis", value_name = "NS/NAME", value_parser = parse_ns_name)]
+    pub gateway: String,
+    /// Move only this host, or only the paths of this host starting with PATH (repeatable); default: everything.
+    #[arg(long = "only", value_name = "HOST[/PATH]")]
+    pub only: Vec<String>,
+    /// Write the whole routing configuration after the step here: the generated objects and the Ingresses,
+    /// trimmed to the rules that stay (`ingresses.yaml`, `gateway.yaml`, `httproutes.yaml`,
+    /// `referencegrants.yaml`), plus the other input objects (`other.yaml`).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
     /// Translation settings.

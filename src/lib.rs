@@ -8,8 +8,10 @@
 pub mod admin;
 pub mod config;
 pub mod control;
+pub mod equiv;
 pub mod k8s;
 pub mod metrics;
+pub mod migrate;
 pub mod model;
 pub mod proxy;
 pub mod report;

@@ -3,9 +3,9 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use portcullis::admin::{Admin, Draining};
-use portcullis::config::{Cli, Command, RoutesArgs, RunArgs, ValidateArgs};
+use portcullis::config::{Cli, Command, DiffArgs, MigrateArgs, RoutesArgs, RunArgs, ValidateArgs};
 use portcullis::control::Control;
-use portcullis::metrics::request::RequestMetrics;
+use portcullis::metrics::request::{LabelMode, RequestMetrics};
 use portcullis::metrics::Metrics;
 use portcullis::proxy::edge::ListenerEdge;
 use portcullis::proxy::{accept_loop, bind, Connections, Handshake, ListenerManager};
@@ -42,6 +42,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run(*args),
         Command::Validate(args) => validate(&args),
         Command::Routes(args) => routes(&args),
+        Command::Diff(args) => diff(&args),
+        Command::Migrate(args) => migrate(&args),
     };
     match result {
         Ok(code) => code,
@@ -64,10 +66,13 @@ fn validate(args: &ValidateArgs) -> Result<ExitCode> {
             Severity::Warning => warnings += 1,
         }
     }
-    for d in &out.diagnostics {
+    let not_served =
+        translate::served::not_served(&loaded.input, &args.translate.options(), &out.statuses);
+    let mut texts = report::SourceTexts::default();
+    for d in out.diagnostics.iter().chain(&not_served) {
         println!(
             "{}",
-            report::diagnostic_line_at(d, &loaded.locations, &loaded.field_lines)
+            report::diagnostic_line_at_field(d, &loaded.locations, &loaded.field_lines, &mut texts)
         );
         match d.severity {
             Severity::Error => errors += 1,
@@ -107,6 +112,112 @@ fn routes(args: &RoutesArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Loads and translates manifests, printing load problems and translation errors to stderr (warnings are
+/// `validate`'s business).
+fn load_model(paths: &[std::path::PathBuf], opts: &translate::Options) -> portcullis::model::Model {
+    let loaded = FileLoader::new(paths.to_vec()).load();
+    let out = translate::translate(&loaded.input, opts);
+    for p in loaded
+        .problems
+        .iter()
+        .filter(|p| p.severity == Severity::Error)
+    {
+        eprintln!("{p}");
+    }
+    for d in out
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+    {
+        eprintln!(
+            "{}",
+            report::diagnostic_line_at(d, &loaded.locations, &loaded.field_lines)
+        );
+    }
+    out.model
+}
+
+fn diff(args: &DiffArgs) -> Result<ExitCode> {
+    let opts = args.translate.options();
+    let old = load_model(&args.old, &opts);
+    let new = load_model(&args.new, &opts);
+    let limits = portcullis::equiv::Limits {
+        max_examples_per_host: args.max_examples,
+        ..Default::default()
+    };
+    let r = portcullis::equiv::compare(&old, &new, &limits);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{r}");
+    }
+    Ok(if r.is_equivalent() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn migrate(args: &MigrateArgs) -> Result<ExitCode> {
+    use portcullis::migrate;
+    let loaded = FileLoader::new(args.paths.clone()).load();
+    for p in loaded
+        .problems
+        .iter()
+        .filter(|p| p.severity == Severity::Error)
+    {
+        eprintln!("{p}");
+    }
+    let (gns, gname) = args
+        .gateway
+        .split_once('/')
+        .context("--gateway: expected NAMESPACE/NAME")?;
+    let only = args
+        .only
+        .iter()
+        .map(|s| migrate::Selector::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let opts = migrate::Options {
+        gateway: (gns.to_string(), gname.to_string()),
+        only,
+        translate: args.translate.options(),
+    };
+    let out = migrate::migrate(&loaded.input, &opts);
+    let files = migrate::files(&out, &loaded.input).map_err(anyhow::Error::msg)?;
+    let proof = migrate::prove(&loaded.input, &files, &opts.translate);
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        for (name, text) in &files {
+            let path = dir.join(name);
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
+    if args.json {
+        let v = serde_json::json!({
+            "paths": out.report,
+            "proof": proof.report,
+            "errors": proof.errors,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{out}");
+        for e in &proof.errors {
+            println!("error in the generated configuration: {e}");
+        }
+        print!("proof: {}", proof.report);
+        if let Some(dir) = &args.out {
+            println!("written to {}", dir.display());
+        }
+    }
+    Ok(if proof.report.is_equivalent() && proof.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 /// Where configuration comes from.
 enum Source {
     /// Manifest files, watched.
@@ -126,7 +237,9 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         metrics.registry(),
         args.observe.metrics_labels,
     )?);
-    store.set_request_metrics(request_metrics.clone());
+    if args.observe.metrics_labels != LabelMode::Off {
+        store.set_request_metrics(request_metrics.clone());
+    }
     portcullis::proxy::observe::set_server_header(&args.observe.server_header)?;
     portcullis::proxy::observe::start_access_log(
         args.observe.access_log,

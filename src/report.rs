@@ -40,6 +40,171 @@ pub fn diagnostic_line_at(
     }
 }
 
+/// File contents read for [`diagnostic_line_at_field`], each file read once.
+#[derive(Debug, Default)]
+pub struct SourceTexts(HashMap<std::path::PathBuf, Vec<String>>);
+
+impl SourceTexts {
+    fn lines(&mut self, file: &std::path::Path) -> &[String] {
+        self.0
+            .entry(file.to_path_buf())
+            .or_insert_with(|| {
+                std::fs::read_to_string(file)
+                    .map(|t| t.lines().map(str::to_string).collect())
+                    .unwrap_or_default()
+            })
+            .as_slice()
+    }
+}
+
+/// [`diagnostic_line_at`], pointing at the line of the field the message starts with (`spec.rules[0]...: `)
+/// when it can be found in the object's document, else at the object's first line.
+pub fn diagnostic_line_at_field(
+    d: &Diagnostic,
+    locations: &HashMap<ObjectRef, Location>,
+    field_lines: &HashMap<ObjectRef, HashMap<String, usize>>,
+    texts: &mut SourceTexts,
+) -> String {
+    let path = d
+        .message
+        .split_once(": ")
+        .map(|(p, _)| p)
+        .filter(|p| (p.starts_with("spec.") || p.starts_with("metadata.")) && !p.contains(' '));
+    let found = match (d.annotation.is_none(), path, locations.get(&d.object)) {
+        (true, Some(path), Some(loc)) if loc.line > 0 => {
+            field_line(texts.lines(&loc.file), loc.line, path).map(|line| Location {
+                file: loc.file.clone(),
+                line,
+            })
+        }
+        _ => None,
+    };
+    match found {
+        Some(at) => {
+            let sev = match d.severity {
+                Severity::Error => "error",
+                Severity::Warning => "warning",
+            };
+            format!("{at}: {sev}: {}: {}", d.object, d.message)
+        }
+        None => diagnostic_line_at(d, locations, field_lines),
+    }
+}
+
+/// The 1-based line of `path` (`spec.rules[0].matches[1].path.value`) in the block-style YAML document that
+/// starts at line `start` of `lines`: the deepest part of the path that could be followed (flow mappings and
+/// sequences stop the walk at the line that holds them). `None` when not even the first key is found.
+pub fn field_line(lines: &[String], start: usize, path: &str) -> Option<usize> {
+    enum Seg<'a> {
+        Key(&'a str),
+        Index(usize),
+    }
+    let mut segs = Vec::new();
+    for part in path.split('.') {
+        let (name, rest) = part.split_once('[').unwrap_or((part, ""));
+        if !name.is_empty() {
+            segs.push(Seg::Key(name));
+        }
+        for idx in rest.split('[') {
+            if let Ok(i) = idx.trim_end_matches(']').parse() {
+                segs.push(Seg::Index(i));
+            }
+        }
+    }
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let skip = |l: &str| l.trim().is_empty() || l.trim_start().starts_with('#');
+    let end = lines
+        .iter()
+        .enumerate()
+        .skip(start)
+        .find(|(_, l)| l.starts_with("---"))
+        .map_or(lines.len(), |(i, _)| i);
+    let doc = start.saturating_sub(1);
+    // `cur`: index of the line where the current node starts; `parent`: indentation its children exceed;
+    // `inline`: the current line's own content may hold the next key (an item's first key after `- `).
+    let (mut cur, mut parent, mut inline) = (doc, -1i64, true);
+    let mut best = None;
+    for seg in segs {
+        match seg {
+            Seg::Key(name) => {
+                let from = if inline { cur } else { cur + 1 };
+                let mut hit = None;
+                for (i, l) in lines.iter().enumerate().take(end).skip(from) {
+                    if skip(l) || l.starts_with("---") {
+                        continue;
+                    }
+                    let ind = indent(l) as i64;
+                    if i > from && ind <= parent {
+                        break;
+                    }
+                    let t = l.trim_start();
+                    let (t, col) = match t.strip_prefix("- ") {
+                        Some(rest) if i == cur && inline => (rest.trim_start(), ind + 2),
+                        _ => (t, ind),
+                    };
+                    if col <= parent {
+                        continue;
+                    }
+                    let key = t.trim_start_matches(['"', '\'']);
+                    if key
+                        .strip_prefix(name)
+                        .is_some_and(|r| r.trim_start_matches(['"', '\'']).starts_with(':'))
+                    {
+                        hit = Some((i, col, t));
+                        break;
+                    }
+                }
+                let Some((i, col, t)) = hit else {
+                    return best.or(Some(start));
+                };
+                best = Some(i + 1);
+                let value = t.split_once(':').map_or("", |(_, v)| v.trim());
+                if value.starts_with('{') || value.starts_with('[') {
+                    return best;
+                }
+                cur = i;
+                parent = col;
+                inline = false;
+            }
+            Seg::Index(n) => {
+                let mut seen = 0;
+                let mut item_indent = None;
+                let mut hit = None;
+                for (i, l) in lines.iter().enumerate().take(end).skip(cur + 1) {
+                    if skip(l) {
+                        continue;
+                    }
+                    let ind = indent(l) as i64;
+                    if ind < parent || (ind == parent && !l.trim_start().starts_with("- ")) {
+                        break;
+                    }
+                    if !l.trim_start().starts_with("- ") && l.trim_start() != "-" {
+                        continue;
+                    }
+                    match item_indent {
+                        None => item_indent = Some(ind),
+                        Some(x) if x != ind => continue,
+                        _ => {}
+                    }
+                    if seen == n {
+                        hit = Some((i, ind));
+                        break;
+                    }
+                    seen += 1;
+                }
+                let Some((i, ind)) = hit else {
+                    return best.or(Some(start));
+                };
+                best = Some(i + 1);
+                cur = i;
+                parent = ind;
+                inline = true;
+            }
+        }
+    }
+    best.or(Some(start))
+}
+
 /// One row of the routing table: one match of one rule on one host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RouteRow {
@@ -260,4 +425,68 @@ pub fn route_table(rows: &[RouteRow]) -> String {
         line(&refs);
     }
     out
+}
+
+#[cfg(test)]
+mod field_line_tests {
+    use super::field_line;
+
+    fn doc() -> Vec<String> {
+        "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  hostnames: [a.example.com]
+  rules:
+  - matches:
+    - path:
+        type: Exact
+        value: /a
+    - headers: [{name: x, value: y}]
+    backendRefs:
+    - name: web
+      weight: 3
+  # a comment
+  - backendRefs:
+      - name: other
+        weight: -1
+---
+kind: Other
+spec:
+  rules:
+  - x: 1
+"
+        .lines()
+        .map(str::to_string)
+        .collect()
+    }
+
+    #[test]
+    fn follows_block_paths() {
+        let d = doc();
+        assert_eq!(
+            field_line(&d, 2, "spec.rules[0].matches[0].path.value"),
+            Some(11)
+        );
+        assert_eq!(
+            field_line(&d, 2, "spec.rules[0].matches[1].headers[0].name"),
+            Some(12)
+        );
+        assert_eq!(
+            field_line(&d, 2, "spec.rules[0].backendRefs[0].weight"),
+            Some(15)
+        );
+        assert_eq!(
+            field_line(&d, 2, "spec.rules[1].backendRefs[0].weight"),
+            Some(19)
+        );
+        assert_eq!(field_line(&d, 2, "spec.hostnames[0]"), Some(6));
+        // Past the end of what exists: the deepest part found.
+        assert_eq!(field_line(&d, 2, "spec.rules[5].matches"), Some(7));
+        assert_eq!(field_line(&d, 2, "spec.nothing"), Some(5));
+        assert_eq!(field_line(&d, 2, "status.x"), Some(2));
+        // The walk stays in its document.
+        assert_eq!(field_line(&d, 2, "spec.rules[2]"), Some(7));
+    }
 }

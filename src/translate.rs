@@ -13,6 +13,7 @@ mod ingress;
 pub mod nginx;
 mod refs;
 mod routes;
+pub mod served;
 pub mod status;
 mod tlsroute;
 mod unsupported;

@@ -478,8 +478,60 @@ fn validate_and_routes_commands() -> Result<()> {
     let stdout = String::from_utf8(out.stdout)?;
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
-        stdout.contains("bad.yaml:1: error: Ingress default/bad: spec.rules[0].http.paths[0]: path \"nope\" must begin with '/'"),
+        stdout.contains("bad.yaml:8: error: Ingress default/bad: spec.rules[0].http.paths[0]: path \"nope\" must begin with '/'"),
         "{stdout}"
     );
+    Ok(())
+}
+
+/// `validate` says why an object is not served (class or parent missing) and checks the fields of a route that
+/// attaches nowhere, pointing at the field's line.
+#[test]
+fn validate_reports_what_is_not_served() -> Result<()> {
+    let bin = env!("CARGO_BIN_EXE_portcullis");
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("classes.yaml"), CLASSES)?;
+    std::fs::write(
+        dir.path().join("lost.yaml"),
+        "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: lost, namespace: default}
+spec:
+  ingressClassName: nope
+  rules:
+  - host: a.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: orphan, namespace: default}
+spec:
+  parentRefs: [{name: nogw}]
+  rules:
+  - matches:
+    - path: {type: PathPrefix, value: /ok}
+    - path: {type: RegularExpression, value: \"/a([\"}
+    backendRefs:
+    - name: web
+      port: 80
+      weight: -1
+",
+    )?;
+    let out = std::process::Command::new(bin)
+        .arg("validate")
+        .arg(dir.path())
+        .output()?;
+    let stdout = String::from_utf8(out.stdout)?;
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    for want in [
+        "lost.yaml:5: warning: Ingress default/lost: spec.ingressClassName: not served: IngressClass \"nope\" not found",
+        "lost.yaml:16: warning: HTTPRoute default/orphan: spec.parentRefs[0]: not served through this parent: Gateway default/nogw not found",
+        "lost.yaml:20: error: HTTPRoute default/orphan: spec.rules[0].matches[1]: invalid regular expression",
+        "lost.yaml:24: error: HTTPRoute default/orphan: spec.rules[0].backendRefs[0].weight: -1 is negative",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
+    }
     Ok(())
 }

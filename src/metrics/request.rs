@@ -38,6 +38,8 @@ use std::time::Duration;
 /// Which labels per-request metrics carry (`--metrics-labels`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LabelMode {
+    /// No per-request metrics at all (for measuring what they cost).
+    Off,
     /// `listener` only.
     None,
     /// `listener` and the route (kind, namespace, name).
@@ -51,7 +53,7 @@ pub enum LabelMode {
 impl LabelMode {
     fn base_names(self) -> &'static [&'static str] {
         match self {
-            LabelMode::None => &["listener"],
+            LabelMode::Off | LabelMode::None => &["listener"],
             LabelMode::Route => &["listener", "route_kind", "route_namespace", "route_name"],
             LabelMode::RouteBackend => &[
                 "listener",

@@ -143,6 +143,18 @@ fn translate_one(
             translate_rule(origin, r, &object, cx, diags, &mut report)
         })
         .collect();
+    // The Portcullis extension: ingress-nginx annotations on the route (written by `portcullis migrate`).
+    let rules: Vec<HttpRule> =
+        match super::ingress::route_policy(&route.metadata, &object, cx.opts, refs, diags) {
+            None => rules,
+            Some(p) => rules
+                .into_iter()
+                .map(|mut r| {
+                    r.filters.insert(0, Filter::Policy(Box::new(p.clone())));
+                    r
+                })
+                .collect(),
+        };
 
     for a in &attachments {
         let l = &gws.listeners[a.listener];
@@ -375,7 +387,7 @@ fn translate_rule(
     })
 }
 
-fn route_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
+pub(super) fn route_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
     let path = match &m.path {
         None => PathMatch::Prefix("/".into()),
         Some(p) => {

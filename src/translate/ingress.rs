@@ -323,6 +323,7 @@ impl HostFacts {
                 if let Some(c) = canary {
                     let be = backend(
                         &path.backend,
+                        &e.anns.backend,
                         e.ns(),
                         refs,
                         &e.object,
@@ -524,16 +525,6 @@ fn policy_for(
     let a = &e.anns;
     let settings = cx.settings(e.profile);
     let host_tls = key.is_some_and(|k| cx.host_has_tls(&k.1));
-    let ssl_redirect = if a.force_ssl_redirect || (a.ssl_redirect && host_tls) {
-        Some(SslRedirect {
-            force: a.force_ssl_redirect,
-            status: settings.http_redirect_code,
-            preserve_trailing_slash: a.preserve_trailing_slash,
-            trust_forwarded_proto: settings.use_forwarded_headers,
-        })
-    } else {
-        None
-    };
     let rewrite = match (path, &a.rewrite_target, &a.rewrite_template) {
         (Some(p), Some(t), Some(tpl)) if t != p => {
             let pattern = format!("(?i){p}");
@@ -558,7 +549,43 @@ fn policy_for(
         .and_then(|k| cx.hosts.app_root.get(k))
         .map(|(r, _)| r.clone());
     Ok(Policy {
-        source: format!("{}/{}", e.ns(), e.name()),
+        rewrite,
+        x_forwarded_prefix,
+        app_root,
+        ..location_policy(
+            a,
+            e.profile,
+            settings,
+            format!("{}/{}", e.ns(), e.name()),
+            e.basic.clone(),
+            host_tls,
+        )
+    })
+}
+
+/// The per-location part of a policy: everything but the host-wide behaviour (rewrites of regex mode, app-root,
+/// canaries). Shared by Ingress paths and by HTTPRoutes that carry ingress-nginx annotations (the extension of
+/// `route_policy`).
+fn location_policy(
+    a: &IngressAnnotations,
+    profile: Profile,
+    settings: &Settings,
+    source: String,
+    basic_auth: Option<BasicAuth>,
+    host_tls: bool,
+) -> Policy {
+    let ssl_redirect = if a.force_ssl_redirect || (a.ssl_redirect && host_tls) {
+        Some(SslRedirect {
+            force: a.force_ssl_redirect,
+            status: settings.http_redirect_code,
+            preserve_trailing_slash: a.preserve_trailing_slash,
+            trust_forwarded_proto: settings.use_forwarded_headers,
+        })
+    } else {
+        None
+    };
+    Policy {
+        source,
         denied: a.denied.clone(),
         redirect: a.redirect.as_ref().and_then(|r| {
             r.url.as_ref().map(|u| FixedRedirect {
@@ -568,10 +595,10 @@ fn policy_for(
             })
         }),
         ssl_redirect,
-        app_root,
+        app_root: None,
         www_redirect: None,
-        rewrite,
-        x_forwarded_prefix,
+        rewrite: None,
+        x_forwarded_prefix: None,
         upstream_host: a.upstream_vhost.clone(),
         max_body_bytes: a.body_size,
         read_timeout_s: a.read_timeout,
@@ -581,14 +608,139 @@ fn policy_for(
             deny: a.denylist.clone(),
         },
         cors: a.cors.clone(),
-        basic_auth: e.basic.clone(),
+        basic_auth,
         external_auth: a.external_auth.clone(),
         rate_limit: a.rate_limit.clone(),
         canary: None,
-        forwarded: (e.profile == Profile::IngressNginx).then_some(Forwarded {
+        forwarded: (profile == Profile::IngressNginx).then_some(Forwarded {
             trust_client_headers: settings.use_forwarded_headers,
         }),
-    })
+    }
+}
+
+/// HTTPRoute annotation: apply the route's ingress-nginx annotations with this profile (`ingress-nginx` or
+/// `ingress-v1`) to every rule of the route. A Portcullis extension, written by `portcullis migrate`.
+pub const ROUTE_PROFILE_ANNOTATION: &str = "portcullis.dev/ingress-nginx-profile";
+/// HTTPRoute annotation: `"true"` when the route's hosts have a certificate of their own (ingress-nginx's
+/// `ssl-redirect` applies only then).
+pub const ROUTE_HOST_TLS_ANNOTATION: &str = "portcullis.dev/ingress-nginx-host-tls";
+/// HTTPRoute annotation: the Ingress name (same namespace) whose annotation scope the route continues; rate-limit
+/// zones are named after it. Default: the route's name.
+pub const ROUTE_SCOPE_ANNOTATION: &str = "portcullis.dev/ingress-nginx-scope";
+
+/// The ingress-nginx policy of an HTTPRoute that asks for one with [`ROUTE_PROFILE_ANNOTATION`] (the extension
+/// `portcullis migrate` uses for paths whose ingress-nginx behaviour Gateway API has no field for). Only
+/// per-location annotations apply; host-wide ones (regex mode, rewrites, app-root, aliases, www redirects,
+/// canaries) deny the route's rules (503) with an error, as does an annotation ingress-nginx would refuse.
+pub(crate) fn route_policy(
+    meta: &crate::k8s::ObjectMeta,
+    object: &ObjectRef,
+    opts: &Options,
+    refs: &Resolver<'_>,
+    diags: &mut Diagnostics,
+) -> Option<Policy> {
+    let map = meta.annotations.as_ref()?;
+    let profile_text = map.get(ROUTE_PROFILE_ANNOTATION)?;
+    let ns = meta.namespace.as_deref().unwrap_or("default");
+    let name = meta.name.as_deref().unwrap_or("");
+    let scope = map.get(ROUTE_SCOPE_ANNOTATION).map_or(name, String::as_str);
+    let source = format!("{ns}/{scope}");
+    let deny = |reason: String, diags: &mut Diagnostics| {
+        diags.error(object, format!("{reason}; the route's rules answer 503"));
+        Some(Policy {
+            source: source.clone(),
+            denied: Some(reason),
+            ..Policy::default()
+        })
+    };
+    let profile = match profile_text.as_str() {
+        "ingress-nginx" => Profile::IngressNginx,
+        "ingress-v1" => Profile::IngressV1,
+        other => {
+            return deny(
+                format!(
+                    "annotation {ROUTE_PROFILE_ANNOTATION}: {other:?} is neither \"ingress-nginx\" nor \"ingress-v1\""
+                ),
+                diags,
+            )
+        }
+    };
+    let settings = match profile {
+        Profile::IngressV1 => Settings::ingress_v1(),
+        Profile::IngressNginx if opts.nginx.classes.is_empty() => Settings::ingress_nginx(),
+        Profile::IngressNginx => nginx::nginx_settings(opts, refs, diags),
+    };
+    let host_tls = map
+        .get(ROUTE_HOST_TLS_ANNOTATION)
+        .is_some_and(|v| v == "true");
+    let cx = annotations::Context {
+        prefix: &opts.nginx.annotations_prefix,
+        namespace: ns,
+        name: scope,
+        settings: &settings,
+    };
+    let mut anns = annotations::parse(map, &cx);
+    let host_wide = [
+        (anns.use_regex, "use-regex"),
+        (anns.rewrite_target.is_some(), "rewrite-target"),
+        (anns.app_root.is_some(), "app-root"),
+        (!anns.aliases.is_empty(), "server-alias"),
+        (
+            anns.redirect.as_ref().is_some_and(|r| r.from_to_www),
+            "from-to-www-redirect",
+        ),
+        (anns.canary.is_some(), "canary"),
+    ];
+    if let Some((_, key)) = host_wide.iter().find(|(on, _)| *on) {
+        return deny(
+            format!("annotation {key} is host-wide in ingress-nginx and has no HTTPRoute form"),
+            diags,
+        );
+    }
+    let basic = match &anns.basic_auth {
+        None => None,
+        Some(r) => {
+            let data = refs.secret_entries(&r.namespace, &r.name);
+            match annotations::basic_auth_policy(r, data.as_ref()) {
+                Ok((b, problems)) => {
+                    for p in problems {
+                        diags.warning(
+                            object,
+                            format!("auth-secret {}: {p}; that entry is skipped", b.secret),
+                        );
+                    }
+                    Some(b)
+                }
+                Err(e) => {
+                    diags.error(object, format!("{e}; the route's rules answer 503"));
+                    anns.denied.get_or_insert(e);
+                    None
+                }
+            }
+        }
+    };
+    for f in &anns.findings {
+        let (severity, key, message) = match f {
+            annotations::Finding::Reject { key, message }
+            | annotations::Finding::Deny { key, message } => (Severity::Error, key, message),
+            annotations::Finding::Warn { key, message } => (Severity::Warning, key, message),
+        };
+        diags.annotation(
+            severity,
+            object,
+            key,
+            format!("annotation {key}: {message}"),
+        );
+    }
+    if anns.rejected() {
+        return deny(
+            "ingress-nginx would refuse these annotations".to_string(),
+            diags,
+        );
+    }
+    let p = location_policy(&anns, profile, &settings, source, basic, host_tls);
+    // As for Ingress paths: a policy that does nothing is no filter.
+    (!policy_filters(p.clone()).is_empty()).then_some(p)
 }
 
 /// The rule's filters: the policy, unless it does nothing.
@@ -676,6 +828,7 @@ fn translate_one(
             retry: None,
             action: Action::Forward(group(backend(
                 default,
+                &e.anns.backend,
                 ns,
                 cx.refs,
                 object,
@@ -752,6 +905,7 @@ fn translate_one(
             };
             let be = backend(
                 &path.backend,
+                &e.anns.backend,
                 ns,
                 cx.refs,
                 object,
@@ -950,9 +1104,62 @@ pub(crate) fn path_match(path: Option<&str>, path_type: &str) -> Result<PathMatc
     }
 }
 
+/// Applies the backend annotations of an Ingress (`load-balance`, `upstream-hash-by`, `backend-protocol: GRPC`)
+/// to its Service port; returns the variant label of what differs from the port's own settings (empty when
+/// nothing does). Values Portcullis does not apply were reported when the annotations were parsed.
+fn apply_nginx_backend(
+    s: &mut crate::model::ServiceBackend,
+    a: &annotations::BackendAnnotations,
+) -> String {
+    use crate::model::LoadBalancing;
+    let before = (s.policy.load_balancing.clone(), s.protocol);
+    if let Some(on) = a
+        .upstream_hash_by
+        .as_ref()
+        .and_then(|h| annotations::hash_on(&h.key))
+    {
+        s.policy.load_balancing = LoadBalancing::ConsistentHash(on);
+    } else {
+        match a.load_balance {
+            Some(annotations::LoadBalance::Ewma) => {
+                s.policy.load_balancing = LoadBalancing::LeastRequest;
+            }
+            Some(annotations::LoadBalance::RoundRobin) => {
+                s.policy.load_balancing = LoadBalancing::RoundRobin;
+            }
+            _ => {}
+        }
+    }
+    if a.protocol == annotations::BackendProtocolAnnotation::Grpc {
+        s.protocol = crate::model::BackendProtocol::H2c;
+    }
+    let mut parts = Vec::new();
+    if s.policy.load_balancing != before.0 {
+        use crate::model::HashOn;
+        let lb = match &s.policy.load_balancing {
+            LoadBalancing::RoundRobin => "round-robin".to_string(),
+            LoadBalancing::Random => "random".to_string(),
+            LoadBalancing::LeastRequest => "ewma".to_string(),
+            LoadBalancing::ConsistentHash(on) => match on {
+                HashOn::SourceIp => "hash:source-ip".to_string(),
+                HashOn::Uri => "hash:uri".to_string(),
+                HashOn::Header(h) => format!("hash:header:{h}"),
+                HashOn::Cookie(c) => format!("hash:cookie:{c}"),
+                HashOn::QueryParam(q) => format!("hash:query:{q}"),
+            },
+        };
+        parts.push(format!("lb={lb}"));
+    }
+    if s.protocol != before.1 {
+        parts.push("protocol=h2c".to_string());
+    }
+    parts.join(",")
+}
+
 /// Resolves an Ingress backend. An unresolvable Service answers 503, as ingress-nginx does.
 fn backend(
     b: &IngressBackend,
+    nginx: &annotations::BackendAnnotations,
     ns: &str,
     refs: &Resolver<'_>,
     object: &ObjectRef,
@@ -994,7 +1201,10 @@ fn backend(
         }
     };
     match refs.service_backend(ns, &svc.name, port) {
-        Ok(s) => Backend::Service(refs.register(s)),
+        Ok(mut s) => {
+            let variant = apply_nginx_backend(&mut s, nginx);
+            Backend::Service(refs.register_variant(s, &variant))
+        }
         Err(e) => {
             if !matches!(e, BackendError::NoReadyEndpoints(..)) {
                 diags.warning(object, format!("{field}: {e}; requests get 503"));

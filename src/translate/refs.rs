@@ -148,6 +148,12 @@ impl<'a> Resolver<'a> {
     /// with the same settings share one key; settings that differ from the port's own (a Gateway's backend client
     /// certificate) get a variant named after what differs, so keys stay stable from one translation to the next.
     pub(crate) fn register(&self, backend: ServiceBackend) -> BackendKey {
+        self.register_variant(backend, "")
+    }
+
+    /// [`Resolver::register`] for a backend whose settings differ from its Service port's own in ways the
+    /// caller names in `extra` (e.g. `lb=least-request` from an ingress-nginx annotation).
+    pub(crate) fn register_variant(&self, backend: ServiceBackend, extra: &str) -> BackendKey {
         let mut variant = String::new();
         if let Some(cc) = backend
             .tls
@@ -155,6 +161,12 @@ impl<'a> Resolver<'a> {
             .and_then(|t| t.client_certificate.as_ref())
         {
             variant = format!("client-cert={}", cc.source);
+        }
+        if !extra.is_empty() {
+            if !variant.is_empty() {
+                variant.push(',');
+            }
+            variant.push_str(extra);
         }
         let mut backends = self.backends.borrow_mut();
         let base = backend.key(variant);

@@ -314,7 +314,6 @@ impl IngressAnnotations {
 
 /// The annotations (short names) whose effect is on backends: parsed and checked, not applied yet.
 pub const NOT_APPLIED: &[&str] = &[
-    "backend-protocol",
     "proxy-ssl-secret",
     "proxy-ssl-verify",
     "proxy-ssl-verify-depth",
@@ -334,10 +333,8 @@ pub const NOT_APPLIED: &[&str] = &[
     "session-cookie-samesite",
     "session-cookie-conditional-samesite-none",
     "session-cookie-change-on-failure",
-    "upstream-hash-by",
     "upstream-hash-by-subset",
     "upstream-hash-by-subset-size",
-    "load-balance",
     "service-upstream",
     "proxy-next-upstream",
     "proxy-next-upstream-tries",
@@ -555,7 +552,40 @@ const APPLIED: &[&str] = &[
     "canary-weight",
     "canary-weight-total",
     "ssl-passthrough",
+    "backend-protocol",
+    "upstream-hash-by",
+    "load-balance",
 ];
+
+/// What `upstream-hash-by` hashes, when it is one nginx variable Portcullis can hash on (`$request_uri`,
+/// `$remote_addr`, `$binary_remote_addr`, `$http_NAME`, `$cookie_NAME`, `$arg_NAME`); `None` for anything else
+/// (several variables, text around them, other variables).
+pub fn hash_on(key: &str) -> Option<crate::model::HashOn> {
+    use crate::model::HashOn;
+    let var = key.trim();
+    let var = var
+        .strip_prefix("${")
+        .and_then(|v| v.strip_suffix('}'))
+        .or_else(|| var.strip_prefix('$'))?;
+    if var.is_empty() || !var.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
+        return None;
+    }
+    let name = |prefix: &str| var.strip_prefix(prefix).filter(|n| !n.is_empty());
+    match var {
+        "request_uri" => Some(HashOn::Uri),
+        "remote_addr" | "binary_remote_addr" => Some(HashOn::SourceIp),
+        _ => {
+            if let Some(h) = name("http_") {
+                // nginx's $http_NAME: the header with dashes written as underscores, any case.
+                Some(HashOn::Header(h.replace('_', "-").to_ascii_lowercase()))
+            } else if let Some(c) = name("cookie_") {
+                Some(HashOn::Cookie(c.to_string()))
+            } else {
+                name("arg_").map(|a| HashOn::QueryParam(a.to_string()))
+            }
+        }
+    }
+}
 
 /// The known key closest to `short` (Levenshtein distance, ties to the first in [`KNOWN`]).
 pub fn closest_known(short: &str) -> &'static str {
@@ -1931,6 +1961,21 @@ fn backend(p: &mut P<'_>, out: &mut IngressAnnotations) {
             "fcgi" => BackendProtocolAnnotation::Fcgi,
             _ => BackendProtocolAnnotation::Http,
         };
+        match b.protocol {
+            BackendProtocolAnnotation::Http | BackendProtocolAnnotation::Grpc => {}
+            BackendProtocolAnnotation::AutoHttp => p.warn(
+                "backend-protocol",
+                "AUTO_HTTP is served as HTTP: backends are always spoken to in cleartext HTTP/1.1".into(),
+            ),
+            _ => p.warn(
+                "backend-protocol",
+                format!(
+                    "{} is not applied yet (TLS to backends from annotations is not supported; a BackendTLSPolicy \
+                     on a Gateway API route is); requests go to the backend in cleartext HTTP/1.1",
+                    v.to_ascii_uppercase()
+                ),
+            ),
+        }
     }
     // proxy-ssl: a bad secret name refuses the Ingress; a Secret of another namespace denies; the rest is corrected.
     if let Some(secret) = p.chars("proxy-ssl-secret", Chars::Basic, true, OnBad::Reject, "") {
@@ -2098,6 +2143,19 @@ fn backend(p: &mut P<'_>, out: &mut IngressAnnotations) {
                 .int("upstream-hash-by-subset-size", OnBad::Reject, 3)
                 .filter(|&n| n != 0)
                 .unwrap_or(3);
+            if hash_on(v).is_none() {
+                p.warn(
+                    "upstream-hash-by",
+                    "not applied: Portcullis hashes on one variable ($request_uri, $remote_addr, \
+                     $binary_remote_addr, $http_NAME, $cookie_NAME or $arg_NAME); endpoints are chosen round robin"
+                        .into(),
+                );
+            } else if subset {
+                p.warn(
+                    "upstream-hash-by-subset",
+                    "not applied: the hash picks one endpoint of all, not of a subset".into(),
+                );
+            }
             b.upstream_hash_by = Some(UpstreamHashBy {
                 key: normalize(v),
                 subset,
@@ -2136,6 +2194,14 @@ fn backend(p: &mut P<'_>, out: &mut IngressAnnotations) {
             "sticky_persistent" => LoadBalance::StickyPersistent,
             _ => LoadBalance::RoundRobin,
         });
+        let applied = matches!(v.as_str(), "round_robin" | "ewma")
+            || (v == "chash" && b.upstream_hash_by.is_some());
+        if !applied {
+            p.warn(
+                "load-balance",
+                format!("{v} is not applied (round_robin, ewma, and chash with upstream-hash-by are); endpoints are chosen round robin"),
+            );
+        }
     }
     b.service_upstream = p
         .boolean("service-upstream", OnBad::Correct, false)

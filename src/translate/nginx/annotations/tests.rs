@@ -476,15 +476,24 @@ fn canary_group_is_corrected() {
 }
 
 #[test]
-fn backend_settings_are_parsed_not_applied() {
+fn backend_settings_are_parsed_and_applied_or_reported() {
     table(
         &[],
         &[
             ("backend-protocol", "HTTPS", Warn),
+            ("backend-protocol", "GRPCS", Warn),
+            ("backend-protocol", "AUTO_HTTP", Warn),
+            ("backend-protocol", "GRPC", Ok),
+            ("backend-protocol", "HTTP", Ok),
             ("backend-protocol", "QUIC", Warn),
-            ("load-balance", "ewma", Warn),
+            ("load-balance", "ewma", Ok),
+            ("load-balance", "round_robin", Ok),
+            ("load-balance", "sticky_balanced", Warn),
+            ("load-balance", "chash", Warn),
             ("load-balance", "random", Reject),
-            ("upstream-hash-by", "$request_uri", Warn),
+            ("upstream-hash-by", "$request_uri", Ok),
+            ("upstream-hash-by", "${cookie_session}", Ok),
+            ("upstream-hash-by", "$remote_addr$request_uri", Warn),
             ("upstream-hash-by", "$request_uri;", Reject),
             ("affinity", "cookie", Warn),
             ("service-upstream", "true", Warn),
@@ -525,6 +534,24 @@ fn backend_settings_are_parsed_not_applied() {
     );
     assert_eq!(b.custom_http_errors, vec![404, 503]);
     assert!(b.proxy_ssl.unwrap().verify);
+}
+
+#[test]
+fn hash_variables() {
+    use crate::model::HashOn;
+    assert_eq!(hash_on("$request_uri"), Some(HashOn::Uri));
+    assert_eq!(hash_on("${remote_addr}"), Some(HashOn::SourceIp));
+    assert_eq!(hash_on("$binary_remote_addr"), Some(HashOn::SourceIp));
+    assert_eq!(
+        hash_on("$http_X_User"),
+        Some(HashOn::Header("x-user".into()))
+    );
+    assert_eq!(hash_on("$cookie_sid"), Some(HashOn::Cookie("sid".into())));
+    assert_eq!(hash_on("$arg_id"), Some(HashOn::QueryParam("id".into())));
+    assert_eq!(hash_on("$remote_addr$request_uri"), None);
+    assert_eq!(hash_on("$http_"), None);
+    assert_eq!(hash_on("$host"), None);
+    assert_eq!(hash_on("user-$request_uri"), None);
 }
 
 #[test]

@@ -1,0 +1,283 @@
+//! Why objects are not served: what `portcullis validate` adds to the translation's diagnostics.
+//!
+//! Translation only looks at objects of ours; an Ingress of a class that does not exist, or an HTTPRoute whose
+//! parent Gateway does not exist, is silently left out of the table (correct for a proxy that shares a cluster
+//! with other controllers, unhelpful for someone checking manifests). [`not_served`] reports each such object
+//! with the reason, and checks the fields of routes that attach nowhere as if they attached, so that a bad regex
+//! or a negative weight is found before the route is wired to a Gateway.
+
+use super::status::Statuses;
+use super::{Diagnostic, Options, Severity};
+use crate::k8s::gw::HTTPRoute;
+use crate::source::Input;
+use crate::source::ObjectRef;
+
+fn warning(object: ObjectRef, message: String) -> Diagnostic {
+    Diagnostic {
+        severity: Severity::Warning,
+        object,
+        message,
+        annotation: None,
+    }
+}
+
+fn error(object: ObjectRef, message: String) -> Diagnostic {
+    Diagnostic {
+        severity: Severity::Error,
+        object,
+        message,
+        annotation: None,
+    }
+}
+
+/// Every Ingress and route of the input that is not served, with the reason; and field errors of routes that
+/// attach to nothing of ours.
+pub fn not_served(input: &Input, opts: &Options, statuses: &Statuses) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    ingresses(input, opts, &mut out);
+    routes(input, opts, statuses, &mut out);
+    out
+}
+
+fn ingresses(input: &Input, opts: &Options, out: &mut Vec<Diagnostic>) {
+    for ing in &input.ingresses {
+        if super::nginx::profile_of(ing, input, opts).is_some() {
+            continue;
+        }
+        let object = ObjectRef::new("Ingress", &ing.metadata);
+        let by_field = ing
+            .spec
+            .as_ref()
+            .and_then(|s| s.ingress_class_name.as_deref());
+        let by_annotation = ing
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(super::ingress::LEGACY_CLASS_ANNOTATION))
+            .map(String::as_str);
+        let (field, name) = match (by_field, by_annotation) {
+            (Some(n), _) => ("spec.ingressClassName", n),
+            (None, Some(n)) => ("metadata.annotations[kubernetes.io/ingress.class]", n),
+            (None, None) => {
+                out.push(warning(
+                    object,
+                    format!(
+                        "not served: no spec.ingressClassName, and no IngressClass with controller {} is marked \
+                         as the default class",
+                        opts.ingress_controller
+                    ),
+                ));
+                continue;
+            }
+        };
+        let class = input
+            .ingress_classes
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some(name));
+        let message = match class {
+            None => format!("{field}: not served: IngressClass {name:?} not found"),
+            Some(c) => {
+                let controller = c
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.controller.as_deref())
+                    .unwrap_or("");
+                format!(
+                    "{field}: not served: IngressClass {name:?} belongs to controller {controller:?}, not \
+                     {:?}{}",
+                    opts.ingress_controller,
+                    if controller == "k8s.io/ingress-nginx" {
+                        " (run with --ingress-nginx-class to take it over)"
+                    } else {
+                        ""
+                    }
+                )
+            }
+        };
+        out.push(warning(object, message));
+    }
+}
+
+/// A Gateway of the input that is of one of our GatewayClasses.
+fn gateway_is_ours(input: &Input, opts: &Options, ns: &str, name: &str) -> Option<bool> {
+    let gw = input.gateways.iter().find(|g| {
+        g.metadata.name.as_deref() == Some(name) && g.metadata.namespace.as_deref() == Some(ns)
+    })?;
+    let class = &gw.spec.gateway_class_name;
+    Some(input.gateway_classes.iter().any(|c| {
+        c.metadata.name.as_deref() == Some(class.as_str())
+            && c.spec.controller_name == opts.gateway_controller
+    }))
+}
+
+/// A parentRef as the route wrote it: (kind, namespace, name).
+struct Parent<'a> {
+    kind: &'a str,
+    namespace: &'a str,
+    name: &'a str,
+}
+
+fn parent_problems(
+    input: &Input,
+    opts: &Options,
+    object: &ObjectRef,
+    parents: &[Parent<'_>],
+    status: Option<&super::status::RouteStatus>,
+    out: &mut Vec<Diagnostic>,
+) -> bool {
+    let mut attached = false;
+    if parents.is_empty() {
+        out.push(warning(
+            object.clone(),
+            "spec.parentRefs: not served: the route names no parent".into(),
+        ));
+    }
+    for (i, p) in parents.iter().enumerate() {
+        let field = format!("spec.parentRefs[{i}]");
+        match p.kind {
+            "Gateway" => match gateway_is_ours(input, opts, p.namespace, p.name) {
+                None => out.push(warning(
+                    object.clone(),
+                    format!(
+                        "{field}: not served through this parent: Gateway {}/{} not found",
+                        p.namespace, p.name
+                    ),
+                )),
+                Some(false) => out.push(warning(
+                    object.clone(),
+                    format!(
+                        "{field}: not served through this parent: Gateway {}/{} is not of a GatewayClass with \
+                         controllerName {}",
+                        p.namespace, p.name, opts.gateway_controller
+                    ),
+                )),
+                Some(true) => attached = true,
+            },
+            // ListenerSets and other parents: their status (below) says whether they attach.
+            _ => attached = true,
+        }
+    }
+    // Parents of ours that refused the route: the status says why.
+    if let Some(st) = status {
+        for ps in &st.parents {
+            for c in &ps.conditions {
+                if c.type_ == "Accepted" && c.status == "False" {
+                    let p = &ps.parent_ref;
+                    out.push(warning(
+                        object.clone(),
+                        format!(
+                            "not served through parent {}/{}{}: {}: {}",
+                            p.namespace
+                                .as_deref()
+                                .unwrap_or(&object.namespace.clone().unwrap_or_default()),
+                            p.name,
+                            p.section_name
+                                .as_deref()
+                                .map(|s| format!(" (section {s})"))
+                                .unwrap_or_default(),
+                            c.reason,
+                            c.message
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    attached
+}
+
+fn route_status<'a>(
+    statuses: &'a Statuses,
+    kind: &str,
+    object: &ObjectRef,
+) -> Option<&'a super::status::RouteStatus> {
+    statuses
+        .routes
+        .iter()
+        .find(|r| {
+            r.kind.as_deref() == Some(kind)
+                && r.namespace == object.namespace
+                && r.name == object.name
+        })
+        .map(|r| &r.status)
+}
+
+fn routes(input: &Input, opts: &Options, statuses: &Statuses, out: &mut Vec<Diagnostic>) {
+    for r in &input.http_routes {
+        let object = ObjectRef::new("HTTPRoute", &r.metadata);
+        let ns = r.metadata.namespace.as_deref().unwrap_or("default");
+        let parents: Vec<Parent<'_>> = r
+            .spec
+            .parent_refs
+            .iter()
+            .flatten()
+            .map(|p| Parent {
+                kind: p.kind.as_deref().unwrap_or("Gateway"),
+                namespace: p.namespace.as_deref().unwrap_or(ns),
+                name: &p.name,
+            })
+            .collect();
+        let status = route_status(statuses, "HTTPRoute", &object);
+        let attached = parent_problems(input, opts, &object, &parents, status, out);
+        if !attached {
+            http_route_fields(r, &object, out);
+        }
+    }
+    for r in &input.grpc_routes {
+        let object = ObjectRef::new("GRPCRoute", &r.metadata);
+        let ns = r.metadata.namespace.as_deref().unwrap_or("default");
+        let parents: Vec<Parent<'_>> = r
+            .spec
+            .parent_refs
+            .iter()
+            .flatten()
+            .map(|p| Parent {
+                kind: p.kind.as_deref().unwrap_or("Gateway"),
+                namespace: p.namespace.as_deref().unwrap_or(ns),
+                name: &p.name,
+            })
+            .collect();
+        let status = route_status(statuses, "GRPCRoute", &object);
+        parent_problems(input, opts, &object, &parents, status, out);
+    }
+    for r in &input.tls_routes {
+        let object = ObjectRef::new("TLSRoute", &r.metadata);
+        let ns = r.metadata.namespace.as_deref().unwrap_or("default");
+        let parents: Vec<Parent<'_>> = r
+            .spec
+            .parent_refs
+            .iter()
+            .flatten()
+            .map(|p| Parent {
+                kind: p.kind.as_deref().unwrap_or("Gateway"),
+                namespace: p.namespace.as_deref().unwrap_or(ns),
+                name: &p.name,
+            })
+            .collect();
+        let status = route_status(statuses, "TLSRoute", &object);
+        parent_problems(input, opts, &object, &parents, status, out);
+    }
+}
+
+/// The checks translation makes on an attached HTTPRoute's fields that do not depend on a listener: matches
+/// (paths, header names, regexes) and weights.
+fn http_route_fields(r: &HTTPRoute, object: &ObjectRef, out: &mut Vec<Diagnostic>) {
+    for (ri, rule) in r.spec.rules.iter().flatten().enumerate() {
+        for (mi, m) in rule.matches.iter().flatten().enumerate() {
+            if let Err(e) = super::httproute::route_match(m) {
+                out.push(error(
+                    object.clone(),
+                    format!("spec.rules[{ri}].matches[{mi}]: {e}"),
+                ));
+            }
+        }
+        for (bi, b) in rule.backend_refs.iter().flatten().enumerate() {
+            if let Some(w) = b.weight.filter(|w| *w < 0) {
+                out.push(error(
+                    object.clone(),
+                    format!("spec.rules[{ri}].backendRefs[{bi}].weight: {w} is negative"),
+                ));
+            }
+        }
+    }
+}
