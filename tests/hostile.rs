@@ -1227,3 +1227,91 @@ async fn h2_continuation_flood_is_cut() -> Result<()> {
     edge.nothing_forwarded("CONTINUATION flood")?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_pending_reset_bound_closes_the_connection_alone() -> Result<()> {
+    // The `h2` crate's bound on streams the client resets before the proxy accepted them
+    // (--h2-max-pending-reset-streams, default 20), with the premature-reset rule switched off: streams cancelled
+    // as soon as they are sent still get the connection closed.
+    let edge = Edge::start_with(Some(slow_upstream), &["--h2-rapid-reset-streams", "0"])?;
+    let (opened, closed) = cancel_streams(edge.port(), 5000, Duration::ZERO).await?;
+    eprintln!("pending resets: {opened} streams, closed: {closed}");
+    assert!(closed, "{opened} streams, still open");
+    let stats = edge_stats(&edge.proxy)?;
+    assert_eq!(counter(&stats, &["h2_rapid_resets"]), 0, "{stats}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_idle_connections_are_closed() -> Result<()> {
+    let edge = Edge::start(&["--idle-timeout", "1"])?;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", edge.port())).await?;
+    let (client, conn) = h2::client::handshake(tcp).await?;
+    let mut conn = tokio::spawn(conn);
+    let mut client = client;
+    assert_eq!(
+        h2_status(&mut client, h2_get("/public/h2-idle")?).await?,
+        200
+    );
+    let start = Instant::now();
+    // Open while it has had a stream within the idle timeout...
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut conn)
+            .await
+            .is_err(),
+        "closed within 500 ms of its last stream"
+    );
+    // ...and closed (GOAWAY, then the end of the connection) once it has had none for a second.
+    tokio::time::timeout(Duration::from_secs(4), &mut conn)
+        .await
+        .context("the idle HTTP/2 connection is still open after 4.5 s")??
+        .ok();
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+    drop(client);
+    Ok(())
+}
+
+#[test]
+fn tls_handshakes_are_held_to_the_header_timeout() -> Result<()> {
+    // An HTTPS listener (the demo certificate, an Ingress with spec.tls) and a 1 s header timeout: a client that
+    // connects and sends nothing, and one that sends half a TLS record header, are closed after about a second.
+    let secret = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/50-tls.yaml"),
+    )?
+    .replace("namespace: shop", "namespace: edge");
+    let ingress = "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: tls, namespace: edge}\nspec:\n  tls: [{hosts: [shop.example.com], secretName: shop-tls}]\n  rules:\n  - host: shop.example.com\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: public, port: {number: 80}}}}\n---\n";
+    let https = free_port();
+    let https_flag = https.to_string();
+    let edge = Edge::start_full(
+        None,
+        &format!("{secret}\n---\n{ingress}"),
+        &["--https-port", &https_flag, "--header-timeout", "1"],
+    )?;
+    for (what, bytes) in [
+        ("nothing", &b""[..]),
+        ("half a record header", &[0x16, 0x03][..]),
+    ] {
+        let start = Instant::now();
+        let mut s = TcpStream::connect(("127.0.0.1", https))?;
+        s.write_all(bytes)?;
+        s.set_read_timeout(Some(Duration::from_secs(4)))?;
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => bail!("{what}: got {:?}", &buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
+                bail!("{what}: the handshake is still open after 4 s")
+            }
+            Err(_) => {}
+        }
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_millis(3000),
+            "{what}: closed after {took:?}"
+        );
+    }
+    let stats = edge_stats(&edge.proxy)?;
+    assert_eq!(counter(&stats, &["handshake_timeouts"]), 2, "{stats}");
+    Ok(())
+}
