@@ -270,12 +270,8 @@ impl Edge {
         let admin = Recorder::start(None)?;
         let dir = tempfile::tempdir()?;
         let port = free_port();
-        std::fs::write(
-            dir.path().join("edge.yaml"),
-            format!("{}---\n{more}", manifests(port, public.port, admin.port))
-                .trim_end_matches("---\n")
-                .to_string(),
-        )?;
+        let text = format!("{}---\n{more}", manifests(port, public.port, admin.port));
+        std::fs::write(dir.path().join("edge.yaml"), text.trim_end_matches("---\n"))?;
         let proxy = Proxy::start(dir.path(), port, extra)?;
         Ok(Edge {
             proxy,

@@ -643,6 +643,36 @@ mod tests {
     }
 
     #[test]
+    fn a_rules_body_size_replaces_the_edge_default() {
+        let s = EdgeSettings {
+            max_body: Some(8192),
+            ..EdgeSettings::default()
+        };
+        let edge = |bytes| {
+            Some(BodyLimit {
+                bytes,
+                source: BodyLimitSource::Edge,
+            })
+        };
+        let ingress = |bytes| {
+            Some(BodyLimit {
+                bytes,
+                source: BodyLimitSource::Ingress,
+            })
+        };
+        assert_eq!(body_limit(&s, None), edge(8192));
+        assert_eq!(body_limit(&s, Some(1024)), ingress(1024));
+        assert_eq!(body_limit(&s, Some(65536)), ingress(65536));
+        assert_eq!(body_limit(&s, Some(0)), None);
+        let unlimited = EdgeSettings {
+            max_body: None,
+            ..s
+        };
+        assert_eq!(body_limit(&unlimited, None), None);
+        assert_eq!(body_limit(&unlimited, Some(10)), ingress(10));
+    }
+
+    #[test]
     fn admission_stops_at_the_limit_and_gives_slots_back() {
         let settings = Arc::new(EdgeSettings {
             max_connections: 2,
