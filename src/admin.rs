@@ -9,6 +9,7 @@
 //! | `GET /diagnostics` | the problems found in the current configuration sources, as JSON strings |
 //! | `GET /listeners` | the listener ports and whether they are bound |
 //! | `GET /upstreams` | every backend: retries, failures, ejections, and each endpoint's health and attempts |
+//! | `GET /rounds` | how many configuration rounds ran, the objects the latest one read, the version it left |
 //! | `GET /status` | Gateway API status of our GatewayClasses, Gateways, ListenerSets and routes (Kubernetes field names) |
 //! | `GET /edge` | counters of what the edge refused or changed (`proxy::edge::STATS`, see docs/hardening.md) |
 //!
@@ -201,6 +202,7 @@ impl Admin {
                     statuses: self.status(),
                 })
             }
+            "/rounds" => json(&self.store.rounds()),
             "/listeners" => {
                 let states = self.listeners.lock().map(|s| s.clone()).unwrap_or_default();
                 json(&states)

@@ -152,6 +152,15 @@ pub struct RunArgs {
     /// Limits and checks at the edge (docs/hardening.md).
     #[command(flatten)]
     pub edge: EdgeArgs,
+    /// Seconds a TCPRoute or TLSRoute connection may go without a byte either way before it is closed.
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub tcp_idle_timeout: u64,
+    /// Seconds a UDPRoute client flow may go without a datagram either way before it is forgotten.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub udp_idle_timeout: u64,
+    /// The most client flows one UDP listener keeps; datagrams that would start another are dropped and counted.
+    #[arg(long, default_value_t = 65536, value_name = "FLOWS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub udp_max_flows: u64,
     /// Request metrics, access logs and the Server header.
     #[command(flatten)]
     pub observe: ObserveArgs,

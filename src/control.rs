@@ -116,6 +116,7 @@ impl Control {
         self.statuses.store(Arc::new(out.statuses));
 
         let published = self.store.publish(out.model);
+        self.store.record_round(loaded.input.len());
         drop(out.diagnostics);
         let outcome = match published {
             Ok(Some(v)) => {

@@ -222,7 +222,9 @@ fn scheme(p: Protocol) -> &'static str {
     match p {
         Protocol::Http => "http",
         Protocol::Https => "https",
-        Protocol::TlsPassthrough => "tls",
+        Protocol::Tls => "tls",
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
     }
 }
 
@@ -280,19 +282,19 @@ fn compare_listener(
     sigs: &mut Signatures,
     report: &mut Report,
 ) {
-    let proto = old.or(new).map_or(Protocol::Http, |l| l.protocol);
+    let proto = old.or(new).map_or(Protocol::Http, |l| l.protocol());
     let mut patterns: BTreeSet<HostPattern> = BTreeSet::new();
     for l in old.iter().chain(new.iter()) {
-        for vh in &l.virtual_hosts {
+        for vh in l.http().map_or(&[][..], |h| &h.virtual_hosts[..]) {
             patterns.insert(vh.hostname.clone());
             if let Some(lh) = &vh.listener_hostname {
                 patterns.insert(lh.clone());
             }
         }
-        for c in l.tls.iter().flat_map(|t| &t.certificates) {
+        for c in l.tls().into_iter().flat_map(|t| &t.certificates) {
             patterns.insert(c.hostname.clone());
         }
-        for t in &l.tls_routes {
+        for t in crate::equiv::tls_routes(l) {
             patterns.insert(t.hostname.clone());
             patterns.insert(t.listener_hostname.clone());
         }
@@ -308,13 +310,13 @@ fn compare_listener(
         query: vec![],
     };
     let (o, n) = match (old, new) {
-        (Some(o), Some(n)) if o.protocol == n.protocol => (o, n),
+        (Some(o), Some(n)) if o.protocol() == n.protocol() => (o, n),
         _ => {
             let describe = |l: Option<&Listener>| Answer {
                 rule: None,
                 does: match l {
                     None => "no listener on this port (connection refused)".to_string(),
-                    Some(l) => format!("a {} listener", scheme(l.protocol)),
+                    Some(l) => format!("a {} listener", scheme(l.protocol())),
                 },
             };
             report.differences.push(Difference {
@@ -339,7 +341,7 @@ fn compare_listener(
         });
     }
     let reps = representatives(&patterns);
-    if proto == Protocol::TlsPassthrough {
+    if proto == Protocol::Tls {
         for h in &reps {
             report.hosts_compared += 1;
             let a = tls_route_answer(o, h);
@@ -381,8 +383,8 @@ fn compare_listener(
             port,
             scheme: scheme(proto),
             host: h,
-            old_default: o.default_backend.as_ref(),
-            new_default: n.default_backend.as_ref(),
+            old_default: o.http().and_then(|h| h.default_backend.as_ref()),
+            new_default: n.http().and_then(|h| h.default_backend.as_ref()),
             limits,
         };
         if let Err(reason) = compare_host(&cx, &old_rules, &new_rules, sigs, report) {
@@ -397,8 +399,7 @@ fn compare_listener(
 
 impl Listener {
     fn client_validation_json(&self) -> String {
-        self.tls
-            .as_ref()
+        self.tls()
             .and_then(|t| t.client_validation.as_ref())
             .map_or("none".to_string(), |v| {
                 serde_json::to_string(v).unwrap_or_default()
@@ -409,7 +410,7 @@ impl Listener {
 /// The certificate a TLS client asking for `host` gets (tls::SniResolver's choice: the most specific pattern that
 /// covers the name, the first one among equals, else the first certificate).
 fn certificate(l: &Listener, host: &str) -> String {
-    let Some(tls) = &l.tls else {
+    let Some(tls) = l.tls() else {
         return "no certificate".into();
     };
     let best = tls
@@ -431,7 +432,7 @@ fn certificate(l: &Listener, host: &str) -> String {
 
 fn tls_route_answer(l: &Listener, host: &str) -> Answer {
     let mut best: Option<&crate::model::TlsRoute> = None;
-    for r in &l.tls_routes {
+    for r in crate::equiv::tls_routes(l) {
         if r.hostname.matches(host)
             && best.is_none_or(|b| {
                 (&r.listener_hostname, &r.hostname) < (&b.listener_hostname, &b.hostname)
@@ -478,7 +479,12 @@ impl<'m> HostLookup<'m> {
         let mut other = Vec::new();
         let mut listener_patterns: Vec<&HostPattern> = Vec::new();
         let mut has_ingress = false;
-        for (i, vh) in listener.virtual_hosts.iter().enumerate() {
+        for (i, vh) in listener
+            .http()
+            .map_or(&[][..], |h| &h.virtual_hosts[..])
+            .iter()
+            .enumerate()
+        {
             match &vh.hostname {
                 HostPattern::Exact(h) => exact.entry(h.as_str()).or_default().push(i),
                 _ => other.push(i),
@@ -516,7 +522,7 @@ impl<'m> HostLookup<'m> {
             .into_iter()
             .flatten()
             .chain(self.other.iter())
-            .map(|&i| &self.listener.virtual_hosts[i])
+            .filter_map(|&i| self.listener.http().and_then(|h| h.virtual_hosts.get(i)))
             .filter(|vh| vh.hostname.matches(host))
             .filter(|vh| match (&vh.listener_hostname, group) {
                 (None, _) => true,
@@ -1036,3 +1042,11 @@ fn percent(s: &str) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// The TLS routes of a listener (empty unless it is a TLS listener).
+pub(crate) fn tls_routes(l: &crate::model::Listener) -> &[crate::model::TlsRoute] {
+    match &l.kind {
+        crate::model::ListenerKind::Tls(t) => &t.routes,
+        _ => &[],
+    }
+}

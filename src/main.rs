@@ -8,7 +8,7 @@ use portcullis::control::Control;
 use portcullis::metrics::request::{LabelMode, RequestMetrics};
 use portcullis::metrics::Metrics;
 use portcullis::proxy::edge::ListenerEdge;
-use portcullis::proxy::{accept_loop, bind, Connections, Handshake, ListenerManager};
+use portcullis::proxy::{accept_loop, bind, Connections, Handshake, L4Settings, ListenerManager};
 use portcullis::report;
 use portcullis::snapshot::Store;
 use portcullis::source::file::{self, FileLoader};
@@ -303,7 +303,12 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         args.port_offset,
         shutdown_rx.clone(),
     )
-    .with_edge(edge);
+    .with_edge(edge)
+    .with_l4(L4Settings {
+        tcp_idle_timeout: Duration::from_secs(args.tcp_idle_timeout),
+        udp_idle_timeout: Duration::from_secs(args.udp_idle_timeout),
+        udp_max_flows: usize::try_from(args.udp_max_flows).unwrap_or(usize::MAX),
+    });
     let listener_states = listeners.states();
     let connections = listeners.connections();
     data_rt.block_on(async { listeners.reconcile() });

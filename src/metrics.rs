@@ -14,6 +14,11 @@
 //! | `portcullis_leader` | gauge | | 1 while this process holds the leader Lease (Kubernetes mode only) |
 //! | `portcullis_tls_certificate_expiry_timestamp_seconds` | gauge | `namespace`, `name` | `notAfter` of the leaf certificate of each Secret the published configuration uses |
 //! | `portcullis_backend_ready_endpoints` | gauge | `namespace`, `name`, `port` | ready endpoints of each backend Service port in the published configuration |
+//! | `portcullis_udp_flows` | gauge | | UDP client flows open on every UDP listener (see [`udp`]) |
+//! | `portcullis_udp_datagrams_dropped_total` | counter | `reason`: `no_route`, `flow_table_full`, `queue_full`, `send_failed` | datagrams a UDP listener did not forward |
+//!
+//! The UDP metrics are the first on the data path: their children are resolved once, when first used, and a
+//! datagram touches them with a relaxed atomic add.
 //!
 //! # Per-request metrics
 //!
@@ -160,12 +165,16 @@ impl RouteCounts {
 
 /// Every HTTP rule of the model: virtual host rules and default backends.
 fn model_rules(model: &Model) -> impl Iterator<Item = &HttpRule> {
-    model.listeners.iter().flat_map(|l| {
-        l.virtual_hosts
-            .iter()
-            .flat_map(|v| v.rules.iter())
-            .chain(l.default_backend.iter())
-    })
+    model
+        .listeners
+        .iter()
+        .filter_map(|l| l.http())
+        .flat_map(|h| {
+            h.virtual_hosts
+                .iter()
+                .flat_map(|v| v.rules.iter())
+                .chain(h.default_backend.iter())
+        })
 }
 
 /// Ready endpoints per backend Service port of `model`: `(namespace, name, port) -> endpoints`. Variants of one
@@ -231,7 +240,7 @@ fn certificate_expiry(model: &Model, known: &Expiries) -> Expiries {
         }
     };
     for l in &model.listeners {
-        for c in l.tls.iter().flat_map(|t| t.certificates.iter()) {
+        for c in l.tls().iter().flat_map(|t| t.certificates.iter()) {
             add(&c.source, &c.cert_pem);
         }
     }
@@ -267,6 +276,55 @@ impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
     }
+}
+
+/// The UDP listeners' metrics, shared by every UDP listener of the process.
+pub struct UdpMetrics {
+    /// Flows open.
+    pub flows: IntGauge,
+    dropped: IntCounterVec,
+    /// A datagram that starts a flow when no route or usable backend serves the listener.
+    pub dropped_no_route: prometheus::IntCounter,
+    /// A datagram that would start a flow while the listener's flow table is full.
+    pub dropped_table_full: prometheus::IntCounter,
+    /// A datagram of a flow whose queue to its backend is full (the backend socket cannot keep up).
+    pub dropped_queue_full: prometheus::IntCounter,
+    /// A datagram the operating system refused to send (either way).
+    pub dropped_send_failed: prometheus::IntCounter,
+}
+
+/// The UDP listeners' metrics (made on first use, and registered by every [`Metrics::new`]).
+pub fn udp() -> &'static UdpMetrics {
+    static UDP: OnceLock<UdpMetrics> = OnceLock::new();
+    UDP.get_or_init(|| {
+        // Both descriptions are fixed and valid, so making them cannot fail.
+        let flows = IntGauge::new(
+            "udp_flows",
+            "UDP client flows open, over every UDP listener.",
+        )
+        .unwrap_or_else(|_| unreachable_metric());
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "udp_datagrams_dropped_total",
+                "Datagrams a UDP listener did not forward, by reason.",
+            ),
+            &["reason"],
+        )
+        .unwrap_or_else(|_| unreachable_metric());
+        UdpMetrics {
+            dropped_no_route: dropped.with_label_values(&["no_route"]),
+            dropped_table_full: dropped.with_label_values(&["flow_table_full"]),
+            dropped_queue_full: dropped.with_label_values(&["queue_full"]),
+            dropped_send_failed: dropped.with_label_values(&["send_failed"]),
+            flows,
+            dropped,
+        }
+    })
+}
+
+#[cold]
+fn unreachable_metric() -> ! {
+    unreachable!("a fixed metric description is valid")
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(
@@ -395,6 +453,12 @@ impl Metrics {
                 ),
             )?,
         )?;
+        register(&registry, "udp_flows", udp().flows.clone())?;
+        register(
+            &registry,
+            "udp_datagrams_dropped_total",
+            udp().dropped.clone(),
+        )?;
         Ok(Metrics {
             registry,
             config_rounds,
@@ -504,9 +568,9 @@ impl Metrics {
 mod tests {
     use super::*;
     use crate::model::{
-        Action, Backend, BackendGroup, Endpoint, Filter, Listener, ListenerCertificate,
-        ListenerTls, Origin, Protocol, Redacted, RouteMatch, ServiceBackend, Timeouts, VirtualHost,
-        WeightedBackend,
+        Action, Backend, BackendGroup, Endpoint, Filter, HttpListener, HttpsListener, Listener,
+        ListenerCertificate, ListenerKind, ListenerTls, Origin, Redacted, RouteMatch,
+        ServiceBackend, Timeouts, VirtualHost, WeightedBackend,
     };
     use crate::source::ObjectRef;
     use crate::translate::status::{Condition, Named, ParentRef, RouteParentStatus, RouteStatus};
@@ -571,18 +635,28 @@ mod tests {
             listeners: vec![Listener {
                 address: None,
                 port: 443,
-                protocol: Protocol::Https,
-                tls: (!certs.is_empty()).then_some(ListenerTls {
-                    certificates: certs,
-                    client_validation: None,
-                }),
-                virtual_hosts: vec![VirtualHost {
-                    listener_hostname: None,
-                    hostname: crate::model::HostPattern::ingress("a.example").unwrap(),
-                    rules,
-                }],
-                default_backend: None,
-                tls_routes: vec![],
+                transport: Default::default(),
+                kind: {
+                    let http = HttpListener {
+                        virtual_hosts: vec![VirtualHost {
+                            listener_hostname: None,
+                            hostname: crate::model::HostPattern::ingress("a.example").unwrap(),
+                            rules,
+                        }],
+                        default_backend: None,
+                    };
+                    if certs.is_empty() {
+                        ListenerKind::Http(http)
+                    } else {
+                        ListenerKind::Https(HttpsListener {
+                            tls: ListenerTls {
+                                certificates: certs,
+                                client_validation: None,
+                            },
+                            http,
+                        })
+                    }
+                },
             }],
         }
     }
@@ -697,10 +771,13 @@ mod tests {
         // The Secret rotated: same name, a new certificate, a new expiry (not the remembered one).
         let rotated = ListenerCertificate {
             cert_pem: cert_pem((2032, 1, 1)),
-            ..first.listeners[0].tls.as_ref().unwrap().certificates[0].clone()
+            ..first.listeners[0].tls().unwrap().certificates[0].clone()
         };
         let mut renewed = first.clone();
-        renewed.listeners[0].tls.as_mut().unwrap().certificates = vec![rotated];
+        match &mut renewed.listeners[0].kind {
+            ListenerKind::Https(h) => h.tls.certificates = vec![rotated],
+            _ => panic!("the test model has an HTTPS listener"),
+        }
         m.set_model(&renewed);
         // 2032-01-01T00:00:00Z
         assert!(text(&m).contains(

@@ -140,10 +140,10 @@ type RulesByPath<'m> = BTreeMap<(String, String, usize), Vec<(&'m HostPattern, &
 fn rules_by_path(model: &Model) -> RulesByPath<'_> {
     let mut out: RulesByPath<'_> = BTreeMap::new();
     for l in &model.listeners {
-        if l.protocol != Protocol::Http {
+        if l.protocol() != Protocol::Http {
             continue;
         }
-        for vh in &l.virtual_hosts {
+        for vh in l.http().map_or(&[][..], |h| &h.virtual_hosts[..]) {
             for r in &vh.rules {
                 if r.origin.kind == OriginKind::Ingress {
                     out.entry((
@@ -279,10 +279,10 @@ pub fn migrate(input: &Input, opts: &Options) -> Output {
         .map(|o| (o.namespace.clone().unwrap_or_default(), o.name.clone()))
         .collect();
     let https = model.listeners.iter().find(|l| {
-        l.port == topts.https_port && l.address.is_none() && l.protocol == Protocol::Https
+        l.port == topts.https_port && l.address.is_none() && l.protocol() == Protocol::Https
     });
     let cert_hosts: Vec<HostPattern> = https
-        .and_then(|l| l.tls.as_ref())
+        .and_then(|l| l.tls())
         .map(|t| t.certificates.iter().map(|c| c.hostname.clone()).collect())
         .unwrap_or_default();
 

@@ -44,23 +44,64 @@ pub struct Model {
 }
 
 impl Model {
-    /// The listener on `port` at the default address, if any.
+    /// The TCP listener on `port` at the default address, if any.
     pub fn listener(&self, port: u16) -> Option<&Listener> {
         self.listeners
             .iter()
-            .find(|l| l.port == port && l.address.is_none())
+            .find(|l| l.port == port && l.address.is_none() && l.transport == Transport::Tcp)
     }
 
     /// Number of route rules in the whole model (each rule counted once per virtual host it appears in).
     pub fn rule_count(&self) -> usize {
         self.listeners
             .iter()
-            .map(|l| l.virtual_hosts.iter().map(|v| v.rules.len()).sum::<usize>())
+            .filter_map(Listener::http)
+            .map(|h| h.virtual_hosts.iter().map(|v| v.rules.len()).sum::<usize>())
             .sum()
     }
 }
 
-/// The application protocol a listener speaks to clients.
+/// The transport a listener's socket uses: the same port number may be served once over each.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Transport {
+    /// A TCP listening socket (HTTP, HTTPS, TLS, TCP).
+    #[default]
+    Tcp,
+    /// A UDP socket (UDPRoute).
+    Udp,
+}
+
+impl Transport {
+    fn is_tcp(&self) -> bool {
+        *self == Transport::Tcp
+    }
+}
+
+/// Where a listener is bound: an address (`None` = the process's `--bind-address`), a logical port (before
+/// `--port-offset`) and a transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ListenerKey {
+    /// A Gateway's `spec.addresses` entry, or `None` for the default address.
+    pub address: Option<IpAddr>,
+    /// The logical port.
+    pub port: u16,
+    /// TCP or UDP.
+    pub transport: Transport,
+}
+
+impl ListenerKey {
+    /// A TCP listener on `port` at the default address.
+    pub fn tcp(port: u16) -> Self {
+        ListenerKey {
+            address: None,
+            port,
+            transport: Transport::Tcp,
+        }
+    }
+}
+
+/// The protocol a listener serves: what [`ListenerKind`] a listener is, without its tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
@@ -68,12 +109,26 @@ pub enum Protocol {
     Http,
     /// HTTP over TLS terminated here (HTTP/2 or HTTP/1.1 by ALPN).
     Https,
-    /// TLS passed through to the backend unopened, routed by SNI (TLSRoute).
-    #[serde(rename = "TLS")]
-    TlsPassthrough,
+    /// TLS routed by SNI (TLSRoute): passed through unopened, or terminated here and forwarded as TCP, per
+    /// route (Gateway API allows both modes on one port for different hostnames).
+    Tls,
+    /// TCP streams forwarded as they are (TCPRoute).
+    Tcp,
+    /// UDP datagrams forwarded per client flow (UDPRoute).
+    Udp,
 }
 
-/// Everything served on one (address, port).
+impl Protocol {
+    /// The transport this protocol is served over.
+    pub fn transport(self) -> Transport {
+        match self {
+            Protocol::Udp => Transport::Udp,
+            _ => Transport::Tcp,
+        }
+    }
+}
+
+/// Everything served on one (address, port, transport).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Listener {
     /// The IP address to bind: a Gateway's `spec.addresses`; `None` means the process's `--bind-address`.
@@ -81,28 +136,142 @@ pub struct Listener {
     pub address: Option<IpAddr>,
     /// The logical port (what the manifests say, before `--port-offset`).
     pub port: u16,
-    /// What clients speak on this port.
-    pub protocol: Protocol,
-    /// Certificates and client validation, for [`Protocol::Https`].
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls: Option<ListenerTls>,
+    /// TCP or UDP (shown only for UDP).
+    #[serde(skip_serializing_if = "Transport::is_tcp")]
+    pub transport: Transport,
+    /// What is served, with the tables of that protocol.
+    #[serde(flatten)]
+    pub kind: ListenerKind,
+}
+
+impl Listener {
+    /// Where it is bound.
+    pub fn key(&self) -> ListenerKey {
+        ListenerKey {
+            address: self.address,
+            port: self.port,
+            transport: self.transport,
+        }
+    }
+
+    /// The protocol served.
+    pub fn protocol(&self) -> Protocol {
+        match &self.kind {
+            ListenerKind::Http(_) => Protocol::Http,
+            ListenerKind::Https(_) => Protocol::Https,
+            ListenerKind::Tls(_) => Protocol::Tls,
+            ListenerKind::Tcp(_) => Protocol::Tcp,
+            ListenerKind::Udp(_) => Protocol::Udp,
+        }
+    }
+
+    /// The HTTP tables, for HTTP and HTTPS listeners.
+    pub fn http(&self) -> Option<&HttpListener> {
+        match &self.kind {
+            ListenerKind::Http(h) => Some(h),
+            ListenerKind::Https(h) => Some(&h.http),
+            _ => None,
+        }
+    }
+
+    /// The certificates terminated here (HTTPS, and TLS listeners with Terminate routes).
+    pub fn tls(&self) -> Option<&ListenerTls> {
+        match &self.kind {
+            ListenerKind::Https(h) => Some(&h.tls),
+            ListenerKind::Tls(t) => t.tls.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// A listener's protocol and what it routes by.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "protocol")]
+pub enum ListenerKind {
+    /// HTTP: virtual hosts and rules.
+    #[serde(rename = "HTTP")]
+    Http(HttpListener),
+    /// HTTPS: certificates, then the same tables as HTTP.
+    #[serde(rename = "HTTPS")]
+    Https(HttpsListener),
+    /// TLS routed by SNI (TLSRoute), each route passed through or terminated.
+    #[serde(rename = "TLS")]
+    Tls(TlsListener),
+    /// TCP (TCPRoute).
+    #[serde(rename = "TCP")]
+    Tcp(L4Listener),
+    /// UDP (UDPRoute).
+    #[serde(rename = "UDP")]
+    Udp(L4Listener),
+}
+
+/// The tables of an HTTP (or HTTPS) listener.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HttpListener {
     /// Virtual hosts, sorted by (listener hostname, hostname). Several entries may share a hostname when they
     /// come from different Gateway listeners; the router keeps them apart (listener isolation).
     pub virtual_hosts: Vec<VirtualHost>,
     /// What answers when no rule matches (Ingress `spec.defaultBackend`); `None` means 404.
     pub default_backend: Option<HttpRule>,
-    /// TLS passthrough routes, for [`Protocol::TlsPassthrough`] listeners.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub tls_routes: Vec<TlsRoute>,
 }
 
-/// A TLS passthrough route: connections whose SNI matches `hostname` go, still encrypted, to `backends`.
+/// An HTTPS listener: its certificates and its HTTP tables.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HttpsListener {
+    /// Certificates and client validation.
+    pub tls: ListenerTls,
+    /// What is served inside TLS.
+    #[serde(flatten)]
+    pub http: HttpListener,
+}
+
+/// A TLS listener (TLSRoute).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TlsListener {
+    /// Certificates for the hostnames of Terminate-mode Gateway listeners on this port; `None` when every route
+    /// is passed through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+    /// Routes by SNI.
+    pub routes: Vec<TlsRoute>,
+}
+
+/// A TCP or UDP listener: its routes, in the order they take traffic (the oldest route first: only the first
+/// serves, as Gateway API gives a port's traffic to the oldest of the routes attached to it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct L4Listener {
+    /// Attached routes, oldest first.
+    pub routes: Vec<L4Route>,
+}
+
+/// A TCPRoute or UDPRoute rule attached to a listener.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct L4Route {
+    /// Where it came from.
+    pub origin: Origin,
+    /// Weighted backends; a connection (or UDP flow) picks one when it starts.
+    pub backends: BackendGroup,
+}
+
+/// What a TLS route does with the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub enum TlsMode {
+    /// The TLS bytes go to the backend unopened.
+    Passthrough,
+    /// TLS ends here with the listener's certificate; the plain bytes go to the backend over TCP.
+    Terminate,
+}
+
+/// A TLS route: connections whose SNI matches `hostname` go to `backends`, passed through or terminated.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TlsRoute {
     /// The Gateway listener hostname it attached through (listener isolation, as for HTTP).
     pub listener_hostname: HostPattern,
     /// SNI names it serves (route hostnames intersected with the listener hostname).
     pub hostname: HostPattern,
+    /// Passthrough or Terminate: the mode of the Gateway listener it attached through.
+    pub mode: TlsMode,
     /// Where it came from.
     pub origin: Origin,
     /// Weighted backends.

@@ -3,21 +3,27 @@
 //! Pingora binds its listeners once, when its `Server` starts; Gateways can add and remove ports at any time. So
 //! Portcullis owns the sockets ([`listeners::ListenerManager`]): it binds and releases ports as snapshots change,
 //! accepts connections itself, wraps them in Pingora streams and hands them to the Pingora application
-//! (`HttpProxy<HttpApp>`) of that port, exactly as a Pingora listening service would. See
+//! (`HttpProxy<HttpApp>`) of that port, exactly as a Pingora listening service would. TCP and TLS-by-SNI
+//! connections are forwarded by `tcp.rs` and `passthrough.rs`, UDP datagrams by `udp.rs` (Pingora has no UDP). See
 //! `docs/adr/0001-own-listeners.md`.
 
 pub mod edge;
 pub mod http;
 pub mod io;
+pub mod l4;
 pub mod listeners;
 pub mod mirror;
 pub mod observe;
 pub mod passthrough;
 pub mod path;
 pub mod policy;
+pub mod tcp;
+pub mod udp;
 pub mod upstream;
 pub mod upstream_tls;
 
+pub use l4::L4Settings;
 pub use listeners::{
-    accept_loop, bind, Connections, Handshake, ListenerManager, ListenerState, Stopped,
+    accept_loop, bind, serve_connections, Connections, Handshake, ListenerManager, ListenerState,
+    Stopped,
 };

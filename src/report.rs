@@ -1,7 +1,8 @@
 //! Human and JSON presentations: diagnostics with file locations, and the routing table of `portcullis routes`.
 
 use crate::model::{
-    precedence, Action, Backend, Filter, HostPattern, HttpRule, Model, PathModifier,
+    precedence, Action, Backend, BackendGroup, Filter, HostPattern, HttpRule, ListenerKind, Model,
+    PathModifier,
 };
 use crate::source::file::Location;
 use crate::source::ObjectRef;
@@ -295,20 +296,23 @@ fn backend_text(model: &Model, b: &Backend) -> String {
     }
 }
 
+fn group_text(model: &Model, g: &BackendGroup) -> Vec<String> {
+    g.backends
+        .iter()
+        .map(|b| {
+            let mut s = format!("{}x {}", b.weight, backend_text(model, &b.backend));
+            for f in &b.filters {
+                s.push(' ');
+                s.push_str(&filter_text(f));
+            }
+            s
+        })
+        .collect()
+}
+
 fn action_text(model: &Model, rule: &HttpRule) -> Vec<String> {
     match &rule.action {
-        Action::Forward(g) => g
-            .backends
-            .iter()
-            .map(|b| {
-                let mut s = format!("{}x {}", b.weight, backend_text(model, &b.backend));
-                for f in &b.filters {
-                    s.push(' ');
-                    s.push_str(&filter_text(f));
-                }
-                s
-            })
-            .collect(),
+        Action::Forward(g) => group_text(model, g),
         Action::Redirect(r) => {
             let mut s = format!("redirect {}", r.status);
             if let Some(v) = &r.scheme {
@@ -334,11 +338,44 @@ fn action_text(model: &Model, rule: &HttpRule) -> Vec<String> {
 pub fn route_rows(model: &Model) -> Vec<RouteRow> {
     let mut rows = Vec::new();
     for l in &model.listeners {
-        let mut hosts: Vec<&HostPattern> = l.virtual_hosts.iter().map(|v| &v.hostname).collect();
+        match &l.kind {
+            ListenerKind::Tls(t) => {
+                for r in &t.routes {
+                    rows.push(RouteRow {
+                        port: l.port,
+                        host: r.hostname.to_string(),
+                        listener_hostname: Some(r.listener_hostname.to_string()),
+                        matches: format!("(TLS {:?})", r.mode),
+                        filters: vec![],
+                        backends: group_text(model, &r.backends),
+                        origin: r.origin.to_string(),
+                    });
+                }
+                continue;
+            }
+            ListenerKind::Tcp(t) | ListenerKind::Udp(t) => {
+                // Only the first (oldest) route takes the port's traffic.
+                if let Some(r) = t.routes.first() {
+                    rows.push(RouteRow {
+                        port: l.port,
+                        host: "*".into(),
+                        listener_hostname: None,
+                        matches: format!("({:?})", l.protocol()).to_uppercase(),
+                        filters: vec![],
+                        backends: group_text(model, &r.backends),
+                        origin: r.origin.to_string(),
+                    });
+                }
+                continue;
+            }
+            ListenerKind::Http(_) | ListenerKind::Https(_) => {}
+        }
+        let Some(h) = l.http() else { continue };
+        let mut hosts: Vec<&HostPattern> = h.virtual_hosts.iter().map(|v| &v.hostname).collect();
         hosts.sort();
         hosts.dedup();
         for host in hosts {
-            let mut entries: Vec<(Option<&HostPattern>, &HttpRule, usize)> = l
+            let mut entries: Vec<(Option<&HostPattern>, &HttpRule, usize)> = h
                 .virtual_hosts
                 .iter()
                 .filter(|vh| &vh.hostname == host)
@@ -361,7 +398,7 @@ pub fn route_rows(model: &Model) -> Vec<RouteRow> {
                 });
             }
         }
-        if let Some(d) = &l.default_backend {
+        if let Some(d) = &h.default_backend {
             rows.push(RouteRow {
                 port: l.port,
                 host: "*".into(),

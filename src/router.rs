@@ -14,8 +14,9 @@ pub use crate::proxy::upstream::BackendId;
 
 use crate::metrics::request::{Resolver, RouteStats};
 use crate::model::{
-    precedence, Action, Backend, BackendGroup, BackendKey, Cors, Filter, HostPattern, HttpRule,
-    Model, Origin, Protocol, Redirect, Retry, Timeouts, TlsRoute,
+    precedence, Action, Backend, BackendGroup, BackendKey, Cors, Filter, HostPattern, HttpListener,
+    HttpRule, ListenerKey, ListenerKind, Model, Origin, Protocol, Redirect, Retry, Timeouts,
+    TlsMode, TlsRoute, Transport,
 };
 use http::HeaderName;
 use matcher::{HeaderHint, Matcher};
@@ -227,21 +228,36 @@ pub struct ListenerTable {
     pub address: Option<std::net::IpAddr>,
     /// Logical port.
     pub port: u16,
+    /// TCP or UDP.
+    pub transport: Transport,
     /// Protocol spoken to clients.
     pub protocol: Protocol,
     groups: HostIndex<Arc<HostIndex<RuleList>>>,
+    /// The route of a TCP or UDP listener: its oldest attached route.
+    l4_route: Option<Arc<L4RouteEntry>>,
     default: Option<Arc<RouteEntry>>,
     tls_routes: HostIndex<Arc<HostIndex<Arc<TlsRouteEntry>>>>,
     /// The header names of the entries' inline checks ([`Quick::header`]).
     header_names: Box<[HeaderName]>,
 }
 
-/// A TLS passthrough route ready to serve.
+/// A TLS route ready to serve.
 #[derive(Debug)]
 pub struct TlsRouteEntry {
     /// Where it came from.
     pub origin: Origin,
+    /// Pass the TLS bytes through, or terminate TLS here.
+    pub mode: TlsMode,
     /// Weighted backends.
+    pub backends: WeightedBackends,
+}
+
+/// A TCPRoute or UDPRoute ready to serve.
+#[derive(Debug)]
+pub struct L4RouteEntry {
+    /// Where it came from.
+    pub origin: Origin,
+    /// Weighted backends, picked once per connection or flow.
     pub backends: WeightedBackends,
 }
 
@@ -568,15 +584,24 @@ impl Router {
         self.listener_at(None, port)
     }
 
-    /// The table of (`address`, `port`), if served.
+    /// The table of the TCP listener at (`address`, `port`), if served.
     pub fn listener_at(
         &self,
         address: Option<std::net::IpAddr>,
         port: u16,
     ) -> Option<&ListenerTable> {
-        self.listeners
-            .iter()
-            .find(|l| l.port == port && l.address == address)
+        self.listener_for(ListenerKey {
+            address,
+            port,
+            transport: Transport::Tcp,
+        })
+    }
+
+    /// The table of the listener at `key`, if served.
+    pub fn listener_for(&self, key: ListenerKey) -> Option<&ListenerTable> {
+        self.listeners.iter().find(|l| {
+            l.port == key.port && l.address == key.address && l.transport == key.transport
+        })
     }
 
     /// All listener tables, sorted by port.
@@ -603,6 +628,11 @@ impl ListenerTable {
     /// oldest route.
     pub fn find_tls(&self, sni: &str) -> Option<&Arc<TlsRouteEntry>> {
         self.tls_routes.get(sni).and_then(|g| g.get(sni))
+    }
+
+    /// The route of a TCP or UDP listener, if one is attached.
+    pub fn l4_route(&self) -> Option<&Arc<L4RouteEntry>> {
+        self.l4_route.as_ref()
     }
 
     /// Like [`ListenerTable::find`], for a TLS connection whose SNI was `sni`: when the SNI and the Host header
@@ -722,8 +752,13 @@ fn compile_listener(
     mut stats: Option<&mut Resolver<'_>>,
 ) -> Result<ListenerTable, CompileError> {
     let label = stats.as_ref().map(|_| listener_label(l.address, l.port));
+    static NO_HTTP: HttpListener = HttpListener {
+        virtual_hosts: Vec::new(),
+        default_backend: None,
+    };
+    let http = l.http().unwrap_or(&NO_HTTP);
     let mut entries: Vec<BuildEntry<'_>> = Vec::new();
-    for vh in &l.virtual_hosts {
+    for vh in &http.virtual_hosts {
         for rule in &vh.rules {
             let rs = match (stats.as_deref_mut(), &label) {
                 (Some(r), Some(label)) => Some(rule_stats(rule, label, r)),
@@ -775,7 +810,7 @@ fn compile_listener(
             .clone()
     });
 
-    let default = match &l.default_backend {
+    let default = match &http.default_backend {
         Some(rule) => {
             let rs = match (stats, &label) {
                 (Some(r), Some(label)) => Some(rule_stats(rule, label, r)),
@@ -799,13 +834,33 @@ fn compile_listener(
         None => None,
     };
 
-    let tls_routes = compile_tls_routes(&l.tls_routes, ids)?;
+    let tls_routes = match &l.kind {
+        ListenerKind::Tls(t) => compile_tls_routes(&t.routes, ids)?,
+        _ => compile_tls_routes(&[], ids)?,
+    };
+    let l4_route = match &l.kind {
+        ListenerKind::Tcp(t) | ListenerKind::Udp(t) => match t.routes.first() {
+            Some(r) => Some(Arc::new(L4RouteEntry {
+                origin: r.origin.clone(),
+                backends: WeightedBackends::new(&r.backends, ids).map_err(|reason| {
+                    CompileError {
+                        origin: r.origin.to_string(),
+                        reason,
+                    }
+                })?,
+            })),
+            None => None,
+        },
+        _ => None,
+    };
 
     Ok(ListenerTable {
         tls_routes,
+        l4_route,
         address: l.address,
         port: l.port,
-        protocol: l.protocol,
+        transport: l.transport,
+        protocol: l.protocol(),
         groups,
         default,
         header_names: header_names.into_boxed_slice(),
@@ -828,6 +883,7 @@ fn compile_tls_routes(
                 r,
                 Arc::new(TlsRouteEntry {
                     origin: r.origin.clone(),
+                    mode: r.mode,
                     backends,
                 }),
             ))

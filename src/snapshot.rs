@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use pingora::listeners::tls::Acceptor;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::watch;
 
 /// A listener's place in the model: (address, logical port); `None` is the process's bind address.
@@ -51,6 +51,19 @@ impl Snapshot {
     }
 }
 
+/// How many configuration rounds the control loop has run, and what the latest one read: what an observer (the
+/// admin API's `GET /rounds`, tests) waits on to know that a change was seen, whether or not it changed the
+/// model. A round is one translation of everything the source holds, published or found unchanged or refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Rounds {
+    /// Rounds completed since the process started; 0 until the first one.
+    pub rounds: u64,
+    /// Objects the latest round read (every kind together).
+    pub objects: u64,
+    /// The snapshot version current after the latest round.
+    pub version: u64,
+}
+
 /// Holds the current [`Snapshot`] and readiness.
 ///
 /// Readers call [`Store::load`] once per request and use that snapshot for the whole request, so a request never
@@ -62,6 +75,7 @@ pub struct Store {
     ready: AtomicBool,
     version: AtomicU64,
     noops: AtomicU64,
+    rounds: Mutex<Rounds>,
     changed: watch::Sender<u64>,
     /// Per-request metrics: every published table gets its handles resolved here.
     request_metrics: OnceLock<Arc<RequestMetrics>>,
@@ -81,6 +95,7 @@ impl Store {
             ready: AtomicBool::new(false),
             version: AtomicU64::new(0),
             noops: AtomicU64::new(0),
+            rounds: Mutex::new(Rounds::default()),
             changed: watch::channel(0).0,
             request_metrics: OnceLock::new(),
         }
@@ -127,8 +142,8 @@ impl Store {
         let mut acceptors = Vec::new();
         let mut tls_errors = Vec::new();
         for l in &model.listeners {
-            if let Some(tls) = &l.tls {
-                match crate::tls::acceptor(tls) {
+            if let Some(tls) = l.tls() {
+                match crate::tls::acceptor(tls, l.protocol() == crate::model::Protocol::Https) {
                     Ok(a) => acceptors.push(((l.address, l.port), Arc::new(a))),
                     Err(e) => {
                         tracing::error!(port = l.port, error = %e, "TLS listener cannot be configured");
@@ -155,6 +170,22 @@ impl Store {
         Ok(Some(version))
     }
 
+    /// Records that the control loop finished a round that read `objects` objects (after its
+    /// [`Store::publish`], whatever that did). Counts never go down.
+    pub fn record_round(&self, objects: usize) {
+        let version = self.load().version;
+        if let Ok(mut r) = self.rounds.lock() {
+            r.rounds += 1;
+            r.objects = objects as u64;
+            r.version = version;
+        }
+    }
+
+    /// The rounds recorded so far (all zero before the first).
+    pub fn rounds(&self) -> Rounds {
+        self.rounds.lock().map(|r| *r).unwrap_or_default()
+    }
+
     /// A receiver that sees the version of every publish.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
@@ -175,5 +206,22 @@ mod tests {
         assert_eq!(store.publish(Model::default()).unwrap(), None);
         assert_eq!(store.noop_publishes(), 1);
         assert_eq!(store.load().version, 1);
+    }
+
+    #[test]
+    fn rounds_count_every_round() {
+        let store = Store::new();
+        assert_eq!(store.rounds(), Rounds::default());
+        store.record_round(3);
+        assert_eq!(store.publish(Model::default()).unwrap(), Some(1));
+        store.record_round(5);
+        assert_eq!(
+            store.rounds(),
+            Rounds {
+                rounds: 2,
+                objects: 5,
+                version: 1
+            }
+        );
     }
 }

@@ -153,9 +153,10 @@ impl TlsAccept for CaptureHandshake {
     }
 }
 
-/// Builds the acceptor of one TLS listener: SNI certificate selection, HTTP/2 and HTTP/1.1 by ALPN, and client
-/// certificate validation when configured.
-pub fn acceptor(tls: &ListenerTls) -> Result<Acceptor, TlsError> {
+/// Builds the acceptor of one TLS listener: SNI certificate selection, HTTP/2 and HTTP/1.1 by ALPN when `http`
+/// (HTTPS listeners; a TLS listener that terminates for TCP backends offers no ALPN), and client certificate
+/// validation when configured.
+pub fn acceptor(tls: &ListenerTls, http: bool) -> Result<Acceptor, TlsError> {
     install_provider();
     let mut certs = Vec::with_capacity(tls.certificates.len());
     for c in &tls.certificates {
@@ -168,7 +169,9 @@ pub fn acceptor(tls: &ListenerTls) -> Result<Acceptor, TlsError> {
     let mut settings = TlsSettings::with_callbacks(Box::new(CaptureHandshake))
         .map_err(|e| TlsError::Config(e.to_string()))?;
     settings.set_cert_resolver(Arc::new(SniResolver::new(certs)));
-    settings.set_alpn(ALPN::H2H1);
+    if http {
+        settings.set_alpn(ALPN::H2H1);
+    }
     if let Some(v) = &tls.client_validation {
         settings.set_client_cert_verifier(client_verifier(v)?);
     }

@@ -10,6 +10,7 @@ mod builder;
 mod gateway;
 mod httproute;
 mod ingress;
+mod l4route;
 pub mod nginx;
 mod refs;
 mod routes;
@@ -191,6 +192,7 @@ pub fn translate(input: &Input, opts: &Options) -> Output {
         &mut usage,
     );
     tlsroute::translate(input, &mut gws, &cx, &mut model, &mut diags, &mut statuses);
+    l4route::translate(input, &mut gws, &cx, &mut model, &mut diags, &mut statuses);
     unsupported::translate(input, &mut gws, &cx, &mut diags, &mut statuses);
     statuses.backend_tls_policies = policies.statuses(&usage, &opts.gateway_controller);
     gws.finish(&mut statuses);

@@ -431,6 +431,10 @@ async fn admin_api() -> Result<()> {
         assert_eq!(v["listeners"][0]["port"], port);
         let l: serde_json::Value = serde_json::from_slice(&proxy.admin("/listeners")?.body)?;
         assert_eq!(l[0]["bound"], true);
+        // One round at startup read the two classes (the file watcher may add rounds, never fewer objects).
+        let r = common::rounds(proxy.admin)?;
+        assert!(r.rounds >= 1, "{r:?}");
+        assert_eq!(r.objects, 2, "{r:?}");
         assert_eq!(proxy.admin("/nope")?.status, 404);
         Ok(())
     })

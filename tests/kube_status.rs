@@ -207,19 +207,15 @@ async fn status_is_written_for_our_objects_only() -> Result<()> {
     assert!(!patched("HTTPRoute", Some("shop"), "theirs"));
     assert!(!patched("Ingress", Some("shop"), "theirs"));
 
-    // Only what changed: a round where nothing of ours changes writes nothing.
-    std::thread::sleep(Duration::from_millis(500));
+    // Only what changed: a round where nothing of ours changes writes nothing. The round must have run (it read
+    // one object more); what the status writer did with it shows once the next change of ours (the route's spec,
+    // below) is written: from here to there, only that route may be patched.
     let before = fake.status_patches().len();
+    let rounds = p.rounds()?;
     fake.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: unrelated}\n");
-    std::thread::sleep(Duration::from_millis(800));
-    let after = fake.status_patches();
-    assert_eq!(
-        after.len(),
-        before,
-        "patched again: {:#?}",
-        &after[before..]
-    );
-    assert!(after.iter().all(|x| x.code == 200), "{after:#?}");
+    p.wait_round("the unrelated Namespace was read", |r| {
+        r.objects > rounds.objects
+    })?;
 
     // lastTransitionTime is kept while a condition's status stays: pretend ours is old, then bump the generation.
     let mut st = route(&fake)["status"].clone();
@@ -243,6 +239,26 @@ async fn status_is_written_for_our_objects_only() -> Result<()> {
             condition(&e["conditions"], "Accepted").is_some_and(|c| c["observedGeneration"] == 2)
         })
     })?;
+    let after = fake.status_patches();
+    let since: Vec<_> = after[before..]
+        .iter()
+        .map(|x| {
+            (
+                x.kind.as_str(),
+                x.namespace.as_deref(),
+                x.name.as_str(),
+                x.code,
+            )
+        })
+        .collect();
+    assert!(
+        !since.is_empty()
+            && since
+                .iter()
+                .all(|x| *x == ("HTTPRoute", Some("shop"), "api", 200)),
+        "after a round where nothing of ours changed and one where the route changed: {since:?}"
+    );
+    assert!(after.iter().all(|x| x.code == 200), "{after:#?}");
     let r = route(&fake);
     let ours = entry(&r["status"], "parents", OURS).expect("our entry");
     let accepted = condition(&ours["conditions"], "Accepted").expect("Accepted");
@@ -507,11 +523,16 @@ async fn two_instances_elect_one_leader_and_hand_over() -> Result<()> {
         r["spec"]["rules"][0]["matches"][0]["path"]["value"] = json!(path);
         f.apply(r);
     };
+    let follower_rounds = if a_leads { b.rounds()? } else { a.rounds()? };
     bump(&fake, "/api/v2");
     wait(&fake, &a, "the leader wrote generation 2", |f| {
         generation_written(f, 2)
     })?;
-    std::thread::sleep(Duration::from_millis(500));
+    // The follower has run a round with the change too (and so has had its chance to write).
+    let follower = if a_leads { &b } else { &a };
+    follower.wait_round("the follower saw the bumped route", |r| {
+        r.rounds > follower_rounds.rounds
+    })?;
     let patches = fake.status_patches();
     assert!(!patches.is_empty());
     assert!(

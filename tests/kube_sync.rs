@@ -6,7 +6,7 @@
 mod common;
 mod kube;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use common::{echo, free_port};
 use kube::{endpoint_slice, service, service_with_endpoints, FakeApiServer, KubeProxy, CLASSES};
 use std::time::Duration;
@@ -73,10 +73,24 @@ async fn initial_sync_waits_for_every_kind() -> Result<()> {
 
     let mut p = KubeProxy::spawn(&fake.kubeconfig(None), http, &[])?;
     p.wait_for(Duration::from_secs(10), || p.readyz().is_some())?;
-    std::thread::sleep(Duration::from_millis(1500));
+    // Wait until the source has listed other kinds and tried (and failed) to list HTTPRoutes twice, which gives a
+    // source that would publish a partial world the time to do it; then no round may have run.
+    p.wait_for(Duration::from_secs(20), || {
+        lists_of(&fake, "httproutes") >= 2
+            && ["ingresses", "services", "endpointslices", "gateways"]
+                .iter()
+                .all(|k| lists_of(&fake, k) >= 1)
+    })
+    .context("the source never listed the other kinds and retried HTTPRoutes")?;
+    assert_eq!(
+        p.rounds()?,
+        common::Rounds::default(),
+        "a configuration round ran before HTTPRoutes were listed"
+    );
     assert_eq!(p.readyz(), Some(503), "ready before HTTPRoutes listed");
     fake.set_failing_resource(None);
     p.wait_ready(Duration::from_secs(30))?;
+    assert!(p.rounds()?.rounds >= 1, "ready without a round");
     // The first published table has both APIs.
     let r = p.get("shop.example.com", "/api/orders")?;
     assert_eq!(
@@ -490,10 +504,14 @@ spec:
     // Namespace labels decide allowedRoutes: a route in namespace guest attaches once guest has the label.
     assert!(fake.delete("HTTPRoute", Some("shop"), "api"));
     p.wait_for_status("gw.example.com", "/v2/x", 404)?;
+    let before = p.rounds()?;
     fake.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: guest}\n");
     fake.apply_yaml(&route("guest", "/v2", "shop"));
-    std::thread::sleep(Duration::from_millis(300));
-    p.wait_for_status("gw.example.com", "/v2/x", 404)?;
+    // A round that read both (the Namespace and the route in it), and the route is still not served.
+    p.wait_round("the guest Namespace and route were read", |r| {
+        r.objects >= before.objects + 2
+    })?;
+    assert_eq!(p.get("gw.example.com", "/v2/x")?.status, 404);
     fake.apply_yaml(
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: guest, labels: {team: shop}}\n",
     );
@@ -520,6 +538,7 @@ spec:
     p.wait_for_status("gw.example.com", "/v2/x", 404)?;
 
     // IngressClass: an Ingress asking for class "late" is served once such a class of ours exists.
+    let before = p.rounds()?;
     fake.apply_yaml(
         "apiVersion: networking.k8s.io/v1
 kind: Ingress
@@ -533,8 +552,8 @@ spec:
       - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
 ",
     );
-    std::thread::sleep(Duration::from_millis(300));
-    p.wait_for_status("late.example.com", "/", 404)?;
+    p.wait_round("the Ingress late was read", |r| r.objects > before.objects)?;
+    assert_eq!(p.get("late.example.com", "/")?.status, 404);
     let ingress_class = |controller: &str| {
         format!("apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {{name: late}}\nspec: {{controller: {controller}}}\n")
     };
@@ -832,9 +851,22 @@ async fn watch_cut_resumed_relisted_and_failing() -> Result<()> {
         kube::fake_apiserver::yaml_documents(&route_to("/relisted")).remove(0),
     )?);
     assert!(fake.delete_silently("Ingress", Some("shop"), "shop"));
-    std::thread::sleep(Duration::from_millis(300));
+    // A change the watch does announce, so that a round runs after the silent ones: it reads one object more
+    // (the Ingress deleted in silence must still be there), and the table still has the Ingress and the old
+    // route.
+    let before = p.rounds()?;
+    fake.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: announced}\n");
+    p.wait_round(
+        "the announced Namespace was read and the silently deleted Ingress was not missed",
+        |r| r.rounds > before.rounds && r.objects == before.objects + 1,
+    )?;
     assert_eq!(
         p.get("shop.example.com", "/")?.pod(),
+        "web-1",
+        "saw a silent change"
+    );
+    assert_eq!(
+        p.get("shop.example.com", "/relisted/x")?.pod(),
         "web-1",
         "saw a silent change"
     );

@@ -29,8 +29,17 @@ use proto_conformance::harness::world::{
 use proto_conformance::harness::yaml;
 use serde_json::{json, Value};
 
+/// The conformance folder; the tests that read it fail with this message, not a bare file error, when it is
+/// missing (they cannot pass without it).
 fn data_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/gateway-api")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/gateway-api");
+    assert!(
+        root.join("cases.jsonl").is_file(),
+        "the Gateway API conformance data is missing: {} has no cases.jsonl; put the shared conformance folder \
+         next to the workspace (see docs/conformance.md)",
+        root.display()
+    );
+    root
 }
 
 // ---------------------------------------------------------------------------------------------------------

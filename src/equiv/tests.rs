@@ -47,15 +47,15 @@ fn model(host: &str, rules: Vec<HttpRule>) -> Model {
         listeners: vec![Listener {
             address: None,
             port: 80,
-            protocol: Protocol::Http,
-            tls: None,
-            virtual_hosts: vec![VirtualHost {
-                listener_hostname: None,
-                hostname: HostPattern::ingress(host).unwrap(),
-                rules,
-            }],
-            default_backend: None,
-            tls_routes: vec![],
+            transport: Default::default(),
+            kind: crate::model::ListenerKind::Http(crate::model::HttpListener {
+                virtual_hosts: vec![VirtualHost {
+                    listener_hostname: None,
+                    hostname: HostPattern::ingress(host).unwrap(),
+                    rules,
+                }],
+                default_backend: None,
+            }),
         }],
         backends: Default::default(),
     }

@@ -15,6 +15,12 @@ pub enum OriginKind {
     /// A Gateway API TLSRoute.
     #[serde(rename = "TLSRoute")]
     TlsRoute,
+    /// A Gateway API TCPRoute.
+    #[serde(rename = "TCPRoute")]
+    TcpRoute,
+    /// A Gateway API UDPRoute.
+    #[serde(rename = "UDPRoute")]
+    UdpRoute,
 }
 
 impl OriginKind {
@@ -24,6 +30,8 @@ impl OriginKind {
             OriginKind::HttpRoute => "HTTPRoute",
             OriginKind::Ingress => "Ingress",
             OriginKind::TlsRoute => "TLSRoute",
+            OriginKind::TcpRoute => "TCPRoute",
+            OriginKind::UdpRoute => "UDPRoute",
         }
     }
 }

@@ -4,7 +4,9 @@
 //! - Per connection ([`EdgeIo`], wrapped around every accepted HTTP connection): the header and idle timeouts,
 //!   and the strict check of every HTTP/1 request head ([`head::HeadScanner`]: smuggling shapes, 400 / 414 /
 //!   431 / 505), before Pingora parses it.
-//! - Per listener ([`ListenerEdge`]): the connection limit, and the TLS handshake held to the header timeout.
+//! - Per listener ([`ListenerEdge`], in the one accept loop of `proxy::listeners`): the connection limit, on
+//!   every listener served over TCP (HTTP, HTTPS, TLS, TCP), and the TLS handshake held to the header timeout on
+//!   listeners that terminate TLS (HTTPS, and TLS listeners' Terminate routes).
 //! - Per request ([`check_request`], [`limit_body`], [`count_body`], [`request_done`], called from
 //!   `proxy::http`): HTTP/2 sizes, `Content-Length` and `Transfer-Encoding` as parsed, the path normalization of
 //!   [`super::path`] that matching, rewrites and the upstream request see, and after routing the body limit
@@ -288,8 +290,9 @@ impl Drop for Admitted {
     }
 }
 
-/// The edge of one listener: its connection limit, and the settings its connections are wrapped with. Clones
-/// share the count of open connections. [`ListenerEdge::none`] checks nothing (the admin API).
+/// The edge of one listener: its connection limit, its TLS handshake timeout, and (HTTP listeners) the settings
+/// its connections are wrapped with. Clones share the count of open connections. [`ListenerEdge::none`] checks
+/// nothing (the admin API).
 #[derive(Clone, Debug)]
 pub struct ListenerEdge {
     settings: Option<Arc<EdgeSettings>>,
@@ -298,7 +301,7 @@ pub struct ListenerEdge {
 }
 
 impl ListenerEdge {
-    /// The edge of a listener serving HTTP with `settings`; `h2c` when it accepts HTTP/2 with prior knowledge.
+    /// The edge of a listener with `settings`; `h2c` when it accepts HTTP/2 with prior knowledge.
     pub fn new(settings: Arc<EdgeSettings>, h2c: bool) -> Self {
         ListenerEdge {
             settings: Some(settings),
@@ -340,26 +343,30 @@ impl ListenerEdge {
         })
     }
 
-    /// Wraps an accepted (and, for TLS, handshaken) connection in an [`EdgeIo`].
-    pub fn wrap(&self, io: Stream, admitted: &Admitted) -> Stream {
+    /// Wraps a connection accepted at `accepted_at` (and, for TLS, handshaken) in an [`EdgeIo`].
+    pub fn wrap(&self, io: Stream, accepted_at: Instant) -> Stream {
         match &self.settings {
             Some(s) => Box::new(EdgeIo::new(
                 io,
                 s.conn_limits(),
                 &STATS,
-                admitted.accepted_at(),
+                accepted_at,
                 self.h2c,
             )),
             None => io,
         }
     }
 
-    /// Runs a TLS handshake within the header timeout (which counts from the accept); `None` when it ran out.
-    pub async fn handshake<T>(&self, admitted: &Admitted, f: impl Future<Output = T>) -> Option<T> {
+    /// Runs a TLS handshake within the header timeout, which counts from `accepted_at`; `None` when it ran out.
+    pub async fn handshake<T>(
+        &self,
+        accepted_at: Instant,
+        f: impl Future<Output = T>,
+    ) -> Option<T> {
         let Some(s) = &self.settings else {
             return Some(f.await);
         };
-        match tokio::time::timeout_at(admitted.accepted_at() + s.header_timeout, f).await {
+        match tokio::time::timeout_at(accepted_at + s.header_timeout, f).await {
             Ok(v) => Some(v),
             Err(_) => {
                 bump(&STATS.handshake_timeouts);

@@ -1,22 +1,30 @@
-//! Binding, accepting and releasing listener ports as the published configuration changes.
+//! Binding, accepting and releasing listener ports as the published configuration changes: one accept loop
+//! ([`serve_connections`]: stop, back-off, connection guard) with a handler per protocol (HTTP and HTTPS through
+//! Pingora's HTTP proxy, TLS by SNI in `passthrough.rs`, TCP in `tcp.rs`), and the UDP loop of `udp.rs`. The
+//! loop also admits connections within the listener's connection limit (`proxy::edge::ListenerEdge`).
 
 use super::edge::{EdgeSettings, ListenerEdge};
 use super::http::HttpApp;
 use super::io::BufferedIo;
-use crate::model::Protocol;
+use super::l4::{L4Settings, StreamListener};
+use crate::model::{ListenerKey, Protocol, Transport};
 use crate::snapshot::Store;
 use pingora::apps::{HttpServerOptions, ServerApp};
-use pingora::protocols::l4::listener::Listener;
+use pingora::protocols::l4::stream::Stream;
+use pingora::protocols::{GetSocketDigest, SocketDigest};
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// How often ports that could not be bound are tried again.
 const RETRY_BIND: Duration = Duration::from_secs(5);
@@ -74,19 +82,21 @@ pub enum Handshake {
     },
 }
 
-/// Accepts connections on `listener` until `stop` turns true, handing each to `app` on its own task. Connections
-/// already accepted keep running after the loop stops; `shutdown` tells them to finish (no more keep-alive).
-/// `edge` limits the connections open at once and wraps each in its checks ([`ListenerEdge::none`]: neither).
-pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
+/// Accepts connections on `listener` until `stop` turns true, handing each to `handle` on its own task (counted
+/// in `connections` while it runs) with the time it was accepted. Connections already accepted keep running after
+/// the loop stops. Every protocol served over TCP goes through this loop. `edge` admits at most its listener's
+/// connection limit open at once: a connection beyond it is closed at once, before any handler sees it
+/// ([`ListenerEdge::none`]: no limit).
+pub async fn serve_connections<H, F>(
     listener: tokio::net::TcpListener,
-    app: Arc<A>,
-    handshake: Handshake,
+    handle: H,
     mut stop: watch::Receiver<bool>,
-    shutdown: ShutdownWatch,
     connections: Connections,
     edge: ListenerEdge,
-) {
-    let listener = Listener::from(listener);
+) where
+    H: Fn(tokio::net::TcpStream, SocketAddr, Instant) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
     loop {
         tokio::select! {
             _ = stop.changed() => {
@@ -95,44 +105,18 @@ pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
                 }
             }
             res = listener.accept() => match res {
-                Ok(mut stream) => {
+                Ok((stream, peer)) => {
                     // Edge hook: over the listener's connection limit, the connection is closed at once.
                     let Some(admitted) = edge.admit() else {
                         continue;
                     };
-                    let _ = stream.set_nodelay();
-                    let app = app.clone();
-                    let shutdown = shutdown.clone();
+                    let _ = stream.set_nodelay(true);
                     let guard = connections.guard();
-                    let handshake = handshake.clone();
-                    let edge = edge.clone();
+                    let task = handle(stream, peer, admitted.accepted_at());
                     tokio::spawn(async move {
                         let _guard = guard;
-                        match handshake {
-                            Handshake::Plain => {
-                                // Edge hook: header/idle timeouts and the request head check.
-                                let io = edge.wrap(Box::new(BufferedIo::new(stream)), &admitted);
-                                app.process_new(io, &shutdown).await;
-                            }
-                            Handshake::Tls { store, key } => {
-                                let acceptor = store.load().acceptor(key.0, key.1).cloned();
-                                let Some(acceptor) = acceptor else {
-                                    tracing::debug!(port = key.1, "no TLS configuration; connection closed");
-                                    return;
-                                };
-                                // Edge hook: the handshake counts against the header timeout.
-                                let tls = acceptor.tls_handshake(BufferedIo::new(stream));
-                                match edge.handshake(&admitted, tls).await {
-                                    Some(Ok(tls)) => {
-                                        let io = edge.wrap(Box::new(tls), &admitted);
-                                        app.process_new(io, &shutdown).await;
-                                    }
-                                    Some(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                                    None => tracing::debug!("TLS handshake timed out"),
-                                }
-                            }
-                        }
-                        drop(admitted);
+                        let _admitted = admitted;
+                        task.await;
                     });
                 }
                 Err(e) => {
@@ -145,6 +129,65 @@ pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     }
 }
 
+/// A Pingora stream of an accepted TCP connection, with the peer address Pingora's own listener would record.
+fn pingora_stream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> Stream {
+    let mut stream: Stream = tcp.into();
+    let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
+    let _ = digest.peer_addr.set(Some(peer.into()));
+    stream.set_socket_digest(digest);
+    stream
+}
+
+/// Accepts connections on `listener` until `stop` turns true, handing each to the Pingora application `app`
+/// (HTTP, HTTPS, the admin API). `shutdown` tells accepted connections to finish (no more keep-alive). `edge`
+/// limits the connections open at once, holds the TLS handshake to the header timeout and wraps each connection
+/// in its checks (`proxy::edge::EdgeIo`); [`ListenerEdge::none`]: none of these.
+pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
+    listener: tokio::net::TcpListener,
+    app: Arc<A>,
+    handshake: Handshake,
+    stop: watch::Receiver<bool>,
+    shutdown: ShutdownWatch,
+    connections: Connections,
+    edge: ListenerEdge,
+) {
+    let loop_edge = edge.clone();
+    let handle = move |tcp, peer, accepted_at| {
+        let stream = pingora_stream(tcp, peer);
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        let handshake = handshake.clone();
+        let edge = edge.clone();
+        async move {
+            match handshake {
+                Handshake::Plain => {
+                    // Edge hook: header/idle timeouts and the request head check.
+                    let io = edge.wrap(Box::new(BufferedIo::new(stream)), accepted_at);
+                    app.process_new(io, &shutdown).await;
+                }
+                Handshake::Tls { store, key } => {
+                    let acceptor = store.load().acceptor(key.0, key.1).cloned();
+                    let Some(acceptor) = acceptor else {
+                        tracing::debug!(port = key.1, "no TLS configuration; connection closed");
+                        return;
+                    };
+                    // Edge hook: the handshake counts against the header timeout.
+                    let tls = acceptor.tls_handshake(BufferedIo::new(stream));
+                    match edge.handshake(accepted_at, tls).await {
+                        Some(Ok(tls)) => {
+                            let io = edge.wrap(Box::new(tls), accepted_at);
+                            app.process_new(io, &shutdown).await;
+                        }
+                        Some(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        None => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
+            }
+        }
+    };
+    serve_connections(listener, handle, stop, connections, loop_edge).await;
+}
+
 /// What happened to one listener port, for logs and the admin API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ListenerState {
@@ -153,6 +196,8 @@ pub struct ListenerState {
     pub model_address: Option<IpAddr>,
     /// Logical port (from the manifests).
     pub port: u16,
+    /// TCP or UDP.
+    pub transport: Transport,
     /// The protocol served.
     pub protocol: Protocol,
     /// The address actually bound (`port + --port-offset`).
@@ -171,7 +216,7 @@ struct Bound {
     protocol: Protocol,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
-    /// `None` for TLS passthrough (no HTTP inside).
+    /// `None` for TLS, TCP and UDP (no HTTP inside).
     app: Option<Arc<HttpProxyApp>>,
 }
 
@@ -199,10 +244,12 @@ pub struct ListenerManager {
     bind_ip: IpAddr,
     port_offset: u16,
     conf: Arc<ServerConf>,
-    bound: BTreeMap<(Option<IpAddr>, u16), Bound>,
+    bound: BTreeMap<ListenerKey, Bound>,
+    l4: L4Settings,
     shutdown: ShutdownWatch,
     states: Arc<Mutex<Vec<ListenerState>>>,
     connections: Connections,
+    /// The edge's limits, for every listener served over TCP.
     edge: Arc<EdgeSettings>,
     /// Applications of released listeners, while connections they accepted still hold them.
     retired: Vec<Weak<HttpProxyApp>>,
@@ -226,14 +273,22 @@ impl ListenerManager {
             shutdown,
             states: Arc::new(Mutex::new(Vec::new())),
             connections: Connections::default(),
-            edge: Arc::new(EdgeSettings::default()),
             retired: Vec::new(),
+            l4: L4Settings::default(),
+            edge: Arc::new(EdgeSettings::default()),
         }
     }
 
-    /// The manager with these edge settings for every listener (instead of the defaults).
+    /// Sets the edge's limits (`proxy::edge`) for listeners bound from now: the connection limit of every
+    /// listener served over TCP, and the checks of HTTP and HTTPS listeners.
     pub fn with_edge(mut self, edge: EdgeSettings) -> Self {
         self.edge = Arc::new(edge);
+        self
+    }
+
+    /// Sets the TCP and UDP forwarding settings (idle timeouts, UDP flow table size) for listeners bound from now.
+    pub fn with_l4(mut self, l4: L4Settings) -> Self {
+        self.l4 = l4;
         self
     }
 
@@ -247,25 +302,25 @@ impl ListenerManager {
         self.states.clone()
     }
 
-    fn address(&self, key: (Option<IpAddr>, u16)) -> Option<SocketAddr> {
-        key.1
+    fn address(&self, key: ListenerKey) -> Option<SocketAddr> {
+        key.port
             .checked_add(self.port_offset)
-            .map(|p| SocketAddr::new(key.0.unwrap_or(self.bind_ip), p))
+            .map(|p| SocketAddr::new(key.address.unwrap_or(self.bind_ip), p))
     }
 
     /// Binds listeners that appeared, releases listeners that disappeared or changed protocol. Returns `true`
     /// when every listener is bound.
     pub fn reconcile(&mut self) -> bool {
         let snap = self.store.load();
-        let wanted: BTreeMap<(Option<IpAddr>, u16), Protocol> = snap
+        let wanted: BTreeMap<ListenerKey, Protocol> = snap
             .model
             .listeners
             .iter()
-            .map(|l| ((l.address, l.port), l.protocol))
+            .map(|l| (l.key(), l.protocol()))
             .collect();
 
         // Release what is gone or changed protocol. Accepted connections finish on their own.
-        let gone: Vec<(Option<IpAddr>, u16)> = self
+        let gone: Vec<ListenerKey> = self
             .bound
             .iter()
             .filter(|(key, b)| wanted.get(key) != Some(&b.protocol))
@@ -278,7 +333,7 @@ impl ListenerManager {
                 if let Some(app) = &b.app {
                     self.retired.push(Arc::downgrade(app));
                 }
-                tracing::info!(port = key.1, address = ?key.0, "listener released");
+                tracing::info!(port = key.port, address = ?key.address, transport = ?key.transport, "listener released");
             }
         }
         self.retired.retain(|app| app.strong_count() > 0);
@@ -286,10 +341,11 @@ impl ListenerManager {
         let mut states = Vec::new();
         let mut all_bound = true;
         for (&key, &protocol) in &wanted {
-            let port = key.1;
+            let port = key.port;
             let state = |address: SocketAddr, error: Option<String>| ListenerState {
-                model_address: key.0,
+                model_address: key.address,
                 port,
+                transport: key.transport,
                 protocol,
                 address,
                 bound: error.is_none(),
@@ -298,7 +354,7 @@ impl ListenerManager {
             let Some(addr) = self.address(key) else {
                 all_bound = false;
                 states.push(state(
-                    SocketAddr::new(key.0.unwrap_or(self.bind_ip), 0),
+                    SocketAddr::new(key.address.unwrap_or(self.bind_ip), 0),
                     Some(format!(
                         "port {port} + offset {} exceeds 65535",
                         self.port_offset
@@ -310,77 +366,15 @@ impl ListenerManager {
                 states.push(state(addr, None));
                 continue;
             }
-            match bind(addr) {
-                Ok(listener) if protocol == Protocol::TlsPassthrough => {
-                    let (stop_tx, stop_rx) = watch::channel(false);
-                    let task = tokio::spawn(super::passthrough::accept_loop(
-                        listener,
-                        self.store.clone(),
-                        key,
-                        stop_rx,
-                        self.connections.clone(),
-                        ListenerEdge::new(self.edge.clone(), false),
-                    ));
+            match self.bind_one(key, protocol, addr) {
+                Ok(b) => {
                     tracing::info!(port, %addr, ?protocol, "listener bound");
-                    self.bound.insert(
-                        key,
-                        Bound {
-                            protocol,
-                            stop: stop_tx,
-                            task,
-                            app: None,
-                        },
-                    );
-                    states.push(state(addr, None));
-                }
-                Ok(listener) => {
-                    let (stop_tx, stop_rx) = watch::channel(false);
-                    let tls = protocol == Protocol::Https;
-                    let mut proxy: HttpProxyApp = pingora::proxy::http_proxy(
-                        &self.conf,
-                        HttpApp::new(self.store.clone(), key, tls).with_edge(self.edge.clone()),
-                    );
-                    // Cleartext HTTP/2 with prior knowledge (gRPC, h2c clients) next to HTTP/1.1: Pingora peeks
-                    // for the HTTP/2 preface once per connection. TLS listeners negotiate by ALPN instead.
-                    let mut options = HttpServerOptions::default();
-                    options.h2c = !tls;
-                    // Edge hook: requests per connection, HTTP/2 idle timeout and HTTP/2 limits.
-                    self.edge.apply_server_options(&mut options);
-                    proxy.h2_options = Some(self.edge.h2_options());
-                    proxy.server_options = Some(options);
-                    let handshake = if tls {
-                        Handshake::Tls {
-                            store: self.store.clone(),
-                            key,
-                        }
-                    } else {
-                        Handshake::Plain
-                    };
-                    let app = Arc::new(proxy);
-                    let task = tokio::spawn(accept_loop(
-                        listener,
-                        app.clone(),
-                        handshake,
-                        stop_rx,
-                        self.shutdown.clone(),
-                        self.connections.clone(),
-                        ListenerEdge::new(self.edge.clone(), !tls),
-                    ));
-                    tracing::info!(port, %addr, ?protocol, "listener bound");
-                    self.bound.insert(
-                        key,
-                        Bound {
-                            protocol,
-                            stop: stop_tx,
-                            task,
-                            app: Some(app),
-                        },
-                    );
+                    self.bound.insert(key, b);
                     states.push(state(addr, None));
                 }
                 Err(e) => {
                     all_bound = false;
-                    tracing::error!(port, %addr, error = %e, "cannot bind listener; retrying every 5s");
+                    tracing::error!(port, %addr, ?protocol, error = %e, "cannot bind listener; retrying every 5s");
                     states.push(state(addr, Some(e.to_string())));
                 }
             }
@@ -389,6 +383,105 @@ impl ListenerManager {
             *s = states;
         }
         all_bound
+    }
+
+    /// Binds `addr` and starts serving `protocol` on it.
+    fn bind_one(
+        &self,
+        key: ListenerKey,
+        protocol: Protocol,
+        addr: SocketAddr,
+    ) -> std::io::Result<Bound> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let tcp_key = (key.address, key.port);
+        let (task, app) = match protocol {
+            Protocol::Udp => {
+                let socket = super::udp::bind(addr)?;
+                let task = tokio::spawn(super::udp::serve(
+                    socket,
+                    self.store.clone(),
+                    key,
+                    self.l4.clone(),
+                    stop_rx,
+                ));
+                (task, None)
+            }
+            Protocol::Tls | Protocol::Tcp => {
+                let listener = bind(addr)?;
+                let handler = Arc::new(StreamListener {
+                    store: self.store.clone(),
+                    key,
+                    settings: self.l4.clone(),
+                });
+                // Edge hook: the connection limit applies as on HTTP listeners; the head checks do not (no
+                // HTTP inside), TLS-terminating routes hold their handshake to the header timeout.
+                let edge = ListenerEdge::new(self.edge.clone(), false);
+                let tls_edge = edge.clone();
+                let handle = move |tcp, _peer, accepted_at| {
+                    let handler = handler.clone();
+                    let edge = tls_edge.clone();
+                    async move {
+                        let res = if protocol == Protocol::Tls {
+                            super::passthrough::serve(tcp, &handler, &edge, accepted_at).await
+                        } else {
+                            super::tcp::serve(tcp, &handler).await
+                        };
+                        if let Err(e) = res {
+                            tracing::debug!(error = %e, ?protocol, "connection ended");
+                        }
+                    }
+                };
+                let task = tokio::spawn(serve_connections(
+                    listener,
+                    handle,
+                    stop_rx,
+                    self.connections.clone(),
+                    edge,
+                ));
+                (task, None)
+            }
+            Protocol::Http | Protocol::Https => {
+                let listener = bind(addr)?;
+                let tls = protocol == Protocol::Https;
+                let mut proxy: HttpProxyApp = pingora::proxy::http_proxy(
+                    &self.conf,
+                    HttpApp::new(self.store.clone(), tcp_key, tls).with_edge(self.edge.clone()),
+                );
+                // Cleartext HTTP/2 with prior knowledge (gRPC, h2c clients) next to HTTP/1.1: Pingora peeks for
+                // the HTTP/2 preface once per connection. TLS listeners negotiate by ALPN instead.
+                let mut options = HttpServerOptions::default();
+                options.h2c = !tls;
+                // Edge hook: requests per connection, HTTP/2 idle timeout and HTTP/2 limits.
+                self.edge.apply_server_options(&mut options);
+                proxy.h2_options = Some(self.edge.h2_options());
+                proxy.server_options = Some(options);
+                let handshake = if tls {
+                    Handshake::Tls {
+                        store: self.store.clone(),
+                        key: tcp_key,
+                    }
+                } else {
+                    Handshake::Plain
+                };
+                let app = Arc::new(proxy);
+                let task = tokio::spawn(accept_loop(
+                    listener,
+                    app.clone(),
+                    handshake,
+                    stop_rx,
+                    self.shutdown.clone(),
+                    self.connections.clone(),
+                    ListenerEdge::new(self.edge.clone(), !tls),
+                ));
+                (task, Some(app))
+            }
+        };
+        Ok(Bound {
+            protocol,
+            stop: stop_tx,
+            task,
+            app,
+        })
     }
 
     /// Reconciles after every publish (and retries failed binds) until `stop` turns true; then stops accepting

@@ -1,24 +1,19 @@
-//! TLS passthrough (TLSRoute): read the ClientHello without consuming it, route by SNI, and splice the client's
-//! bytes, still encrypted, to a backend endpoint.
+//! TLS listeners (TLSRoute): read the ClientHello without consuming it, route by SNI, then pass the client's bytes,
+//! still encrypted, to a backend endpoint, or terminate TLS here and forward the plain bytes (over TLS again when a
+//! BackendTLSPolicy applies to the backend).
 
 use super::edge::ListenerEdge;
-use super::listeners::{ConnectionGuard, Connections};
-use super::upstream::{Tried, Upstream, CONNECT_TIMEOUT};
-use crate::model::HashOn;
-use crate::router::Target;
-use crate::snapshot::{ListenerAddr, Store};
-use std::net::IpAddr;
-use std::sync::Arc;
+use super::l4::{connect, forward, pick, StreamListener};
+use crate::model::TlsMode;
+use pingora::protocols::l4::stream::Stream;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// How long a client may take to send its ClientHello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most bytes read while looking for the end of the ClientHello.
 const MAX_HELLO: usize = 16 * 1024;
-/// Endpoints tried for one connection when connections fail.
-const CONNECT_ATTEMPTS: usize = 3;
 
 /// Reads the SNI of the ClientHello at the start of `stream` without consuming any byte. `Ok(None)` when the
 /// client sent no SNI; an error when the bytes are not a TLS ClientHello.
@@ -68,111 +63,70 @@ pub async fn peek_sni(stream: &TcpStream) -> std::io::Result<Option<String>> {
     }
 }
 
-/// Accepts connections on `listener` until `stop` turns true and passes each through by SNI. `edge` limits the
-/// connections open at once.
-pub async fn accept_loop(
-    listener: TcpListener,
-    store: Arc<Store>,
-    key: ListenerAddr,
-    mut stop: watch::Receiver<bool>,
-    connections: Connections,
-    edge: ListenerEdge,
-) {
-    loop {
-        tokio::select! {
-            _ = stop.changed() => {
-                if *stop.borrow() {
-                    return;
-                }
-            }
-            res = listener.accept() => match res {
-                Ok((stream, _)) => {
-                    // Edge hook: over the listener's connection limit, the connection is closed at once.
-                    let Some(admitted) = edge.admit() else {
-                        continue;
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let guard = connections.guard();
-                    let store = store.clone();
-                    tokio::spawn(async move {
-                        let _guard: ConnectionGuard = guard;
-                        let _admitted = admitted;
-                        if let Err(e) = serve(stream, &store, key).await {
-                            tracing::debug!(error = %e, "TLS passthrough connection ended");
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        }
-    }
-}
-
-async fn serve(mut client: TcpStream, store: &Store, key: ListenerAddr) -> std::io::Result<()> {
+/// Serves one connection of a TLS listener: routes it by the SNI of its ClientHello, then passes the TLS bytes
+/// through to the backend (Passthrough routes) or completes the handshake with the listener's certificate and
+/// forwards the plain bytes to the backend over TCP (Terminate routes). No route: the connection is closed. `edge`
+/// holds a Terminate handshake to the header timeout, counted from `accepted_at`.
+pub(crate) async fn serve(
+    client: TcpStream,
+    l: &StreamListener,
+    edge: &ListenerEdge,
+    accepted_at: Instant,
+) -> std::io::Result<()> {
     let sni = peek_sni(&client).await?.unwrap_or_default();
-    let snap = store.load();
-    let entry = snap
+    let snap = l.store.load();
+    let Some(entry) = snap
         .router
-        .listener_at(key.0, key.1)
-        .and_then(|l| l.find_tls(&sni))
-        .cloned();
-    // No route: close the connection (a TLS client sees the handshake fail).
-    let Some(entry) = entry else {
+        .listener_for(l.key)
+        .and_then(|t| t.find_tls(&sni))
+        .cloned()
+    else {
         return Ok(());
     };
-    let Some((_, Target::Backend(id))) = entry.backends.pick().map(|(i, b)| (i, &b.target)) else {
+    let Some(upstream) = pick(&snap, &entry.backends) else {
         return Ok(());
     };
-    let Some(upstream) = snap.upstreams.get(*id).cloned() else {
-        return Ok(());
-    };
-    drop(snap);
     let client_ip = client.peer_addr().ok().map(|a| a.ip());
-    let mut backend = connect(&upstream, client_ip).await?;
-    let _ = backend.set_nodelay(true);
-    tokio::io::copy_bidirectional(&mut client, &mut backend).await?;
-    Ok(())
-}
-
-/// Connects to an endpoint of `upstream`, trying others (at most [`CONNECT_ATTEMPTS`] in all) when a connection
-/// fails, and keeping the endpoints' passive health up to date.
-async fn connect(
-    upstream: &Upstream,
-    client_ip: Option<std::net::IpAddr>,
-) -> std::io::Result<TcpStream> {
-    let key: Vec<u8> = match (upstream.hash_on(), client_ip) {
-        (Some(HashOn::SourceIp), Some(IpAddr::V4(ip))) => ip.octets().to_vec(),
-        (Some(HashOn::SourceIp), Some(IpAddr::V6(ip))) => ip.octets().to_vec(),
-        _ => Vec::new(),
-    };
-    let mut tried = Tried::default();
-    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no endpoints");
-    for attempt in 0..CONNECT_ATTEMPTS {
-        let Some(i) = upstream.select(&key, &tried) else {
-            break;
-        };
-        tried.add(i);
-        let Some(ep) = upstream.endpoint(i) else {
-            break;
-        };
-        if attempt > 0 {
-            upstream.record_retry();
+    let idle = l.settings.tcp_idle_timeout;
+    match entry.mode {
+        TlsMode::Passthrough => {
+            drop(snap);
+            let backend = connect(&upstream, client_ip).await?;
+            forward(client, backend, idle).await?;
         }
-        upstream.on_attempt(i);
-        let res = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(ep.addr)).await;
-        upstream.on_attempt_done(i, None);
-        match res {
-            Ok(Ok(stream)) => {
-                upstream.record_success(i);
-                return Ok(stream);
+        TlsMode::Terminate => {
+            let acceptor = snap.acceptor(l.key.address, l.key.port).cloned();
+            drop(snap);
+            let Some(acceptor) = acceptor else {
+                return Ok(());
+            };
+            // Edge hook: the handshake counts against the header timeout, as on HTTPS listeners.
+            let handshake = acceptor.tls_handshake(Stream::from(client));
+            let Some(tls) = edge.handshake(accepted_at, handshake).await else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "TLS handshake timed out",
+                ));
+            };
+            let tls = tls.map_err(|e| std::io::Error::other(e.to_string()))?;
+            // A BackendTLSPolicy on the backend: TLS again to the backend, verified as for HTTP backends.
+            let backend_tls = upstream
+                .tls()
+                .map_err(|e| std::io::Error::other(format!("backend TLS settings: {e}")))?
+                .cloned();
+            let backend = connect(&upstream, client_ip).await?;
+            match backend_tls {
+                None => {
+                    forward(tls, backend, idle).await?;
+                }
+                Some(t) => {
+                    let backend = tokio_rustls::TlsConnector::from(t.config.clone())
+                        .connect(t.server_name.clone(), backend)
+                        .await?;
+                    forward(tls, backend, idle).await?;
+                }
             }
-            Ok(Err(e)) => last = e,
-            Err(_) => last = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"),
         }
-        upstream.record_failure(i);
     }
-    Err(last)
+    Ok(())
 }

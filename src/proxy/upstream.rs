@@ -310,6 +310,14 @@ impl Upstream {
         &self.endpoints
     }
 
+    /// The TLS the backend asks for (BackendTLSPolicy), or why its settings could not be built.
+    pub fn tls(&self) -> Result<Option<&Arc<UpstreamTls>>, &str> {
+        match &self.tls {
+            Ok(t) => Ok(t.as_ref()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The backend settings this upstream was built from.
     pub fn spec(&self) -> &ServiceBackend {
         &self.spec

@@ -1477,15 +1477,20 @@ fn httproute_hostname_intersection() {
 
 /// Replays every case of GatewayHTTPListenerIsolation and HTTPRouteHostnameIntersection straight from the
 /// conformance files in `../shared/conformance/gateway-api` (next to this workspace), so the hand-copied tables
-/// above cannot drift from upstream. Skipped, with a note, when that directory is absent.
+/// above cannot drift from upstream. Without that directory the test fails: it must not pass having checked
+/// nothing.
 #[test]
 fn conformance_cases_replayed_from_shared_files() {
     let dir =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/gateway-api");
-    let Ok(cases) = std::fs::read_to_string(dir.join("cases.jsonl")) else {
-        eprintln!("skipped: {} not found", dir.display());
-        return;
-    };
+    let cases = std::fs::read_to_string(dir.join("cases.jsonl")).unwrap_or_else(|e| {
+        panic!(
+            "the Gateway API conformance data is missing: cannot read {}: {e}. The test replays its cases and \
+             cannot pass without them: put the shared conformance folder next to the workspace (see \
+             docs/conformance.md)",
+            dir.join("cases.jsonl").display()
+        )
+    });
     for test in [
         "GatewayHTTPListenerIsolation",
         "HTTPRouteHostnameIntersection",

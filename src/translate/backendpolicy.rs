@@ -29,6 +29,15 @@ const KEYS: &[&str] = &[
     "unhealthy-threshold",
 ];
 
+/// The keys that only tune an active check.
+const ACTIVE_ONLY: &[&str] = &[
+    "health-check-host",
+    "health-check-interval",
+    "health-check-timeout",
+    "healthy-threshold",
+    "unhealthy-threshold",
+];
+
 /// Defaults of an active check.
 const CHECK_INTERVAL_MS: u64 = 5_000;
 const CHECK_TIMEOUT_MS: u64 = 1_000;
@@ -51,6 +60,13 @@ pub(crate) fn parse(
             "annotation {PREFIX}{key}: {value:?} {why}; the default is used"
         ));
     };
+    // Valid settings that another annotation makes pointless (reported after the bad values).
+    let mut ignored = Vec::new();
+    let mut no_effect = |key: &str, value: &str, why: String| {
+        ignored.push(format!(
+            "annotation {PREFIX}{key}: {value:?} {why}; ignored"
+        ));
+    };
 
     let hash_on = match get("hash-on") {
         None => None,
@@ -66,9 +82,21 @@ pub(crate) fn parse(
         (None, None) => LoadBalancing::RoundRobin,
         (None, Some(h)) => LoadBalancing::ConsistentHash(h),
         (Some(v), h) => match v {
-            "round-robin" => LoadBalancing::RoundRobin,
-            "random" => LoadBalancing::Random,
-            "least-request" => LoadBalancing::LeastRequest,
+            "round-robin" | "random" | "least-request" => {
+                if h.is_some() {
+                    let hv = get("hash-on").unwrap_or_default();
+                    no_effect(
+                        "hash-on",
+                        hv,
+                        format!("has no effect with {PREFIX}load-balancer {v:?} (it applies to consistent-hash)"),
+                    );
+                }
+                match v {
+                    "random" => LoadBalancing::Random,
+                    "least-request" => LoadBalancing::LeastRequest,
+                    _ => LoadBalancing::RoundRobin,
+                }
+            }
             "consistent-hash" => match h {
                 Some(h) => LoadBalancing::ConsistentHash(h),
                 None => {
@@ -86,6 +114,14 @@ pub(crate) fn parse(
                     v,
                     "is not one of round-robin, random, least-request, consistent-hash".into(),
                 );
+                if h.is_some() {
+                    let hv = get("hash-on").unwrap_or_default();
+                    no_effect(
+                        "hash-on",
+                        hv,
+                        format!("has no effect: {PREFIX}load-balancer is not valid"),
+                    );
+                }
                 LoadBalancing::RoundRobin
             }
         },
@@ -111,6 +147,13 @@ pub(crate) fn parse(
         }
     }
     if passive.max_ejection_ms < passive.ejection_ms {
+        if let Some(v) = get("max-ejection-time") {
+            no_effect(
+                "max-ejection-time",
+                v,
+                format!("is shorter than the first back-off ({PREFIX}ejection-time), which is used instead"),
+            );
+        }
         passive.max_ejection_ms = passive.ejection_ms;
     }
     policy.passive = passive;
@@ -137,18 +180,24 @@ pub(crate) fn parse(
             None
         };
         if let Some(mut check) = check {
-            if let (HealthCheck::Http { host, .. }, Some(h)) =
-                (&mut check, get("health-check-host"))
-            {
-                if http::HeaderValue::from_str(h).is_ok() && !h.is_empty() {
-                    *host = Some(h.to_string());
-                } else {
-                    bad(
-                        "health-check-host",
-                        h,
-                        "is not a valid Host header value".into(),
-                    );
+            match (&mut check, get("health-check-host")) {
+                (HealthCheck::Http { host, .. }, Some(h)) => {
+                    if http::HeaderValue::from_str(h).is_ok() && !h.is_empty() {
+                        *host = Some(h.to_string());
+                    } else {
+                        bad(
+                            "health-check-host",
+                            h,
+                            "is not a valid Host header value".into(),
+                        );
+                    }
                 }
+                (HealthCheck::Tcp, Some(h)) => no_effect(
+                    "health-check-host",
+                    h,
+                    "has no effect on a tcp check (it sends no Host)".into(),
+                ),
+                (_, None) => {}
             }
             let mut active = ActiveHealth {
                 check,
@@ -184,7 +233,20 @@ pub(crate) fn parse(
             policy.active = Some(active);
         }
     }
+    if policy.active.is_none() {
+        // The settings of an active check, without one to apply them to.
+        for key in ACTIVE_ONLY {
+            if let Some(v) = get(key) {
+                no_effect(
+                    key,
+                    v,
+                    format!("has no effect without a valid {PREFIX}health-check"),
+                );
+            }
+        }
+    }
 
+    problems.extend(ignored);
     for key in annotations.keys() {
         let Some(rest) = key.strip_prefix(PREFIX) else {
             continue;
@@ -404,6 +466,58 @@ mod tests {
         let a = p.active.expect("tcp check");
         assert_eq!(a.interval_ms, CHECK_INTERVAL_MS);
         assert_eq!(a.healthy_threshold, HEALTHY_THRESHOLD);
+    }
+
+    /// Valid settings that another annotation makes pointless are reported, not dropped in silence (found by
+    /// tests/prop_translate.rs).
+    #[test]
+    fn settings_without_effect_are_reported() {
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str);
+        let table: &[Case<'_>] = &[
+            (&[("health-check-host", "svc.local")], "health-check-host"),
+            (&[("health-check-interval", "2s")], "health-check-interval"),
+            (
+                &[("health-check", "udp"), ("healthy-threshold", "2")],
+                "healthy-threshold",
+            ),
+            (
+                &[("health-check", "tcp"), ("health-check-host", "svc.local")],
+                "health-check-host",
+            ),
+            (
+                &[("load-balancer", "random"), ("hash-on", "uri")],
+                "hash-on",
+            ),
+            (
+                &[("load-balancer", "fastest"), ("hash-on", "uri")],
+                "hash-on",
+            ),
+            (
+                &[("ejection-time", "90s"), ("max-ejection-time", "10s")],
+                "max-ejection-time",
+            ),
+        ];
+        for (pairs, key) in table {
+            let (_, problems) = parse(Some(&annotations(pairs)));
+            let key = format!("{PREFIX}{key}:");
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.contains(&key) && p.ends_with("ignored")),
+                "{pairs:?}: {problems:?}"
+            );
+        }
+        // The same settings where they apply are not reported.
+        let (p, problems) = parse(Some(&annotations(&[
+            ("load-balancer", "consistent-hash"),
+            ("hash-on", "uri"),
+            ("health-check", "http:/h"),
+            ("health-check-host", "svc.local"),
+            ("ejection-time", "10s"),
+            ("max-ejection-time", "90s"),
+        ])));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(p.load_balancing, LoadBalancing::ConsistentHash(HashOn::Uri));
     }
 
     #[test]

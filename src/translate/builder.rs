@@ -3,36 +3,19 @@
 use super::{Diagnostics, Options};
 use crate::model::precedence::MatchKey;
 use crate::model::{
-    Action, Backend, BackendKey, ClientValidation, Filter, HostPattern, HttpRule, Listener,
-    ListenerCertificate, ListenerTls, Model, OriginKind, Protocol, ServiceBackend, TlsRoute,
-    VirtualHost,
+    Action, Backend, BackendKey, ClientValidation, Filter, HostPattern, HttpListener, HttpRule,
+    HttpsListener, L4Listener, L4Route, Listener, ListenerCertificate, ListenerKey, ListenerKind,
+    ListenerTls, Model, OriginKind, Protocol, ServiceBackend, TlsListener, TlsRoute, VirtualHost,
 };
 use crate::source::ObjectRef;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::IpAddr;
 
 type VhostKey = (Option<HostPattern>, HostPattern);
-
-/// Where a listener is bound: an address (`None` = the process's bind address) and a logical port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct ListenerKey {
-    pub address: Option<IpAddr>,
-    pub port: u16,
-}
-
-impl ListenerKey {
-    /// The default address.
-    pub(crate) fn port(port: u16) -> Self {
-        ListenerKey {
-            address: None,
-            port,
-        }
-    }
-}
 
 struct ListenerBuilder {
     protocol: Protocol,
     tls_routes: Vec<TlsRoute>,
+    l4_routes: Vec<L4Route>,
     vhosts: BTreeMap<VhostKey, Vec<HttpRule>>,
     default_backend: Option<HttpRule>,
     certificates: Vec<ListenerCertificate>,
@@ -52,7 +35,7 @@ impl ModelBuilder {
             listeners: BTreeMap::new(),
         };
         // A fresh builder has no listener that could conflict.
-        let _ = b.ensure_listener(ListenerKey::port(opts.http_port), Protocol::Http);
+        let _ = b.ensure_listener(ListenerKey::tcp(opts.http_port), Protocol::Http);
         b
     }
 
@@ -69,6 +52,7 @@ impl ModelBuilder {
             .or_insert_with(|| ListenerBuilder {
                 protocol,
                 tls_routes: Vec::new(),
+                l4_routes: Vec::new(),
                 vhosts: BTreeMap::new(),
                 default_backend: None,
                 certificates: Vec::new(),
@@ -101,6 +85,13 @@ impl ModelBuilder {
     pub(crate) fn add_tls_route(&mut self, key: ListenerKey, route: TlsRoute) {
         if let Some(l) = self.listeners.get_mut(&key) {
             l.tls_routes.push(route);
+        }
+    }
+
+    /// Adds a TCPRoute or UDPRoute rule at `key` (the listener must exist).
+    pub(crate) fn add_l4_route(&mut self, key: ListenerKey, route: L4Route) {
+        if let Some(l) = self.listeners.get_mut(&key) {
+            l.l4_routes.push(route);
         }
     }
 
@@ -150,32 +141,24 @@ impl ModelBuilder {
         let mut listeners = Vec::with_capacity(self.listeners.len());
         for (key, l) in self.listeners {
             report_shadowed_ingress_paths(&l.vhosts, diags);
-            let tls = match l.protocol {
-                Protocol::Http | Protocol::TlsPassthrough => None,
-                Protocol::Https => {
-                    if l.certificates.is_empty() {
-                        continue;
-                    }
-                    let mut certificates = l.certificates;
-                    // Most specific first; a catch-all certificate, if any, goes first of all so that it answers
-                    // clients without SNI.
-                    certificates.sort_by(|a, b| {
-                        let any = |c: &ListenerCertificate| c.hostname != HostPattern::Any;
-                        any(a)
-                            .cmp(&any(b))
-                            .then_with(|| a.hostname.cmp(&b.hostname))
-                    });
-                    Some(ListenerTls {
-                        certificates,
-                        client_validation: l.client_validation,
-                    })
-                }
+            let tls = if l.certificates.is_empty() {
+                None
+            } else {
+                let mut certificates = l.certificates;
+                // Most specific first; a catch-all certificate, if any, goes first of all so that it answers
+                // clients without SNI.
+                certificates.sort_by(|a, b| {
+                    let any = |c: &ListenerCertificate| c.hostname != HostPattern::Any;
+                    any(a)
+                        .cmp(&any(b))
+                        .then_with(|| a.hostname.cmp(&b.hostname))
+                });
+                Some(ListenerTls {
+                    certificates,
+                    client_validation: l.client_validation,
+                })
             };
-            listeners.push(Listener {
-                address: key.address,
-                port: key.port,
-                protocol: l.protocol,
-                tls,
+            let http = HttpListener {
                 virtual_hosts: l
                     .vhosts
                     .into_iter()
@@ -186,7 +169,41 @@ impl ModelBuilder {
                     })
                     .collect(),
                 default_backend: l.default_backend,
-                tls_routes: l.tls_routes,
+            };
+            let mut l4_routes = l.l4_routes;
+            // The oldest route first (it takes the port's traffic), then by namespace, name and rule.
+            l4_routes.sort_by(|a, b| {
+                let k = |r: &L4Route| {
+                    (
+                        r.origin.created.is_none(),
+                        r.origin.created,
+                        r.origin.namespace.clone(),
+                        r.origin.name.clone(),
+                        r.origin.rule,
+                    )
+                };
+                k(a).cmp(&k(b))
+            });
+            report_unserved_l4_routes(key, &l4_routes, diags);
+            let kind = match l.protocol {
+                Protocol::Http => ListenerKind::Http(http),
+                // An HTTPS listener without a certificate could not complete a handshake: dropped.
+                Protocol::Https => match tls {
+                    Some(tls) => ListenerKind::Https(HttpsListener { tls, http }),
+                    None => continue,
+                },
+                Protocol::Tls => ListenerKind::Tls(TlsListener {
+                    tls,
+                    routes: l.tls_routes,
+                }),
+                Protocol::Tcp => ListenerKind::Tcp(L4Listener { routes: l4_routes }),
+                Protocol::Udp => ListenerKind::Udp(L4Listener { routes: l4_routes }),
+            };
+            listeners.push(Listener {
+                address: key.address,
+                port: key.port,
+                transport: key.transport,
+                kind,
             });
         }
         let mut model = Model {
@@ -195,6 +212,30 @@ impl ModelBuilder {
         };
         retain_referenced_backends(&mut model);
         model
+    }
+}
+
+/// A TCP or UDP port serves its oldest route; the routes attached after it are accepted but get no traffic.
+fn report_unserved_l4_routes(key: ListenerKey, routes: &[L4Route], diags: &mut Diagnostics) {
+    let Some(first) = routes.first() else {
+        return;
+    };
+    for r in routes.iter().skip(1) {
+        if r.origin.namespace == first.origin.namespace && r.origin.name == first.origin.name {
+            continue;
+        }
+        let object = ObjectRef {
+            kind: r.origin.kind.as_str().into(),
+            namespace: Some(r.origin.namespace.clone()),
+            name: r.origin.name.clone(),
+        };
+        diags.warning(
+            &object,
+            format!(
+                "port {} is served by the older {}; this route gets no traffic there",
+                key.port, first.origin
+            ),
+        );
     }
 }
 
@@ -224,17 +265,30 @@ fn retain_referenced_backends(model: &mut Model) {
     }
     let mut used = HashSet::new();
     for l in &model.listeners {
-        for vh in &l.virtual_hosts {
-            for rule in &vh.rules {
-                note_rule(rule, &mut used);
+        match &l.kind {
+            ListenerKind::Http(h) | ListenerKind::Https(HttpsListener { http: h, .. }) => {
+                for vh in &h.virtual_hosts {
+                    for rule in &vh.rules {
+                        note_rule(rule, &mut used);
+                    }
+                }
+                if let Some(d) = &h.default_backend {
+                    note_rule(d, &mut used);
+                }
             }
-        }
-        if let Some(d) = &l.default_backend {
-            note_rule(d, &mut used);
-        }
-        for r in &l.tls_routes {
-            for b in &r.backends.backends {
-                note(&b.backend, &mut used);
+            ListenerKind::Tls(t) => {
+                for r in &t.routes {
+                    for b in &r.backends.backends {
+                        note(&b.backend, &mut used);
+                    }
+                }
+            }
+            ListenerKind::Tcp(t) | ListenerKind::Udp(t) => {
+                for r in &t.routes {
+                    for b in &r.backends.backends {
+                        note(&b.backend, &mut used);
+                    }
+                }
             }
         }
     }

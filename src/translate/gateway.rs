@@ -2,7 +2,7 @@
 //! routes it accepts, the listener and Gateway status, and the listeners' places in the model (address, port,
 //! protocol, certificates). Route attachment is in `routes.rs`.
 
-use super::builder::{ListenerKey, ModelBuilder};
+use super::builder::ModelBuilder;
 use super::refs::Resolver;
 use super::status::{
     Condition, GatewayClassStatus, GatewayStatus, GatewayStatusAddress, ListenerStatus, Named,
@@ -17,15 +17,17 @@ use crate::k8s::gw::types::{
 };
 use crate::k8s::gw::{Gateway, GatewayClass, ListenerSet};
 use crate::k8s::GATEWAY_GROUP;
+use crate::model::ListenerKey;
 use crate::model::{
     ClientCertificate, ClientValidation, HostPattern, ListenerCertificate, Protocol,
+    TlsMode as Mode, Transport,
 };
 use crate::source::{Input, ObjectRef};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 /// Features we claim in `GatewayClass.status.supportedFeatures` (GEP-2162): exactly those whose conformance cases
-/// pass (docs/conformance.md). TLSRoute means Passthrough mode.
+/// pass (docs/conformance.md).
 pub(crate) const SUPPORTED_FEATURES: &[&str] = &[
     "BackendTLSPolicy",
     "BackendTLSPolicySANValidation",
@@ -70,7 +72,11 @@ pub(crate) const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteSchemeRedirect",
     "ListenerSet",
     "ReferenceGrant",
+    "TCPRoute",
     "TLSRoute",
+    "TLSRouteModeMixed",
+    "TLSRouteModeTerminate",
+    "UDPRoute",
 ];
 
 /// What a parent reference can name.
@@ -126,6 +132,8 @@ pub(crate) struct GatewayListener {
     pub kinds: Vec<(String, String)>,
     /// Where it is served; empty when it is not programmed (routes may still attach, but no traffic flows).
     pub keys: Vec<ListenerKey>,
+    /// For TLS listeners: whether routes attached here are passed through or terminated.
+    pub tls_mode: Option<Mode>,
     /// Accepted and not in conflict: routes attach (and count in attachedRoutes).
     pub attachable: bool,
     status: StatusSlot,
@@ -297,7 +305,9 @@ fn supported_kinds(protocol: Protocol) -> Vec<(String, String)> {
         Protocol::Http | Protocol::Https => {
             vec![(GATEWAY_GROUP.to_string(), "HTTPRoute".to_string())]
         }
-        Protocol::TlsPassthrough => vec![(GATEWAY_GROUP.to_string(), "TLSRoute".to_string())],
+        Protocol::Tls => vec![(GATEWAY_GROUP.to_string(), "TLSRoute".to_string())],
+        Protocol::Tcp => vec![(GATEWAY_GROUP.to_string(), "TCPRoute".to_string())],
+        Protocol::Udp => vec![(GATEWAY_GROUP.to_string(), "UDPRoute".to_string())],
     }
 }
 
@@ -390,11 +400,69 @@ pub(crate) fn translate(
     diags: &mut Diagnostics,
 ) -> Gateways {
     let mut out = Gateways::default();
-    for gw in our_gateways(input, opts) {
+    let ours = our_gateways(input, opts);
+    for gw in &ours {
         gateway(gw, input, opts, refs, model, diags, &mut out);
     }
+    warn_cross_gateway_conflicts(&ours, &out, diags);
     out.attached = vec![BTreeSet::new(); out.listeners.len()];
     out
+}
+
+/// Listeners of two different Gateways served on the same address, port and transport with overlapping
+/// hostnames: the Gateway API's listener conflict across Gateways, where the older listener should keep the
+/// traffic. Portcullis does not enforce that yet (the routes of both are served on the shared socket), so the
+/// newer Gateway gets a warning saying so.
+fn warn_cross_gateway_conflicts(ours: &[&Gateway], out: &Gateways, diags: &mut Diagnostics) {
+    let age = |g: &(String, String)| {
+        let created = ours
+            .iter()
+            .find(|gw| {
+                gw.metadata.namespace.as_deref().unwrap_or("default") == g.0
+                    && gw.metadata.name.as_deref() == Some(g.1.as_str())
+            })
+            .and_then(|gw| super::created(&gw.metadata));
+        (created.is_none(), created, g.0.clone(), g.1.clone())
+    };
+    for (i, a) in out.listeners.iter().enumerate() {
+        for b in out.listeners.iter().skip(i + 1) {
+            if a.gateway == b.gateway || a.hostname.intersect(&b.hostname).is_none() {
+                continue;
+            }
+            let Some(key) = a.keys.iter().find(|k| b.keys.contains(k)) else {
+                continue;
+            };
+            let (older, newer) = if age(&a.gateway) <= age(&b.gateway) {
+                (a, b)
+            } else {
+                (b, a)
+            };
+            let object = ObjectRef {
+                kind: "Gateway".into(),
+                namespace: Some(newer.gateway.0.clone()),
+                name: newer.gateway.1.clone(),
+            };
+            let address = key
+                .address
+                .map_or_else(|| "the default address".to_string(), |a| a.to_string());
+            diags.warning(
+                &object,
+                format!(
+                    "listener {} conflicts with listener {} of the older Gateway {}/{}: both use port {} ({:?}) \
+                     on {address} with overlapping hostnames ({} and {}); the Gateway API gives the traffic to \
+                     the older listener, but Portcullis serves the routes of both on that port",
+                    newer.name,
+                    older.name,
+                    older.gateway.0,
+                    older.gateway.1,
+                    key.port,
+                    key.transport,
+                    newer.hostname,
+                    older.hostname,
+                ),
+            );
+        }
+    }
 }
 
 fn gateway(
@@ -415,40 +483,20 @@ fn gateway(
     let name = gw.metadata.name.clone().unwrap_or_default();
     let generation = gw.metadata.generation;
 
-    // Addresses: IPAddress entries are bound; anything else is not supported.
-    let mut ips: Vec<IpAddr> = Vec::new();
-    let mut unsupported_address = None;
-    for (i, a) in gw.spec.addresses.iter().flatten().enumerate() {
-        let t = a.r#type.as_deref().unwrap_or("IPAddress");
-        let value = a.value.as_deref().unwrap_or("");
-        match (t, value.parse::<IpAddr>()) {
-            ("IPAddress", Ok(ip)) => {
-                if !ips.contains(&ip) {
-                    ips.push(ip);
-                }
-            }
-            // An address without a value asks the implementation to choose one: the default address.
-            ("IPAddress", Err(_)) if value.is_empty() => {}
-            ("IPAddress", Err(_)) => {
-                unsupported_address = Some(format!(
-                    "spec.addresses[{i}]: {value:?} is not an IP address"
-                ));
-            }
-            (other, _) => {
-                unsupported_address = Some(format!(
-                    "spec.addresses[{i}]: address type {other} is not supported"
-                ));
-            }
-        }
-    }
-    let keys_for = |port: u16| -> Vec<ListenerKey> {
+    let (ips, unsupported_address) = gateway_addresses(gw);
+    let keys_for = |port: u16, transport: Transport| -> Vec<ListenerKey> {
         if ips.is_empty() {
-            vec![ListenerKey::port(port)]
+            vec![ListenerKey {
+                address: None,
+                port,
+                transport,
+            }]
         } else {
             ips.iter()
                 .map(|ip| ListenerKey {
                     address: Some(*ip),
                     port,
+                    transport,
                 })
                 .collect()
         }
@@ -607,29 +655,12 @@ fn gateway(
         let field = format!("spec.listeners[{}] ({})", c.slot.listener, l.name);
         let mut conds = ListenerConds::new();
 
-        let protocol = match l.protocol.as_str() {
-            "HTTP" => Some(Protocol::Http),
-            "HTTPS" => Some(Protocol::Https),
-            "TLS"
-                if l.tls.as_ref().and_then(|t| t.mode.as_ref()) == Some(&TlsMode::Passthrough) =>
-            {
-                Some(Protocol::TlsPassthrough)
-            }
-            "TLS" => {
-                let msg =
-                    "TLS listeners with mode Terminate are not supported yet (Passthrough is)"
-                        .to_string();
-                diags.warning(&owner, format!("{field}: {msg}; listener not served"));
-                conds.accepted = Some(("UnsupportedProtocol", msg));
-                None
-            }
-            other => {
-                let msg = format!("protocol {other} is not supported");
-                diags.warning(&owner, format!("{field}: {msg}; listener not served"));
-                conds.accepted = Some(("UnsupportedProtocol", msg));
-                None
-            }
-        };
+        let (protocol, tls_mode) = listener_protocol(l);
+        if protocol.is_none() {
+            let msg = format!("protocol {} is not supported", l.protocol);
+            diags.warning(&owner, format!("{field}: {msg}; listener not served"));
+            conds.accepted = Some(("UnsupportedProtocol", msg));
+        }
         let port = match u16::try_from(l.port) {
             Ok(p) if p > 0 => Some(p),
             _ => {
@@ -694,77 +725,20 @@ fn gateway(
             }
         };
 
-        // TLS.
-        let mut certificates = Vec::new();
-        if protocol == Some(Protocol::Https) {
-            match &l.tls {
-                None => {
-                    let msg = "an HTTPS listener needs tls.certificateRefs".to_string();
-                    diags.error(&owner, format!("{field}: {msg}"));
-                    conds.resolved = Some(("InvalidCertificateRef", msg));
-                    conds.programmed = false;
-                }
-                Some(tls) => {
-                    if tls.mode == Some(TlsMode::Passthrough) {
-                        let msg =
-                            "tls.mode Passthrough is not valid on an HTTPS listener".to_string();
-                        diags.error(&owner, format!("{field}: {msg}"));
-                        conds.accepted = Some(("UnsupportedValue", msg));
-                    }
-                    for (ri, r) in tls.certificate_refs.iter().flatten().enumerate() {
-                        let rfield = format!("{field}.tls.certificateRefs[{ri}]");
-                        let group = r.group.as_deref().unwrap_or("");
-                        let kind = r.kind.as_deref().unwrap_or("Secret");
-                        if !group.is_empty() || kind != "Secret" {
-                            let msg = format!("{group}/{kind} is not supported; only core Secrets");
-                            diags.error(&owner, format!("{rfield}: {msg}"));
-                            conds.resolved = Some(("InvalidCertificateRef", msg));
-                            continue;
-                        }
-                        let sns = r.namespace.as_deref().unwrap_or(&c.ns);
-                        let from_kind = if c.slot.listener_set {
-                            "ListenerSet"
-                        } else {
-                            "Gateway"
-                        };
-                        if !refs.grant_allows(
-                            (GATEWAY_GROUP, from_kind),
-                            &c.ns,
-                            ("", "Secret"),
-                            sns,
-                            &r.name,
-                        ) {
-                            let msg = format!(
-                                "Secret {sns}/{} is in another namespace and no ReferenceGrant allows it",
-                                r.name
-                            );
-                            diags.error(&owner, format!("{rfield}: {msg}"));
-                            conds.resolved = Some(("RefNotPermitted", msg));
-                            continue;
-                        }
-                        match refs.tls_secret(sns, &r.name) {
-                            Ok((cert, key)) => certificates.push(ListenerCertificate {
-                                hostname: hostname.clone(),
-                                source: format!("Secret {sns}/{}", r.name),
-                                cert_pem: cert,
-                                key_pem: key,
-                            }),
-                            Err(e) => {
-                                diags.error(&owner, format!("{rfield}: {e}"));
-                                conds.resolved = Some(("InvalidCertificateRef", e));
-                            }
-                        }
-                    }
-                    if certificates.is_empty() {
-                        conds.programmed = false;
-                        if conds.resolved.is_none() {
-                            conds.resolved =
-                                Some(("InvalidCertificateRef", "no certificateRefs".to_string()));
-                        }
-                    }
-                }
-            }
-        }
+        // TLS: HTTPS listeners and TLS listeners in Terminate mode take their certificates from Secrets.
+        let certificates = if protocol == Some(Protocol::Https) || tls_mode == Some(Mode::Terminate)
+        {
+            let cx = CertCx {
+                owner: &owner,
+                field: &field,
+                ns: &c.ns,
+                listener_set: c.slot.listener_set,
+                hostname: &hostname,
+            };
+            listener_certificates(l, &cx, refs, &mut conds, diags)
+        } else {
+            Vec::new()
+        };
 
         let validation = match (protocol, port) {
             (Some(Protocol::Https), Some(port)) => {
@@ -803,7 +777,10 @@ fn gateway(
         }
 
         // Into the model.
-        let keys = port.map(keys_for).unwrap_or_default();
+        let keys = match (port, protocol) {
+            (Some(port), Some(p)) => keys_for(port, p.transport()),
+            _ => Vec::new(),
+        };
         if conds.ready() {
             if let (Some(port), Some(protocol)) = (port, protocol) {
                 for key in &keys {
@@ -816,7 +793,7 @@ fn gateway(
                         break;
                     }
                 }
-                if conds.ready() && protocol == Protocol::Https {
+                if conds.ready() {
                     for key in &keys {
                         for cert in &certificates {
                             model.add_certificate(*key, cert.clone());
@@ -874,6 +851,7 @@ fn gateway(
             from,
             kinds,
             keys,
+            tls_mode,
             attachable,
             status: c.slot,
         });
@@ -1206,4 +1184,148 @@ fn client_validation(
         sources,
         insecure_fallback: v.mode.as_deref() == Some("AllowInsecureFallback"),
     })
+}
+
+/// A Gateway's `spec.addresses`: the IP addresses to bind (IPAddress entries), and the problem with the first
+/// entry that cannot be served, if any.
+fn gateway_addresses(gw: &Gateway) -> (Vec<IpAddr>, Option<String>) {
+    let mut ips: Vec<IpAddr> = Vec::new();
+    let mut unsupported_address = None;
+    for (i, a) in gw.spec.addresses.iter().flatten().enumerate() {
+        let t = a.r#type.as_deref().unwrap_or("IPAddress");
+        let value = a.value.as_deref().unwrap_or("");
+        match (t, value.parse::<IpAddr>()) {
+            ("IPAddress", Ok(ip)) => {
+                if !ips.contains(&ip) {
+                    ips.push(ip);
+                }
+            }
+            // An address without a value asks the implementation to choose one: the default address.
+            ("IPAddress", Err(_)) if value.is_empty() => {}
+            ("IPAddress", Err(_)) => {
+                unsupported_address = Some(format!(
+                    "spec.addresses[{i}]: {value:?} is not an IP address"
+                ));
+            }
+            (other, _) => {
+                unsupported_address = Some(format!(
+                    "spec.addresses[{i}]: address type {other} is not supported"
+                ));
+            }
+        }
+    }
+    (ips, unsupported_address)
+}
+
+/// The protocol a listener serves and, for TLS, its mode (Terminate when `tls.mode` is not given, as the spec
+/// defaults it). `None` for a protocol we do not serve.
+fn listener_protocol(l: &GatewayListeners) -> (Option<Protocol>, Option<Mode>) {
+    match l.protocol.as_str() {
+        "HTTP" => (Some(Protocol::Http), None),
+        "HTTPS" => (Some(Protocol::Https), None),
+        "TLS" => {
+            let mode = match l.tls.as_ref().and_then(|t| t.mode.as_ref()) {
+                Some(TlsMode::Passthrough) => Mode::Passthrough,
+                _ => Mode::Terminate,
+            };
+            (Some(Protocol::Tls), Some(mode))
+        }
+        "TCP" => (Some(Protocol::Tcp), None),
+        "UDP" => (Some(Protocol::Udp), None),
+        _ => (None, None),
+    }
+}
+
+/// What the certificate loading of one listener needs to know about it.
+struct CertCx<'a> {
+    owner: &'a ObjectRef,
+    field: &'a str,
+    /// Namespace of the Gateway or ListenerSet that declares the listener.
+    ns: &'a str,
+    listener_set: bool,
+    hostname: &'a HostPattern,
+}
+
+/// The certificates of an HTTPS or Terminate-mode TLS listener (`tls.certificateRefs`); problems set the
+/// listener's conditions. An HTTPS listener without a usable certificate is not programmed.
+fn listener_certificates(
+    l: &GatewayListeners,
+    cx: &CertCx<'_>,
+    refs: &Resolver<'_>,
+    conds: &mut ListenerConds,
+    diags: &mut Diagnostics,
+) -> Vec<ListenerCertificate> {
+    let (owner, field, hostname) = (cx.owner, cx.field, cx.hostname);
+    let mut certificates = Vec::new();
+    match &l.tls {
+        None => {
+            let msg = "this listener needs tls.certificateRefs".to_string();
+            diags.error(owner, format!("{field}: {msg}"));
+            conds.resolved = Some(("InvalidCertificateRef", msg));
+            conds.programmed = false;
+        }
+        Some(tls) => {
+            if tls.mode == Some(TlsMode::Passthrough) {
+                let msg = "tls.mode Passthrough is not valid on an HTTPS listener".to_string();
+                diags.error(owner, format!("{field}: {msg}"));
+                conds.accepted = Some(("UnsupportedValue", msg));
+            }
+            for (ri, r) in tls.certificate_refs.iter().flatten().enumerate() {
+                let rfield = format!("{field}.tls.certificateRefs[{ri}]");
+                let group = r.group.as_deref().unwrap_or("");
+                let kind = r.kind.as_deref().unwrap_or("Secret");
+                if !group.is_empty() || kind != "Secret" {
+                    let msg = format!("{group}/{kind} is not supported; only core Secrets");
+                    diags.error(owner, format!("{rfield}: {msg}"));
+                    conds.resolved = Some(("InvalidCertificateRef", msg));
+                    continue;
+                }
+                let sns = r.namespace.as_deref().unwrap_or(cx.ns);
+                let from_kind = if cx.listener_set {
+                    "ListenerSet"
+                } else {
+                    "Gateway"
+                };
+                if !refs.grant_allows(
+                    (GATEWAY_GROUP, from_kind),
+                    cx.ns,
+                    ("", "Secret"),
+                    sns,
+                    &r.name,
+                ) {
+                    let msg = format!(
+                        "Secret {sns}/{} is in another namespace and no ReferenceGrant allows it",
+                        r.name
+                    );
+                    diags.error(owner, format!("{rfield}: {msg}"));
+                    conds.resolved = Some(("RefNotPermitted", msg));
+                    continue;
+                }
+                match refs.tls_secret(sns, &r.name) {
+                    Ok((cert, key)) => certificates.push(ListenerCertificate {
+                        hostname: hostname.clone(),
+                        source: format!("Secret {sns}/{}", r.name),
+                        cert_pem: cert,
+                        key_pem: key,
+                    }),
+                    Err(e) => {
+                        diags.error(owner, format!("{rfield}: {e}"));
+                        conds.resolved = Some(("InvalidCertificateRef", e));
+                    }
+                }
+            }
+            if certificates.is_empty() {
+                conds.programmed = false;
+                if conds.resolved.is_none() {
+                    diags.error(
+                        owner,
+                        format!("{field}: no tls.certificateRefs; listener not served"),
+                    );
+                    conds.resolved =
+                        Some(("InvalidCertificateRef", "no certificateRefs".to_string()));
+                }
+            }
+        }
+    }
+    certificates
 }

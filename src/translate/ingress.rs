@@ -13,7 +13,7 @@
 //! with `use-regex` or `rewrite-target` on any of its Ingresses (of the same profile) has all its paths matched as
 //! case-insensitive `^path` prefix regexes.
 
-use super::builder::{ListenerKey, ModelBuilder};
+use super::builder::ModelBuilder;
 use super::nginx::annotations::{self, IngressAnnotations};
 use super::nginx::{self, Profile, Settings};
 use super::refs::{BackendError, PortRef, Resolver};
@@ -23,6 +23,7 @@ use crate::model::policy::{
     BasicAuth, Canary, FixedRedirect, Forwarded, Policy, Rewrite, SourceRanges, SslRedirect,
     TemplatePart, WwwRedirect,
 };
+use crate::model::ListenerKey;
 use crate::model::{
     Action, Backend, BackendGroup, Filter, HostPattern, HttpRule, ListenerCertificate, Origin,
     OriginKind, PathMatch, PathModifier, Protocol, Redirect, RouteMatch, Timeouts, WeightedBackend,
@@ -176,13 +177,13 @@ pub(crate) fn translate(
 
     // TLS first: the HTTPS listener exists when at least one Ingress has a usable certificate, and then serves
     // every Ingress rule, as ingress-nginx does (hosts without a certificate of their own get the first one).
-    let https = ListenerKey::port(opts.https_port);
+    let https = ListenerKey::tcp(opts.https_port);
     let mut certificates = Vec::new();
     for e in &entries {
         certificates.extend(tls_certificates(e.ing, refs, diags));
     }
     let tls_hosts: Vec<HostPattern> = certificates.iter().map(|c| c.hostname.clone()).collect();
-    let mut keys = vec![ListenerKey::port(opts.http_port)];
+    let mut keys = vec![ListenerKey::tcp(opts.http_port)];
     if !certificates.is_empty() {
         match model.ensure_listener(https, Protocol::Https) {
             Ok(()) => {
@@ -266,6 +267,32 @@ impl Entry<'_> {
     }
 }
 
+/// What a canary Ingress asks for that is never served, and would otherwise go without a word (`translate_one`,
+/// which reports these for other Ingresses, does not run for canaries): its `spec.defaultBackend` (ingress-nginx
+/// merges it into the catch-all server's backends; Portcullis attaches canaries to main paths only) and rules
+/// whose host is not valid.
+fn report_unserved_canary_parts(e: &Entry<'_>, diags: &mut Diagnostics) {
+    let Some(spec) = &e.ing.spec else { return };
+    if spec.default_backend.is_some() {
+        diags.warning(
+            &e.object,
+            "spec.defaultBackend of a canary Ingress is not served: Portcullis attaches a canary only to the main \
+             Ingress paths with the same host, path and pathType (ingress-nginx would merge it into the catch-all \
+             server's backends)",
+        );
+    }
+    for (ri, rule) in spec.rules.iter().flatten().enumerate() {
+        if let Some(h) = rule.host.as_deref().filter(|h| !h.is_empty()) {
+            if let Err(err) = HostPattern::ingress(h) {
+                diags.error(
+                    &e.object,
+                    format!("spec.rules[{ri}].host: {err}; rule skipped"),
+                );
+            }
+        }
+    }
+}
+
 /// A (profile, host) pair: ingress-nginx's `server`. Host-wide behaviour is scoped to it, so that Ingresses of our
 /// own class keep Ingress v1 semantics whatever the taken-over ones do on the same host.
 type ServerKey = (Profile, HostPattern);
@@ -310,6 +337,9 @@ impl HostFacts {
         let mut f = HostFacts::default();
         for e in entries {
             let canary = e.anns.canary.as_ref();
+            if canary.is_some() {
+                report_unserved_canary_parts(e, diags);
+            }
             for (ri, host, path) in e.paths() {
                 let Some(hp) = host_pattern(host) else {
                     continue;

@@ -6,6 +6,8 @@
 //! with the reason, and checks the fields of routes that attach nowhere as if they attached, so that a bad regex
 //! or a negative weight is found before the route is wired to a Gateway.
 
+use super::recast;
+use super::routes::ParentRefView;
 use super::status::Statuses;
 use super::{Diagnostic, Options, Severity};
 use crate::k8s::gw::HTTPRoute;
@@ -202,60 +204,52 @@ fn route_status<'a>(
         .map(|r| &r.status)
 }
 
+/// The parentRefs of a route, read through the shared [`ParentRefView`] (every route kind writes them alike).
+fn parent_views<P: serde::Serialize>(refs: &Option<Vec<P>>) -> Vec<ParentRefView> {
+    refs.iter().flatten().filter_map(recast).collect()
+}
+
+/// Reports the parent problems of one route; returns whether some parent of ours may serve it.
+fn route_parents(
+    input: &Input,
+    opts: &Options,
+    statuses: &Statuses,
+    kind: &str,
+    meta: &crate::k8s::ObjectMeta,
+    refs: &[ParentRefView],
+    out: &mut Vec<Diagnostic>,
+) -> (ObjectRef, bool) {
+    let object = ObjectRef::new(kind, meta);
+    let ns = meta.namespace.as_deref().unwrap_or("default");
+    let parents: Vec<Parent<'_>> = refs
+        .iter()
+        .map(|p| Parent {
+            kind: p.kind.as_deref().unwrap_or("Gateway"),
+            namespace: p.namespace.as_deref().unwrap_or(ns),
+            name: &p.name,
+        })
+        .collect();
+    let status = route_status(statuses, kind, &object);
+    let attached = parent_problems(input, opts, &object, &parents, status, out);
+    (object, attached)
+}
+
 fn routes(input: &Input, opts: &Options, statuses: &Statuses, out: &mut Vec<Diagnostic>) {
     for r in &input.http_routes {
-        let object = ObjectRef::new("HTTPRoute", &r.metadata);
-        let ns = r.metadata.namespace.as_deref().unwrap_or("default");
-        let parents: Vec<Parent<'_>> = r
-            .spec
-            .parent_refs
-            .iter()
-            .flatten()
-            .map(|p| Parent {
-                kind: p.kind.as_deref().unwrap_or("Gateway"),
-                namespace: p.namespace.as_deref().unwrap_or(ns),
-                name: &p.name,
-            })
-            .collect();
-        let status = route_status(statuses, "HTTPRoute", &object);
-        let attached = parent_problems(input, opts, &object, &parents, status, out);
+        let refs = parent_views(&r.spec.parent_refs);
+        let (object, attached) =
+            route_parents(input, opts, statuses, "HTTPRoute", &r.metadata, &refs, out);
         if !attached {
             http_route_fields(r, &object, out);
         }
     }
     for r in &input.grpc_routes {
-        let object = ObjectRef::new("GRPCRoute", &r.metadata);
-        let ns = r.metadata.namespace.as_deref().unwrap_or("default");
-        let parents: Vec<Parent<'_>> = r
-            .spec
-            .parent_refs
-            .iter()
-            .flatten()
-            .map(|p| Parent {
-                kind: p.kind.as_deref().unwrap_or("Gateway"),
-                namespace: p.namespace.as_deref().unwrap_or(ns),
-                name: &p.name,
-            })
-            .collect();
-        let status = route_status(statuses, "GRPCRoute", &object);
-        parent_problems(input, opts, &object, &parents, status, out);
+        let refs = parent_views(&r.spec.parent_refs);
+        route_parents(input, opts, statuses, "GRPCRoute", &r.metadata, &refs, out);
     }
     for r in &input.tls_routes {
-        let object = ObjectRef::new("TLSRoute", &r.metadata);
-        let ns = r.metadata.namespace.as_deref().unwrap_or("default");
-        let parents: Vec<Parent<'_>> = r
-            .spec
-            .parent_refs
-            .iter()
-            .flatten()
-            .map(|p| Parent {
-                kind: p.kind.as_deref().unwrap_or("Gateway"),
-                namespace: p.namespace.as_deref().unwrap_or(ns),
-                name: &p.name,
-            })
-            .collect();
-        let status = route_status(statuses, "TLSRoute", &object);
-        parent_problems(input, opts, &object, &parents, status, out);
+        let refs = parent_views(&r.spec.parent_refs);
+        route_parents(input, opts, statuses, "TLSRoute", &r.metadata, &refs, out);
     }
 }
 

@@ -1,4 +1,5 @@
-//! Gateway API TLSRoute on TLS listeners in Passthrough mode: connections are routed by SNI, unopened.
+//! Gateway API TLSRoute on TLS listeners: connections are routed by SNI, then passed through unopened
+//! (Passthrough listeners) or terminated with the listener's certificate and forwarded as TCP (Terminate listeners).
 
 use super::builder::ModelBuilder;
 use super::gateway::Gateways;
@@ -8,7 +9,7 @@ use super::status::Statuses;
 use super::{created, recast, Diagnostics};
 use crate::k8s::gw::TLSRoute;
 use crate::k8s::GATEWAY_GROUP;
-use crate::model::{Backend, BackendGroup, Origin, OriginKind, TlsRoute, WeightedBackend};
+use crate::model::{Backend, BackendGroup, Origin, OriginKind, TlsMode, TlsRoute, WeightedBackend};
 use crate::source::{Input, ObjectRef};
 
 const ROUTE_KIND: (&str, &str) = (GATEWAY_GROUP, "TLSRoute");
@@ -99,6 +100,7 @@ fn translate_one(
                         TlsRoute {
                             listener_hostname: l.hostname.clone(),
                             hostname: host.clone(),
+                            mode: l.tls_mode.unwrap_or(TlsMode::Passthrough),
                             origin: Origin {
                                 kind: OriginKind::TlsRoute,
                                 namespace: ns.to_string(),
@@ -140,8 +142,8 @@ fn resolve(
     routes::resolve_service_ref(&view, field, object, cx.refs, diags, report).map_or_else(
         |answer| answer,
         |s| {
-            // Passed-through bytes ignore the port's TLS settings; registering them anyway keeps one backend
-            // (one key, one health state) per Service port for every kind of route.
+            // Passed-through bytes ignore the port's TLS settings (terminated ones do not: a BackendTLSPolicy
+            // makes the proxy open TLS to the backend); one key, one health state per Service port either way.
             let s = cx.policies.apply(s.clone(), cx.refs).unwrap_or(s);
             Backend::Service(cx.refs.register(s))
         },

@@ -1,4 +1,4 @@
-//! Route kinds that are parsed but not served yet (GRPCRoute, TCPRoute, UDPRoute). A route of such a kind that
+//! Route kinds that are parsed but not served yet (GRPCRoute). A route of such a kind that
 //! names one of our Gateways is never silently dropped: it is reported, and it gets the status the spec gives a
 //! route no listener admits (`Accepted: False`, `NotAllowedByListeners`: our listeners' `supportedKinds` do not
 //! list these kinds).
@@ -21,28 +21,6 @@ pub(crate) fn translate(
     for r in &input.grpc_routes {
         one(
             "GRPCRoute",
-            &r.metadata,
-            &r.spec.parent_refs,
-            gws,
-            cx,
-            diags,
-            statuses,
-        );
-    }
-    for r in &input.tcp_routes {
-        one(
-            "TCPRoute",
-            &r.metadata,
-            &r.spec.parent_refs,
-            gws,
-            cx,
-            diags,
-            statuses,
-        );
-    }
-    for r in &input.udp_routes {
-        one(
-            "UDPRoute",
             &r.metadata,
             &r.spec.parent_refs,
             gws,

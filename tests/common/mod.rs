@@ -11,6 +11,33 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+/// What the admin API's `GET /rounds` says: configuration rounds run so far and the objects the latest one read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rounds {
+    /// Rounds completed (0 before the first).
+    pub rounds: u64,
+    /// Objects the latest round read.
+    pub objects: u64,
+}
+
+/// `GET /rounds` on the admin port `admin`.
+pub fn rounds(admin: u16) -> Result<Rounds> {
+    let r = get(admin, "localhost", "/rounds", &[])?;
+    if r.status != 200 {
+        bail!("GET /rounds answered {}: {}", r.status, r.text());
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&r.body).with_context(|| format!("/rounds: {}", r.text()))?;
+    let field = |k: &str| {
+        v[k].as_u64()
+            .with_context(|| format!("/rounds has no {k}: {v}"))
+    };
+    Ok(Rounds {
+        rounds: field("rounds")?,
+        objects: field("objects")?,
+    })
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests), never one this process was given
 /// before: the kernel may hand a released port out again at once, and two of a test's ports (say its listener
 /// and the proxy's admin address) then collide.

@@ -147,6 +147,31 @@ impl KubeProxy {
         serde_json::from_slice(&r.body).with_context(|| format!("{path}: {}", r.text()))
     }
 
+    /// The admin API's `GET /rounds`.
+    pub fn rounds(&self) -> Result<crate::common::Rounds> {
+        crate::common::rounds(self.admin)
+    }
+
+    /// Waits (up to 10 s) until the control loop has run a round for which `f` holds, e.g. one that read more
+    /// objects than before a change: what a test that expects a change to have *no* effect waits on, so that it
+    /// cannot pass only because no round ran.
+    pub fn wait_round(
+        &self,
+        what: &str,
+        f: impl Fn(crate::common::Rounds) -> bool,
+    ) -> Result<crate::common::Rounds> {
+        let mut last = crate::common::Rounds::default();
+        self.wait_for(Duration::from_secs(10), || match self.rounds() {
+            Ok(r) => {
+                last = r;
+                f(r)
+            }
+            Err(_) => false,
+        })
+        .with_context(|| format!("no configuration round where {what} (last seen: {last:?})"))?;
+        Ok(last)
+    }
+
     /// Polls `f` every 20 ms until it holds or `timeout` passes; returns how long it took.
     pub fn wait_for(&self, timeout: Duration, f: impl FnMut() -> bool) -> Result<Duration> {
         wait_for(timeout, f).map_err(|e| anyhow::anyhow!("{e}; proxy log:\n{}", self.log_text()))

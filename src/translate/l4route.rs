@@ -1,0 +1,199 @@
+//! Gateway API TCPRoute and UDPRoute: routes without matches on TCP and UDP listeners. A connection (TCP) or a
+//! client flow (UDP) picks one of the weighted backends of the route's first rule when it starts. When several
+//! routes attach to the same listener, the oldest takes the port's traffic (the router serves the first route of
+//! the listener, and the builder sorts them oldest first); the others are accepted and warned about.
+
+use super::builder::ModelBuilder;
+use super::gateway::Gateways;
+use super::httproute::RouteCtx;
+use super::routes::{self, BackendRefView, RouteView, RuleReport};
+use super::status::Statuses;
+use super::{created, recast, Diagnostics};
+use crate::k8s::{ObjectMeta, GATEWAY_GROUP};
+use crate::model::{Backend, BackendGroup, L4Route, Origin, OriginKind, WeightedBackend};
+use crate::source::{Input, ObjectRef};
+use serde::{Deserialize, Serialize};
+
+/// A TCPRoute or UDPRoute rule (the generated types of the two kinds differ only in name).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RuleView {
+    name: Option<String>,
+    #[serde(default)]
+    backend_refs: Vec<BackendRef>,
+}
+
+/// A backendRef of a TCPRoute or UDPRoute rule.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BackendRef {
+    group: Option<String>,
+    kind: Option<String>,
+    name: String,
+    namespace: Option<String>,
+    port: Option<i32>,
+    weight: Option<i32>,
+}
+
+/// One route, whatever its kind.
+struct L4RouteInput<'a, P, R> {
+    kind: &'static str,
+    origin_kind: OriginKind,
+    meta: &'a ObjectMeta,
+    parent_refs: &'a Option<Vec<P>>,
+    rules: &'a [R],
+}
+
+pub(crate) fn translate(
+    input: &Input,
+    gws: &mut Gateways,
+    cx: &RouteCtx<'_, '_>,
+    model: &mut ModelBuilder,
+    diags: &mut Diagnostics,
+    statuses: &mut Statuses,
+) {
+    for r in &input.tcp_routes {
+        let route = L4RouteInput {
+            kind: "TCPRoute",
+            origin_kind: OriginKind::TcpRoute,
+            meta: &r.metadata,
+            parent_refs: &r.spec.parent_refs,
+            rules: &r.spec.rules,
+        };
+        translate_one(&route, gws, cx, model, diags, statuses);
+    }
+    for r in &input.udp_routes {
+        let route = L4RouteInput {
+            kind: "UDPRoute",
+            origin_kind: OriginKind::UdpRoute,
+            meta: &r.metadata,
+            parent_refs: &r.spec.parent_refs,
+            rules: &r.spec.rules,
+        };
+        translate_one(&route, gws, cx, model, diags, statuses);
+    }
+}
+
+fn translate_one<P: Serialize, R: Serialize>(
+    route: &L4RouteInput<'_, P, R>,
+    gws: &mut Gateways,
+    cx: &RouteCtx<'_, '_>,
+    model: &mut ModelBuilder,
+    diags: &mut Diagnostics,
+    statuses: &mut Statuses,
+) {
+    let object = ObjectRef::new(route.kind, route.meta);
+    let ns = route.meta.namespace.as_deref().unwrap_or("default");
+    let name = route.meta.name.as_deref().unwrap_or("");
+    let view = RouteView {
+        kind: route.kind,
+        object: &object,
+        ns,
+        name,
+        generation: route.meta.generation,
+        hostnames: &[],
+        parent_refs: route
+            .parent_refs
+            .iter()
+            .flatten()
+            .filter_map(recast)
+            .collect(),
+    };
+    let (attachments, outcomes) = routes::attach(&view, gws, cx.refs, diags);
+    if outcomes.is_empty() {
+        return;
+    }
+
+    let mut report = RuleReport::default();
+    let mut first: Option<(usize, Option<String>, BackendGroup)> = None;
+    for (ri, rule) in route.rules.iter().enumerate() {
+        report.total_rules += 1;
+        let Some(rule) = recast::<_, RuleView>(rule) else {
+            let msg = format!("spec.rules[{ri}] cannot be read");
+            diags.error(&object, msg.clone());
+            report.invalid_rules.push(msg);
+            continue;
+        };
+        let mut backends = Vec::new();
+        for (bi, b) in rule.backend_refs.iter().enumerate() {
+            let field = format!("spec.rules[{ri}].backendRefs[{bi}]");
+            let weight = u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0);
+            let backend = resolve(b, route.kind, ns, &field, &object, cx, diags, &mut report);
+            backends.push(WeightedBackend {
+                weight,
+                backend,
+                filters: vec![],
+            });
+        }
+        if backends.is_empty() {
+            backends.push(WeightedBackend {
+                weight: 1,
+                backend: Backend::Invalid {
+                    status: 500,
+                    reason: "rule has no backendRefs".into(),
+                },
+                filters: vec![],
+            });
+        }
+        if first.is_none() {
+            first = Some((ri, rule.name, BackendGroup { backends }));
+        } else {
+            diags.warning(
+                &object,
+                format!(
+                    "spec.rules[{ri}]: a {} takes its traffic from its first rule only; this rule is not served",
+                    route.kind
+                ),
+            );
+        }
+    }
+
+    if let Some((ri, rule_name, group)) = first {
+        for a in &attachments {
+            let l = &gws.listeners[a.listener];
+            for key in &l.keys {
+                model.add_l4_route(
+                    *key,
+                    L4Route {
+                        origin: Origin {
+                            kind: route.origin_kind,
+                            namespace: ns.to_string(),
+                            name: name.to_string(),
+                            rule: ri,
+                            rule_name: rule_name.clone(),
+                            created: created(route.meta),
+                        },
+                        backends: group.clone(),
+                    },
+                );
+            }
+        }
+    }
+    if let Some(st) = routes::route_status(&view, outcomes, &report, &cx.opts.gateway_controller) {
+        statuses.routes.push(st);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn resolve(
+    b: &BackendRef,
+    route_kind: &'static str,
+    route_ns: &str,
+    field: &str,
+    object: &ObjectRef,
+    cx: &RouteCtx<'_, '_>,
+    diags: &mut Diagnostics,
+    report: &mut RuleReport,
+) -> Backend {
+    let view = BackendRefView {
+        route_kind: (GATEWAY_GROUP, route_kind),
+        route_ns,
+        group: b.group.as_deref(),
+        kind: b.kind.as_deref(),
+        name: &b.name,
+        namespace: b.namespace.as_deref(),
+        port: b.port,
+    };
+    routes::resolve_service_ref(&view, field, object, cx.refs, diags, report)
+        .map_or_else(|answer| answer, |s| Backend::Service(cx.refs.register(s)))
+}
