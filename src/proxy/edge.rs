@@ -366,7 +366,10 @@ impl ListenerEdge {
         let Some(s) = &self.settings else {
             return Some(f.await);
         };
-        match tokio::time::timeout_at(accepted_at + s.header_timeout, f).await {
+        // The handshake, which owns the connection, is dropped (and the connection closed) only when this
+        // returns, after the timeout is counted: a client that sees the close then sees the count.
+        let mut f = std::pin::pin!(f);
+        match tokio::time::timeout_at(accepted_at + s.header_timeout, f.as_mut()).await {
             Ok(v) => Some(v),
             Err(_) => {
                 bump(&STATS.handshake_timeouts);
