@@ -5,7 +5,7 @@ Run through scripts/bench (which installs the tools and Traefik and builds the p
 127.0.0.1 only; every process started here is stopped on exit (by its process group id). The proxies run one at a
 time under load, pinned to one CPU; the client and the upstream share the other.
 
-Phases (--only; the first six are the default run):
+Phases (--only; the first eight are the default run):
 1. throughput: plain HTTP/1.1 keep-alive, for each of --routes: Portcullis, nginx, HAProxy and Traefik start with
    the same host table; wrk runs against direct / portcullis / nginx / haproxy / traefik in alternation
    (A B C D E A B C D E ...), then a fixed-rate run (h2load --rps) at 50% of nginx's closed-loop rate for latency
@@ -21,8 +21,12 @@ Phases (--only; the first six are the default run):
    requests under wrk load see any error while 100 route edits are published; a RegularExpression table.
 6. edits: 1,000 route edits at 10,000 routes under wrk: non-2xx, socket errors, RSS at the first edit, the middle
    one and after the last.
-7. profile (--profile or --only profile): instructions per request under callgrind, perf samples of Portcullis.
-8. wakeups (--only wakeups, not in the default run): Portcullis next to nginx made slower in user space only
+7. observe: CPU per request with request metrics off, per label mode, and with the JSON access log.
+8. tcp: TCPRoute next to nginx (stream) and HAProxy (mode tcp), a Python upstream and client (tcpload.py):
+   bulk transfer (MB/s, proxy CPU per MB) and one small exchange per new connection (connections/s, latency,
+   proxy CPU per connection).
+9. profile (--profile or --only profile): instructions per request under callgrind, perf samples of Portcullis.
+10. wakeups (--only wakeups, not in the default run): Portcullis next to nginx made slower in user space only
    (regular-expression locations it rejects on every request), to see whether kernel time per request follows
    user time through the wake-ups of the upstream and the client.
 """
@@ -1179,6 +1183,183 @@ def print_observe(out, args, targets):
                    f"{fmt(t.hwm_kb / 1024, 1)} |")
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# TCP proxying (TCPRoute) next to nginx (stream) and HAProxy (mode tcp)
+# ----------------------------------------------------------------------------------------------------------------
+
+TCPLOAD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tcpload.py")
+NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+
+PORTCULLIS_TCP = """apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portcullis}}
+spec: {{controllerName: portcullis.dev/gateway-controller}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: bench}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: tcp, namespace: bench}}
+spec:
+  gatewayClassName: portcullis
+  listeners: [{{name: tcp, protocol: TCP, port: {port}, allowedRoutes: {{kinds: [{{kind: TCPRoute}}]}}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {{name: tcp, namespace: bench}}
+spec:
+  parentRefs: [{{name: tcp, sectionName: tcp}}]
+  rules: [{{backendRefs: [{{name: up-tcp, port: 9000}}]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: up-tcp, namespace: bench}}
+spec: {{ports: [{{port: 9000, protocol: TCP}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: up-tcp, namespace: bench, labels: {{kubernetes.io/service-name: up-tcp}}}}
+addressType: IPv4
+ports: [{{port: {up_port}, protocol: TCP}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+"""
+
+
+def wait_tcp_echo(port, timeout):
+    """True once a connection to port gets its exchange echoed (the upstream, or a proxy in front of it)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                s.sendall(b"Eping")
+                s.shutdown(socket.SHUT_WR)
+                if s.recv(16) == b"ping":
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
+def tcp_client(args, argv, timeout):
+    out, ticks = run_client(["taskset", "-c", str(args.client_cpu), "python3", TCPLOAD] + argv, timeout)
+    lines = [x for x in out.splitlines() if x.startswith("{")]
+    r = json.loads(lines[-1]) if lines else {}
+    r["client_ticks"] = ticks
+    return r
+
+
+def tcp_phase(args, tmp):
+    """Bulk transfer (MB/s, proxy CPU per MB) and one exchange per new connection (connections/s, latency, proxy
+    CPU per connection) through Portcullis (TCPRoute), nginx (stream) and HAProxy (mode tcp), and directly."""
+    log("== tcp: TCP proxying, bulk transfer and new connections")
+    up_port = args.port + 18
+    ports = {"direct": up_port, "portcullis": args.port + 19, "nginx": args.port + 20, "haproxy": args.port + 21}
+    upstream = start(["python3", TCPLOAD, "serve", str(up_port)], args.upstream_cpu, f"{tmp}/tcp-upstream.log")
+    if not wait_tcp_echo(up_port, 10):
+        raise SystemExit("the TCP upstream does not answer")
+    d = f"{tmp}/portcullis-tcp"
+    os.makedirs(d, exist_ok=True)
+    with open(f"{d}/tcp.yaml", "w") as f:
+        f.write(PORTCULLIS_TCP.format(port=ports["portcullis"], up_port=up_port))
+    argv = portcullis_argv(args, d)
+    argv[argv.index("--admin-addr") + 1] = f"127.0.0.1:{args.port + 22}"
+    targets = [Target("direct", up_port, upstream),
+               Target("portcullis", ports["portcullis"],
+                      start(argv, args.proxy_cpu, f"{tmp}/portcullis-tcp.log", env=portcullis_env(args, "warn")))]
+    if os.path.exists(NGINX_STREAM_MODULE):
+        conf = f"{tmp}/nginx-tcp.conf"
+        with open(conf, "w") as f:
+            f.write(f"load_module {NGINX_STREAM_MODULE};\nworker_processes 1;\ndaemon off;\nmaster_process off;\n"
+                    f"pid {tmp}/nginx-tcp.pid;\nerror_log {tmp}/nginx-tcp.err warn;\n"
+                    f"events {{ worker_connections 8192; }}\n"
+                    f"stream {{ server {{ listen 127.0.0.1:{ports['nginx']} backlog=4096; "
+                    f"proxy_pass 127.0.0.1:{up_port}; proxy_half_close on; }} }}\n")
+        targets.append(Target("nginx", ports["nginx"], start(["nginx", "-p", tmp + "/", "-c", conf, "-e",
+                                                             f"{tmp}/nginx-tcp.err"], args.proxy_cpu,
+                                                            f"{tmp}/nginx-tcp.log")))
+    else:
+        log(f"   nginx's stream module is not installed ({NGINX_STREAM_MODULE}): nginx left out")
+    conf = f"{tmp}/haproxy-tcp.cfg"
+    with open(conf, "w") as f:
+        f.write(f"global\n  nbthread 1\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 5s\n"
+                f"  timeout client 60s\n  timeout server 60s\nfrontend fe\n  bind 127.0.0.1:{ports['haproxy']}\n"
+                f"  default_backend be\nbackend be\n  server up 127.0.0.1:{up_port}\n")
+    targets.append(Target("haproxy", ports["haproxy"], start(["haproxy", "-f", conf], args.proxy_cpu,
+                                                            f"{tmp}/haproxy-tcp.log")))
+    for t in targets:
+        if not wait_tcp_echo(t.port, 60):
+            raise SystemExit(f"{t.name} does not forward TCP (see {tmp})")
+    bulk = {t.name: [] for t in targets}
+    conns = {t.name: [] for t in targets}
+    streams = args.tcp_connections
+    for _ in range(args.rounds):
+        for t in targets:
+            pids = [] if t.name == "direct" else t.pids()
+            c0 = cpu_ticks(pids)
+            r = tcp_client(args, ["stream", str(t.port), str(args.duration), str(streams)], args.duration + 20)
+            r["cpu_ticks"] = cpu_ticks(pids) - c0
+            bulk[t.name].append(r)
+        for t in targets:
+            pids = [] if t.name == "direct" else t.pids()
+            c0 = cpu_ticks(pids)
+            r = tcp_client(args, ["connect", str(t.port), str(args.duration)], args.duration + 20)
+            r["cpu_ticks"] = cpu_ticks(pids) - c0
+            conns[t.name].append(r)
+    for t in targets:
+        t.hwm_kb = mem_kb(t.pids(), "VmHWM")
+    for t in targets:
+        stop(t.proc)
+        STARTED.remove(t.proc)
+    return streams, targets, bulk, conns
+
+
+def print_tcp(out, args, result):
+    streams, targets, bulk, conns = result
+    out.append("")
+    out.append(f"### TCP proxying: bulk transfer ({args.rounds} rounds x {args.duration} s, {streams} connections "
+               f"reading a stream from the upstream)")
+    out.append("")
+    out.append("| target | MB/s | proxy CPU ms/MB | vs nginx | vs HAProxy | errors | peak RSS MB |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|")
+
+    def cpu_per_mb(name):
+        runs = bulk.get(name, [])
+        mb = sum(r.get("bytes", 0) for r in runs) / 1e6
+        return sum(r["cpu_ticks"] for r in runs) * 1e3 / CLK_TCK / mb if mb and name != "direct" else None
+
+    for t in targets:
+        runs = bulk[t.name]
+        mbps = statistics.median(r.get("bytes", 0) / max(1e-9, r.get("seconds", 0)) / 1e6 for r in runs)
+        c = cpu_per_mb(t.name)
+        out.append(f"| {t.name} | {fmt(mbps)} | {fmt(c, 3)} | {ratio(c, cpu_per_mb('nginx'))} | "
+                   f"{ratio(c, cpu_per_mb('haproxy'))} | {sum(r.get('errors', 1) for r in runs)} | "
+                   f"{fmt(t.hwm_kb / 1024, 1) if t.name != 'direct' else '-'} |")
+    out.append("")
+    out.append(f"### TCP proxying: one 63-byte exchange per new connection ({args.rounds} rounds x {args.duration} s, "
+               f"one connection after the other)")
+    out.append("")
+    out.append("| target | connections/s | p50 us | p99 us | proxy CPU us/connection | vs nginx | vs HAProxy | errors |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+
+    def cpu_per_conn(name):
+        runs = conns.get(name, [])
+        n = sum(r.get("connections", 0) for r in runs)
+        return sum(r["cpu_ticks"] for r in runs) * 1e6 / CLK_TCK / n if n and name != "direct" else None
+
+    for t in targets:
+        runs = conns[t.name]
+        rate = statistics.median(r.get("connections", 0) / max(1, args.duration) for r in runs)
+        p50 = statistics.median(r.get("p50_us") or float("nan") for r in runs)
+        p99 = statistics.median(r.get("p99_us") or float("nan") for r in runs)
+        c = cpu_per_conn(t.name)
+        out.append(f"| {t.name} | {fmt(rate)} | {fmt(p50)} | {fmt(p99)} | {fmt(c, 1)} | "
+                   f"{ratio(c, cpu_per_conn('nginx'))} | {ratio(c, cpu_per_conn('haproxy'))} | "
+                   f"{sum(r.get('errors', 1) for r in runs)} |")
+
+
 def print_wakeups(out, args, rate, targets):
     out.append("")
     out.append(f"### Kernel time against user time: 1 route, nginx made slower in user space only "
@@ -1922,7 +2103,8 @@ def header(out, args):
                f"pinned to CPU {args.upstream_cpu if args.upstream_cpu == args.client_cpu else args.client_cpu}"
                + ("" if args.upstream_cpu == args.client_cpu else f" (upstream on CPU {args.upstream_cpu})"))
     out.append(f"- {tool_version(['nginx', '-v'])}; {tool_version(['haproxy', '-v'])}; "
-               f"Traefik {' '.join(traefik.split()[1:2]) or traefik}; {tool_version(['wrk', '-v'])}; "
+               f"{'Traefik ' + (' '.join(traefik.split()[1:2]) or traefik) if args.traefik else traefik}; "
+               f"{tool_version(['wrk', '-v'])}; "
                f"{tool_version(['h2load', '--version'])}; {tool_version(['openssl', 'version'])}; "
                f"Python {sys.version.split()[0]}")
     out.append("- phases: " + ", ".join(args.phases))
@@ -1969,8 +2151,8 @@ def print_targets(out, throughput, churn):
         out.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |")
 
 
-PHASES = ["throughput", "tls", "h2", "churn", "reload", "edits", "observe", "profile", "wakeups"]
-DEFAULT_PHASES = ["throughput", "tls", "h2", "churn", "reload", "edits", "observe"]
+PHASES = ["throughput", "tls", "h2", "churn", "reload", "edits", "observe", "tcp", "profile", "wakeups"]
+DEFAULT_PHASES = ["throughput", "tls", "h2", "churn", "reload", "edits", "observe", "tcp"]
 NEEDS_TRAEFIK = {"throughput", "tls", "h2", "churn"}
 
 # --quick: every phase of the default run, briefly and with smaller tables, to check that the script works.
@@ -2028,7 +2210,8 @@ def main():
     ap.add_argument("--proxy-cpu", type=int, default=1)
     ap.add_argument("--client-cpu", type=int, default=0)
     ap.add_argument("--upstream-cpu", type=int, default=None, help="default: the client CPU")
-    ap.add_argument("--port", type=int, default=18080, help="first of eighteen consecutive loopback ports")
+    ap.add_argument("--port", type=int, default=18080, help="first of twenty-three consecutive loopback ports")
+    ap.add_argument("--tcp-connections", type=int, default=4, help="concurrent streams of the tcp phase's bulk run")
     ap.add_argument("--only", default=None, metavar="PHASE[,PHASE...]",
                     help=f"phases to run, of {', '.join(PHASES)} (default: {','.join(DEFAULT_PHASES)}); "
                          "'wakeups' compares kernel against user time per request with nginx made slower in user "
@@ -2055,7 +2238,7 @@ def main():
         raise SystemExit("Traefik not found: pass --traefik (scripts/bench installs it)")
     if args.upstream_cpu is None:
         args.upstream_cpu = args.client_cpu
-    for port in range(args.port, args.port + 10):
+    for port in range(args.port, args.port + 23):
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 raise SystemExit(f"port {port} is in use: pass --port")
@@ -2113,6 +2296,8 @@ def main():
                 print_wakeups(out, args, *wakeups_phase(args, tmp, upstream))
             elif phase == "observe":
                 print_observe(out, args, observe_phase(args, tmp, upstream))
+            elif phase == "tcp":
+                print_tcp(out, args, tcp_phase(args, tmp))
             elif phase == "profile":
                 os.makedirs(args.profile_dir, exist_ok=True)
                 report = []
