@@ -11,6 +11,7 @@
 //! | `GET /upstreams` | every backend: retries, failures, ejections, and each endpoint's health and attempts |
 //! | `GET /rounds` | how many configuration rounds ran, the objects the latest one read, the version it left |
 //! | `GET /status` | Gateway API status of our GatewayClasses, Gateways, ListenerSets and routes (Kubernetes field names) |
+//! | `GET /edge` | counters of what the edge refused or changed (`proxy::edge::STATS`, see docs/hardening.md) |
 //!
 //! The health port (`--health-addr`, [`Admin::probes_only`]) serves the same `/healthz`, `/readyz` and `/metrics`
 //! and nothing else (404), so the kubelet and Prometheus can reach the pod IP while `/config` and the rest stay on
@@ -206,6 +207,7 @@ impl Admin {
                 let states = self.listeners.lock().map(|s| s.clone()).unwrap_or_default();
                 json(&states)
             }
+            "/edge" => json(&crate::proxy::edge::STATS.snapshot()),
             "/upstreams" => {
                 let snap = self.store.load();
                 let reports: Vec<_> = snap.upstreams.all().iter().map(|u| u.report()).collect();

@@ -1,5 +1,7 @@
 //! Process settings: the command line. Nothing here describes routes; routes come from Kubernetes objects.
 
+use crate::proxy::edge::EdgeSettings;
+use crate::proxy::path::EscapedSlashes;
 use crate::translate::nginx::{
     NginxOptions, Settings, DEFAULT_ANNOTATIONS_PREFIX, INGRESS_NGINX_CONTROLLER,
 };
@@ -147,6 +149,9 @@ pub struct RunArgs {
     /// Seconds to let open connections finish once the listeners are closed.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub shutdown_grace: u64,
+    /// Limits and checks at the edge (docs/hardening.md).
+    #[command(flatten)]
+    pub edge: EdgeArgs,
     /// Seconds a TCPRoute or TLSRoute connection may go without a byte either way before it is closed.
     #[arg(long, default_value_t = 3600, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub tcp_idle_timeout: u64,
@@ -183,6 +188,94 @@ pub struct ObserveArgs {
     /// name, or `off`.
     #[arg(long, default_value = "portcullis", value_name = "NAME|off")]
     pub server_header: String,
+}
+
+/// The limits of the edge (`docs/hardening.md`: each limit, its default and why). Sizes take a `k` or `m`
+/// suffix (1024, 1024 * 1024), as nginx's do.
+#[derive(Debug, Clone, Args)]
+pub struct EdgeArgs {
+    /// Longest HTTP/1 request line (HTTP/2: `:path`); longer gets 414.
+    #[arg(long, default_value = "8k", value_name = "BYTES", value_parser = parse_size)]
+    pub max_request_line: u64,
+    /// Largest HTTP/1 request head (HTTP/2: header list); larger gets 431.
+    #[arg(long, default_value = "60k", value_name = "BYTES", value_parser = parse_size)]
+    pub max_request_headers: u64,
+    /// Most header fields in a request; more gets 431.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub max_header_count: usize,
+    /// Largest request body (streamed bodies are counted as they arrive); larger gets 413. 0: no limit.
+    #[arg(long, default_value = "1m", value_name = "BYTES", value_parser = parse_size)]
+    pub max_request_body: u64,
+    /// Seconds a request head may take (from the accept for the first request, TLS handshake included; from
+    /// its first byte for later ones).
+    #[arg(long, default_value = "60", value_name = "SECONDS", value_parser = parse_seconds)]
+    pub header_timeout: std::time::Duration,
+    /// Seconds a kept-alive connection may wait for its next request (HTTP/2: stay without streams).
+    #[arg(long, default_value = "75", value_name = "SECONDS", value_parser = parse_seconds)]
+    pub idle_timeout: std::time::Duration,
+    /// Most connections open at once on one listener; more are closed at once. 0: no limit.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub max_connections_per_listener: usize,
+    /// Most requests on one HTTP/1 connection before it is closed. 0: no limit.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub max_requests_per_connection: u32,
+    /// HTTP/2 concurrent streams per connection.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 streams reset by the client before they were accepted, queued at most (rapid reset).
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub h2_max_pending_reset_streams: usize,
+    /// HTTP/2 streams reset for the client's protocol errors before the connection is closed.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub h2_max_local_error_resets: usize,
+    /// HTTP/2 streams a connection opens before it is closed if most were cancelled within a second (rapid
+    /// reset). 0: never.
+    #[arg(long, default_value_t = 500, value_name = "N")]
+    pub h2_rapid_reset_streams: u64,
+    /// `%2F`, `%5C` and `\` in paths: keep, reject (400), unescape (to `/`), or unescape-and-redirect (307).
+    #[arg(long, default_value = "unescape-and-redirect", value_name = "ACTION")]
+    pub escaped_slashes: EscapedSlashes,
+}
+
+/// A size in bytes: digits with an optional `k` (KiB) or `m` (MiB) suffix.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (digits, unit) = match s.as_bytes().last() {
+        Some(b'k' | b'K') => (&s[..s.len() - 1], 1024),
+        Some(b'm' | b'M') => (&s[..s.len() - 1], 1024 * 1024),
+        _ => (s, 1),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|e| format!("{s:?}: {e} (expected bytes, e.g. 8192, 8k or 1m)"))?;
+    n.checked_mul(unit)
+        .ok_or_else(|| format!("{s:?}: too large"))
+}
+
+impl EdgeArgs {
+    /// The edge settings these flags describe.
+    pub fn settings(&self) -> Result<EdgeSettings, String> {
+        let size = |flag: &str, v: u64| {
+            usize::try_from(v)
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| format!("--{flag} {v}: expected 1 to {} bytes", usize::MAX))
+        };
+        Ok(EdgeSettings {
+            max_request_line: size("max-request-line", self.max_request_line)?,
+            max_request_headers: size("max-request-headers", self.max_request_headers)?,
+            max_header_count: self.max_header_count,
+            max_body: (self.max_request_body > 0).then_some(self.max_request_body),
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections_per_listener,
+            max_requests_per_connection: self.max_requests_per_connection,
+            h2_max_concurrent_streams: self.h2_max_concurrent_streams,
+            h2_max_pending_reset_streams: self.h2_max_pending_reset_streams,
+            h2_max_local_error_resets: self.h2_max_local_error_resets,
+            h2_rapid_reset_streams: self.h2_rapid_reset_streams,
+            escaped_slashes: self.escaped_slashes,
+        })
+    }
 }
 
 /// Kubernetes mode: `portcullis run --kubernetes ...`.
@@ -336,4 +429,61 @@ pub struct MigrateArgs {
     /// Translation settings.
     #[command(flatten)]
     pub translate: TranslateArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edge_flag_defaults_are_the_documented_settings() {
+        let cli = Cli::parse_from(["portcullis", "run", "--manifests", "x"]);
+        let Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        assert_eq!(args.edge.settings(), Ok(EdgeSettings::default()));
+    }
+
+    #[test]
+    fn sizes_take_suffixes() {
+        assert_eq!(parse_size("8192"), Ok(8192));
+        assert_eq!(parse_size("8k"), Ok(8192));
+        assert_eq!(parse_size("1m"), Ok(1 << 20));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert!(parse_size("1g").is_err());
+        assert!(parse_size("k").is_err());
+        assert!(parse_size("99999999999999999999m").is_err());
+    }
+
+    #[test]
+    fn edge_flags_reach_the_settings() {
+        let cli = Cli::parse_from([
+            "portcullis",
+            "run",
+            "--manifests",
+            "x",
+            "--max-request-body",
+            "0",
+            "--escaped-slashes",
+            "reject",
+            "--header-timeout",
+            "2.5",
+        ]);
+        let Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        let s = args.edge.settings().unwrap();
+        assert_eq!(s.max_body, None);
+        assert_eq!(s.escaped_slashes, EscapedSlashes::Reject);
+        assert_eq!(s.header_timeout, std::time::Duration::from_millis(2500));
+        let bad = Cli::try_parse_from([
+            "portcullis",
+            "run",
+            "--manifests",
+            "x",
+            "--escaped-slashes",
+            "maybe",
+        ]);
+        assert!(bad.is_err());
+    }
 }

@@ -553,12 +553,23 @@ impl<'m> HostLookup<'m> {
 struct Signatures {
     ids: HashMap<String, usize>,
     texts: Vec<String>,
+    /// By rule address: a rule takes part in many host classes and listeners; its text is made once.
+    by_rule: HashMap<usize, usize>,
+    /// Host comparisons already made, by what they compared (see `compare_host`): equivalent ones are not redone
+    /// (the HTTP and HTTPS listeners of Ingress hosts hold the same rules).
+    equivalent: std::collections::HashSet<String>,
 }
 
 impl Signatures {
     fn of_rule(&mut self, rule: &HttpRule) -> usize {
+        let addr = rule as *const HttpRule as usize;
+        if let Some(&id) = self.by_rule.get(&addr) {
+            return id;
+        }
         let text = behaviour(rule);
-        self.intern(text)
+        let id = self.intern(text);
+        self.by_rule.insert(addr, id);
+        id
     }
 
     fn intern(&mut self, text: String) -> usize {
@@ -954,6 +965,32 @@ fn compare_host(
         None => sigs.intern(NOT_FOUND.into()),
     };
 
+    // What this comparison depends on: the patterns and conditions of both sides in order, and what they do.
+    let key = {
+        let side = |entries: &[Entry<'_>], p: &[usize], sig: &[usize]| -> String {
+            entries
+                .iter()
+                .zip(p.iter().zip(sig))
+                .map(|(e, (p, s))| {
+                    let m = &e.rule.matches[e.index];
+                    format!(
+                        "{p}:{s}:{:?}:{:?}:{:?};",
+                        m.method, m.headers, m.query_params
+                    )
+                })
+                .collect()
+        };
+        let (a, b) = (side(old, &old_p, &old_sig), side(new, &new_p, &new_sig));
+        // The same conditions, tried in the same order, doing the same things: the same answer to every request,
+        // without building an automaton.
+        if a == b && old_def == new_def {
+            return Ok(());
+        }
+        format!("{}|{a}|{b}|{old_def}|{new_def}", patterns.join("\u{0}"))
+    };
+    if sigs.equivalent.contains(&key) {
+        return Ok(());
+    }
     let dfa = MultiDfa::new(&patterns)?;
     let mut seen_pairs: BTreeSet<(Option<usize>, Option<usize>)> = BTreeSet::new();
     let mut found = 0usize;
@@ -1010,7 +1047,11 @@ fn compare_host(
             });
         }
         true
-    })
+    })?;
+    if found == 0 {
+        sigs.equivalent.insert(key);
+    }
+    Ok(())
 }
 
 fn escape_path(p: &str) -> String {

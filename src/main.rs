@@ -7,6 +7,7 @@ use portcullis::config::{Cli, Command, DiffArgs, MigrateArgs, RoutesArgs, RunArg
 use portcullis::control::Control;
 use portcullis::metrics::request::{LabelMode, RequestMetrics};
 use portcullis::metrics::Metrics;
+use portcullis::proxy::edge::ListenerEdge;
 use portcullis::proxy::{accept_loop, bind, Connections, Handshake, L4Settings, ListenerManager};
 use portcullis::report;
 use portcullis::snapshot::Store;
@@ -295,12 +296,14 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         .thread_name("portcullis-worker")
         .build()
         .context("cannot start the data-plane runtime")?;
+    let edge = args.edge.settings().map_err(anyhow::Error::msg)?;
     let mut listeners = ListenerManager::new(
         store.clone(),
         args.bind_address,
         args.port_offset,
         shutdown_rx.clone(),
     )
+    .with_edge(edge)
     .with_l4(L4Settings {
         tcp_idle_timeout: Duration::from_secs(args.tcp_idle_timeout),
         udp_idle_timeout: Duration::from_secs(args.udp_idle_timeout),
@@ -374,6 +377,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                         exit_rx.clone(),
                         shutdown_rx.clone(),
                         Connections::default(),
+                        ListenerEdge::none(),
                     ));
                     if let Some((listener, health)) = health_listener {
                         tokio::spawn(accept_loop(
@@ -383,6 +387,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                             exit_rx.clone(),
                             shutdown_rx,
                             Connections::default(),
+                            ListenerEdge::none(),
                         ));
                     }
                     match source {

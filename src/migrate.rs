@@ -287,6 +287,17 @@ pub fn migrate(input: &Input, opts: &Options) -> Output {
         .unwrap_or_default();
 
     let mut out = Output::default();
+    // HTTPRoutes already in the input (an earlier step's): generated names avoid them.
+    let existing_routes: BTreeSet<(String, String)> = input
+        .http_routes
+        .iter()
+        .map(|r| {
+            (
+                r.metadata.namespace.clone().unwrap_or_default(),
+                r.metadata.name.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
     // (namespace, route name) -> route
     let mut routes: BTreeMap<(String, String), HttpRoute> = BTreeMap::new();
     let (gw_ns, gw_name) = opts.gateway.clone();
@@ -386,6 +397,15 @@ pub fn migrate(input: &Input, opts: &Options) -> Output {
                     } else {
                         format!("{name}-{}", slug(host_text.as_deref().unwrap_or("any")))
                     };
+                    let mut route_name = route_name;
+                    let mut n = 2;
+                    while existing_routes.contains(&(ns.clone(), route_name.clone())) {
+                        route_name = format!(
+                            "{}-{n}",
+                            route_name.trim_end_matches(&format!("-{}", n - 1))
+                        );
+                        n += 1;
+                    }
                     let route = routes
                         .entry((ns.clone(), route_name.clone()))
                         .or_insert_with(|| {
@@ -672,7 +692,7 @@ pub fn files(out: &Output, input: &Input) -> Result<Vec<(&'static str, String)>,
         }
     }
     files.push(("ingresses.yaml", ings));
-    files.push(("other.yaml", other_objects(input)?));
+    files.push(("other.yaml", other_objects(input, out)?));
     Ok(files)
 }
 
@@ -685,30 +705,53 @@ fn doc(text: &str) -> String {
     s
 }
 
-/// Every input object that is not an Ingress, as YAML.
-fn other_objects(input: &Input) -> Result<String, String> {
+/// Every input object that is not an Ingress, as YAML, but for the Gateway, GatewayClass and ReferenceGrants the
+/// output writes anew (an earlier step's).
+fn other_objects(input: &Input, out: &Output) -> Result<String, String> {
     let mut s = String::new();
-    fn add<T: Serialize>(s: &mut String, items: &[std::sync::Arc<T>]) -> Result<(), String> {
-        for i in items {
-            s.push_str(&doc(
-                &serde_saphyr::to_string(i.as_ref()).map_err(|e| e.to_string())?
-            ));
-        }
-        Ok(())
+    let mut replaced: BTreeSet<(Option<String>, String)> = BTreeSet::new();
+    let metas = out
+        .gateway
+        .iter()
+        .map(|g| &g.metadata)
+        .chain(out.gateway_class.iter().map(|c| &c.metadata))
+        .chain(out.grants.iter().map(|g| &g.metadata));
+    for m in metas {
+        replaced.insert((m.namespace.clone(), m.name.clone()));
     }
-    add(&mut s, &input.namespaces)?;
-    add(&mut s, &input.services)?;
-    add(&mut s, &input.endpoint_slices)?;
-    add(&mut s, &input.secrets)?;
-    add(&mut s, &input.config_maps)?;
-    add(&mut s, &input.ingress_classes)?;
-    add(&mut s, &input.gateway_classes)?;
-    add(&mut s, &input.gateways)?;
-    add(&mut s, &input.http_routes)?;
-    add(&mut s, &input.tls_routes)?;
-    add(&mut s, &input.reference_grants)?;
-    add(&mut s, &input.listener_sets)?;
-    add(&mut s, &input.backend_tls_policies)?;
+    let add = |s: &mut String, items: Vec<(&crate::k8s::ObjectMeta, String)>| {
+        for (m, text) in items {
+            if replaced.contains(&(m.namespace.clone(), m.name.clone().unwrap_or_default())) {
+                continue;
+            }
+            s.push_str(&doc(&text));
+        }
+    };
+    fn texts<T: Serialize + kube::Resource>(
+        items: &[std::sync::Arc<T>],
+    ) -> Result<Vec<(&crate::k8s::ObjectMeta, String)>, String> {
+        items
+            .iter()
+            .map(|i| {
+                serde_saphyr::to_string(i.as_ref())
+                    .map(|t| (i.meta(), t))
+                    .map_err(|e| e.to_string())
+            })
+            .collect()
+    }
+    add(&mut s, texts(&input.namespaces)?);
+    add(&mut s, texts(&input.services)?);
+    add(&mut s, texts(&input.endpoint_slices)?);
+    add(&mut s, texts(&input.secrets)?);
+    add(&mut s, texts(&input.config_maps)?);
+    add(&mut s, texts(&input.ingress_classes)?);
+    add(&mut s, texts(&input.gateway_classes)?);
+    add(&mut s, texts(&input.gateways)?);
+    add(&mut s, texts(&input.http_routes)?);
+    add(&mut s, texts(&input.tls_routes)?);
+    add(&mut s, texts(&input.reference_grants)?);
+    add(&mut s, texts(&input.listener_sets)?);
+    add(&mut s, texts(&input.backend_tls_policies)?);
     Ok(s)
 }
 

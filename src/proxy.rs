@@ -7,6 +7,7 @@
 //! connections are forwarded by `tcp.rs` and `passthrough.rs`, UDP datagrams by `udp.rs` (Pingora has no UDP). See
 //! `docs/adr/0001-own-listeners.md`.
 
+pub mod edge;
 pub mod http;
 pub mod io;
 pub mod l4;
@@ -14,6 +15,7 @@ pub mod listeners;
 pub mod mirror;
 pub mod observe;
 pub mod passthrough;
+pub mod path;
 pub mod policy;
 pub mod tcp;
 pub mod udp;

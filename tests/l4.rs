@@ -400,3 +400,160 @@ spec:
     drop(proxy);
     Ok(())
 }
+
+/// The value of `key` in the proxy's `GET /edge` counters.
+fn edge_counter(proxy: &Proxy, key: &str) -> Result<u64> {
+    let stats: serde_json::Value = serde_json::from_slice(&proxy.admin("/edge")?.body)?;
+    stats[key]
+        .as_u64()
+        .with_context(|| format!("no {key} in GET /edge: {stats}"))
+}
+
+/// Reads from `s` until the proxy closes it (bounded by a 4 s read timeout); returns how long that took.
+fn closed_after(s: &mut TcpStream, start: Instant) -> Result<Duration> {
+    s.set_read_timeout(Some(Duration::from_secs(4)))?;
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(start.elapsed()),
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                bail!("still open after {:?}", start.elapsed())
+            }
+            // A reset is a close too.
+            Err(_) => return Ok(start.elapsed()),
+        }
+    }
+}
+
+#[test]
+fn tcp_and_tls_listeners_keep_the_connection_limit_and_the_handshake_timeout() -> Result<()> {
+    // --max-connections-per-listener applies to TCP and TLS listeners as to HTTP ones (per listener); the header
+    // timeout holds a TLS Terminate handshake, and does not cut TCP connections (they have --tcp-idle-timeout).
+    let backend = tcp_echo("echo")?;
+    let (tcp_port, tls_port) = (free_port(), free_port());
+    let key = rcgen::KeyPair::generate()?;
+    let cert =
+        rcgen::CertificateParams::new(vec!["tls.example.com".to_string()])?.self_signed(&key)?;
+    let yaml = format!(
+        "{CLASSES}{}\
+apiVersion: v1
+kind: Secret
+metadata: {{name: cert, namespace: l4}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+{}  tls.key: |
+{}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: l4}}
+spec:
+  gatewayClassName: portcullis
+  listeners:
+  - {{name: tcp, protocol: TCP, port: {tcp_port}, allowedRoutes: {{kinds: [{{kind: TCPRoute}}]}}}}
+  - name: tls
+    protocol: TLS
+    port: {tls_port}
+    hostname: tls.example.com
+    tls: {{mode: Terminate, certificateRefs: [{{name: cert}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {{name: tcp, namespace: l4}}
+spec:
+  parentRefs: [{{name: gw, sectionName: tcp}}]
+  rules:
+  - backendRefs: [{{name: echo, port: 3000}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{name: tls, namespace: l4}}
+spec:
+  parentRefs: [{{name: gw, sectionName: tls}}]
+  hostnames: [tls.example.com]
+  rules:
+  - backendRefs: [{{name: echo, port: 3000}}]
+",
+        service("l4", "echo", 3000, backend, "TCP"),
+        indent(&cert.pem()),
+        indent(&key.serialize_pem()),
+    );
+    let (_dir, path) = write_manifests(&yaml)?;
+    let proxy = Proxy::start(
+        &path,
+        free_port(),
+        &[
+            "--max-connections-per-listener",
+            "3",
+            "--header-timeout",
+            "1",
+        ],
+    )?;
+
+    // Three TCP connections are forwarded (each gets the backend's greeting)...
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = connect(tcp_port)?;
+        let mut greeting = [0u8; 5];
+        s.read_exact(&mut greeting)?;
+        assert_eq!(&greeting, b"echo\n");
+        held.push(s);
+    }
+    // ... a fourth is closed at once, without reaching the backend.
+    let start = Instant::now();
+    let mut extra = connect(tcp_port)?;
+    let took = closed_after(&mut extra, start)?;
+    assert!(took < Duration::from_secs(1), "closed after {took:?}");
+    assert!(edge_counter(&proxy, "connections_refused")? >= 1);
+    // The header timeout (1 s) does not apply to TCP: the held connections still echo after 1.5 s.
+    std::thread::sleep(Duration::from_millis(1500));
+    for s in &mut held {
+        s.write_all(b"ping")?;
+        let mut back = [0u8; 4];
+        s.read_exact(&mut back)
+            .context("a TCP connection was cut by the header timeout")?;
+        assert_eq!(&back, b"ping");
+    }
+    // Closing one gives its slot back.
+    drop(held.pop());
+    proxy.wait_for(Duration::from_secs(5), || {
+        let Ok(mut s) = connect(tcp_port) else {
+            return false;
+        };
+        let mut greeting = [0u8; 5];
+        s.read_exact(&mut greeting).is_ok() && &greeting == b"echo\n"
+    })?;
+
+    // TLS Terminate: a client that sends its ClientHello and never finishes the handshake is closed after the
+    // header timeout (it would otherwise hold a connection slot for as long as it likes).
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let mut client =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("tls.example.com")?)?;
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello)?;
+    let timeouts_before = edge_counter(&proxy, "handshake_timeouts")?;
+    let start = Instant::now();
+    let mut stalled = connect(tls_port)?;
+    stalled.write_all(&hello)?;
+    let took = closed_after(&mut stalled, start)?;
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+    assert_eq!(
+        edge_counter(&proxy, "handshake_timeouts")?,
+        timeouts_before + 1
+    );
+    drop(proxy);
+    Ok(())
+}

@@ -43,7 +43,9 @@ pub struct Policy {
     /// `upstream-vhost`: the `Host` header sent upstream.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_host: Option<String>,
-    /// `proxy-body-size`: the largest request body accepted, in bytes (413 beyond); `None` is no limit.
+    /// `proxy-body-size`: the largest request body accepted, in bytes (413 beyond); `Some(0)` is no limit. It
+    /// replaces the proxy's `--max-request-body` for this rule, larger or smaller, as nginx's location-level
+    /// `client_max_body_size` replaces the server's; `None` leaves `--max-request-body`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<u64>,
     /// `proxy-read-timeout`: the longest wait for the next bytes from the backend, in seconds.

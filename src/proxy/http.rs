@@ -1,18 +1,24 @@
 //! The HTTP data plane: Pingora's `ProxyHttp`, reading one snapshot per request.
 //!
 //! Phases:
-//! - `request_filter`: load the snapshot (the only shared-state access of the request), find the route, and answer
-//!   directly when the route says so (404, 421, redirects, CORS preflights, 500/503 for invalid backends);
-//!   otherwise pick the backend and endpoint, and note the request deadline.
+//! - `request_filter`: first the edge checks (`proxy::edge`: framing, sizes, path normalization); then load the
+//!   snapshot (the only shared-state access of the request), find the route, apply the request's body limit (413
+//!   by `Content-Length`) and the rule's ingress-nginx policy, and answer directly when the route says so (404,
+//!   421, redirects, CORS preflights, 500/503 for invalid backends); otherwise pick the backend and endpoint, and
+//!   note the request deadline.
 //! - `upstream_peer`: the chosen endpoint (a fresh one on each retry), with the per-attempt timeout.
 //! - `upstream_request_filter`: `X-Forwarded-*`, rule and backend filters (header modifiers, URL rewrite), then
 //!   the request mirrors start with the headers as sent upstream.
-//! - `request_body_filter`: body chunks are copied to the mirrors.
+//! - `request_body_filter`: the body limit (`proxy::edge`, 413 while the body streams); body chunks are copied
+//!   to the mirrors.
 //! - `upstream_response_filter`: retry on the statuses the rule's retry policy names.
 //! - `response_filter`: response header modifiers and CORS headers.
 //! - `error_while_proxy` / `fail_to_connect` / `fail_to_proxy`: retries of connection errors and timeouts, and
 //!   the status the client gets (504 for timeouts).
+//! - `logging`: tells the connection (`proxy::edge::EdgeIo`) that its next bytes are a new request head; request
+//!   metrics and the access log.
 
+use super::edge::{self, EdgeSettings};
 use super::mirror::{MirrorBodies, Mirrors};
 use super::observe::{self, Attempt, Failure, Record, RouteRef};
 use super::policy;
@@ -44,6 +50,8 @@ pub struct HttpApp {
     port: u16,
     tls: bool,
     mirrors: Mirrors,
+    /// Limits and checks at the edge (`proxy::edge`).
+    edge: Arc<EdgeSettings>,
     /// The listener's metrics label (`ADDRESS:PORT`).
     label: String,
     /// Metric handles of requests no route answered, and the active-request gauge.
@@ -61,9 +69,16 @@ impl HttpApp {
             port: key.1,
             tls,
             mirrors: Mirrors::default(),
+            edge: Arc::new(EdgeSettings::default()),
             label,
             stats,
         }
+    }
+
+    /// The app with these edge settings (instead of the defaults).
+    pub fn with_edge(mut self, edge: Arc<EdgeSettings>) -> Self {
+        self.edge = edge;
+        self
     }
 
     /// The metric handles to record this request under: its rule's (and chosen backend's), else the listener's.
@@ -233,6 +248,8 @@ pub struct Ctx {
     cors_origin: Option<HeaderValue>,
     mirrors: MirrorBodies,
     mirrors_started: bool,
+    /// The edge checks' state (the request's body limit, body size so far).
+    edge: edge::RequestState,
     /// ingress-nginx policy state of the request (`proxy::policy`).
     policy: policy::RequestState,
     /// When the request head was read (set when request metrics or logs are on).
@@ -681,7 +698,6 @@ impl ProxyHttp for HttpApp {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let snap = self.store.load();
         if let Some((_, active)) = &self.stats {
             ctx.started = Some(Instant::now());
             active.inc();
@@ -702,6 +718,12 @@ impl ProxyHttp for HttpApp {
                 }
             });
         }
+        // Edge hook: framing, sizes and path normalization before anything reads the request (proxy::edge). After
+        // the metrics clock starts, so that refusals are counted and logged under the listener.
+        if edge::check_request(&self.edge, session, &mut ctx.edge).await? {
+            return Ok(true);
+        }
+        let snap = self.store.load();
         let req = session.req_header();
         let mut buf = [0u8; 256];
         let host = normalize_host(request_host(req), &mut buf).unwrap_or("");
@@ -730,6 +752,18 @@ impl ProxyHttp for HttpApp {
         };
         // Noted now so that every answer, local ones too, is counted under its route.
         ctx.entry = Some(entry.clone());
+        // Edge hook, and ingress-nginx policy hook: the body limit is the rule's `proxy-body-size` when it has
+        // one, else `--max-request-body`; a declared `Content-Length` over it is answered 413 here, as nginx does
+        // when it has found the location (proxy::edge::body_limit).
+        let rule_limit = entry
+            .rule
+            .policy
+            .as_ref()
+            .and_then(|p| p.policy.max_body_bytes);
+        let limit = edge::body_limit(&self.edge, rule_limit);
+        if edge::limit_body(session, &mut ctx.edge, limit).await? {
+            return Ok(true);
+        }
         // ingress-nginx policy hook: redirects, limits, access checks, auth, canary choice.
         if let Some(p) = entry.rule.policy.clone() {
             let conn = policy::Conn {
@@ -926,15 +960,14 @@ impl ProxyHttp for HttpApp {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        // ingress-nginx policy hook: the body size limit.
-        if let Some(p) = ctx.entry.as_ref().and_then(|e| e.rule.policy.clone()) {
-            policy::request_body(&p, &mut ctx.policy, body.as_ref())?;
-        }
+        // Edge hook: the request's body limit (`--max-request-body`, or the rule's `proxy-body-size`), counted as
+        // the body arrives (proxy::edge).
+        edge::count_body(session, &mut ctx.edge, body.as_ref())?;
         if !ctx.mirrors.is_empty() {
             if let Some(chunk) = body.as_ref() {
                 ctx.mirrors.send(chunk);
@@ -1074,7 +1107,11 @@ impl ProxyHttp for HttpApp {
             }
         }
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if ctx.entry.as_ref().is_some_and(|en| en.rule.retry.is_some()) {
+        if e.esource() == &ErrorSource::Downstream {
+            // The client's fault (it left, or its body passed the limit: proxy::edge::count_body): another
+            // attempt would not do better, and must not send the body again without its limit.
+            e.set_retry(false);
+        } else if ctx.entry.as_ref().is_some_and(|en| en.rule.retry.is_some()) {
             // The route's policy decides: connection errors and timeouts are retried while attempts last,
             // unless the request body could not be kept for a retry.
             let retry = ctx.can_retry() && !session.as_ref().retry_buffer_truncated();
@@ -1115,7 +1152,9 @@ impl ProxyHttp for HttpApp {
             502 | 503 if ctx.connect_failed => Some(Failure::UpstreamConnectFailure),
             _ => ctx.failure,
         };
-        if code > 0 {
+        // Edge fix: once a response header went out (an upstream that broke its own framing mid-body), an error
+        // page written now would become that response's body; the connection is closed instead.
+        if code > 0 && session.response_written().is_none() {
             if ctx.connect_failed {
                 // Pingora does not keep a client connection after a failed upstream connect: say so.
                 session.set_keepalive(None);
@@ -1129,6 +1168,8 @@ impl ProxyHttp for HttpApp {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        // Edge hook: the request is over; the connection's next bytes are a new head (proxy::edge).
+        edge::request_done(session);
         let Some(started) = ctx.started else {
             return;
         };

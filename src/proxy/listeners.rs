@@ -1,7 +1,9 @@
 //! Binding, accepting and releasing listener ports as the published configuration changes: one accept loop
 //! ([`serve_connections`]: stop, back-off, connection guard) with a handler per protocol (HTTP and HTTPS through
-//! Pingora's HTTP proxy, TLS by SNI in `passthrough.rs`, TCP in `tcp.rs`), and the UDP loop of `udp.rs`.
+//! Pingora's HTTP proxy, TLS by SNI in `passthrough.rs`, TCP in `tcp.rs`), and the UDP loop of `udp.rs`. The
+//! loop also admits connections within the listener's connection limit (`proxy::edge::ListenerEdge`).
 
+use super::edge::{EdgeSettings, ListenerEdge};
 use super::http::HttpApp;
 use super::io::BufferedIo;
 use super::l4::{L4Settings, StreamListener};
@@ -22,6 +24,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// How often ports that could not be bound are tried again.
 const RETRY_BIND: Duration = Duration::from_secs(5);
@@ -80,15 +83,18 @@ pub enum Handshake {
 }
 
 /// Accepts connections on `listener` until `stop` turns true, handing each to `handle` on its own task (counted
-/// in `connections` while it runs). Connections already accepted keep running after the loop stops. Every
-/// protocol served over TCP goes through this loop.
+/// in `connections` while it runs) with the time it was accepted. Connections already accepted keep running after
+/// the loop stops. Every protocol served over TCP goes through this loop. `edge` admits at most its listener's
+/// connection limit open at once: a connection beyond it is closed at once, before any handler sees it
+/// ([`ListenerEdge::none`]: no limit).
 pub async fn serve_connections<H, F>(
     listener: tokio::net::TcpListener,
     handle: H,
     mut stop: watch::Receiver<bool>,
     connections: Connections,
+    edge: ListenerEdge,
 ) where
-    H: Fn(tokio::net::TcpStream, SocketAddr) -> F,
+    H: Fn(tokio::net::TcpStream, SocketAddr, Instant) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -100,11 +106,16 @@ pub async fn serve_connections<H, F>(
             }
             res = listener.accept() => match res {
                 Ok((stream, peer)) => {
+                    // Edge hook: over the listener's connection limit, the connection is closed at once.
+                    let Some(admitted) = edge.admit() else {
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let guard = connections.guard();
-                    let task = handle(stream, peer);
+                    let task = handle(stream, peer, admitted.accepted_at());
                     tokio::spawn(async move {
                         let _guard = guard;
+                        let _admitted = admitted;
                         task.await;
                     });
                 }
@@ -128,7 +139,9 @@ fn pingora_stream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> Stream {
 }
 
 /// Accepts connections on `listener` until `stop` turns true, handing each to the Pingora application `app`
-/// (HTTP, HTTPS, the admin API). `shutdown` tells accepted connections to finish (no more keep-alive).
+/// (HTTP, HTTPS, the admin API). `shutdown` tells accepted connections to finish (no more keep-alive). `edge`
+/// limits the connections open at once, holds the TLS handshake to the header timeout and wraps each connection
+/// in its checks (`proxy::edge::EdgeIo`); [`ListenerEdge::none`]: none of these.
 pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     listener: tokio::net::TcpListener,
     app: Arc<A>,
@@ -136,17 +149,21 @@ pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     stop: watch::Receiver<bool>,
     shutdown: ShutdownWatch,
     connections: Connections,
+    edge: ListenerEdge,
 ) {
-    let handle = move |tcp, peer| {
+    let loop_edge = edge.clone();
+    let handle = move |tcp, peer, accepted_at| {
         let stream = pingora_stream(tcp, peer);
         let app = app.clone();
         let shutdown = shutdown.clone();
         let handshake = handshake.clone();
+        let edge = edge.clone();
         async move {
             match handshake {
                 Handshake::Plain => {
-                    app.process_new(Box::new(BufferedIo::new(stream)), &shutdown)
-                        .await;
+                    // Edge hook: header/idle timeouts and the request head check.
+                    let io = edge.wrap(Box::new(BufferedIo::new(stream)), accepted_at);
+                    app.process_new(io, &shutdown).await;
                 }
                 Handshake::Tls { store, key } => {
                     let acceptor = store.load().acceptor(key.0, key.1).cloned();
@@ -154,17 +171,21 @@ pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
                         tracing::debug!(port = key.1, "no TLS configuration; connection closed");
                         return;
                     };
-                    match acceptor.tls_handshake(BufferedIo::new(stream)).await {
-                        Ok(tls) => {
-                            app.process_new(Box::new(tls), &shutdown).await;
+                    // Edge hook: the handshake counts against the header timeout.
+                    let tls = acceptor.tls_handshake(BufferedIo::new(stream));
+                    match edge.handshake(accepted_at, tls).await {
+                        Some(Ok(tls)) => {
+                            let io = edge.wrap(Box::new(tls), accepted_at);
+                            app.process_new(io, &shutdown).await;
                         }
-                        Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Some(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        None => tracing::debug!("TLS handshake timed out"),
                     }
                 }
             }
         }
     };
-    serve_connections(listener, handle, stop, connections).await;
+    serve_connections(listener, handle, stop, connections, loop_edge).await;
 }
 
 /// What happened to one listener port, for logs and the admin API.
@@ -228,6 +249,8 @@ pub struct ListenerManager {
     shutdown: ShutdownWatch,
     states: Arc<Mutex<Vec<ListenerState>>>,
     connections: Connections,
+    /// The edge's limits, for every listener served over TCP.
+    edge: Arc<EdgeSettings>,
     /// Applications of released listeners, while connections they accepted still hold them.
     retired: Vec<Weak<HttpProxyApp>>,
 }
@@ -252,7 +275,15 @@ impl ListenerManager {
             connections: Connections::default(),
             retired: Vec::new(),
             l4: L4Settings::default(),
+            edge: Arc::new(EdgeSettings::default()),
         }
+    }
+
+    /// Sets the edge's limits (`proxy::edge`) for listeners bound from now: the connection limit of every
+    /// listener served over TCP, and the checks of HTTP and HTTPS listeners.
+    pub fn with_edge(mut self, edge: EdgeSettings) -> Self {
+        self.edge = Arc::new(edge);
+        self
     }
 
     /// Sets the TCP and UDP forwarding settings (idle timeouts, UDP flow table size) for listeners bound from now.
@@ -382,11 +413,16 @@ impl ListenerManager {
                     key,
                     settings: self.l4.clone(),
                 });
-                let handle = move |tcp, _peer| {
+                // Edge hook: the connection limit applies as on HTTP listeners; the head checks do not (no
+                // HTTP inside), TLS-terminating routes hold their handshake to the header timeout.
+                let edge = ListenerEdge::new(self.edge.clone(), false);
+                let tls_edge = edge.clone();
+                let handle = move |tcp, _peer, accepted_at| {
                     let handler = handler.clone();
+                    let edge = tls_edge.clone();
                     async move {
                         let res = if protocol == Protocol::Tls {
-                            super::passthrough::serve(tcp, &handler).await
+                            super::passthrough::serve(tcp, &handler, &edge, accepted_at).await
                         } else {
                             super::tcp::serve(tcp, &handler).await
                         };
@@ -400,6 +436,7 @@ impl ListenerManager {
                     handle,
                     stop_rx,
                     self.connections.clone(),
+                    edge,
                 ));
                 (task, None)
             }
@@ -408,12 +445,15 @@ impl ListenerManager {
                 let tls = protocol == Protocol::Https;
                 let mut proxy: HttpProxyApp = pingora::proxy::http_proxy(
                     &self.conf,
-                    HttpApp::new(self.store.clone(), tcp_key, tls),
+                    HttpApp::new(self.store.clone(), tcp_key, tls).with_edge(self.edge.clone()),
                 );
                 // Cleartext HTTP/2 with prior knowledge (gRPC, h2c clients) next to HTTP/1.1: Pingora peeks for
                 // the HTTP/2 preface once per connection. TLS listeners negotiate by ALPN instead.
                 let mut options = HttpServerOptions::default();
                 options.h2c = !tls;
+                // Edge hook: requests per connection, HTTP/2 idle timeout and HTTP/2 limits.
+                self.edge.apply_server_options(&mut options);
+                proxy.h2_options = Some(self.edge.h2_options());
                 proxy.server_options = Some(options);
                 let handshake = if tls {
                     Handshake::Tls {
@@ -431,6 +471,7 @@ impl ListenerManager {
                     stop_rx,
                     self.shutdown.clone(),
                     self.connections.clone(),
+                    ListenerEdge::new(self.edge.clone(), !tls),
                 ));
                 (task, Some(app))
             }

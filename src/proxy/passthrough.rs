@@ -2,11 +2,13 @@
 //! still encrypted, to a backend endpoint, or terminate TLS here and forward the plain bytes (over TLS again when a
 //! BackendTLSPolicy applies to the backend).
 
+use super::edge::ListenerEdge;
 use super::l4::{connect, forward, pick, StreamListener};
 use crate::model::TlsMode;
 use pingora::protocols::l4::stream::Stream;
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// How long a client may take to send its ClientHello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,8 +65,14 @@ pub async fn peek_sni(stream: &TcpStream) -> std::io::Result<Option<String>> {
 
 /// Serves one connection of a TLS listener: routes it by the SNI of its ClientHello, then passes the TLS bytes
 /// through to the backend (Passthrough routes) or completes the handshake with the listener's certificate and
-/// forwards the plain bytes to the backend over TCP (Terminate routes). No route: the connection is closed.
-pub(crate) async fn serve(client: TcpStream, l: &StreamListener) -> std::io::Result<()> {
+/// forwards the plain bytes to the backend over TCP (Terminate routes). No route: the connection is closed. `edge`
+/// holds a Terminate handshake to the header timeout, counted from `accepted_at`.
+pub(crate) async fn serve(
+    client: TcpStream,
+    l: &StreamListener,
+    edge: &ListenerEdge,
+    accepted_at: Instant,
+) -> std::io::Result<()> {
     let sni = peek_sni(&client).await?.unwrap_or_default();
     let snap = l.store.load();
     let Some(entry) = snap
@@ -92,10 +100,15 @@ pub(crate) async fn serve(client: TcpStream, l: &StreamListener) -> std::io::Res
             let Some(acceptor) = acceptor else {
                 return Ok(());
             };
-            let tls = acceptor
-                .tls_handshake(Stream::from(client))
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            // Edge hook: the handshake counts against the header timeout, as on HTTPS listeners.
+            let handshake = acceptor.tls_handshake(Stream::from(client));
+            let Some(tls) = edge.handshake(accepted_at, handshake).await else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "TLS handshake timed out",
+                ));
+            };
+            let tls = tls.map_err(|e| std::io::Error::other(e.to_string()))?;
             // A BackendTLSPolicy on the backend: TLS again to the backend, verified as for HTTP backends.
             let backend_tls = upstream
                 .tls()

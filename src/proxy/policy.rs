@@ -2,14 +2,16 @@
 //! to a request, in nginx's phase order, called from `proxy/http.rs` through small hooks (each marked
 //! `ingress-nginx policy hook` there):
 //!
-//! - [`on_request`] (request phase): 413 by `Content-Length`, `app-root`, denied locations (503), CORS preflights
-//!   (204), fixed redirects, https redirects, `from-to-www-redirect`, rate and connection limits, source ranges
-//!   (403), basic auth (401), external auth (a subrequest), and the canary decision;
+//! - [`on_request`] (request phase): `app-root`, denied locations (503), CORS preflights (204), fixed redirects,
+//!   https redirects, `from-to-www-redirect`, rate and connection limits, source ranges (403), basic auth (401),
+//!   external auth (a subrequest), and the canary decision;
 //! - [`peer_options`]: idle read and send timeouts towards the backend;
 //! - [`upstream_request`]: rewrite, `Host`, `X-Forwarded-Prefix`, headers from external auth, ingress-nginx's
 //!   forwarded headers;
-//! - [`request_body`]: the body limit while the body streams;
 //! - [`response`]: CORS headers and external auth cookies.
+//!
+//! `proxy-body-size` is not here: it is the request's body limit in `proxy::edge` ([`super::edge::body_limit`]),
+//! one limit and one count per request whether it comes from the annotation or from `--max-request-body`.
 //!
 //! Limits are kept per client address in a fixed number of shards with a bounded number of entries each, shared
 //! by every listener and kept across configuration changes (as nginx keeps its zones across reloads).
@@ -91,8 +93,6 @@ pub struct RequestState {
     auth_headers: Vec<(HeaderName, Option<HeaderValue>)>,
     /// `Set-Cookie` values of the external auth response.
     auth_cookies: Vec<HeaderValue>,
-    /// Request body bytes seen so far.
-    body_bytes: u64,
     /// Holds one slot of `limit-connections` until the request ends.
     _conn: Option<ConnGuard>,
 }
@@ -214,13 +214,7 @@ pub async fn on_request(
     st.client = client_ip(session, pol);
     let req = session.req_header();
 
-    // Location lookup time: a declared body larger than the limit (nginx checks Content-Length at once).
-    if let Some(max) = pol.max_body_bytes {
-        let declared = header(req, "content-length").and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max) {
-            return Ok(Some(Answer::status(413)));
-        }
-    }
+    // Location lookup time: the body limit by `Content-Length` (413) was checked before this, by the edge.
     // Server rewrite phase: app-root applies to `/` before any location.
     if let Some(root) = &pol.app_root {
         if req.uri.path() == "/" {
@@ -486,25 +480,6 @@ pub fn upstream_request(
         }
         // httpoxy: the `Proxy` request header is never passed on.
         upstream.remove_header("proxy");
-    }
-    Ok(())
-}
-
-/// Counts request body bytes against `proxy-body-size`; 413 once over.
-pub fn request_body(
-    p: &CompiledPolicy,
-    st: &mut RequestState,
-    chunk: Option<&Bytes>,
-) -> Result<()> {
-    let (Some(max), Some(c)) = (p.policy.max_body_bytes, chunk) else {
-        return Ok(());
-    };
-    st.body_bytes += c.len() as u64;
-    if st.body_bytes > max {
-        return Err(Error::explain(
-            HTTPStatus(413),
-            "request body larger than proxy-body-size",
-        ));
     }
     Ok(())
 }

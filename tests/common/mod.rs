@@ -252,7 +252,8 @@ pub fn request(
     parse_response(&raw, method == "HEAD")
 }
 
-fn parse_response(raw: &[u8], head: bool) -> Result<Response> {
+/// Parses a raw HTTP/1.1 response read to the end (`head`: the request was HEAD, so there is no body).
+pub fn parse_response(raw: &[u8], head: bool) -> Result<Response> {
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

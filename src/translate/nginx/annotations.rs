@@ -270,7 +270,8 @@ pub struct IngressAnnotations {
     pub x_forwarded_prefix: Option<String>,
     /// `upstream-vhost`.
     pub upstream_vhost: Option<String>,
-    /// `proxy-body-size` in bytes (`None`: no limit).
+    /// `proxy-body-size` in bytes: `None` when neither the annotation nor the profile sets one (the proxy's
+    /// `--max-request-body` applies), `Some(0)` for no limit (nginx's `client_max_body_size 0`).
     pub body_size: Option<u64>,
     /// `proxy-read-timeout`.
     pub read_timeout: Option<u32>,
@@ -1129,14 +1130,15 @@ fn proxy(p: &mut P<'_>, out: &mut IngressAnnotations) {
     let s = p.cx.settings;
     if let Some(v) = p.get("proxy-body-size") {
         let fallback = match s.body_size {
+            Some(0) => "no limit is set".into(),
             Some(n) => format!("the default ({n} bytes) is used"),
-            None => "no limit is set".into(),
+            None => "--max-request-body applies".into(),
         };
         match size_syntax(v) {
             Err(e) => p.bad("proxy-body-size", v, OnBad::Correct, &e, &fallback),
             // Valid for the annotation but not for nginx (`isValidByteSize`): the location inherits the default.
             Ok(()) => match super::values::nginx_size(&normalize(v)) {
-                Some(0) => out.body_size = None,
+                // 0 stays 0: no limit, which also lifts `--max-request-body` (proxy::edge::body_limit).
                 Some(n) => out.body_size = Some(n),
                 None => p.bad(
                     "proxy-body-size",

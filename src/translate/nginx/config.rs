@@ -26,7 +26,7 @@ pub struct Settings {
     pub preserve_trailing_slash: bool,
     /// `http-redirect-code`: the status of https redirects (301, 302, 307 or 308).
     pub http_redirect_code: u16,
-    /// `proxy-body-size` in bytes; `None` is no limit.
+    /// `proxy-body-size` in bytes; `Some(0)` is no limit, `None` leaves the proxy's `--max-request-body`.
     pub body_size: Option<u64>,
     /// `proxy-connect-timeout` in seconds.
     pub connect_timeout: Option<u32>,
@@ -132,7 +132,7 @@ impl Settings {
             }
             "proxy-body-size" => {
                 let n = nginx_size(value).ok_or("not an nginx size (digits and k, m or g)")?;
-                self.body_size = (n > 0).then_some(n);
+                self.body_size = Some(n);
             }
             "proxy-connect-timeout" => self.connect_timeout = seconds(value)?,
             "proxy-read-timeout" => self.read_timeout = seconds(value)?,
@@ -195,7 +195,7 @@ mod tests {
         assert!(s.use_forwarded_headers);
         assert_eq!(s.allowlist.len(), 2);
         assert_eq!(s.set("proxy-body-size", "0"), Ok(true));
-        assert_eq!(s.body_size, None);
+        assert_eq!(s.body_size, Some(0));
         assert_eq!(s.set("worker-processes", "4"), Ok(false));
     }
 }

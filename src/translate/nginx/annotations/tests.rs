@@ -211,7 +211,7 @@ fn proxy_group_falls_back_to_defaults() {
     );
     assert_eq!(
         parse_in(&nginx, &[("proxy-body-size", "0")]).body_size,
-        None
+        Some(0)
     );
     assert_eq!(
         parse_in(&nginx, &[("proxy-body-size", "8mb")]).body_size,
