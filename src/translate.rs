@@ -15,6 +15,7 @@ pub mod nginx;
 mod refs;
 mod routes;
 pub mod served;
+mod shared_address;
 pub mod status;
 mod tlsroute;
 mod unsupported;

@@ -4,6 +4,7 @@
 
 use super::builder::ModelBuilder;
 use super::refs::Resolver;
+use super::shared_address::{by_precedence, Place, SharedSockets};
 use super::status::{
     Condition, GatewayClassStatus, GatewayStatus, GatewayStatusAddress, ListenerStatus, Named,
     RouteGroupKind, Statuses, SupportedFeature,
@@ -173,6 +174,8 @@ pub(crate) struct Gateways {
     listener_set_status: Vec<Named<GatewayStatus>>,
     /// Per listener: the routes attached to it (kind, namespace, name).
     attached: Vec<BTreeSet<(String, String, String)>>,
+    /// The sockets the listeners of the Gateways translated so far hold.
+    shared: SharedSockets,
 }
 
 impl Gateways {
@@ -400,69 +403,15 @@ pub(crate) fn translate(
     diags: &mut Diagnostics,
 ) -> Gateways {
     let mut out = Gateways::default();
-    let ours = our_gateways(input, opts);
+    // Older Gateways first: of two listeners of different Gateways that collide on a shared socket, the older
+    // one keeps it (`shared_address`).
+    let mut ours = our_gateways(input, opts);
+    by_precedence(&mut ours);
     for gw in &ours {
         gateway(gw, input, opts, refs, model, diags, &mut out);
     }
-    warn_cross_gateway_conflicts(&ours, &out, diags);
     out.attached = vec![BTreeSet::new(); out.listeners.len()];
     out
-}
-
-/// Listeners of two different Gateways served on the same address, port and transport with overlapping
-/// hostnames: the Gateway API's listener conflict across Gateways, where the older listener should keep the
-/// traffic. Portcullis does not enforce that yet (the routes of both are served on the shared socket), so the
-/// newer Gateway gets a warning saying so.
-fn warn_cross_gateway_conflicts(ours: &[&Gateway], out: &Gateways, diags: &mut Diagnostics) {
-    let age = |g: &(String, String)| {
-        let created = ours
-            .iter()
-            .find(|gw| {
-                gw.metadata.namespace.as_deref().unwrap_or("default") == g.0
-                    && gw.metadata.name.as_deref() == Some(g.1.as_str())
-            })
-            .and_then(|gw| super::created(&gw.metadata));
-        (created.is_none(), created, g.0.clone(), g.1.clone())
-    };
-    for (i, a) in out.listeners.iter().enumerate() {
-        for b in out.listeners.iter().skip(i + 1) {
-            if a.gateway == b.gateway || a.hostname.intersect(&b.hostname).is_none() {
-                continue;
-            }
-            let Some(key) = a.keys.iter().find(|k| b.keys.contains(k)) else {
-                continue;
-            };
-            let (older, newer) = if age(&a.gateway) <= age(&b.gateway) {
-                (a, b)
-            } else {
-                (b, a)
-            };
-            let object = ObjectRef {
-                kind: "Gateway".into(),
-                namespace: Some(newer.gateway.0.clone()),
-                name: newer.gateway.1.clone(),
-            };
-            let address = key
-                .address
-                .map_or_else(|| "the default address".to_string(), |a| a.to_string());
-            diags.warning(
-                &object,
-                format!(
-                    "listener {} conflicts with listener {} of the older Gateway {}/{}: both use port {} ({:?}) \
-                     on {address} with overlapping hostnames ({} and {}); the Gateway API gives the traffic to \
-                     the older listener, but Portcullis serves the routes of both on that port",
-                    newer.name,
-                    older.name,
-                    older.gateway.0,
-                    older.gateway.1,
-                    key.port,
-                    key.transport,
-                    newer.hostname,
-                    older.hostname,
-                ),
-            );
-        }
-    }
 }
 
 fn gateway(
@@ -747,40 +696,26 @@ fn gateway(
             _ => None,
         };
 
-        // Conflicts within this Gateway (and its ListenerSets): one protocol per port, one listener per hostname.
-        // Checked on the protocol as written, so a valid but unsupported protocol (TCP, say) that collides with
-        // an HTTP listener is reported as the conflict, which is what keeps it from being served. UDP ports are
-        // a separate space.
-        let proto_name = l.protocol.as_str();
-        if let Some(port) = port {
-            let udp = |p: &str| p == "UDP";
-            if let Some((_, p, _)) = taken
-                .iter()
-                .find(|(tp, p, _)| *tp == port && p != proto_name && udp(p) == udp(proto_name))
-            {
-                let msg = format!("port {port} is already used by a {p} listener");
-                conds.conflicted = Some(("ProtocolConflict", msg.clone()));
-                conds.accepted = None;
-                diags.error(&owner, format!("{field}: {msg}"));
-            } else if conds.accepted.is_none()
-                && taken
-                    .iter()
-                    .any(|(tp, p, h)| *tp == port && p == proto_name && *h == hostname)
-            {
-                let msg =
-                    format!("another listener on port {port} already has hostname {hostname}");
-                conds.conflicted = Some(("HostnameConflict", msg.clone()));
-                diags.error(&owner, format!("{field}: {msg}"));
-            } else {
-                taken.push((port, proto_name.to_string(), hostname.clone()));
-            }
-        }
-
-        // Into the model.
         let keys = match (port, protocol) {
             (Some(port), Some(p)) => keys_for(port, p.transport()),
             _ => Vec::new(),
         };
+        let gateway_id = (ns.clone(), name.clone());
+        let place = Place {
+            gateway: &gateway_id,
+            listener: &l.name,
+            protocol: l.protocol.as_str(),
+            hostname: &hostname,
+            keys: &keys,
+        };
+        if let Some(port) = port {
+            if let Some(msg) = listener_conflict(&mut taken, &out.shared, port, &place, &mut conds)
+            {
+                diags.error(&owner, format!("{field}: {msg}"));
+            }
+        }
+
+        // Into the model.
         if conds.ready() {
             if let (Some(port), Some(protocol)) = (port, protocol) {
                 for key in &keys {
@@ -804,6 +739,9 @@ fn gateway(
                     }
                 }
             }
+        }
+        if conds.attachable() && protocol.is_some() {
+            out.shared.hold(&place);
         }
 
         let ready = conds.ready();
@@ -1014,6 +952,50 @@ fn gateway(
             generation,
         ));
     }
+}
+
+/// The first conflict of a listener, recorded in `conds` (the message is returned for the diagnostics): with an
+/// earlier listener of its own Gateway and ListenerSets (one protocol per port, one listener per hostname), then
+/// with a listener of an older Gateway on the same socket (`shared_address`). Within the Gateway the protocol is
+/// compared as written, so a valid but unsupported protocol (TCP, say) that collides with an HTTP listener is
+/// reported as the conflict, which is what keeps it from being served. UDP ports are a separate space.
+fn listener_conflict(
+    taken: &mut Vec<(u16, String, HostPattern)>,
+    shared: &SharedSockets,
+    port: u16,
+    place: &Place<'_>,
+    conds: &mut ListenerConds,
+) -> Option<String> {
+    let protocol = place.protocol;
+    let udp = |p: &str| p == "UDP";
+    if let Some((_, p, _)) = taken
+        .iter()
+        .find(|(tp, p, _)| *tp == port && p != protocol && udp(p) == udp(protocol))
+    {
+        let msg = format!("port {port} is already used by a {p} listener");
+        conds.conflicted = Some(("ProtocolConflict", msg.clone()));
+        conds.accepted = None;
+        return Some(msg);
+    }
+    if conds.accepted.is_none()
+        && taken
+            .iter()
+            .any(|(tp, p, h)| *tp == port && p == protocol && h == place.hostname)
+    {
+        let msg = format!(
+            "another listener on port {port} already has hostname {}",
+            place.hostname
+        );
+        conds.conflicted = Some(("HostnameConflict", msg.clone()));
+        return Some(msg);
+    }
+    taken.push((port, protocol.to_string(), place.hostname.clone()));
+    if conds.accepted.is_some() {
+        return None;
+    }
+    let (reason, msg) = shared.conflict(place)?;
+    conds.conflicted = Some((reason, msg.clone()));
+    Some(msg)
 }
 
 /// The client certificate a Gateway presents to backends (`spec.tls.backend.clientCertificateRef`), or the

@@ -685,10 +685,3 @@ fn parse_jsonl<T: for<'de> Deserialize<'de>>(text: &str, name: &str) -> anyhow::
         .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{name}:{}", i + 1)))
         .collect()
 }
-
-/// The GATEWAY-HTTP scope of status-only tests: everything except the TLSRoute/TCPRoute/UDPRoute/GRPCRoute
-/// tests (their status checks are about route kinds this harness does not exercise yet).
-pub fn status_test_in_scope(test: &TestInfo) -> bool {
-    let out = ["TLSRoute", "TCPRoute", "UDPRoute", "GRPCRoute"];
-    !out.iter().any(|p| test.test.starts_with(p))
-}

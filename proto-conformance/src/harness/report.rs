@@ -17,6 +17,8 @@ pub struct Tally {
     pub fail: usize,
     /// Skipped.
     pub skip: usize,
+    /// Not applicable: upstream's test body checks nothing given what Portcullis claims.
+    pub not_applicable: usize,
 }
 
 impl Tally {
@@ -25,12 +27,14 @@ impl Tally {
             Outcome::Pass => self.pass += 1,
             Outcome::Fail { .. } => self.fail += 1,
             Outcome::Skip(_) => self.skip += 1,
+            Outcome::NotApplicable(_) => self.not_applicable += 1,
         }
     }
 }
 
 /// The headline: `conformance: P passed, F failed, S skipped` over every case the run was asked to run (all
-/// selected suites) and every status-only test.
+/// selected suites) and every status-only test, except the not-applicable ones (listed in the report: upstream
+/// runs them and checks nothing).
 pub fn headline(results: &RunResults) -> String {
     let mut t = Tally::default();
     for c in &results.cases {
@@ -173,14 +177,16 @@ pub fn render(
     }
     let _ = writeln!(
         out,
-        "\nStatus-only tests: {} passed, {} failed, {} skipped",
-        st.pass, st.fail, st.skip
+        "\nStatus-only tests: {} passed, {} failed, {} skipped; {} not applicable (checks nothing given the \
+         features Portcullis claims; upstream reports these passed)",
+        st.pass, st.fail, st.skip, st.not_applicable
     );
     for s in &results.status {
         let line = match &s.outcome {
             Outcome::Pass => "pass".to_string(),
             Outcome::Fail { reason, .. } => format!("FAIL {}", excerpt(reason, 150)),
             Outcome::Skip(r) => format!("skip ({r})"),
+            Outcome::NotApplicable(r) => format!("not applicable ({r})"),
         };
         let _ = writeln!(out, "  {:<52} {line}", s.test);
         if full_details {
@@ -309,7 +315,9 @@ pub fn write_expected(results: &RunResults) -> String {
                     one_line(&normalize_reason(reason))
                 )
             }
-            Outcome::Skip(r) => format!("{} skip {}", c.id, one_line(r)),
+            Outcome::Skip(r) | Outcome::NotApplicable(r) => {
+                format!("{} skip {}", c.id, one_line(r))
+            }
         };
         out.push_str(&line);
         out.push('\n');
@@ -341,7 +349,7 @@ pub fn check(results: &RunResults, expected: &BTreeMap<String, Expected>) -> Che
             (Some(Expected::Pass), Outcome::Fail { reason, .. }) => {
                 r.regressions.push((c.id.clone(), reason.clone()))
             }
-            (Some(Expected::Pass), Outcome::Skip(why)) => r
+            (Some(Expected::Pass), Outcome::Skip(why) | Outcome::NotApplicable(why)) => r
                 .regressions
                 .push((c.id.clone(), format!("skipped: {why}"))),
             (Some(Expected::Skip(_)), Outcome::Pass) => r.newly_passing.push(c.id.clone()),
