@@ -14,11 +14,12 @@
 //! | `portcullis_leader` | gauge | | 1 while this process holds the leader Lease (Kubernetes mode only) |
 //! | `portcullis_tls_certificate_expiry_timestamp_seconds` | gauge | `namespace`, `name` | `notAfter` of the leaf certificate of each Secret the published configuration uses |
 //! | `portcullis_backend_ready_endpoints` | gauge | `namespace`, `name`, `port` | ready endpoints of each backend Service port in the published configuration |
+//! | `portcullis_open_connections` | gauge | `listener` (`ADDRESS:PORT`, `*` for the default address), `protocol`: `http`, `https`, `tls`, `tcp` | connections open on each listener served over TCP (see [`open_connections`]) |
 //! | `portcullis_udp_flows` | gauge | | UDP client flows open on every UDP listener (see [`udp`]) |
 //! | `portcullis_udp_datagrams_dropped_total` | counter | `reason`: `no_route`, `flow_table_full`, `queue_full`, `send_failed` | datagrams a UDP listener did not forward |
 //!
-//! The UDP metrics are the first on the data path: their children are resolved once, when first used, and a
-//! datagram touches them with a relaxed atomic add.
+//! The UDP and open-connection metrics are on the data path: their children are resolved once (when first used;
+//! when a listener is bound), and a datagram or a connection touches them with a relaxed atomic add.
 //!
 //! # Per-request metrics
 //!
@@ -322,6 +323,25 @@ pub fn udp() -> &'static UdpMetrics {
     })
 }
 
+/// Connections open on each listener served over TCP (HTTP, HTTPS, TLS, TCP), by listener (`ADDRESS:PORT`, `*`
+/// for the default address, as the request metrics label it) and protocol (made on first use, and registered by
+/// every [`Metrics::new`]). A listener resolves its child once, when it is bound; a connection adds one when it
+/// is admitted and takes it back when it ends. UDP listeners count flows instead ([`udp`]).
+pub fn open_connections() -> &'static IntGaugeVec {
+    static OPEN: OnceLock<IntGaugeVec> = OnceLock::new();
+    OPEN.get_or_init(|| {
+        // The description is fixed and valid, so making it cannot fail.
+        IntGaugeVec::new(
+            Opts::new(
+                "open_connections",
+                "Connections open on each listener served over TCP, by listener and protocol.",
+            ),
+            &["listener", "protocol"],
+        )
+        .unwrap_or_else(|_| unreachable_metric())
+    })
+}
+
 #[cold]
 fn unreachable_metric() -> ! {
     unreachable!("a fixed metric description is valid")
@@ -453,6 +473,7 @@ impl Metrics {
                 ),
             )?,
         )?;
+        register(&registry, "open_connections", open_connections().clone())?;
         register(&registry, "udp_flows", udp().flows.clone())?;
         register(
             &registry,

@@ -119,6 +119,17 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// Its name in metrics labels: `http`, `https`, `tls`, `tcp`, `udp`.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Https => "https",
+            Protocol::Tls => "tls",
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+
     /// The transport this protocol is served over.
     pub fn transport(self) -> Transport {
         match self {

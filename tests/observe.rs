@@ -224,3 +224,41 @@ async fn text_log_and_server_header_settings() -> Result<()> {
     assert!(!m.contains("route_name"), "{m}");
     Ok(())
 }
+
+/// `portcullis_open_connections`: connections held open on a listener are counted under its label, and no longer
+/// once the client closes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_connections_per_listener() -> Result<()> {
+    let backend = echo("web-1", "default").await?;
+    let svc = service_yaml("default", "web", 80, &[&backend]);
+    let port = free_port();
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("all.yaml"),
+        manifests(port, &svc, &["shop"]),
+    )?;
+    let proxy = Proxy::start(dir.path(), port, &[])?;
+    proxy.wait_for(Duration::from_secs(10), || {
+        proxy
+            .get("shop.example.com", "/")
+            .is_ok_and(|r| r.status == 200)
+    })?;
+    let series = format!("portcullis_open_connections{{listener=\"*:{port}\",protocol=\"http\"}}");
+    let open = || {
+        proxy
+            .admin("/metrics")
+            .ok()
+            .and_then(|r| metric(&r.text(), &series))
+    };
+    let held = (0..3)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    proxy
+        .wait_for(Duration::from_secs(10), || open() == Some(3.0))
+        .with_context(|| format!("open connections: {:?}", open()))?;
+    drop(held);
+    proxy
+        .wait_for(Duration::from_secs(10), || open() == Some(0.0))
+        .with_context(|| format!("open connections after close: {:?}", open()))?;
+    Ok(())
+}

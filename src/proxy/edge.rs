@@ -34,6 +34,7 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::protocols::http::v2::server::H2Options;
 use pingora::protocols::Stream;
+use prometheus::IntGauge;
 use serde::Serialize;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -272,6 +273,8 @@ impl Stats {
 #[derive(Debug)]
 pub struct Admitted {
     open: Option<Arc<AtomicUsize>>,
+    /// The listener's `portcullis_open_connections` child, taken back on drop.
+    gauge: Option<IntGauge>,
     at: Instant,
 }
 
@@ -287,6 +290,9 @@ impl Drop for Admitted {
         if let Some(open) = &self.open {
             open.fetch_sub(1, Ordering::Relaxed);
         }
+        if let Some(g) = &self.gauge {
+            g.dec();
+        }
     }
 }
 
@@ -298,6 +304,7 @@ pub struct ListenerEdge {
     settings: Option<Arc<EdgeSettings>>,
     open: Arc<AtomicUsize>,
     h2c: bool,
+    gauge: Option<IntGauge>,
 }
 
 impl ListenerEdge {
@@ -307,7 +314,15 @@ impl ListenerEdge {
             settings: Some(settings),
             open: Arc::new(AtomicUsize::new(0)),
             h2c,
+            gauge: None,
         }
+    }
+
+    /// Also counts the connections open in `gauge` (the listener's `portcullis_open_connections` child), whatever
+    /// the limit.
+    pub fn counted(mut self, gauge: IntGauge) -> Self {
+        self.gauge = Some(gauge);
+        self
     }
 
     /// No limits and no checks.
@@ -316,6 +331,7 @@ impl ListenerEdge {
             settings: None,
             open: Arc::new(AtomicUsize::new(0)),
             h2c: false,
+            gauge: None,
         }
     }
 
@@ -329,16 +345,21 @@ impl ListenerEdge {
     pub fn admit(&self) -> Option<Admitted> {
         let at = Instant::now();
         let max = self.settings.as_ref().map_or(0, |s| s.max_connections);
-        if max == 0 {
-            return Some(Admitted { open: None, at });
-        }
-        if self.open.fetch_add(1, Ordering::Relaxed) >= max {
+        let open = if max == 0 {
+            None
+        } else if self.open.fetch_add(1, Ordering::Relaxed) >= max {
             self.open.fetch_sub(1, Ordering::Relaxed);
             bump(&STATS.connections_refused);
             return None;
+        } else {
+            Some(self.open.clone())
+        };
+        if let Some(g) = &self.gauge {
+            g.inc();
         }
         Some(Admitted {
-            open: Some(self.open.clone()),
+            open,
+            gauge: self.gauge.clone(),
             at,
         })
     }

@@ -394,6 +394,12 @@ impl ListenerManager {
     ) -> std::io::Result<Bound> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let tcp_key = (key.address, key.port);
+        let open_gauge = || {
+            crate::metrics::open_connections().with_label_values(&[
+                crate::router::listener_label(key.address, key.port).as_str(),
+                protocol.metric_label(),
+            ])
+        };
         let (task, app) = match protocol {
             Protocol::Udp => {
                 let socket = super::udp::bind(addr)?;
@@ -415,7 +421,7 @@ impl ListenerManager {
                 });
                 // Edge hook: the connection limit applies as on HTTP listeners; the head checks do not (no
                 // HTTP inside), TLS-terminating routes hold their handshake to the header timeout.
-                let edge = ListenerEdge::new(self.edge.clone(), false);
+                let edge = ListenerEdge::new(self.edge.clone(), false).counted(open_gauge());
                 let tls_edge = edge.clone();
                 let handle = move |tcp, _peer, accepted_at| {
                     let handler = handler.clone();
@@ -471,7 +477,7 @@ impl ListenerManager {
                     stop_rx,
                     self.shutdown.clone(),
                     self.connections.clone(),
-                    ListenerEdge::new(self.edge.clone(), !tls),
+                    ListenerEdge::new(self.edge.clone(), !tls).counted(open_gauge()),
                 ));
                 (task, Some(app))
             }
