@@ -121,7 +121,11 @@ fn lookup(router: &Router, method: &Method, r: &Req) -> bool {
 }
 
 fn sizes() -> Vec<usize> {
-    common::sizes("BENCH_ROUTES", &[10, 100, 1_000, 10_000, 100_000], &[10, 1_000])
+    common::sizes(
+        "BENCH_ROUTES",
+        &[10, 100, 1_000, 10_000, 100_000],
+        &[10, 1_000],
+    )
 }
 
 fn route_lookup(c: &mut Criterion) {
