@@ -376,15 +376,15 @@ fn compare_listener(
                 });
             }
         }
-        let old_rules = old_index.rules_for(h);
-        let new_rules = new_index.rules_for(h);
+        let (old_rules, old_default) = old_index.rules_for(h);
+        let (new_rules, new_default) = new_index.rules_for(h);
         let cx = HostCx {
             address,
             port,
             scheme: scheme(proto),
             host: h,
-            old_default: o.http().and_then(|h| h.default_backend.as_ref()),
-            new_default: n.http().and_then(|h| h.default_backend.as_ref()),
+            old_default,
+            new_default,
             limits,
         };
         if let Err(reason) = compare_host(&cx, &old_rules, &new_rules, sigs, report) {
@@ -506,15 +506,21 @@ impl<'m> HostLookup<'m> {
     }
 
     /// The entries the router tries for `host`, in its order: listener isolation (the most specific Gateway
-    /// listener hostname covering the host; Ingress rules take part under every one), then precedence.
-    fn rules_for(&self, host: &str) -> Vec<Entry<'m>> {
+    /// listener hostname covering the host; Ingress rules take part under every one), an ingress-nginx server's
+    /// stop ([`crate::model::precedence::Server`]), then precedence; and the default backend, when it answers what
+    /// none of them matches.
+    fn rules_for(&self, host: &str) -> (Vec<Entry<'m>>, Option<&'m HttpRule>) {
+        let default = self
+            .listener
+            .http()
+            .and_then(|h| h.default_backend.as_ref());
         let group = self
             .listener_patterns
             .iter()
             .find(|p| p.matches(host))
             .copied();
         if group.is_none() && !self.has_ingress {
-            return Vec::new();
+            return (Vec::new(), default);
         }
         let vhs = self
             .exact
@@ -541,10 +547,18 @@ impl<'m> HostLookup<'m> {
                 }
             }
         }
+        let server = crate::model::precedence::Server::of(entries.iter().map(|e| (e.host, e.rule)));
+        let default = match &server {
+            Some(s) => {
+                entries.retain(|e| s.includes(e.host));
+                default.filter(|d| s.default_serves(d))
+            }
+            None => default,
+        };
         entries.sort_by(|a, b| {
             crate::model::precedence::compare((a.host, a.rule, a.index), (b.host, b.rule, b.index))
         });
-        entries
+        (entries, default)
     }
 }
 

@@ -44,7 +44,13 @@ pub struct Router {
 
 /// A host's entries in precedence order, each with an inline [`Quick`] check so that the walk rejects most
 /// non-matching entries without following the `Arc` (the walk stays in one contiguous array).
-type RuleList = Box<[Candidate]>;
+#[derive(Debug)]
+struct RuleList {
+    candidates: Box<[Candidate]>,
+    /// Does the listener's default backend answer when no entry matches? `false` for a host whose search stops at
+    /// an ingress-nginx server that the default backend does not belong to ([`precedence::Server`]): 404.
+    use_default: bool,
+}
 
 /// One entry of a [`RuleList`].
 #[derive(Debug)]
@@ -615,7 +621,9 @@ impl ListenerTable {
     ///
     /// Listener isolation first: only rules attached through the most specific listener hostname that covers the
     /// host take part (Ingress rules take part under every listener hostname). Then the first matching entry of the
-    /// host's precedence-sorted list wins; when none matches, the default backend (if any) answers.
+    /// host's precedence-sorted list wins; when none matches, the default backend (if any) answers. A host whose
+    /// most specific covering hostname is an ingress-nginx server ([`precedence::Server`]) only tries that
+    /// hostname's rules, and the default backend answers only if it belongs to that server.
     pub fn find(&self, host: &str, req: &RequestParts<'_>) -> Option<&Arc<RouteEntry>> {
         match self.lookup(host, None, req) {
             Lookup::Route(e) => Some(e),
@@ -652,18 +660,20 @@ impl ListenerTable {
                 return Lookup::Misdirected;
             }
         }
+        let mut use_default = true;
         if let Some(list) = group.and_then(|g| g.get(host)) {
             let path = req.path.as_bytes();
             let mut probe = HeaderProbe::new(&self.header_names, req.headers);
-            for c in list.iter() {
+            for c in list.candidates.iter() {
                 if c.quick.may_match(path) && probe.may_match(&c.quick) && c.is_match(req) {
                     return Lookup::Route(&c.entry);
                 }
             }
+            use_default = list.use_default;
         }
         match &self.default {
-            Some(d) => Lookup::Route(d),
-            None => Lookup::NotFound,
+            Some(d) if use_default => Lookup::Route(d),
+            _ => Lookup::NotFound,
         }
     }
 }
@@ -805,7 +815,11 @@ fn compile_listener(
                     .iter()
                     .filter(|e| e.listener.is_none_or(|lh| lh == key))
                     .collect();
-                Arc::new(host_index(&members, &mut header_names))
+                Arc::new(host_index(
+                    &members,
+                    http.default_backend.as_ref(),
+                    &mut header_names,
+                ))
             })
             .clone()
     });
@@ -945,6 +959,7 @@ fn compile_tls_routes(
 /// sorted by precedence.
 fn host_index(
     members: &[&BuildEntry<'_>],
+    default: Option<&HttpRule>,
     header_names: &mut Vec<HeaderName>,
 ) -> HostIndex<RuleList> {
     // Buckets, so that building a list costs the entries that can match, not all entries.
@@ -979,16 +994,24 @@ fn host_index(
             }
         }
         list.extend(any.iter().copied());
+        let server = precedence::Server::of(list.iter().map(|e| (e.host, e.rule)));
+        if let Some(s) = &server {
+            list.retain(|e| s.includes(e.host));
+        }
         list.sort_by(|a, b| {
             precedence::compare((a.host, a.rule, a.index), (b.host, b.rule, b.index))
         });
-        list.iter()
-            .map(|e| Candidate {
-                quick: Quick::new(&e.compiled.matcher, header_names),
-                path_regex: e.compiled.matcher.path_regex().cloned(),
-                entry: e.compiled.clone(),
-            })
-            .collect()
+        RuleList {
+            candidates: list
+                .iter()
+                .map(|e| Candidate {
+                    quick: Quick::new(&e.compiled.matcher, header_names),
+                    path_regex: e.compiled.matcher.path_regex().cloned(),
+                    entry: e.compiled.clone(),
+                })
+                .collect(),
+            use_default: server.is_none_or(|s| default.is_some_and(|d| s.default_serves(d))),
+        }
     })
 }
 

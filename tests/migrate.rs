@@ -722,6 +722,33 @@ async fn migrated_configuration_serves_the_same_answers() -> Result<()> {
         assert!(statuses.contains(&status), "no {status} among {statuses:?}");
     }
 
+    // ingress-nginx answers a path that no location of the host's server matches with its default backend (404),
+    // never with the `*.shop.example.com` server (store/wild, Service legacy); a host of our class does fall
+    // through to it.
+    let seen = |scheme: Scheme, host: &str, path: &str| -> Vec<(u16, String)> {
+        let i = rows
+            .iter()
+            .position(|r| r.scheme == scheme && r.host == host && r.path == path)
+            .unwrap_or_else(|| panic!("{host}{path} is not in the table"));
+        [&before[i], &after[i]]
+            .iter()
+            .map(|s| (s.status, s.backend.clone()))
+            .collect()
+    };
+    let not_found = vec![(404, String::new()); 2];
+    let wild = vec![(200, "legacy-0".to_string()); 2];
+    assert_eq!(
+        seen(Scheme::Https, "api.shop.example.com", "/v1beta"),
+        not_found
+    );
+    assert_eq!(seen(Scheme::Https, "api.shop.example.com", "/"), not_found);
+    assert_eq!(
+        seen(Scheme::Http, "promo.shop.example.com", "/sale/"),
+        not_found
+    );
+    assert_eq!(seen(Scheme::Http, "plain.shop.example.com", "/c"), wild);
+    assert_eq!(seen(Scheme::Http, "anything.shop.example.com", "/x"), wild);
+
     // The comparison sees a wrong migration: the /static rule sent to the front end's Service by hand.
     std::fs::create_dir_all(&broken)?;
     for entry in std::fs::read_dir(&new)? {

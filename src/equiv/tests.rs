@@ -265,3 +265,75 @@ fn undecidable_patterns_are_reported() {
     );
     assert!(r.is_equivalent(), "{r}");
 }
+
+/// An ingress-nginx server (a hostname with ingress-nginx-profile rules) answers what its rules do not match with
+/// 404, as the router does: what a less specific hostname does cannot change its answers, and the proof must see
+/// that. Without ingress-nginx rules on the exact host, the wildcard's rules answer there too.
+#[test]
+fn an_ingress_nginx_server_does_not_fall_through() {
+    let nginx = |mut r: HttpRule| {
+        r.filters.push(crate::model::Filter::Policy(Box::new(
+            crate::model::policy::Policy {
+                source: "ns/ing".into(),
+                forwarded: Some(crate::model::policy::Forwarded {
+                    trust_client_headers: false,
+                }),
+                ..Default::default()
+            },
+        )));
+        r
+    };
+    let two_hosts = |api: HttpRule, wild: HttpRule| {
+        let mut m = model("api.example.com", vec![api]);
+        if let crate::model::ListenerKind::Http(h) = &mut m.listeners[0].kind {
+            h.virtual_hosts.push(VirtualHost {
+                listener_hostname: None,
+                hostname: HostPattern::ingress("*.example.com").unwrap(),
+                rules: vec![wild],
+            });
+        }
+        m
+    };
+    let hosts = |r: &Report| -> BTreeSet<String> {
+        r.differences
+            .iter()
+            .map(|d| d.request.host.clone())
+            .collect()
+    };
+    let old = two_hosts(nginx(ing(prefix("/v1"), "a")), nginx(ing(prefix("/"), "w")));
+    let new = two_hosts(
+        nginx(ing(prefix("/v1"), "a")),
+        nginx(ing(prefix("/"), "w2")),
+    );
+    let r = compare(&old, &new, &Limits::default());
+    assert!(!r.differences.is_empty(), "{r}");
+    assert!(!hosts(&r).contains("api.example.com"), "{r}");
+
+    // The same host without ingress-nginx rules falls through to the wildcard, whose change shows there.
+    let old = two_hosts(ing(prefix("/v1"), "a"), nginx(ing(prefix("/"), "w")));
+    let new = two_hosts(ing(prefix("/v1"), "a"), nginx(ing(prefix("/"), "w2")));
+    let r = compare(&old, &new, &Limits::default());
+    assert!(hosts(&r).contains("api.example.com"), "{r}");
+
+    // The listener's default backend answers there only when it belongs to the Ingress that owns the server.
+    let with_default = |owner: &str| {
+        let mut m = two_hosts(nginx(ing(prefix("/v1"), "a")), nginx(ing(prefix("/"), "w")));
+        let mut d = rule(OriginKind::Ingress, owner, prefix("/"), &[("d", 1)]);
+        d.origin.rule = Origin::DEFAULT_BACKEND;
+        if let crate::model::ListenerKind::Http(h) = &mut m.listeners[0].kind {
+            h.default_backend = Some(d);
+        }
+        m
+    };
+    let r = compare(
+        &with_default("ing"),
+        &with_default("other"),
+        &Limits::default(),
+    );
+    assert_eq!(
+        hosts(&r),
+        BTreeSet::from(["api.example.com".to_string()]),
+        "{r}"
+    );
+    assert_eq!(r.differences[0].new.does, "404 Not Found", "{r}");
+}

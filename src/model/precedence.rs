@@ -36,7 +36,7 @@
 //! - On a complete tie between an HTTPRoute and an Ingress, the HTTPRoute wins, so a team can move one path at a
 //!   time from Ingress to Gateway API; the shadowed Ingress path is reported.
 
-use super::{HostPattern, HttpRule, OriginKind, PathMatch, RouteMatch};
+use super::{HostPattern, HttpRule, Origin, OriginKind, PathMatch, RouteMatch};
 use std::cmp::{Ordering, Reverse};
 use std::hash::{Hash, Hasher};
 
@@ -115,6 +115,92 @@ fn origin_rank(r: &HttpRule) -> impl Ord + '_ {
 fn host_rank(h: &HostPattern) -> (u8, usize) {
     let (kind, len, _single_label) = h.specificity();
     (kind, len)
+}
+
+/// Is this rule one of ingress-nginx's locations: a path of a taken-over Ingress (the ingress-nginx profile), or of
+/// an HTTPRoute that asks for that profile (`portcullis.dev/ingress-nginx-profile: ingress-nginx`)? Exactly those
+/// rules carry ingress-nginx's forwarded-header handling ([`super::policy::Policy::forwarded`]).
+pub fn is_ingress_nginx_location(r: &HttpRule) -> bool {
+    ingress_nginx_policy(r).is_some()
+}
+
+/// The policy of an ingress-nginx location ([`is_ingress_nginx_location`]).
+fn ingress_nginx_policy(r: &HttpRule) -> Option<&super::policy::Policy> {
+    r.filters.iter().find_map(|f| match f {
+        super::Filter::Policy(p) if p.forwarded.is_some() => Some(&**p),
+        _ => None,
+    })
+}
+
+/// ingress-nginx renders one nginx `server` per hostname, and a request that no location of its server matches is
+/// answered by that server's default location (the default backend), never by a less specific server. Given every
+/// rule whose hostname covers a request's host (one listener group), this is the server the search stops at: the
+/// most specific of those hostnames (ranked as the spec ranks them), when at least one rule of that hostname is an
+/// ingress-nginx location. Every rule of that hostname still takes part, whatever its source; rules of less
+/// specific hostnames do not. `None`: the spec's ordering holds (every covering rule, then the default backend).
+/// A catch-all hostname stops nothing (there is nothing less specific).
+#[derive(Clone, Copy, Debug)]
+pub struct Server<'a> {
+    rank: (u8, usize),
+    /// The Ingress (`namespace/name`) whose server this is: ingress-nginx builds a host's server from the oldest
+    /// Ingress that names the host. It is the policy scope of the oldest ingress-nginx rule of the hostname: the
+    /// Ingress itself, or the Ingress an HTTPRoute written by `portcullis migrate` continues
+    /// (`portcullis.dev/ingress-nginx-scope`).
+    owner: &'a str,
+}
+
+impl<'a> Server<'a> {
+    /// The server a host's search stops at, from the rules covering the host (see [`Server`]).
+    pub fn of(covering: impl IntoIterator<Item = (&'a HostPattern, &'a HttpRule)>) -> Option<Self> {
+        let mut top = (0u8, 0usize);
+        let mut owner: Option<(&'a Origin, &'a str)> = None;
+        for (h, r) in covering {
+            let rank = host_rank(h);
+            if rank > top {
+                top = rank;
+                owner = None;
+            }
+            if rank != top {
+                continue;
+            }
+            if let Some(p) = ingress_nginx_policy(r) {
+                if owner.is_none_or(|(o, _)| age_rank(&r.origin) < age_rank(o)) {
+                    owner = Some((&r.origin, p.source.as_str()));
+                }
+            }
+        }
+        if top.0 == 0 {
+            return None;
+        }
+        owner.map(|(_, owner)| Server { rank: top, owner })
+    }
+
+    /// Does a rule of hostname `h` (one covering the host) take part?
+    pub fn includes(&self, h: &HostPattern) -> bool {
+        host_rank(h) == self.rank
+    }
+
+    /// Does the listener's default backend `default` answer what no rule of the server matches? Only when it is
+    /// the `spec.defaultBackend` of the Ingress that owns the server (ingress-nginx makes an Ingress's default
+    /// backend the default location of the servers it creates); otherwise 404, the answer of ingress-nginx's own
+    /// default backend.
+    pub fn default_serves(&self, default: &HttpRule) -> bool {
+        default.origin.kind == OriginKind::Ingress
+            && self.owner.split_once('/')
+                == Some((
+                    default.origin.namespace.as_str(),
+                    default.origin.name.as_str(),
+                ))
+    }
+}
+
+/// Older first (objects without a creation time last), then `namespace/name`.
+fn age_rank(o: &Origin) -> impl Ord + '_ {
+    (
+        o.created.is_none(),
+        o.created,
+        QualifiedName(&o.namespace, &o.name),
+    )
 }
 
 /// Orders (host, rule, match index) entries so that the first entry that matches a request is the one that must

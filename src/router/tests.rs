@@ -60,6 +60,11 @@ impl Fixture {
 
     /// Like [`Fixture::new`], but translation errors are allowed (fixtures that are wrong on purpose).
     fn lenient(yaml: &str) -> Self {
+        Self::lenient_with(yaml, &Options::default())
+    }
+
+    /// [`Fixture::lenient`] with these translation options.
+    fn lenient_with(yaml: &str, opts: &Options) -> Self {
         let text = format!("{CLASSES}\n---\n{yaml}");
         let (input, problems) = input_from_str(&text);
         let problems: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
@@ -67,7 +72,7 @@ impl Fixture {
             problems.is_empty(),
             "problems reading the YAML: {problems:#?}"
         );
-        let out = translate(&input, &Options::default());
+        let out = translate(&input, opts);
         let router = Router::compile(&out.model).expect("translated models always compile");
         Fixture { out, router }
     }
@@ -2051,4 +2056,174 @@ fn inline_header_regex_checks_never_skip_a_match() {
     );
     assert_eq!(f.who(&r().header("x-e", "1").header("x-r", "id-x")), "404");
     assert_eq!(f.who(&r().header("x-e", "2").header("x-r", "id-5")), "404");
+}
+
+/// ingress-nginx renders one nginx `server` per host: a request whose host is an ingress-nginx server and that none
+/// of the server's locations matches gets the server's default location (the default backend, 404 by default),
+/// never a less specific server. Ingresses of the `nginx` class (taken over) against our class and Gateway API.
+#[test]
+fn an_ingress_nginx_host_does_not_fall_through_to_less_specific_hosts() {
+    let nginx_class = json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+        "metadata": {"name": "nginx"}, "spec": {"controller": "k8s.io/ingress-nginx"}
+    });
+    let ingress =
+        |name: &str, class: &str, created: &str, host: Option<&str>, paths: &[(&str, &str)]| {
+            let paths: Vec<Value> = paths
+                .iter()
+                .map(|(ty, p)| {
+                    json!({"path": p, "pathType": ty,
+                       "backend": {"service": {"name": name, "port": {"number": 80}}}})
+                })
+                .collect();
+            let mut rule = json!({"http": {"paths": paths}});
+            if let Some(h) = host {
+                rule["host"] = json!(h);
+            }
+            json!({
+                "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": name, "namespace": "store", "creationTimestamp": created},
+                "spec": {"ingressClassName": class, "rules": [rule]}
+            })
+        };
+    let on_api = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "on-api", "namespace": "default", "creationTimestamp": OLD},
+        "spec": {"parentRefs": [{"name": "gw"}], "hostnames": ["api.shop.example.com"],
+                 "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/v9"}}],
+                            "backendRefs": [{"name": "r", "port": 8080}]}]}
+    });
+    let gw_host = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "gw-host", "namespace": "default", "creationTimestamp": OLD},
+        "spec": {"parentRefs": [{"name": "gw"}], "hostnames": ["gw.shop.example.com"],
+                 "rules": [{"matches": [{"path": {"type": "Exact", "value": "/x"}}],
+                            "backendRefs": [{"name": "r", "port": 8080}]}]}
+    });
+    let objects = |api_default: Option<&str>| {
+        let mut api = ingress(
+            "api",
+            "nginx",
+            "2024-01-02T00:00:00Z",
+            Some("api.shop.example.com"),
+            &[("Prefix", "/v1")],
+        );
+        if let Some(d) = api_default {
+            api["spec"]["defaultBackend"] = json!({"service": {"name": d, "port": {"number": 80}}});
+        }
+        docs(&[
+            nginx_class.clone(),
+            gateway(),
+            api,
+            ingress(
+                "wild",
+                "nginx",
+                "2024-01-03T00:00:00Z",
+                Some("*.shop.example.com"),
+                &[("Prefix", "/")],
+            ),
+            ingress(
+                "any",
+                "nginx",
+                "2024-01-04T00:00:00Z",
+                None,
+                &[("Prefix", "/")],
+            ),
+            ingress(
+                "plain",
+                "portcullis",
+                "2024-01-05T00:00:00Z",
+                Some("plain.shop.example.com"),
+                &[("Exact", "/a")],
+            ),
+            on_api.clone(),
+            gw_host.clone(),
+        ])
+    };
+    let opts = Options {
+        nginx: crate::translate::nginx::NginxOptions {
+            classes: vec!["nginx".into()],
+            ..Default::default()
+        },
+        ..Options::default()
+    };
+    let fixture = |yaml: &str| {
+        let f = Fixture::lenient_with(yaml, &opts);
+        let errors: Vec<String> = f
+            .out
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(|d| d.to_string())
+            .collect();
+        assert!(errors.is_empty(), "translation errors: {errors:#?}");
+        f
+    };
+
+    let f = fixture(&objects(None));
+    let api = "api.shop.example.com";
+    assert_eq!(f.who(&req(api, "/v1/x")), "Ingress store/api rule 0");
+    // The server's own rules, of every source, still take part...
+    assert_eq!(f.who(&req(api, "/v9")), "HTTPRoute default/on-api rule 0");
+    // ...and nothing less specific: not `*.shop.example.com`, not the catch-all.
+    assert_eq!(f.who(&req(api, "/v1beta")), "404");
+    assert_eq!(f.who(&req("API.shop.example.com:8080", "/")), "404");
+    // A wildcard server stops too: a host it covers does not reach the catch-all.
+    assert_eq!(
+        f.who(&req("x.shop.example.com", "/p")),
+        "Ingress store/wild rule 0"
+    );
+    // Hosts whose most specific hostname has no ingress-nginx rule keep the Gateway API ordering: our class and
+    // HTTPRoutes fall through to the wildcard server.
+    assert_eq!(
+        f.who(&req("plain.shop.example.com", "/a")),
+        "Ingress store/plain rule 0"
+    );
+    assert_eq!(
+        f.who(&req("plain.shop.example.com", "/c")),
+        "Ingress store/wild rule 0"
+    );
+    assert_eq!(
+        f.who(&req("gw.shop.example.com", "/x")),
+        "HTTPRoute default/gw-host rule 0"
+    );
+    assert_eq!(
+        f.who(&req("gw.shop.example.com", "/y")),
+        "Ingress store/wild rule 0"
+    );
+    assert_eq!(
+        f.who(&req("a.b.shop.example.com", "/")),
+        "Ingress store/any rule 0"
+    );
+
+    // The server's default location is the spec.defaultBackend of the Ingress that owns it (the oldest with a
+    // rule for the host)...
+    let f = fixture(&objects(Some("api-default")));
+    assert_eq!(
+        f.who(&req(api, "/v1beta")),
+        "Ingress store/api defaultBackend"
+    );
+    // ...never that of another Ingress: an older Ingress without rules holds the default backend here.
+    let mut yaml = objects(None);
+    yaml.push_str("\n---\n");
+    yaml.push_str(&docs(&[json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "fallback", "namespace": "store", "creationTimestamp": "2024-01-01T00:00:00Z"},
+        "spec": {"ingressClassName": "nginx",
+                 "defaultBackend": {"service": {"name": "fallback", "port": {"number": 80}}}}
+    })]));
+    let f = fixture(&yaml);
+    assert_eq!(f.who(&req(api, "/v1beta")), "404");
+    assert_eq!(
+        f.who(&req("x.shop.example.com", "/p")),
+        "Ingress store/wild rule 0"
+    );
+    assert_eq!(
+        f.who(&req("plain.shop.example.com", "/c")),
+        "Ingress store/wild rule 0"
+    );
+    assert_eq!(
+        f.who(&req("other.example.org", "/")),
+        "Ingress store/any rule 0"
+    );
 }
