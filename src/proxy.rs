@@ -7,6 +7,7 @@
 //! connections are forwarded by `tcp.rs` and `passthrough.rs`, UDP datagrams by `udp.rs` (Pingora has no UDP). See
 //! `docs/adr/0001-own-listeners.md`.
 
+pub mod grpc;
 pub mod http;
 pub mod io;
 pub mod l4;
