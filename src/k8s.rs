@@ -34,6 +34,7 @@ pub mod gw {
     pub mod types {
         pub use gateway_api::apis::experimental::gatewayclasses::*;
         pub use gateway_api::apis::experimental::gateways::*;
+        pub use gateway_api::apis::experimental::grpcroutes::*;
         pub use gateway_api::apis::experimental::httproutes::*;
         pub use gateway_api::apis::experimental::listenersets::*;
         pub use gateway_api::apis::experimental::referencegrants::*;

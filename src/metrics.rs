@@ -98,8 +98,7 @@ impl Round {
 /// - Gateway API routes (HTTPRoute, GRPCRoute, TLSRoute, TCPRoute, UDPRoute): those with at least one
 ///   `status.parents` entry of ours (a parentRef naming one of our Gateways or ListenerSets). **accepted** when
 ///   at least one of those entries has `Accepted=True`, else **rejected**. A route accepted by one parent and
-///   refused by another is accepted; a kind we parse but do not serve yet (GRPCRoute, TCPRoute, UDPRoute) is
-///   rejected, as its status says.
+///   refused by another is accepted.
 /// - Ingress (no status of its own to read): **accepted** when at least one of its paths or its
 ///   `defaultBackend` is in the routing table; **rejected** when it has an error diagnostic and nothing of it is
 ///   in the table. An Ingress of another class is in neither.
@@ -621,6 +620,7 @@ mod tests {
             }),
             timeouts: Timeouts::default(),
             retry: None,
+            grpc: false,
         }
     }
 

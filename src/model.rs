@@ -20,9 +20,9 @@ pub use backend::{
 };
 pub use host::{HostPattern, HostPatternError};
 pub use rule::{
-    Action, Backend, BackendGroup, Cors, Filter, HeaderMatch, HeaderModifier, HttpRule, Mirror,
-    Origin, OriginKind, PathMatch, PathModifier, QueryParamMatch, Redirect, Retry, RouteMatch,
-    StringMatch, Timeouts, WeightedBackend,
+    Action, Backend, BackendGroup, Cors, Filter, GrpcMethodMatch, HeaderMatch, HeaderModifier,
+    HttpRule, Mirror, Origin, OriginKind, PathMatch, PathModifier, QueryParamMatch, Redirect,
+    Retry, RouteMatch, StringMatch, Timeouts, WeightedBackend,
 };
 
 pub use tls::{ClientValidation, ListenerCertificate, ListenerTls, Redacted};

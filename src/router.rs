@@ -303,6 +303,8 @@ pub struct CompiledRule {
     pub policy: Option<Arc<crate::proxy::policy::CompiledPolicy>>,
     /// The rule's request-metric handles, when the table was compiled with request metrics.
     pub stats: Option<RouteStats>,
+    /// Local answers go to gRPC clients as gRPC statuses ([`crate::model::HttpRule::grpc`]).
+    pub grpc: bool,
 }
 
 /// A request mirror ready to use.
@@ -752,6 +754,7 @@ fn compile_rule(
             _ => None,
         }),
         stats,
+        grpc: rule.grpc,
     }))
 }
 

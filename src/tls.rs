@@ -261,8 +261,9 @@ pub struct UpstreamTls {
     pub group_key: u64,
 }
 
-/// Builds the upstream TLS configuration of a backend (BackendTLSPolicy).
-pub fn upstream(tls: &crate::model::BackendTls) -> Result<UpstreamTls, TlsError> {
+/// Builds the upstream TLS configuration of a backend (BackendTLSPolicy). `h2`: the backend speaks HTTP/2 (gRPC
+/// backends), offered by ALPN; else HTTP/1.1.
+pub fn upstream(tls: &crate::model::BackendTls, h2: bool) -> Result<UpstreamTls, TlsError> {
     install_provider();
     let mut roots = RootCertStore::empty();
     for pem in &tls.ca_bundles {
@@ -298,7 +299,11 @@ pub fn upstream(tls: &crate::model::BackendTls) -> Result<UpstreamTls, TlsError>
         }
         None => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![if h2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
     let server_name = rustls::pki_types::ServerName::try_from(tls.hostname.clone())
         .map_err(|e| TlsError::Config(format!("hostname {:?}: {e}", tls.hostname)))?;
     let group_key = {
@@ -306,6 +311,7 @@ pub fn upstream(tls: &crate::model::BackendTls) -> Result<UpstreamTls, TlsError>
         let mut h = std::collections::hash_map::DefaultHasher::new();
         tls.policy.hash(&mut h);
         tls.hostname.hash(&mut h);
+        h2.hash(&mut h);
         tls.client_certificate
             .as_ref()
             .map(|c| &c.source)

@@ -7,7 +7,9 @@
 mod backendpolicy;
 mod backendtls;
 mod builder;
+mod crosskind;
 mod gateway;
+mod grpcroute;
 mod httproute;
 mod ingress;
 mod l4route;
@@ -18,7 +20,6 @@ pub mod served;
 mod shared_address;
 pub mod status;
 mod tlsroute;
-mod unsupported;
 
 use crate::model::Model;
 use crate::source::{Input, ObjectRef};
@@ -176,6 +177,7 @@ pub fn translate(input: &Input, opts: &Options) -> Output {
     let rejected = ingress::translate(input, opts, &refs, &mut model, &mut diags);
     gateway::class_statuses(input, opts, &mut statuses);
     let mut gws = gateway::translate(input, opts, &refs, &mut model, &mut diags);
+    gws.kind_conflicts = crosskind::resolve(input, &gws, &refs);
     let policies = backendtls::Policies::new(input, &refs);
     let cx = httproute::RouteCtx {
         refs: &refs,
@@ -192,9 +194,17 @@ pub fn translate(input: &Input, opts: &Options) -> Output {
         &mut statuses,
         &mut usage,
     );
+    grpcroute::translate(
+        input,
+        &mut gws,
+        &cx,
+        &mut model,
+        &mut diags,
+        &mut statuses,
+        &mut usage,
+    );
     tlsroute::translate(input, &mut gws, &cx, &mut model, &mut diags, &mut statuses);
     l4route::translate(input, &mut gws, &cx, &mut model, &mut diags, &mut statuses);
-    unsupported::translate(input, &mut gws, &cx, &mut diags, &mut statuses);
     statuses.backend_tls_policies = policies.statuses(&usage, &opts.gateway_controller);
     gws.finish(&mut statuses);
     statuses.sort();

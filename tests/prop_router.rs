@@ -181,6 +181,7 @@ fn build_model(t: &Table) -> Model {
         }),
         timeouts: Default::default(),
         retry: None,
+        grpc: false,
     };
     let mut listeners = Vec::new();
     for (li, l) in t.listeners.iter().enumerate() {
@@ -388,6 +389,7 @@ fn route_match() -> impl Strategy<Value = RouteMatch> {
                 method: method.map(str::to_string),
                 headers,
                 query_params,
+                grpc: None,
             }
         })
 }

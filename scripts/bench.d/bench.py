@@ -5,7 +5,7 @@ Run through scripts/bench (which installs the tools and Traefik and builds the p
 127.0.0.1 only; every process started here is stopped on exit (by its process group id). The proxies run one at a
 time under load, pinned to one CPU; the client and the upstream share the other.
 
-Phases (--only; the first eight are the default run):
+Phases (--only; the first nine are the default run):
 1. throughput: plain HTTP/1.1 keep-alive, for each of --routes: Portcullis, nginx, HAProxy and Traefik start with
    the same host table; wrk runs against direct / portcullis / nginx / haproxy / traefik in alternation
    (A B C D E A B C D E ...), then a fixed-rate run (h2load --rps) at 50% of nginx's closed-loop rate for latency
@@ -25,8 +25,11 @@ Phases (--only; the first eight are the default run):
 8. tcp: TCPRoute next to nginx (stream) and HAProxy (mode tcp), a Python upstream and client (tcpload.py):
    bulk transfer (MB/s, proxy CPU per MB) and one small exchange per new connection (connections/s, latency,
    proxy CPU per connection).
-9. profile (--profile or --only profile): instructions per request under callgrind, perf samples of Portcullis.
-10. wakeups (--only wakeups, not in the default run): Portcullis next to nginx made slower in user space only
+9. grpc: gRPC unary calls over h2c (h2load, an empty gRPC-framed message) straight to proto-conformance's gRPC echo
+   backend and through Portcullis (a GRPCRoute): calls/s, p50/p99, CPU per call of Portcullis and of the backend,
+   closed loop and at one fixed rate.
+10. profile (--profile or --only profile): instructions per request under callgrind, perf samples of Portcullis.
+11. wakeups (--only wakeups, not in the default run): Portcullis next to nginx made slower in user space only
    (regular-expression locations it rejects on every request), to see whether kernel time per request follows
    user time through the wake-ups of the upstream and the client.
 """
@@ -1381,6 +1384,200 @@ def print_wakeups(out, args, rate, targets):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# gRPC: unary calls through Portcullis against a direct connection
+# ----------------------------------------------------------------------------------------------------------------
+
+GRPC_METHOD = "/gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/Echo"
+GRPC_HOST = "grpc.bench.test"
+# Offsets from --port of the gRPC phase's echo backend, Portcullis's listener and its admin port (the ports of the
+# observe phase, which has stopped by then).
+GRPC_PORTS = {"backend": 10, "portcullis": 11, "admin": 12}
+
+GRPC_MANIFESTS = """apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portcullis}}
+spec: {{controllerName: portcullis.dev/gateway-controller}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: bench}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: grpc-echo, namespace: bench}}
+spec: {{ports: [{{name: grpc, port: 9000, appProtocol: kubernetes.io/h2c}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: grpc-echo, namespace: bench, labels: {{kubernetes.io/service-name: grpc-echo}}}}
+addressType: IPv4
+ports: [{{name: grpc, port: {backend_port}}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: bench}}
+spec:
+  gatewayClassName: portcullis
+  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: echo, namespace: bench}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [{host}]
+  rules:
+  - matches:
+    - method: {{service: gateway_api_conformance.echo_basic.grpcecho.GrpcEcho, method: Echo}}
+    backendRefs: [{{name: grpc-echo, port: 9000}}]
+"""
+
+
+def grpc_request_opts(data_file):
+    """h2load/nghttp options of one unary call: POST of an empty gRPC-framed EchoRequest (5 zero bytes: not
+    compressed, length 0), the gRPC content type, `te: trailers` and the route's :authority."""
+    return ["-d", data_file, "-H", "content-type: application/grpc", "-H", "te: trailers",
+            "-H", f":authority: {GRPC_HOST}"]
+
+
+def grpc_status(port, data_file):
+    """The grpc-status of one call to port (nghttp prints the trailers), or None without one."""
+    argv = ["nghttp", "-nv", "-t", "5"] + grpc_request_opts(data_file) + [f"http://127.0.0.1:{port}{GRPC_METHOD}"]
+    out, _ = run_client(argv, 10)
+    m = re.search(r"grpc-status: (\d+)", out)
+    return int(m.group(1)) if m else None
+
+
+def run_grpc_h2load(args, port, data_file, duration, logfile, rate=None):
+    """h2load over h2c (prior knowledge) with --grpc-connections x --grpc-streams: closed loop, or `rate` calls per
+    second in all. h2load sees HTTP statuses only (the calls' grpc-status is checked before, with nghttp)."""
+    if os.path.exists(logfile):
+        os.remove(logfile)
+    c = args.grpc_connections
+    argv = ["taskset", "-c", str(args.client_cpu), "h2load", "-t1", f"--log-file={logfile}", f"-c{c}",
+            f"-m{args.grpc_streams}", f"-D{duration}"]
+    if rate:
+        argv.append(f"--rps={max(1, int(rate / c))}")
+    argv += grpc_request_opts(data_file) + [f"http://127.0.0.1:{port}{GRPC_METHOD}"]
+    out, ticks = run_client(argv, duration + 30)
+    h = parse_h2load(out)
+    lat, bad = read_latency_log(logfile)
+    r = {"raw": out, "wrk_cpu_ticks": ticks, "requests": len(lat), "rps": len(lat) / duration,
+         "non2xx": bad, "sockerr": h["sockerr"] + h["failed"]}
+    r["p50"], r["p99"] = percentile(lat, 0.5), percentile(lat, 0.99)
+    return r
+
+
+def grpc_phase(args, tmp):
+    """gRPC unary calls (GrpcEcho/Echo of the conformance echo backend, empty request) over h2c: straight to the
+    backend, and through Portcullis (an HTTP Gateway listener, one GRPCRoute, the backend over h2c). Closed-loop
+    rounds in alternation, then both at one fixed rate (half the direct closed-loop median). CPU per call of
+    Portcullis and of the backend."""
+    log("== grpc: unary calls, direct and through Portcullis")
+    backend_port = args.port + GRPC_PORTS["backend"]
+    port = args.port + GRPC_PORTS["portcullis"]
+    data_file = f"{tmp}/grpc-empty-request.bin"
+    with open(data_file, "wb") as f:
+        f.write(b"\x00\x00\x00\x00\x00")
+    backend = start([args.echo_server, "--mode", "grpc", "--pod", "grpc-bench", "--namespace", "bench",
+                     "--listen", f"127.0.0.1:{backend_port}"], args.upstream_cpu, f"{tmp}/grpc-echo.log")
+    d = f"{tmp}/portcullis-grpc"
+    os.makedirs(d, exist_ok=True)
+    with open(f"{d}/grpc.yaml", "w") as f:
+        f.write(GRPC_MANIFESTS.format(backend_port=backend_port, port=port, host=GRPC_HOST))
+    argv = portcullis_argv(args, d)
+    argv[argv.index("--http-port") + 1] = str(port)
+    argv[argv.index("--admin-addr") + 1] = f"127.0.0.1:{args.port + GRPC_PORTS['admin']}"
+    proxy = start(argv, args.proxy_cpu, f"{tmp}/portcullis-grpc.log", env=portcullis_env(args, "warn"))
+    targets = [Target("direct", backend_port, backend), Target("portcullis", port, proxy)]
+    try:
+        for t in targets:
+            deadline = time.monotonic() + 60
+            while grpc_status(t.port, data_file) != 0:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{t.name}: no gRPC OK from {GRPC_METHOD} (see {tmp})")
+                time.sleep(0.2)
+            run_grpc_h2load(args, t.port, data_file, 1, f"{tmp}/h2load-grpc.log")
+        back_pids = pids_of(backend)
+
+        def load(t, duration, rate=None):
+            b0 = cpu_ticks(back_pids)
+            r = run_grpc_h2load(args, t.port, data_file, duration, f"{tmp}/h2load-grpc.log", rate)
+            r["backend_ticks"] = cpu_ticks(back_pids) - b0
+            return r
+
+        for rnd in range(args.rounds):
+            for t in targets:
+                others = back_pids if t.proc is not backend else []
+                r = measure(args, t, lambda x: load(x, args.duration), others, back_pids)
+                t.runs.append(r)
+                log(f"   round {rnd + 1} {t.name:10s} {r['rps']:>9,.0f} calls/s  p99 {fmt(r['p99'])} us  "
+                    f"CPU {r['cpu_ticks'] * 1e6 / CLK_TCK / max(1, r['requests']):.1f} us/call  "
+                    f"background {r['background'] * 100:.0f}%")
+        rate = max(100, int(statistics.median(r["rps"] for r in targets[0].runs) * 0.5))
+        for t in targets:
+            u0, s0 = cpu_split(t.pids())
+            r = load(t, args.fixed_duration, rate)
+            u1, s1 = cpu_split(t.pids())
+            r["cpu_ticks"] = (u1 + s1) - (u0 + s0)
+            t.fixed = r
+            log(f"   fixed {rate}/s {t.name:10s} p50 {fmt(r['p50'])} us  p99 {fmt(r['p99'])} us")
+        for t in targets:
+            t.hwm_kb = mem_kb(t.pids(), "VmHWM")
+    finally:
+        for p in (proxy, backend):
+            stop(p)
+            STARTED.remove(p)
+    return rate, targets
+
+
+def print_grpc(out, args, rate, targets):
+    out.append("")
+    out.append(f"### gRPC unary calls over h2c (GrpcEcho/Echo, empty message): closed loop, h2load -t1 "
+               f"-c{args.grpc_connections} -m{args.grpc_streams}, {args.rounds} rounds x {args.duration} s per "
+               f"target, alternating (medians; CPU = all rounds)")
+    out.append("")
+    out.append("The backend is proto-conformance's echo-server (`--mode grpc`, tonic), pinned with the client. "
+               "Portcullis CPU is the proxy process only; backend CPU is the echo-server's, per call.")
+    out.append("")
+    out.append("| target | calls/s | calls/s min..max | p50 us | p99 us | Portcullis CPU us/call | backend CPU "
+               "us/call | peak RSS MB | non-2xx | errors | background load |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    s = {}
+    for t in targets:
+        x = summarize(t)
+        calls = max(1, sum(r["requests"] for r in t.runs))
+        x["backend"] = sum(r["backend_ticks"] for r in t.runs) * 1e6 / CLK_TCK / calls
+        s[t.name] = x
+        proxy_cpu = "-" if t.name == "direct" else fmt(x["cpu"], 1)
+        out.append(f"| {t.name} | {fmt(x['rps'])} | {fmt(x['spread'][0])}..{fmt(x['spread'][1])} | "
+                   f"{fmt(x['p50'])} | {fmt(x['p99'])} | {proxy_cpu} | {fmt(x['backend'], 1)} | "
+                   f"{fmt(x['rss'], 1)} | {x['non2xx']} | {x['sockerr']} | {x['background'] * 100:.0f}% |")
+    pc, d = s["portcullis"], s["direct"]
+    out.append("")
+    out.append(f"Portcullis/direct: calls/s {ratio(pc['rps'], d['rps'])}, p50 {ratio(pc['p50'], d['p50'])}, "
+               f"p99 {ratio(pc['p99'], d['p99'])}")
+    out.append("")
+    out.append(f"Fixed rate {rate:,} calls/s (50% of the direct closed-loop median), h2load --rps, "
+               f"{args.fixed_duration} s per target:")
+    out.append("")
+    out.append("| target | calls/s done | p50 us | p99 us | Portcullis CPU us/call | backend CPU us/call | non-2xx "
+               "| errors |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for t in targets:
+        f = t.fixed
+        n = max(1, f["requests"])
+        proxy_cpu = "-" if t.name == "direct" else fmt(f["cpu_ticks"] * 1e6 / CLK_TCK / n, 1)
+        out.append(f"| {t.name} | {fmt(f['rps'])} | {fmt(f['p50'])} | {fmt(f['p99'])} | {proxy_cpu} | "
+                   f"{fmt(f['backend_ticks'] * 1e6 / CLK_TCK / n, 1)} | {f['non2xx']} | {f['sockerr']} |")
+    fp, fd = targets[1].fixed, targets[0].fixed
+    out.append("")
+    out.append(f"Portcullis/direct at fixed rate: p50 {ratio(fp['p50'], fd['p50'])}, "
+               f"p99 {ratio(fp['p99'], fd['p99'])}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Phase 2: configuration changes
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -2151,8 +2348,8 @@ def print_targets(out, throughput, churn):
         out.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |")
 
 
-PHASES = ["throughput", "tls", "h2", "churn", "reload", "edits", "observe", "tcp", "profile", "wakeups"]
-DEFAULT_PHASES = ["throughput", "tls", "h2", "churn", "reload", "edits", "observe", "tcp"]
+PHASES = ["throughput", "tls", "h2", "churn", "reload", "edits", "observe", "tcp", "grpc", "profile", "wakeups"]
+DEFAULT_PHASES = ["throughput", "tls", "h2", "churn", "reload", "edits", "observe", "tcp", "grpc"]
 NEEDS_TRAEFIK = {"throughput", "tls", "h2", "churn"}
 
 # --quick: every phase of the default run, briefly and with smaller tables, to check that the script works.
@@ -2224,6 +2421,10 @@ def main():
     ap.add_argument("--profile-dir", default="target/bench-profile", help="where profiles are kept")
     ap.add_argument("--portcullis-env", action="append", default=[], metavar="KEY=VALUE",
                     help="environment for Portcullis only (e.g. LD_PRELOAD of another allocator, to compare)")
+    ap.add_argument("--echo-server", default=None,
+                    help="proto-conformance's echo-server binary, the gRPC phase's backend (scripts/bench builds it)")
+    ap.add_argument("--grpc-connections", type=int, default=4, help="h2load connections of the gRPC phase")
+    ap.add_argument("--grpc-streams", type=int, default=8, help="h2load streams per connection of the gRPC phase")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
     if "--quick" in sys.argv[1:]:
         ap.set_defaults(**QUICK)
@@ -2236,6 +2437,8 @@ def main():
         args.phases.append("profile")
     if NEEDS_TRAEFIK & set(args.phases) and not (args.traefik and os.access(args.traefik, os.X_OK)):
         raise SystemExit("Traefik not found: pass --traefik (scripts/bench installs it)")
+    if "grpc" in args.phases and not (args.echo_server and os.access(args.echo_server, os.X_OK)):
+        raise SystemExit("the gRPC phase needs --echo-server (scripts/bench builds proto-conformance's echo-server)")
     if args.upstream_cpu is None:
         args.upstream_cpu = args.client_cpu
     for port in range(args.port, args.port + 23):
@@ -2298,6 +2501,8 @@ def main():
                 print_observe(out, args, observe_phase(args, tmp, upstream))
             elif phase == "tcp":
                 print_tcp(out, args, tcp_phase(args, tmp))
+            elif phase == "grpc":
+                print_grpc(out, args, *grpc_phase(args, tmp))
             elif phase == "profile":
                 os.makedirs(args.profile_dir, exist_ok=True)
                 report = []

@@ -135,7 +135,8 @@ pub enum BackendProtocol {
     /// HTTP/1.1 (upgrades such as WebSocket pass through).
     #[default]
     Http1,
-    /// HTTP/2 over cleartext with prior knowledge (`appProtocol: kubernetes.io/h2c`).
+    /// HTTP/2 (`appProtocol: kubernetes.io/h2c`, and every GRPCRoute backend): over cleartext with prior
+    /// knowledge, or, when the backend has TLS (BackendTLSPolicy), inside TLS with ALPN `h2`.
     H2c,
 }
 

@@ -57,13 +57,47 @@ impl Hash for MatchKey<'_> {
 }
 
 /// The part of the order that depends on the match alone; larger is more specific.
-fn match_rank(m: &RouteMatch) -> impl Ord {
+///
+/// GRPCRoute matches are ranked by GRPCRoute's own rule (GRPCRouteRule.matches):
+///
+/// > Precedence MUST be given to the rule with the largest number of:
+/// > * Characters in a matching non-wildcard hostname.
+/// > * Characters in a matching hostname.
+/// > * Characters in a matching service.
+/// > * Characters in a matching method.
+/// > * Header matches.
+///
+/// (the hostnames are [`host_rank`]). Our choices: a regular expression counts its pattern's characters, and on
+/// a tie an exact service/method goes before a regular expression. GRPCRoute and HTTPRoute rules never share a
+/// hostname on one listener (translation refuses one of the two routes, as GRPCRouteSpec.hostnames requires), so
+/// the two ranks meet only next to Ingress paths, which take part under every listener hostname: there a
+/// GRPCRoute rule goes first.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum MatchRank {
+    /// HTTPRoute and Ingress: path kind and length, method, header count, query count.
+    Http((u8, usize), bool, usize, usize),
+    /// GRPCRoute: service characters, method characters, header count, exact before regular expression.
+    Grpc(usize, usize, usize, bool),
+}
+
+fn match_rank(rule: &HttpRule, index: usize) -> MatchRank {
+    let m = &rule.matches[index];
+    if rule.origin.kind == OriginKind::GrpcRoute {
+        let g = m.grpc.as_ref();
+        let len = |v: Option<&String>| v.map_or(0, |v| v.len());
+        return MatchRank::Grpc(
+            len(g.and_then(|g| g.service.as_ref())),
+            len(g.and_then(|g| g.method.as_ref())),
+            m.headers.len(),
+            g.is_none_or(|g| !g.regex),
+        );
+    }
     let path = match &m.path {
         PathMatch::Exact(v) => (3u8, v.len()),
         PathMatch::RegularExpression(v) => (2, v.len()),
         PathMatch::Prefix(v) => (1, v.len()),
     };
-    (
+    MatchRank::Http(
         path,
         m.method.is_some(),
         m.headers.len(),
@@ -97,11 +131,11 @@ impl Ord for QualifiedName<'_> {
     }
 }
 
-/// The tie-breaks between rules once their matches rank equal: HTTPRoute before Ingress, then the oldest object
+/// The tie-breaks between rules once their matches rank equal: Gateway API routes before Ingress, then the oldest object
 /// (objects without a creation time count as newest), then `namespace/name`, then rule order.
 fn origin_rank(r: &HttpRule) -> impl Ord + '_ {
     (
-        r.origin.kind != OriginKind::HttpRoute,
+        r.origin.kind == OriginKind::Ingress,
         r.origin.created.is_none(),
         r.origin.created,
         QualifiedName(&r.origin.namespace, &r.origin.name),
@@ -213,9 +247,7 @@ pub fn compare(
     let (bh, br, bi) = b;
     Reverse(host_rank(ah))
         .cmp(&Reverse(host_rank(bh)))
-        .then_with(|| {
-            Reverse(match_rank(&ar.matches[ai])).cmp(&Reverse(match_rank(&br.matches[bi])))
-        })
+        .then_with(|| Reverse(match_rank(ar, ai)).cmp(&Reverse(match_rank(br, bi))))
         .then_with(|| origin_rank(ar).cmp(&origin_rank(br)))
         .then_with(|| ai.cmp(&bi))
 }
@@ -245,6 +277,7 @@ mod tests {
             action: Action::Forward(BackendGroup { backends: vec![] }),
             timeouts: Default::default(),
             retry: None,
+            grpc: false,
         }
     }
 

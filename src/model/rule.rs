@@ -10,6 +10,9 @@ pub enum OriginKind {
     /// A Gateway API HTTPRoute.
     #[serde(rename = "HTTPRoute")]
     HttpRoute,
+    /// A Gateway API GRPCRoute.
+    #[serde(rename = "GRPCRoute")]
+    GrpcRoute,
     /// A networking.k8s.io/v1 Ingress.
     Ingress,
     /// A Gateway API TLSRoute.
@@ -28,6 +31,7 @@ impl OriginKind {
     pub fn as_str(self) -> &'static str {
         match self {
             OriginKind::HttpRoute => "HTTPRoute",
+            OriginKind::GrpcRoute => "GRPCRoute",
             OriginKind::Ingress => "Ingress",
             OriginKind::TlsRoute => "TLSRoute",
             OriginKind::TcpRoute => "TCPRoute",
@@ -94,6 +98,10 @@ pub struct HttpRule {
     /// Retries of failed attempts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry: Option<Retry>,
+    /// The rule serves gRPC (a GRPCRoute rule, or an Ingress path whose backend speaks gRPC): answers made here
+    /// (no backend, timeouts) go to gRPC clients as gRPC statuses instead of HTTP error pages.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub grpc: bool,
 }
 
 /// HTTPRoute `timeouts`, in milliseconds. `None` means no timeout.
@@ -141,6 +149,24 @@ pub struct RouteMatch {
     /// Query parameter conditions; names are case-sensitive and unique.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub query_params: Vec<QueryParamMatch>,
+    /// For a GRPCRoute match: the service and method it names. `path` already holds the condition they make;
+    /// this is kept for precedence, which GRPCRoute orders by the service and method, not by the path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcMethodMatch>,
+}
+
+/// The service and method of a GRPCRoute match (GRPCMethodMatch), as written.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct GrpcMethodMatch {
+    /// The values are regular expressions (type RegularExpression), else exact names.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub regex: bool,
+    /// The service (`package.Service`); `None` matches every service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The method; `None` matches every method.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
 }
 
 impl RouteMatch {
@@ -151,6 +177,7 @@ impl RouteMatch {
             method: None,
             headers: Vec::new(),
             query_params: Vec::new(),
+            grpc: None,
         }
     }
 }
@@ -166,6 +193,16 @@ impl fmt::Display for RouteMatch {
         }
         for q in &self.query_params {
             write!(f, " query:{}{}", q.name, q.value)?;
+        }
+        if let Some(g) = &self.grpc {
+            let any = "*";
+            let sep = if g.regex { "~" } else { "=" };
+            write!(
+                f,
+                " grpc{sep}{}/{}",
+                g.service.as_deref().unwrap_or(any),
+                g.method.as_deref().unwrap_or(any)
+            )?;
         }
         Ok(())
     }

@@ -429,6 +429,20 @@ async fn respond(
     Ok(true)
 }
 
+/// Writes a local answer: a gRPC status to a gRPC client when the rule serves gRPC (`grpc_rule`), else the HTTP
+/// status (and `Location`).
+async fn answer(
+    session: &mut Session,
+    grpc_rule: bool,
+    status: u16,
+    location: Option<HeaderValue>,
+) -> Result<bool> {
+    if grpc_rule && location.is_none() && super::grpc::is_grpc_request(session.req_header()) {
+        return super::grpc::respond(session, status).await;
+    }
+    respond(session, status, location).await
+}
+
 /// Replaces the part of `path` that `prefix` matched with `replacement`, as Gateway API's ReplacePrefixMatch
 /// defines it: `/prefix/one` + `/one` turns `/prefix/one/two` into `/one/two`; replacing with `/` turns
 /// `/prefix` into `/`.
@@ -747,7 +761,8 @@ impl ProxyHttp for HttpApp {
                 } else {
                     421
                 };
-                return respond(session, status, None).await;
+                // No rule to ask: a gRPC client gets a gRPC answer whatever the listener serves.
+                return answer(session, true, status, None).await;
             }
         };
         // Noted now so that every answer, local ones too, is counted under its route.
@@ -807,7 +822,7 @@ impl ProxyHttp for HttpApp {
                 if status == 503 {
                     ctx.failure = Some(Failure::NoHealthyUpstream);
                 }
-                respond(session, status, loc).await
+                answer(session, entry.rule.grpc, status, loc).await
             }
         }
     }
@@ -1159,7 +1174,8 @@ impl ProxyHttp for HttpApp {
                 // Pingora does not keep a client connection after a failed upstream connect: say so.
                 session.set_keepalive(None);
             }
-            let _ = respond(session, code, None).await;
+            let grpc = ctx.entry.as_ref().is_some_and(|e| e.rule.grpc);
+            let _ = answer(session, grpc, code, None).await;
         }
         FailToProxy {
             error_code: code,

@@ -278,7 +278,13 @@ impl Upstream {
                 Selector::Hash(Arc::new(KetamaHashing::build(&set)), on.clone())
             }
         };
-        let tls = match spec.tls.as_deref().map(crate::tls::upstream).transpose() {
+        let h2 = spec.protocol == BackendProtocol::H2c;
+        let tls = match spec
+            .tls
+            .as_deref()
+            .map(|t| crate::tls::upstream(t, h2))
+            .transpose()
+        {
             Ok(t) => Ok(t.map(Arc::new)),
             Err(e) => Err(format!("backend TLS cannot be configured: {e}").into()),
         };
@@ -387,7 +393,8 @@ impl Upstream {
     }
 
     /// The one place a peer for an endpoint of this backend is built (requests, retries, mirrors, active
-    /// checks): plain HTTP/1.1, HTTP/2 with prior knowledge for h2c backends, or TLS as its BackendTLSPolicy says.
+    /// checks): plain HTTP/1.1, HTTP/2 with prior knowledge for h2c backends, or TLS as its BackendTLSPolicy says
+    /// (then HTTP/2 backends get HTTP/2 inside TLS, offered by ALPN `h2`).
     pub fn peer(&self, ep: &EndpointState) -> HttpPeer {
         let mut peer = HttpPeer::new(ep.addr, false, String::new());
         peer.options.connection_timeout = Some(CONNECT_TIMEOUT);

@@ -42,6 +42,9 @@ pub(crate) const SUPPORTED_FEATURES: &[&str] = &[
     "GatewayInfrastructurePropagation",
     "GatewayPort8080",
     "GatewayStaticAddresses",
+    "GRPCRoute",
+    "GRPCRouteNamedRouteRule",
+    "GRPCRouteRequestHeaderModifier",
     "HTTPRoute",
     "HTTPRoute303RedirectStatusCode",
     "HTTPRoute307RedirectStatusCode",
@@ -176,6 +179,8 @@ pub(crate) struct Gateways {
     attached: Vec<BTreeSet<(String, String, String)>>,
     /// The sockets the listeners of the Gateways translated so far hold.
     shared: SharedSockets,
+    /// Listeners where an HTTPRoute or GRPCRoute lost the hostname rule between the two kinds.
+    pub kind_conflicts: super::crosskind::KindConflicts,
 }
 
 impl Gateways {
@@ -305,9 +310,10 @@ pub(crate) fn class_statuses(input: &Input, opts: &Options, statuses: &mut Statu
 /// The route kinds a listener of this protocol accepts.
 fn supported_kinds(protocol: Protocol) -> Vec<(String, String)> {
     match protocol {
-        Protocol::Http | Protocol::Https => {
-            vec![(GATEWAY_GROUP.to_string(), "HTTPRoute".to_string())]
-        }
+        Protocol::Http | Protocol::Https => vec![
+            (GATEWAY_GROUP.to_string(), "HTTPRoute".to_string()),
+            (GATEWAY_GROUP.to_string(), "GRPCRoute".to_string()),
+        ],
         Protocol::Tls => vec![(GATEWAY_GROUP.to_string(), "TLSRoute".to_string())],
         Protocol::Tcp => vec![(GATEWAY_GROUP.to_string(), "TCPRoute".to_string())],
         Protocol::Udp => vec![(GATEWAY_GROUP.to_string(), "UDPRoute".to_string())],

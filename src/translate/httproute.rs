@@ -5,7 +5,7 @@ use super::backendtls::Policies;
 use super::builder::ModelBuilder;
 use super::gateway::Gateways;
 use super::refs::{PortRef, Resolver};
-use super::routes::{self, BackendRefView, RouteView, RuleReport};
+use super::routes::{self, Attachment, BackendRefView, RouteView, RuleReport};
 use super::status::Statuses;
 use super::{created, recast, Diagnostics, Options};
 use crate::k8s::gw::types::{
@@ -21,9 +21,10 @@ use crate::k8s::gw::types::{
 use crate::k8s::gw::HTTPRoute;
 use crate::k8s::GATEWAY_GROUP;
 use crate::model::{
-    Action, Backend, BackendGroup, ClientCertificate, Cors, Filter, HeaderMatch, HeaderModifier,
-    HttpRule, Mirror, Origin, OriginKind, PathMatch, PathModifier, QueryParamMatch, Redirect,
-    Retry, RouteMatch, StringMatch, Timeouts, WeightedBackend,
+    Action, Backend, BackendGroup, BackendKey, BackendProtocol, ClientCertificate, Cors, Filter,
+    HeaderMatch, HeaderModifier, HttpRule, Mirror, Origin, OriginKind, PathMatch, PathModifier,
+    QueryParamMatch, Redirect, Retry, RouteMatch, ServiceBackend, StringMatch, Timeouts,
+    WeightedBackend,
 };
 use crate::source::{Input, ObjectRef};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -72,12 +73,52 @@ fn with_client_certificate(
                 };
                 if let Some(t) = &mut s.tls {
                     t.client_certificate = Some(cc.clone());
-                    *key = refs.register(s);
+                    // Keeps what else set this reference apart from its Service port (HTTP/2 for gRPC).
+                    let extra = if key.variant == H2_VARIANT {
+                        H2_VARIANT
+                    } else {
+                        ""
+                    };
+                    *key = refs.register_variant(s, extra);
                 }
             }
         }
     }
     rule
+}
+
+/// Adds a route's rules to every listener it attached to, for each of the hostnames it serves there (with the
+/// Gateway's backend client certificate on TLS backends, where the Gateway has one), and notes which Gateways
+/// send traffic to which Services (for BackendTLSPolicy status).
+pub(super) fn add_rules(
+    attachments: &[Attachment],
+    rules: &[HttpRule],
+    report: &RuleReport,
+    gws: &Gateways,
+    refs: &Resolver<'_>,
+    model: &mut ModelBuilder,
+    usage: &mut ServiceUsage,
+) {
+    for a in attachments {
+        let l = &gws.listeners[a.listener];
+        for svc in &report.services {
+            usage
+                .entry(svc.clone())
+                .or_default()
+                .insert(l.gateway.clone());
+        }
+        for key in &l.keys {
+            for host in &a.hostnames {
+                for rule in rules {
+                    let rule = match &l.backend_client_cert {
+                        Some(cc) => with_client_certificate(rule, cc, refs),
+                        None => rule.clone(),
+                    };
+                    model.add_rule(*key, Some(l.hostname.clone()), host.clone(), rule);
+                }
+            }
+        }
+    }
 }
 
 fn translate_one(
@@ -156,26 +197,7 @@ fn translate_one(
                 .collect(),
         };
 
-    for a in &attachments {
-        let l = &gws.listeners[a.listener];
-        for svc in &report.services {
-            usage
-                .entry(svc.clone())
-                .or_default()
-                .insert(l.gateway.clone());
-        }
-        for key in &l.keys {
-            for host in &a.hostnames {
-                for rule in &rules {
-                    let rule = match &l.backend_client_cert {
-                        Some(cc) => with_client_certificate(rule, cc, cx.refs),
-                        None => rule.clone(),
-                    };
-                    model.add_rule(*key, Some(l.hostname.clone()), host.clone(), rule);
-                }
-            }
-        }
-    }
+    add_rules(&attachments, &rules, &report, gws, cx.refs, model, usage);
     if let Some(st) = routes::route_status(&view, outcomes, &report, &cx.opts.gateway_controller) {
         statuses.routes.push(st);
     }
@@ -190,56 +212,174 @@ fn translate_rule(
     diags: &mut Diagnostics,
     report: &mut RuleReport,
 ) -> Option<HttpRule> {
-    let refs = cx.refs;
     let field = format!("spec.rules[{}]", origin.rule);
-    fn refuse(diags: &mut Diagnostics, report: &mut RuleReport, object: &ObjectRef, msg: String) {
-        diags.error(object, format!("{msg}; rule skipped"));
-        report.invalid_rules.push(msg);
+    let built = build_rule(&field, r, object, cx, diags, report);
+    match built {
+        Ok(parts) => Some(HttpRule {
+            origin,
+            matches: parts.matches,
+            filters: parts.filters,
+            action: parts.action,
+            timeouts: parts.timeouts,
+            retry: parts.retry,
+            grpc: false,
+        }),
+        Err(msg) => {
+            refuse_rule(msg, object, diags, report);
+            None
+        }
     }
+}
+
+/// Reports a rule refused as a whole (`msg` starts with the rule's field path).
+pub(super) fn refuse_rule(
+    msg: String,
+    object: &ObjectRef,
+    diags: &mut Diagnostics,
+    report: &mut RuleReport,
+) {
+    diags.error(object, format!("{msg}; rule skipped"));
+    report.invalid_rules.push(msg);
+}
+
+/// An HTTPRoute rule's parts, before its origin is attached.
+struct RuleParts {
+    matches: Vec<RouteMatch>,
+    filters: Vec<Filter>,
+    action: Action,
+    timeouts: Timeouts,
+    retry: Option<Retry>,
+}
+
+/// The parts of an HTTPRoute rule, or why the rule is refused as a whole.
+fn build_rule(
+    field: &str,
+    r: &HttpRouteRules,
+    object: &ObjectRef,
+    cx: &RouteCtx<'_, '_>,
+    diags: &mut Diagnostics,
+    report: &mut RuleReport,
+) -> Result<RuleParts, String> {
+    let matches = http_matches(r.matches.as_deref(), field, object, diags)?;
+    let rcx = RuleCx {
+        all_prefix: matches
+            .iter()
+            .all(|m| matches!(m.path, PathMatch::Prefix(_))),
+        route_kind: ROUTE_KIND,
+        route_ns: object.namespace.as_deref().unwrap_or("default"),
+        grpc: false,
+        object,
+        refs: cx.refs,
+        policies: cx.policies,
+    };
+    let rf = rule_filters(r.filters.as_deref().unwrap_or(&[]), field, &rcx)?;
+    warn_unresolved_mirrors(&rf.filters, field, object, diags, report);
+    if let Some(rd) = rf.redirect {
+        if rf
+            .filters
+            .iter()
+            .any(|f| matches!(f, Filter::UrlRewrite { .. }))
+        {
+            return Err(format!(
+                "{field}: RequestRedirect and URLRewrite cannot be combined"
+            ));
+        }
+        // Gateway API CEL rule on HTTPRouteRule: "RequestRedirect filter must not be used together with
+        // backendRefs".
+        if r.backend_refs.as_ref().is_some_and(|b| !b.is_empty()) {
+            return Err(format!(
+                "{field}: RequestRedirect cannot be used together with backendRefs"
+            ));
+        }
+        if rf.unsupported.is_none() {
+            return Ok(RuleParts {
+                matches,
+                filters: rf.filters,
+                action: Action::Redirect(rd),
+                timeouts: rule_timeouts(r, field, diags, object)?,
+                retry: rule_retry(r, field)?,
+            });
+        }
+    }
+    let action = forward_action(
+        rf.unsupported,
+        r.backend_refs.as_deref().unwrap_or(&[]),
+        field,
+        &rcx,
+        diags,
+        report,
+    );
+    Ok(RuleParts {
+        matches,
+        filters: rf.filters,
+        action,
+        timeouts: rule_timeouts(r, field, diags, object)?,
+        retry: rule_retry(r, field)?,
+    })
+}
+
+/// The matches of an HTTPRoute rule (the spec default when it has none); invalid matches are skipped
+/// (reported), and a rule left without one is refused.
+fn http_matches(
+    ms: Option<&[HttpRouteRulesMatches]>,
+    field: &str,
+    object: &ObjectRef,
+    diags: &mut Diagnostics,
+) -> Result<Vec<RouteMatch>, String> {
+    let Some(ms) = ms.filter(|ms| !ms.is_empty()) else {
+        return Ok(vec![RouteMatch::any()]);
+    };
     let mut matches = Vec::new();
-    match r.matches.as_deref() {
-        None | Some([]) => matches.push(RouteMatch::any()),
-        Some(ms) => {
-            for (mi, m) in ms.iter().enumerate() {
-                match route_match(m) {
-                    Ok(m) => matches.push(m),
-                    Err(e) => {
-                        diags.error(object, format!("{field}.matches[{mi}]: {e}; match skipped"))
-                    }
-                }
-            }
+    for (mi, m) in ms.iter().enumerate() {
+        match route_match(m) {
+            Ok(m) => matches.push(m),
+            Err(e) => diags.error(object, format!("{field}.matches[{mi}]: {e}; match skipped")),
         }
     }
     if matches.is_empty() {
-        refuse(diags, report, object, format!("{field}: no valid match"));
-        return None;
+        return Err(format!("{field}: no valid match"));
     }
-    let all_prefix = matches
-        .iter()
-        .all(|m| matches!(m.path, PathMatch::Prefix(_)));
+    Ok(matches)
+}
 
-    let mut filters = Vec::new();
-    let mut redirect = None;
-    let mut unsupported = None;
-    let route_ns = object.namespace.as_deref().unwrap_or("default");
-    let fcx = FilterCtx {
-        all_prefix,
-        route_ns,
-        refs,
-        policies: cx.policies,
+/// A rule's filters, sorted out: the filters that run, a rule-level redirect, and the first filter type that is
+/// not supported.
+pub(super) struct RuleFilters {
+    pub filters: Vec<Filter>,
+    pub redirect: Option<Redirect>,
+    pub unsupported: Option<&'static str>,
+}
+
+/// Translates a rule's filters; an invalid filter refuses the rule.
+pub(super) fn rule_filters(
+    fs: &[HttpRouteRulesFilters],
+    field: &str,
+    rcx: &RuleCx<'_, '_>,
+) -> Result<RuleFilters, String> {
+    let mut out = RuleFilters {
+        filters: Vec::new(),
+        redirect: None,
+        unsupported: None,
     };
-    for (fi, f) in r.filters.iter().flatten().enumerate() {
-        let ffield = format!("{field}.filters[{fi}]");
-        match translate_filter(f, &fcx) {
-            Ok(FilterOut::Filter(f)) => filters.push(f),
-            Ok(FilterOut::Redirect(rd)) => redirect = Some(rd),
-            Ok(FilterOut::Unsupported(name)) => unsupported = Some(name),
-            Err(e) => {
-                refuse(diags, report, object, format!("{ffield}: {e}"));
-                return None;
-            }
+    for (fi, f) in fs.iter().enumerate() {
+        match translate_filter(f, rcx) {
+            Ok(FilterOut::Filter(f)) => out.filters.push(f),
+            Ok(FilterOut::Redirect(rd)) => out.redirect = Some(rd),
+            Ok(FilterOut::Unsupported(name)) => out.unsupported = Some(name),
+            Err(e) => return Err(format!("{field}.filters[{fi}]: {e}")),
         }
     }
+    Ok(out)
+}
+
+/// Reports the mirrors whose Service cannot be reached (no copies are sent; `ResolvedRefs` turns false).
+pub(super) fn warn_unresolved_mirrors(
+    filters: &[Filter],
+    field: &str,
+    object: &ObjectRef,
+    diags: &mut Diagnostics,
+    report: &mut RuleReport,
+) {
     for (fi, f) in filters.iter().enumerate() {
         if let Filter::RequestMirror(Mirror {
             backend: Backend::Invalid { reason, .. },
@@ -250,141 +390,101 @@ fn translate_rule(
                 object,
                 format!("{field}.filters: RequestMirror #{fi}: {reason}; no copies are sent"),
             );
-            report.unresolved("BackendNotFound", reason.clone());
+            report.unresolved(routes::RouteReason::BackendNotFound, reason.clone());
         }
     }
-    if redirect.is_some()
-        && filters
-            .iter()
-            .any(|f| matches!(f, Filter::UrlRewrite { .. }))
-    {
-        refuse(
-            diags,
-            report,
-            object,
-            format!("{field}: RequestRedirect and URLRewrite cannot be combined"),
-        );
-        return None;
-    }
-    // Gateway API CEL rule on HTTPRouteRule: "RequestRedirect filter must not be used together with backendRefs".
-    if redirect.is_some() && r.backend_refs.as_ref().is_some_and(|b| !b.is_empty()) {
-        refuse(
-            diags,
-            report,
-            object,
-            format!("{field}: RequestRedirect cannot be used together with backendRefs"),
-        );
-        return None;
-    }
+}
 
-    let action = if let Some(name) = unsupported {
+/// What a forwarding rule does: its weighted backends, or 500 when one of its filters is not supported (the spec:
+/// requests such a filter would have processed get an error, the filter is never skipped).
+pub(super) fn forward_action(
+    unsupported: Option<&'static str>,
+    brefs: &[HttpRouteRulesBackendRefs],
+    field: &str,
+    rcx: &RuleCx<'_, '_>,
+    diags: &mut Diagnostics,
+    report: &mut RuleReport,
+) -> Action {
+    if let Some(name) = unsupported {
         let reason = format!("filter {name} is not supported");
         diags.error(
-            object,
+            rcx.object,
             format!("{field}: {reason}; matching requests get 500"),
         );
-        Action::Forward(BackendGroup {
+        return Action::Forward(BackendGroup {
             backends: vec![WeightedBackend {
                 weight: 1,
-                backend: Backend::Invalid {
-                    status: 500,
-                    reason,
-                },
+                backend: invalid(500, reason),
                 filters: vec![],
             }],
-        })
-    } else if let Some(rd) = redirect {
-        Action::Redirect(rd)
-    } else {
-        Action::Forward(backend_group(
-            r.backend_refs.as_deref().unwrap_or(&[]),
-            &field,
-            all_prefix,
-            object,
-            cx,
-            diags,
-            report,
-        ))
-    };
+        });
+    }
+    Action::Forward(backend_group(brefs, field, rcx, diags, report))
+}
+
+/// The rule's `timeouts`.
+fn rule_timeouts(
+    r: &HttpRouteRules,
+    field: &str,
+    diags: &mut Diagnostics,
+    object: &ObjectRef,
+) -> Result<Timeouts, String> {
     let mut timeouts = Timeouts::default();
-    if let Some(t) = &r.timeouts {
-        for (name, value, slot) in [
-            ("request", &t.request, &mut timeouts.request_ms),
-            (
-                "backendRequest",
-                &t.backend_request,
-                &mut timeouts.backend_request_ms,
-            ),
-        ] {
-            if let Some(v) = value {
-                match parse_duration(v) {
-                    // "0s" disables the timeout.
-                    Ok(0) => {}
-                    Ok(ms) => *slot = Some(ms),
-                    Err(e) => {
-                        refuse(
-                            diags,
-                            report,
-                            object,
-                            format!("{field}.timeouts.{name}: {e}"),
-                        );
-                        return None;
-                    }
-                }
-            }
-        }
-        if let (Some(req), Some(be)) = (timeouts.request_ms, timeouts.backend_request_ms) {
-            if be > req {
-                diags.warning(
-                    object,
-                    format!(
-                        "{field}.timeouts: backendRequest is longer than request; request applies"
-                    ),
-                );
+    let Some(t) = &r.timeouts else {
+        return Ok(timeouts);
+    };
+    for (name, value, slot) in [
+        ("request", &t.request, &mut timeouts.request_ms),
+        (
+            "backendRequest",
+            &t.backend_request,
+            &mut timeouts.backend_request_ms,
+        ),
+    ] {
+        if let Some(v) = value {
+            match parse_duration(v) {
+                // "0s" disables the timeout.
+                Ok(0) => {}
+                Ok(ms) => *slot = Some(ms),
+                Err(e) => return Err(format!("{field}.timeouts.{name}: {e}")),
             }
         }
     }
-    let retry = match &r.retry {
-        None => None,
-        Some(rt) => {
-            let backoff_ms = match rt.backoff.as_deref().map(parse_duration).transpose() {
-                Ok(b) => b,
-                Err(e) => {
-                    refuse(diags, report, object, format!("{field}.retry.backoff: {e}"));
-                    return None;
-                }
-            };
-            let mut codes = Vec::new();
-            for c in rt.codes.iter().flatten() {
-                match u16::try_from(*c) {
-                    Ok(c) if (400..=599).contains(&c) => codes.push(c),
-                    _ => {
-                        refuse(
-                            diags,
-                            report,
-                            object,
-                            format!("{field}.retry.codes: {c} is not a 4xx/5xx status"),
-                        );
-                        return None;
-                    }
-                }
-            }
-            let attempts = rt.attempts.unwrap_or(1).clamp(0, 100) as u32;
-            (attempts > 0).then_some(Retry {
-                attempts,
-                codes,
-                backoff_ms,
-            })
+    if let (Some(req), Some(be)) = (timeouts.request_ms, timeouts.backend_request_ms) {
+        if be > req {
+            diags.warning(
+                object,
+                format!("{field}.timeouts: backendRequest is longer than request; request applies"),
+            );
         }
+    }
+    Ok(timeouts)
+}
+
+/// The rule's `retry`.
+fn rule_retry(r: &HttpRouteRules, field: &str) -> Result<Option<Retry>, String> {
+    let Some(rt) = &r.retry else {
+        return Ok(None);
     };
-    Some(HttpRule {
-        origin,
-        matches,
-        filters,
-        action,
-        timeouts,
-        retry,
-    })
+    let backoff_ms = rt
+        .backoff
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|e| format!("{field}.retry.backoff: {e}"))?;
+    let mut codes = Vec::new();
+    for c in rt.codes.iter().flatten() {
+        match u16::try_from(*c) {
+            Ok(c) if (400..=599).contains(&c) => codes.push(c),
+            _ => return Err(format!("{field}.retry.codes: {c} is not a 4xx/5xx status")),
+        }
+    }
+    let attempts = rt.attempts.unwrap_or(1).clamp(0, 100) as u32;
+    Ok((attempts > 0).then_some(Retry {
+        attempts,
+        codes,
+        backoff_ms,
+    }))
 }
 
 pub(super) fn route_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
@@ -459,6 +559,7 @@ pub(super) fn route_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, Strin
         method,
         headers,
         query_params,
+        grpc: None,
     })
 }
 
@@ -471,7 +572,7 @@ const REGEX_SIZE_LIMIT: usize = 10 * (1 << 20);
 /// and would then escape the anchors (matching any path that starts with `/a` or ends with `/b`). Then the
 /// anchored pattern is compiled to the NFA the regex crate builds, under its size limit. Same parser, same
 /// defaults and same limit as `regex::Regex::new`, so a pattern that passes here compiles in the router.
-fn check_regex(re: &str) -> Result<(), String> {
+pub(super) fn check_regex(re: &str) -> Result<(), String> {
     if let Some(known) = REGEX_CHECKS
         .lock()
         .ok()
@@ -530,18 +631,39 @@ enum FilterOut {
     Unsupported(&'static str),
 }
 
-/// What filter translation needs besides the filter itself.
-struct FilterCtx<'a, 'r> {
-    all_prefix: bool,
-    route_ns: &'a str,
-    refs: &'a Resolver<'r>,
-    policies: &'a Policies<'r>,
+/// What translating the filters and backends of one rule needs besides them.
+pub(super) struct RuleCx<'a, 'r> {
+    /// Every match of the rule is a path prefix (ReplacePrefixMatch is allowed).
+    pub all_prefix: bool,
+    /// (group, kind) of the route, for ReferenceGrants.
+    pub route_kind: (&'static str, &'static str),
+    pub route_ns: &'a str,
+    /// The rule serves gRPC: its backends and mirrors are spoken to in HTTP/2.
+    pub grpc: bool,
+    pub object: &'a ObjectRef,
+    pub refs: &'a Resolver<'r>,
+    pub policies: &'a Policies<'r>,
 }
 
-fn translate_filter(
-    f: &HttpRouteRulesFilters,
-    cx: &FilterCtx<'_, '_>,
-) -> Result<FilterOut, String> {
+impl RuleCx<'_, '_> {
+    /// Holds a resolved backend in the model (with its BackendTLSPolicy applied), as this rule speaks to it: a
+    /// gRPC rule's backend speaks HTTP/2 whatever its Service port's `appProtocol` says, as a variant `h2` of the
+    /// port when the port's own protocol differs.
+    fn register(&self, s: ServiceBackend) -> Result<BackendKey, String> {
+        let mut s = self.policies.apply(s, self.refs)?;
+        if self.grpc && s.protocol != BackendProtocol::H2c {
+            s.protocol = BackendProtocol::H2c;
+            return Ok(self.refs.register_variant(s, H2_VARIANT));
+        }
+        Ok(self.refs.register(s))
+    }
+}
+
+/// The variant label of a Service port spoken to in HTTP/2 by a gRPC rule although its `appProtocol` does not say
+/// so.
+pub(super) const H2_VARIANT: &str = "h2";
+
+fn translate_filter(f: &HttpRouteRulesFilters, cx: &RuleCx<'_, '_>) -> Result<FilterOut, String> {
     let all_prefix = cx.all_prefix;
     match f.r#type {
         FilterType::RequestHeaderModifier => {
@@ -604,7 +726,7 @@ fn translate_filter(
 /// A RequestMirror: the mirrored Service (same reference rules as backendRefs) and the share of requests.
 fn mirror(
     m: &crate::k8s::gw::types::HttpRouteRulesFiltersRequestMirror,
-    cx: &FilterCtx<'_, '_>,
+    cx: &RuleCx<'_, '_>,
 ) -> Result<Mirror, String> {
     let b = &m.backend_ref;
     let group = b.group.as_deref().unwrap_or("");
@@ -617,7 +739,7 @@ fn mirror(
     let ns = b.namespace.as_deref().unwrap_or(cx.route_ns);
     if !cx
         .refs
-        .grant_allows(ROUTE_KIND, cx.route_ns, ("", "Service"), ns, &b.name)
+        .grant_allows(cx.route_kind, cx.route_ns, ("", "Service"), ns, &b.name)
     {
         return Err(format!(
             "mirror to Service {ns}/{} is not permitted: no ReferenceGrant allows it",
@@ -629,8 +751,8 @@ fn mirror(
         .ok_or_else(|| format!("mirror to Service {ns}/{} needs a port", b.name))?;
     let backend = match cx.refs.service_backend(ns, &b.name, PortRef::Number(port)) {
         // A mirror reaches its Service as a backendRef does: with the BackendTLSPolicy of the port, if any.
-        Ok(s) => match cx.policies.apply(s, cx.refs) {
-            Ok(s) => Backend::Service(cx.refs.register(s)),
+        Ok(s) => match cx.register(s) {
+            Ok(key) => Backend::Service(key),
             Err(reason) => return Err(format!("mirror to Service {ns}/{}: {reason}", b.name)),
         },
         Err(e) => Backend::Invalid {
@@ -694,7 +816,7 @@ pub(crate) fn parse_duration(text: &str) -> Result<u64, String> {
     Ok(total)
 }
 
-fn valid_header_name(name: &str) -> Result<String, String> {
+pub(super) fn valid_header_name(name: &str) -> Result<String, String> {
     http::HeaderName::from_bytes(name.as_bytes())
         .map(|n| n.as_str().to_string())
         .map_err(|_| format!("{name:?} is not a valid header name"))
@@ -821,14 +943,10 @@ fn invalid(status: u16, reason: impl Into<String>) -> Backend {
 fn backend_group(
     brefs: &[HttpRouteRulesBackendRefs],
     field: &str,
-    all_prefix: bool,
-    object: &ObjectRef,
-    cx: &RouteCtx<'_, '_>,
+    rcx: &RuleCx<'_, '_>,
     diags: &mut Diagnostics,
     report: &mut RuleReport,
 ) -> BackendGroup {
-    let refs = cx.refs;
-    let route_ns = object.namespace.as_deref().unwrap_or("default");
     if brefs.is_empty() {
         return BackendGroup {
             backends: vec![WeightedBackend {
@@ -838,6 +956,7 @@ fn backend_group(
             }],
         };
     }
+    let object = rcx.object;
     let mut backends = Vec::new();
     for (bi, b) in brefs.iter().enumerate() {
         let bfield = format!("{field}.backendRefs[{bi}]");
@@ -852,40 +971,8 @@ fn backend_group(
                 continue;
             }
         };
-        let mut filters = Vec::new();
-        let mut backend = None;
-        for (fi, f) in b.filters.iter().flatten().enumerate() {
-            let rule_level: Option<HttpRouteRulesFilters> = recast(f);
-            let out = rule_level
-                .ok_or_else(|| "unreadable filter".to_string())
-                .and_then(|f| {
-                    translate_filter(
-                        &f,
-                        &FilterCtx {
-                            all_prefix,
-                            route_ns,
-                            refs,
-                            policies: cx.policies,
-                        },
-                    )
-                });
-            match out {
-                Ok(FilterOut::Filter(f)) => filters.push(f),
-                // Requests sent to this backend are answered with the redirect instead.
-                Ok(FilterOut::Redirect(rd)) => filters.push(Filter::RequestRedirect(rd)),
-                Ok(FilterOut::Unsupported(name)) => {
-                    let reason = format!("filter {name} is not supported");
-                    diags.error(object, format!("{bfield}.filters[{fi}]: {reason}"));
-                    backend = Some(invalid(500, reason));
-                }
-                Err(e) => {
-                    diags.error(object, format!("{bfield}.filters[{fi}]: {e}"));
-                    backend = Some(invalid(500, e));
-                }
-            }
-        }
-        let backend = backend
-            .unwrap_or_else(|| resolve_backend(b, &bfield, route_ns, object, cx, diags, report));
+        let (filters, refused) = backend_filters(b, &bfield, rcx, diags);
+        let backend = refused.unwrap_or_else(|| resolve_backend(b, &bfield, rcx, diags, report));
         backends.push(WeightedBackend {
             weight,
             backend,
@@ -895,33 +982,64 @@ fn backend_group(
     BackendGroup { backends }
 }
 
+/// The filters of one backendRef; and the answer its requests get instead when one of them is invalid or not
+/// supported (reported).
+fn backend_filters(
+    b: &HttpRouteRulesBackendRefs,
+    bfield: &str,
+    rcx: &RuleCx<'_, '_>,
+    diags: &mut Diagnostics,
+) -> (Vec<Filter>, Option<Backend>) {
+    let mut filters = Vec::new();
+    let mut refused = None;
+    for (fi, f) in b.filters.iter().flatten().enumerate() {
+        let rule_level: Option<HttpRouteRulesFilters> = recast(f);
+        let out = rule_level
+            .ok_or_else(|| "unreadable filter".to_string())
+            .and_then(|f| translate_filter(&f, rcx));
+        match out {
+            Ok(FilterOut::Filter(f)) => filters.push(f),
+            // Requests sent to this backend are answered with the redirect instead.
+            Ok(FilterOut::Redirect(rd)) => filters.push(Filter::RequestRedirect(rd)),
+            Ok(FilterOut::Unsupported(name)) => {
+                let reason = format!("filter {name} is not supported");
+                diags.error(rcx.object, format!("{bfield}.filters[{fi}]: {reason}"));
+                refused = Some(invalid(500, reason));
+            }
+            Err(e) => {
+                diags.error(rcx.object, format!("{bfield}.filters[{fi}]: {e}"));
+                refused = Some(invalid(500, e));
+            }
+        }
+    }
+    (filters, refused)
+}
+
 fn resolve_backend(
     b: &HttpRouteRulesBackendRefs,
     bfield: &str,
-    route_ns: &str,
-    object: &ObjectRef,
-    cx: &RouteCtx<'_, '_>,
+    rcx: &RuleCx<'_, '_>,
     diags: &mut Diagnostics,
     report: &mut RuleReport,
 ) -> Backend {
     let view = BackendRefView {
-        route_kind: ROUTE_KIND,
-        route_ns,
+        route_kind: rcx.route_kind,
+        route_ns: rcx.route_ns,
         group: b.group.as_deref(),
         kind: b.kind.as_deref(),
         name: &b.name,
         namespace: b.namespace.as_deref(),
         port: b.port,
     };
-    let s = match routes::resolve_service_ref(&view, bfield, object, cx.refs, diags, report) {
+    let s = match routes::resolve_service_ref(&view, bfield, rcx.object, rcx.refs, diags, report) {
         Ok(s) => s,
         Err(answer) => return answer,
     };
-    match cx.policies.apply(s, cx.refs) {
-        Ok(s) => Backend::Service(cx.refs.register(s)),
+    match rcx.register(s) {
+        Ok(key) => Backend::Service(key),
         Err(reason) => {
             diags.warning(
-                object,
+                rcx.object,
                 format!("{bfield}: {reason}; requests routed to it get 500"),
             );
             invalid(500, reason)

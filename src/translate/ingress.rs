@@ -449,6 +449,7 @@ impl HostFacts {
                 }),
                 timeouts: Timeouts::default(),
                 retry: None,
+                grpc: false,
             };
             let mut hosts = vec![key.1.clone()];
             hosts.extend(self.alias_hosts(key));
@@ -486,6 +487,7 @@ impl HostFacts {
                 }),
                 timeouts: Timeouts::default(),
                 retry: None,
+                grpc: false,
             };
             for k in cx.keys {
                 model.add_rule(*k, None, key.1.clone(), rule.clone());
@@ -856,6 +858,7 @@ fn translate_one(
             filters: policy_filters(policy),
             timeouts: Timeouts::default(),
             retry: None,
+            grpc: e.anns.backend.protocol.is_grpc(),
             action: Action::Forward(group(backend(
                 default,
                 &e.anns.backend,
@@ -967,11 +970,13 @@ fn translate_one(
                     method: None,
                     headers: vec![],
                     query_params: vec![],
+                    grpc: None,
                 }],
                 filters: policy_filters(policy),
                 action,
                 timeouts: Timeouts::default(),
                 retry: None,
+                grpc: e.anns.backend.protocol.is_grpc(),
             };
             // ingress-nginx's trailing-slash rule (its profile only): a Prefix path `/foo/` answers `/foo` with a
             // 301 to `/foo/` (nginx's redirect for a prefix location ending in `/`), unless `/foo` is a path of
@@ -1007,6 +1012,7 @@ fn translate_one(
                 }),
                 timeouts: Timeouts::default(),
                 retry: None,
+                grpc: false,
             });
             for h in &hosts {
                 for k in cx.keys {

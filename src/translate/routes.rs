@@ -9,6 +9,41 @@ use crate::k8s::GATEWAY_GROUP;
 use crate::model::{Backend, HostPattern, ServiceBackend};
 use crate::source::ObjectRef;
 
+/// The reasons of a route's `Accepted` and `ResolvedRefs` conditions (RouteConditionReason), plus
+/// `HostnameConflict`, ours, for the HTTPRoute/GRPCRoute hostname rule (the spec names no reason for it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RouteReason {
+    Accepted,
+    NotAllowedByParent,
+    NoMatchingParent,
+    NotAllowedByListeners,
+    NoMatchingListenerHostname,
+    HostnameConflict,
+    UnsupportedValue,
+    ResolvedRefs,
+    BackendNotFound,
+    InvalidKind,
+    RefNotPermitted,
+}
+
+impl RouteReason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RouteReason::Accepted => "Accepted",
+            RouteReason::NotAllowedByParent => "NotAllowedByParent",
+            RouteReason::NoMatchingParent => "NoMatchingParent",
+            RouteReason::NotAllowedByListeners => "NotAllowedByListeners",
+            RouteReason::NoMatchingListenerHostname => "NoMatchingListenerHostname",
+            RouteReason::HostnameConflict => "HostnameConflict",
+            RouteReason::UnsupportedValue => "UnsupportedValue",
+            RouteReason::ResolvedRefs => "ResolvedRefs",
+            RouteReason::BackendNotFound => "BackendNotFound",
+            RouteReason::InvalidKind => "InvalidKind",
+            RouteReason::RefNotPermitted => "RefNotPermitted",
+        }
+    }
+}
+
 /// A parentRef as a route wrote it.
 #[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -46,41 +81,142 @@ pub(crate) struct Attachment {
 /// The outcome of one parentRef that names a parent of ours.
 pub(crate) struct ParentOutcome {
     parent_ref: ParentRef,
-    accepted: Result<(), (&'static str, String)>,
+    accepted: Result<(), (RouteReason, String)>,
+}
+
+/// The listeners one parentRef selects that admit the route, with the hostnames it serves on each; and, when
+/// none does, why.
+#[derive(Default)]
+struct Selection {
+    /// (index into [`Gateways::listeners`], effective hostnames).
+    admitted: Vec<(usize, Vec<HostPattern>)>,
+    kind_refused: bool,
+    ns_refused: bool,
+    host_refused: bool,
+    not_ready: bool,
+}
+
+/// The listeners of `parent` that parentRef `p` selects (sectionName, port) and that admit the route (ready,
+/// kind, namespace, hostname intersection). No side effects.
+fn select(
+    route: &RouteView<'_>,
+    p: &ParentRefView,
+    parent: &super::gateway::Parent,
+    gws: &Gateways,
+    refs: &Resolver<'_>,
+) -> Selection {
+    let route_kind = (GATEWAY_GROUP, route.kind);
+    let mut out = Selection::default();
+    for &i in &parent.listeners {
+        let l = &gws.listeners[i];
+        if p.section_name.as_deref().is_some_and(|s| s != l.name)
+            || p.port.is_some_and(|port| i32::from(l.port) != port)
+        {
+            continue;
+        }
+        if !l.attachable {
+            out.not_ready = true;
+            continue;
+        }
+        if !l.allows_kind(route_kind) {
+            out.kind_refused = true;
+            continue;
+        }
+        if !l.allows_namespace(route.ns, refs) {
+            out.ns_refused = true;
+            continue;
+        }
+        let effective: Vec<HostPattern> = if route.hostnames.is_empty() {
+            vec![l.hostname.clone()]
+        } else {
+            route
+                .hostnames
+                .iter()
+                .filter_map(|h| h.intersect(&l.hostname))
+                .collect()
+        };
+        if effective.is_empty() {
+            out.host_refused = true;
+            continue;
+        }
+        out.admitted.push((i, effective));
+    }
+    out
+}
+
+/// The parent a parentRef names, when it is one of ours: its kind and namespace.
+fn parent_of<'g>(
+    route: &RouteView<'_>,
+    p: &ParentRefView,
+    gws: &'g Gateways,
+) -> Option<(ParentKind, &'g str, &'g super::gateway::Parent)> {
+    let group = p.group.as_deref().unwrap_or(GATEWAY_GROUP);
+    let kind = match (group, p.kind.as_deref().unwrap_or("Gateway")) {
+        (GATEWAY_GROUP, "Gateway") => ParentKind::Gateway,
+        (GATEWAY_GROUP, "ListenerSet") => ParentKind::ListenerSet,
+        _ => return None,
+    };
+    let pns = p.namespace.as_deref().unwrap_or(route.ns);
+    let parent = gws.parent(kind, pns, &p.name)?;
+    Some((kind, parent.ns.as_str(), parent))
+}
+
+/// The listeners a route would attach to, with the hostnames it would serve on each, before HTTPRoute/GRPCRoute
+/// conflicts are settled (see [`super::crosskind`]). No side effects.
+pub(crate) fn candidates(
+    route: &RouteView<'_>,
+    gws: &Gateways,
+    refs: &Resolver<'_>,
+) -> Vec<(usize, Vec<HostPattern>)> {
+    let mut out: Vec<(usize, Vec<HostPattern>)> = Vec::new();
+    for p in &route.parent_refs {
+        let Some((_, _, parent)) = parent_of(route, p, gws) else {
+            continue;
+        };
+        if !parent.accepted {
+            continue;
+        }
+        for (i, hosts) in select(route, p, parent, gws, refs).admitted {
+            match out.iter_mut().find(|(j, _)| *j == i) {
+                Some((_, hs)) => {
+                    for h in hosts {
+                        if !hs.contains(&h) {
+                            hs.push(h);
+                        }
+                    }
+                }
+                None => out.push((i, hosts)),
+            }
+        }
+    }
+    out
 }
 
 /// Resolves a route's parentRefs against our Gateways and ListenerSets. Returns the attachments (deduplicated
-/// per listener) and one outcome per parentRef of ours; counts attachedRoutes.
+/// per listener) and one outcome per parentRef of ours; counts attachedRoutes. A listener where the route lost an
+/// HTTPRoute/GRPCRoute hostname conflict does not take it.
 pub(crate) fn attach(
     route: &RouteView<'_>,
     gws: &mut Gateways,
     refs: &Resolver<'_>,
     diags: &mut Diagnostics,
 ) -> (Vec<Attachment>, Vec<ParentOutcome>) {
-    let route_kind = (GATEWAY_GROUP, route.kind);
     let mut attachments: Vec<Attachment> = Vec::new();
     let mut outcomes = Vec::new();
     for (pi, p) in route.parent_refs.iter().enumerate() {
-        let group = p.group.as_deref().unwrap_or(GATEWAY_GROUP);
-        let kind = match (group, p.kind.as_deref().unwrap_or("Gateway")) {
-            (GATEWAY_GROUP, "Gateway") => ParentKind::Gateway,
-            (GATEWAY_GROUP, "ListenerSet") => ParentKind::ListenerSet,
-            _ => continue,
-        };
-        let pns = p.namespace.as_deref().unwrap_or(route.ns);
-        let Some(parent) = gws.parent(kind, pns, &p.name) else {
+        let Some((kind, pns, parent)) = parent_of(route, p, gws) else {
             continue;
         };
         let field = format!("spec.parentRefs[{pi}] ({} {pns}/{})", kind.as_str(), p.name);
         let parent_ref = ParentRef {
-            group: Some(group.to_string()),
+            group: Some(p.group.clone().unwrap_or_else(|| GATEWAY_GROUP.to_string())),
             kind: Some(kind.as_str().to_string()),
             name: p.name.clone(),
             namespace: Some(pns.to_string()),
             section_name: p.section_name.clone(),
             port: p.port,
         };
-        let fail = |reason: &'static str, msg: String, diags: &mut Diagnostics| {
+        let fail = |reason: RouteReason, msg: String, diags: &mut Diagnostics| {
             diags.error(route.object, format!("{field}: not attached: {msg}"));
             ParentOutcome {
                 parent_ref: parent_ref.clone(),
@@ -89,58 +225,34 @@ pub(crate) fn attach(
         };
         if !parent.accepted {
             outcomes.push(fail(
-                "NotAllowedByParent",
+                RouteReason::NotAllowedByParent,
                 "the ListenerSet is not accepted by its Gateway".into(),
                 diags,
             ));
             continue;
         }
-        let selected: Vec<usize> = parent
-            .listeners
-            .iter()
-            .copied()
-            .filter(|&i| {
-                let l = &gws.listeners[i];
-                p.section_name.as_deref().is_none_or(|s| s == l.name)
-                    && p.port.is_none_or(|port| i32::from(l.port) == port)
-            })
-            .collect();
-        if selected.is_empty() {
+        let selected_any = parent.listeners.iter().any(|&i| {
+            let l = &gws.listeners[i];
+            p.section_name.as_deref().is_none_or(|s| s == l.name)
+                && p.port.is_none_or(|port| i32::from(l.port) == port)
+        });
+        if !selected_any {
             outcomes.push(fail(
-                "NoMatchingParent",
+                RouteReason::NoMatchingParent,
                 "no listener matches the sectionName/port".into(),
                 diags,
             ));
             continue;
         }
+        let sel = select(route, p, parent, gws, refs);
         let mut attached = false;
-        let (mut kind_refused, mut ns_refused, mut host_refused, mut not_ready) =
-            (false, false, false, false);
-        for i in selected {
-            let l = &gws.listeners[i];
-            if !l.attachable {
-                not_ready = true;
-                continue;
-            }
-            if !l.allows_kind(route_kind) {
-                kind_refused = true;
-                continue;
-            }
-            if !l.allows_namespace(route.ns, refs) {
-                ns_refused = true;
-                continue;
-            }
-            let effective: Vec<HostPattern> = if route.hostnames.is_empty() {
-                vec![l.hostname.clone()]
-            } else {
-                route
-                    .hostnames
-                    .iter()
-                    .filter_map(|h| h.intersect(&l.hostname))
-                    .collect()
-            };
-            if effective.is_empty() {
-                host_refused = true;
+        let mut lost_to = None;
+        for (i, effective) in sel.admitted {
+            if let Some(winner) = gws
+                .kind_conflicts
+                .winner(route.kind, route.ns, route.name, i)
+            {
+                lost_to.get_or_insert_with(|| (gws.listeners[i].name.clone(), winner.to_string()));
                 continue;
             }
             attached = true;
@@ -164,32 +276,46 @@ pub(crate) fn attach(
                 parent_ref,
                 accepted: Ok(()),
             }
-        } else if kind_refused {
+        } else if let Some((listener, winner)) = lost_to {
             fail(
-                "NotAllowedByListeners",
+                RouteReason::HostnameConflict,
+                format!(
+                    "listener {listener} already serves {winner} on an intersecting hostname, which takes \
+                     precedence (older, or first by namespace/name); HTTPRoutes and GRPCRoutes cannot share a \
+                     hostname on one listener"
+                ),
+                diags,
+            )
+        } else if sel.kind_refused {
+            fail(
+                RouteReason::NotAllowedByListeners,
                 format!("no listener allows routes of kind {}", route.kind),
                 diags,
             )
-        } else if ns_refused {
+        } else if sel.ns_refused {
             fail(
-                "NotAllowedByListeners",
+                RouteReason::NotAllowedByListeners,
                 format!("no listener's allowedRoutes admits namespace {}", route.ns),
                 diags,
             )
-        } else if host_refused {
+        } else if sel.host_refused {
             fail(
-                "NoMatchingListenerHostname",
+                RouteReason::NoMatchingListenerHostname,
                 "none of the route's hostnames intersects a listener hostname".into(),
                 diags,
             )
-        } else if not_ready {
+        } else if sel.not_ready {
             fail(
-                "NoMatchingParent",
+                RouteReason::NoMatchingParent,
                 "no listener of the parent is ready".into(),
                 diags,
             )
         } else {
-            fail("NoMatchingParent", "no listener matches".into(), diags)
+            fail(
+                RouteReason::NoMatchingParent,
+                "no listener matches".into(),
+                diags,
+            )
         };
         outcomes.push(outcome);
     }
@@ -200,7 +326,7 @@ pub(crate) fn attach(
 #[derive(Debug, Default)]
 pub(crate) struct RuleReport {
     /// The first unresolved reference: (reason, message) for `ResolvedRefs=False`.
-    pub unresolved: Option<(&'static str, String)>,
+    pub unresolved: Option<(RouteReason, String)>,
     /// Rules that were refused (messages).
     pub invalid_rules: Vec<String>,
     /// How many rules there are in total.
@@ -211,7 +337,7 @@ pub(crate) struct RuleReport {
 
 impl RuleReport {
     /// Records an unresolved reference (the first one is reported in status).
-    pub(crate) fn unresolved(&mut self, reason: &'static str, message: impl Into<String>) {
+    pub(crate) fn unresolved(&mut self, reason: RouteReason, message: impl Into<String>) {
         if self.unresolved.is_none() {
             self.unresolved = Some((reason, message.into()));
         }
@@ -235,33 +361,37 @@ pub(crate) fn route_status(
         .map(|o| {
             let mut conditions = Vec::with_capacity(3);
             conditions.push(match (&o.accepted, all_invalid) {
-                (Err((r, m)), _) => Condition::new("Accepted", false, r, m.clone(), g),
+                (Err((r, m)), _) => Condition::new("Accepted", false, r.as_str(), m.clone(), g),
                 (Ok(()), true) => Condition::new(
                     "Accepted",
                     false,
-                    "UnsupportedValue",
+                    RouteReason::UnsupportedValue.as_str(),
                     format!("every rule is invalid: {}", report.invalid_rules.join("; ")),
                     g,
                 ),
-                (Ok(()), false) => {
-                    Condition::new("Accepted", true, "Accepted", "route accepted", g)
-                }
+                (Ok(()), false) => Condition::new(
+                    "Accepted",
+                    true,
+                    RouteReason::Accepted.as_str(),
+                    "route accepted",
+                    g,
+                ),
             });
             conditions.push(match &report.unresolved {
                 None => Condition::new(
                     "ResolvedRefs",
                     true,
-                    "ResolvedRefs",
+                    RouteReason::ResolvedRefs.as_str(),
                     "all references resolved",
                     g,
                 ),
-                Some((r, m)) => Condition::new("ResolvedRefs", false, r, m.clone(), g),
+                Some((r, m)) => Condition::new("ResolvedRefs", false, r.as_str(), m.clone(), g),
             });
             if !report.invalid_rules.is_empty() && !all_invalid {
                 conditions.push(Condition::new(
                     "PartiallyInvalid",
                     true,
-                    "UnsupportedValue",
+                    RouteReason::UnsupportedValue.as_str(),
                     report.invalid_rules.join("; "),
                     g,
                 ));
@@ -312,7 +442,7 @@ pub(crate) fn resolve_service_ref(
     if !group.is_empty() || kind != "Service" {
         let reason = format!("backend kind {group}/{kind} is not supported (only core Service)");
         diags.error(object, format!("{field}: {reason}"));
-        report.unresolved("InvalidKind", reason.clone());
+        report.unresolved(RouteReason::InvalidKind, reason.clone());
         return Err(invalid(500, reason));
     }
     let ns = b.namespace.unwrap_or(route_ns);
@@ -325,13 +455,13 @@ pub(crate) fn resolve_service_ref(
             object,
             format!("{field}: {reason}; requests routed to it get 500"),
         );
-        report.unresolved("RefNotPermitted", reason.clone());
+        report.unresolved(RouteReason::RefNotPermitted, reason.clone());
         return Err(invalid(500, reason));
     }
     let Some(port) = b.port else {
         let reason = format!("port is required for Service {ns}/{}", b.name);
         diags.error(object, format!("{field}: {reason}"));
-        report.unresolved("BackendNotFound", reason.clone());
+        report.unresolved(RouteReason::BackendNotFound, reason.clone());
         return Err(invalid(500, reason));
     };
     match refs.service_backend(ns, b.name, PortRef::Number(port)) {
@@ -348,7 +478,7 @@ pub(crate) fn resolve_service_ref(
                 object,
                 format!("{field}: {e}; requests routed to it get 500"),
             );
-            report.unresolved("BackendNotFound", e.to_string());
+            report.unresolved(RouteReason::BackendNotFound, e.to_string());
             Err(invalid(500, e.to_string()))
         }
     }

@@ -10,7 +10,7 @@ use super::recast;
 use super::routes::ParentRefView;
 use super::status::Statuses;
 use super::{Diagnostic, Options, Severity};
-use crate::k8s::gw::HTTPRoute;
+use crate::k8s::gw::{GRPCRoute, HTTPRoute};
 use crate::source::Input;
 use crate::source::ObjectRef;
 
@@ -245,11 +245,38 @@ fn routes(input: &Input, opts: &Options, statuses: &Statuses, out: &mut Vec<Diag
     }
     for r in &input.grpc_routes {
         let refs = parent_views(&r.spec.parent_refs);
-        route_parents(input, opts, statuses, "GRPCRoute", &r.metadata, &refs, out);
+        let (object, attached) =
+            route_parents(input, opts, statuses, "GRPCRoute", &r.metadata, &refs, out);
+        if !attached {
+            grpc_route_fields(r, &object, out);
+        }
     }
     for r in &input.tls_routes {
         let refs = parent_views(&r.spec.parent_refs);
         route_parents(input, opts, statuses, "TLSRoute", &r.metadata, &refs, out);
+    }
+}
+
+/// The checks translation makes on an attached GRPCRoute's fields that do not depend on a listener: matches
+/// (service and method names, header names, regexes) and weights.
+fn grpc_route_fields(r: &GRPCRoute, object: &ObjectRef, out: &mut Vec<Diagnostic>) {
+    for (ri, rule) in r.spec.rules.iter().flatten().enumerate() {
+        for (mi, m) in rule.matches.iter().flatten().enumerate() {
+            if let Err(e) = super::grpcroute::grpc_match(m) {
+                out.push(error(
+                    object.clone(),
+                    format!("spec.rules[{ri}].matches[{mi}]: {e}"),
+                ));
+            }
+        }
+        for (bi, b) in rule.backend_refs.iter().flatten().enumerate() {
+            if let Some(w) = b.weight.filter(|w| *w < 0) {
+                out.push(error(
+                    object.clone(),
+                    format!("spec.rules[{ri}].backendRefs[{bi}].weight: {w} is negative"),
+                ));
+            }
+        }
     }
 }
 

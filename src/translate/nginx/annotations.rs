@@ -154,6 +154,13 @@ pub enum BackendProtocolAnnotation {
     Fcgi,
 }
 
+impl BackendProtocolAnnotation {
+    /// `GRPC` or `GRPCS`: the clients of the path speak gRPC.
+    pub fn is_grpc(self) -> bool {
+        matches!(self, Self::Grpc | Self::Grpcs)
+    }
+}
+
 /// `proxy-ssl-*`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ProxySslAnnotation {
