@@ -339,7 +339,9 @@ pub async fn on_request(
         }
     }
     if let Some(ext) = &pol.external_auth {
-        if let Some(answer) = external_auth(ext, session, st, conn, pol).await {
+        // Boxed: the subrequest's future (connector, HTTP session) is several KB, and held inline it would grow
+        // the request filter's future, which every request allocates and moves, policy or not.
+        if let Some(answer) = Box::pin(external_auth(ext, session, st, conn, pol)).await {
             return Ok(Some(answer));
         }
     }
