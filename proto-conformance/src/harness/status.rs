@@ -413,8 +413,8 @@ fn conds_label(cs: &[Cond]) -> String {
 
 /// Parses an expectation file.
 pub fn parse_spec(text: &str) -> anyhow::Result<StatusTestSpec> {
-    // Through JSON values: serde_yaml 0.9 wants YAML tags for enums, the files use `{variant: ...}` maps.
-    let value: Value = serde_yaml::from_str(text)?;
+    // Through JSON values: the files write enums as `{variant: ...}` maps, as serde_json reads them.
+    let value: Value = serde_saphyr::from_str(text)?;
     Ok(serde_json::from_value(value)?)
 }
 

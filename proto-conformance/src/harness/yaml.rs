@@ -1,19 +1,12 @@
 //! Multi-document YAML in and out, through `serde_json::Value` (the harness edits objects as JSON values).
 
 use anyhow::Context as _;
-use serde::Deserialize as _;
 use serde_json::Value;
 
 /// Parses every non-empty document of a multi-document YAML text.
 pub fn parse_documents(text: &str) -> anyhow::Result<Vec<Value>> {
-    let mut docs = Vec::new();
-    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = Value::deserialize(de).with_context(|| format!("YAML document {}", i + 1))?;
-        if !value.is_null() {
-            docs.push(value);
-        }
-    }
-    Ok(docs)
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text).context("parsing YAML documents")?;
+    Ok(docs.into_iter().filter(|v| !v.is_null()).collect())
 }
 
 /// Writes documents as one multi-document YAML text (`---` between documents).
@@ -21,7 +14,7 @@ pub fn to_yaml(docs: &[Value]) -> anyhow::Result<String> {
     let mut out = String::new();
     for doc in docs {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(doc).context("serializing a document to YAML")?);
+        out.push_str(&serde_saphyr::to_string(doc).context("serializing a document to YAML")?);
     }
     Ok(out)
 }
