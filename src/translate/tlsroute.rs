@@ -4,9 +4,9 @@
 use super::builder::ModelBuilder;
 use super::gateway::Gateways;
 use super::httproute::RouteCtx;
-use super::routes::{self, BackendRefView, RouteView, RuleReport};
+use super::routes::{self, BackendRefView, RouteSource, RuleReport};
 use super::status::Statuses;
-use super::{created, recast, Diagnostics};
+use super::{created, Diagnostics};
 use crate::k8s::gw::TLSRoute;
 use crate::k8s::GATEWAY_GROUP;
 use crate::model::{Backend, BackendGroup, Origin, OriginKind, TlsMode, TlsRoute, WeightedBackend};
@@ -35,33 +35,17 @@ fn translate_one(
     diags: &mut Diagnostics,
     statuses: &mut Statuses,
 ) {
-    let object = ObjectRef::new("TLSRoute", &route.metadata);
-    let ns = route.metadata.namespace.as_deref().unwrap_or("default");
-    let name = route.metadata.name.as_deref().unwrap_or("");
-    let Some(hostnames) = routes::parse_hostnames(&route.spec.hostnames, &object, diags) else {
+    let source = RouteSource {
+        kind: ROUTE_KIND.1,
+        meta: &route.metadata,
+        hostnames: &route.spec.hostnames,
+        parent_refs: route.spec.parent_refs.as_deref(),
+    };
+    let Some(mut attached) = routes::attach_route(&source, gws, cx.refs, diags) else {
         return;
     };
-    let view = RouteView {
-        kind: "TLSRoute",
-        object: &object,
-        ns,
-        name,
-        generation: route.metadata.generation,
-        hostnames: &hostnames,
-        parent_refs: route
-            .spec
-            .parent_refs
-            .iter()
-            .flatten()
-            .filter_map(recast)
-            .collect(),
-    };
-    let (attachments, outcomes) = routes::attach(&view, gws, cx.refs, diags);
-    if outcomes.is_empty() {
-        return;
-    }
-
-    let mut report = RuleReport::default();
+    let (view, report) = (&attached.view, &mut attached.report);
+    let (object, ns, name) = (&view.object, view.ns, view.name);
     let mut groups = Vec::new();
     for (ri, rule) in route.spec.rules.iter().enumerate() {
         report.total_rules += 1;
@@ -69,7 +53,7 @@ fn translate_one(
         for (bi, b) in rule.backend_refs.iter().enumerate() {
             let field = format!("spec.rules[{ri}].backendRefs[{bi}]");
             let weight = u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0);
-            let backend = resolve(b, ns, &field, &object, cx, diags, &mut report);
+            let backend = resolve(b, ns, &field, object, cx, diags, report);
             backends.push(WeightedBackend {
                 weight,
                 backend,
@@ -89,7 +73,7 @@ fn translate_one(
         groups.push((ri, rule.name.clone(), BackendGroup { backends }));
     }
 
-    for a in &attachments {
+    for a in &attached.attachments {
         let l = &gws.listeners[a.listener];
         for key in &l.keys {
             for host in &a.hostnames {
@@ -116,9 +100,7 @@ fn translate_one(
             }
         }
     }
-    if let Some(st) = routes::route_status(&view, outcomes, &report, &cx.opts.gateway_controller) {
-        statuses.routes.push(st);
-    }
+    attached.finish(&cx.opts.gateway_controller, statuses);
 }
 
 fn resolve(
