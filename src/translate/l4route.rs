@@ -6,12 +6,12 @@
 use super::builder::ModelBuilder;
 use super::gateway::Gateways;
 use super::httproute::RouteCtx;
-use super::routes::{self, BackendRefView, RouteSource, RuleReport};
+use super::routes::{self, BackendRefView, RouteSource};
 use super::status::Statuses;
 use super::{created, recast, Diagnostics};
 use crate::k8s::{ObjectMeta, GATEWAY_GROUP};
-use crate::model::{Backend, BackendGroup, L4Route, Origin, OriginKind, WeightedBackend};
-use crate::source::{Input, ObjectRef};
+use crate::model::{Backend, BackendGroup, L4Route, Origin, OriginKind};
+use crate::source::Input;
 use serde::{Deserialize, Serialize};
 
 /// A TCPRoute or UDPRoute rule (the generated types of the two kinds differ only in name).
@@ -102,29 +102,23 @@ fn translate_one<P: Serialize, R: Serialize>(
             report.invalid_rules.push(msg);
             continue;
         };
-        let mut backends = Vec::new();
-        for (bi, b) in rule.backend_refs.iter().enumerate() {
-            let field = format!("spec.rules[{ri}].backendRefs[{bi}]");
-            let weight = u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0);
-            let backend = resolve(b, route.kind, ns, &field, object, cx, diags, report);
-            backends.push(WeightedBackend {
-                weight,
-                backend,
-                filters: vec![],
-            });
-        }
-        if backends.is_empty() {
-            backends.push(WeightedBackend {
-                weight: 1,
-                backend: Backend::Invalid {
-                    status: 500,
-                    reason: "rule has no backendRefs".into(),
-                },
-                filters: vec![],
-            });
-        }
+        let brefs = rule.backend_refs.iter().map(|b| {
+            let view = BackendRefView {
+                route_kind: (GATEWAY_GROUP, route.kind),
+                route_ns: ns,
+                group: b.group.as_deref(),
+                kind: b.kind.as_deref(),
+                name: &b.name,
+                namespace: b.namespace.as_deref(),
+                port: b.port,
+            };
+            (view, b.weight)
+        });
+        let group = routes::rule_backends(ri, brefs, object, cx.refs, diags, report, |s| {
+            Backend::Service(cx.refs.register(s))
+        });
         if first.is_none() {
-            first = Some((ri, rule.name, BackendGroup { backends }));
+            first = Some((ri, rule.name, group));
         } else {
             diags.warning(
                 object,
@@ -158,28 +152,4 @@ fn translate_one<P: Serialize, R: Serialize>(
         }
     }
     attached.finish(&cx.opts.gateway_controller, statuses);
-}
-
-#[allow(clippy::too_many_arguments)]
-fn resolve(
-    b: &BackendRef,
-    route_kind: &'static str,
-    route_ns: &str,
-    field: &str,
-    object: &ObjectRef,
-    cx: &RouteCtx<'_, '_>,
-    diags: &mut Diagnostics,
-    report: &mut RuleReport,
-) -> Backend {
-    let view = BackendRefView {
-        route_kind: (GATEWAY_GROUP, route_kind),
-        route_ns,
-        group: b.group.as_deref(),
-        kind: b.kind.as_deref(),
-        name: &b.name,
-        namespace: b.namespace.as_deref(),
-        port: b.port,
-    };
-    routes::resolve_service_ref(&view, field, object, cx.refs, diags, report)
-        .map_or_else(|answer| answer, |s| Backend::Service(cx.refs.register(s)))
 }

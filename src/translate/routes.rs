@@ -6,7 +6,7 @@ use super::refs::{PortRef, Resolver};
 use super::status::{Condition, Named, ParentRef, RouteParentStatus, RouteStatus, Statuses};
 use super::{recast, Diagnostics};
 use crate::k8s::{ObjectMeta, GATEWAY_GROUP};
-use crate::model::{Backend, HostPattern, ServiceBackend};
+use crate::model::{Backend, BackendGroup, HostPattern, ServiceBackend, WeightedBackend};
 use crate::source::ObjectRef;
 
 /// The reasons of a route's `Accepted` and `ResolvedRefs` conditions (RouteConditionReason), plus
@@ -556,6 +556,44 @@ pub(crate) fn resolve_service_ref(
             Err(invalid(500, e.to_string()))
         }
     }
+}
+
+/// The weighted backends of rule `ri` of a route without filters on its backendRefs (TLSRoute, TCPRoute,
+/// UDPRoute): each backendRef is resolved (see [`resolve_service_ref`]; a Service port found becomes the backend
+/// `service` makes of it), a negative weight counts as 0, and a rule without backendRefs gets one backend that
+/// answers 500.
+pub(crate) fn rule_backends<'b>(
+    ri: usize,
+    brefs: impl IntoIterator<Item = (BackendRefView<'b>, Option<i32>)>,
+    object: &ObjectRef,
+    refs: &Resolver<'_>,
+    diags: &mut Diagnostics,
+    report: &mut RuleReport,
+    service: impl Fn(ServiceBackend) -> Backend,
+) -> BackendGroup {
+    let mut backends = Vec::new();
+    for (bi, (b, weight)) in brefs.into_iter().enumerate() {
+        let field = format!("spec.rules[{ri}].backendRefs[{bi}]");
+        let weight = u32::try_from(weight.unwrap_or(1)).unwrap_or(0);
+        let backend = resolve_service_ref(&b, &field, object, refs, diags, report)
+            .map_or_else(|answer| answer, &service);
+        backends.push(WeightedBackend {
+            weight,
+            backend,
+            filters: vec![],
+        });
+    }
+    if backends.is_empty() {
+        backends.push(WeightedBackend {
+            weight: 1,
+            backend: Backend::Invalid {
+                status: 500,
+                reason: "rule has no backendRefs".into(),
+            },
+            filters: vec![],
+        });
+    }
+    BackendGroup { backends }
 }
 
 /// A route's `spec.hostnames` parsed. `None` (reported) when names were given but none is valid: dropping them

@@ -4,13 +4,13 @@
 use super::builder::ModelBuilder;
 use super::gateway::Gateways;
 use super::httproute::RouteCtx;
-use super::routes::{self, BackendRefView, RouteSource, RuleReport};
+use super::routes::{self, BackendRefView, RouteSource};
 use super::status::Statuses;
 use super::{created, Diagnostics};
 use crate::k8s::gw::TLSRoute;
 use crate::k8s::GATEWAY_GROUP;
-use crate::model::{Backend, BackendGroup, Origin, OriginKind, TlsMode, TlsRoute, WeightedBackend};
-use crate::source::{Input, ObjectRef};
+use crate::model::{Backend, Origin, OriginKind, TlsMode, TlsRoute};
+use crate::source::Input;
 
 const ROUTE_KIND: (&str, &str) = (GATEWAY_GROUP, "TLSRoute");
 
@@ -49,28 +49,25 @@ fn translate_one(
     let mut groups = Vec::new();
     for (ri, rule) in route.spec.rules.iter().enumerate() {
         report.total_rules += 1;
-        let mut backends = Vec::new();
-        for (bi, b) in rule.backend_refs.iter().enumerate() {
-            let field = format!("spec.rules[{ri}].backendRefs[{bi}]");
-            let weight = u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0);
-            let backend = resolve(b, ns, &field, object, cx, diags, report);
-            backends.push(WeightedBackend {
-                weight,
-                backend,
-                filters: vec![],
-            });
-        }
-        if backends.is_empty() {
-            backends.push(WeightedBackend {
-                weight: 1,
-                backend: Backend::Invalid {
-                    status: 500,
-                    reason: "rule has no backendRefs".into(),
-                },
-                filters: vec![],
-            });
-        }
-        groups.push((ri, rule.name.clone(), BackendGroup { backends }));
+        let brefs = rule.backend_refs.iter().map(|b| {
+            let view = BackendRefView {
+                route_kind: ROUTE_KIND,
+                route_ns: ns,
+                group: b.group.as_deref(),
+                kind: b.kind.as_deref(),
+                name: &b.name,
+                namespace: b.namespace.as_deref(),
+                port: b.port,
+            };
+            (view, b.weight)
+        });
+        let group = routes::rule_backends(ri, brefs, object, cx.refs, diags, report, |s| {
+            // Passed-through bytes ignore the port's TLS settings (terminated ones do not: a BackendTLSPolicy
+            // makes the proxy open TLS to the backend); one key, one health state per Service port either way.
+            let s = cx.policies.apply(s.clone(), cx.refs).unwrap_or(s);
+            Backend::Service(cx.refs.register(s))
+        });
+        groups.push((ri, rule.name.clone(), group));
     }
 
     for a in &attached.attachments {
@@ -101,33 +98,4 @@ fn translate_one(
         }
     }
     attached.finish(&cx.opts.gateway_controller, statuses);
-}
-
-fn resolve(
-    b: &crate::k8s::gw::types::TlsRouteRulesBackendRefs,
-    route_ns: &str,
-    field: &str,
-    object: &ObjectRef,
-    cx: &RouteCtx<'_, '_>,
-    diags: &mut Diagnostics,
-    report: &mut RuleReport,
-) -> Backend {
-    let view = BackendRefView {
-        route_kind: ROUTE_KIND,
-        route_ns,
-        group: b.group.as_deref(),
-        kind: b.kind.as_deref(),
-        name: &b.name,
-        namespace: b.namespace.as_deref(),
-        port: b.port,
-    };
-    routes::resolve_service_ref(&view, field, object, cx.refs, diags, report).map_or_else(
-        |answer| answer,
-        |s| {
-            // Passed-through bytes ignore the port's TLS settings (terminated ones do not: a BackendTLSPolicy
-            // makes the proxy open TLS to the backend); one key, one health state per Service port either way.
-            let s = cx.policies.apply(s.clone(), cx.refs).unwrap_or(s);
-            Backend::Service(cx.refs.register(s))
-        },
-    )
 }
