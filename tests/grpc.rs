@@ -7,45 +7,14 @@
 mod common;
 
 use anyhow::{Context, Result};
+use common::certs::{ca, indent, leaf, tls_secret};
 use common::{free_port, Proxy, CLASSES};
 use proto_conformance::echo::grpc::{method_path, GrpcEchoConfig, GrpcEchoServer};
 use proto_conformance::echo::{EchoTls, PodIdentity};
 use proto_conformance::harness::client::{ClientContext, TlsSpec};
 use proto_conformance::harness::grpc::{call, code_name, RpcOutcome, RpcSpec};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use std::net::SocketAddr;
 use std::time::Duration;
-
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn ca(name: &str) -> Result<Ca> {
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let cert = params.self_signed(&key)?;
-    Ok(Ca {
-        pem: cert.pem(),
-        issuer: Issuer::new(params, key),
-    })
-}
-
-/// A leaf certificate for `names`, signed by `ca`: (cert PEM, key PEM).
-fn leaf(ca: &Ca, names: &[&str]) -> Result<(String, String)> {
-    let key = KeyPair::generate()?;
-    let params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
-    let cert = params.signed_by(&key, &ca.issuer)?;
-    Ok((cert.pem(), key.serialize_pem()))
-}
-
-fn indent(pem: &str) -> String {
-    pem.lines().map(|l| format!("    {l}\n")).collect()
-}
 
 /// A Service port (without appProtocol: GRPCRoute backends are spoken to in HTTP/2 anyway) and the
 /// EndpointSlice of one backend address.
@@ -130,15 +99,7 @@ async fn grpc_routes_over_h2c_and_tls() -> Result<()> {
     let https = free_port();
     let yaml = format!(
         "{CLASSES}{}{}{}
-apiVersion: v1
-kind: Secret
-metadata: {{name: gw-tls, namespace: shop}}
-type: kubernetes.io/tls
-stringData:
-  tls.crt: |
-{}  tls.key: |
-{}---
-apiVersion: v1
+{}apiVersion: v1
 kind: ConfigMap
 metadata: {{name: backend-ca, namespace: shop}}
 data:
@@ -192,8 +153,7 @@ spec:
         service("plain", 8080, Some(plain.addr())),
         service("secure", 443, Some(secure_tls)),
         service("empty", 8080, None),
-        indent(&gateway_cert.0),
-        indent(&gateway_cert.1),
+        tls_secret("shop", "gw-tls", &gateway_cert),
         indent(&ca.pem),
     );
     let dir = tempfile::tempdir()?;

@@ -6,6 +6,7 @@
 mod common;
 
 use anyhow::{bail, Context, Result};
+use common::certs::tls_secret;
 use common::{free_port, Proxy, CLASSES};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -88,6 +89,42 @@ fn connect(port: u16) -> Result<TcpStream> {
     }
 }
 
+/// Connects to the proxy's `port` and reads the backend's greeting line (at most 64 bytes); returns the stream
+/// and the name the backend greeted with.
+fn connect_greeted(port: u16) -> Result<(TcpStream, String)> {
+    let mut s = connect(port)?;
+    let mut name = Vec::new();
+    let mut byte = [0u8; 1];
+    while name.len() < 64 {
+        s.read_exact(&mut byte)?;
+        if byte[0] == b'\n' {
+            return Ok((s, String::from_utf8_lossy(&name).into_owned()));
+        }
+        name.push(byte[0]);
+    }
+    bail!("no greeting line in {name:?}")
+}
+
+/// Writes `msg` on an open connection and reads its echo back (bounded by the read timeout).
+fn echo_round(s: &mut TcpStream, msg: &[u8]) -> Result<()> {
+    s.write_all(msg)?;
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back)?;
+    if back != msg {
+        bail!("sent {msg:?}, got {back:?} back");
+    }
+    Ok(())
+}
+
+/// A self-signed certificate for tls.example.com, and the Secret `l4/cert` that holds it.
+fn listener_cert() -> Result<(rcgen::Certificate, String)> {
+    let key = rcgen::KeyPair::generate()?;
+    let cert =
+        rcgen::CertificateParams::new(vec!["tls.example.com".to_string()])?.self_signed(&key)?;
+    let secret = tls_secret("l4", "cert", &(cert.pem(), key.serialize_pem()));
+    Ok((cert, secret))
+}
+
 /// Sends `msg`, half-closes, and reads everything the proxy sends back until EOF.
 fn exchange(port: u16, msg: &str) -> Result<String> {
     let mut s = connect(port)?;
@@ -159,9 +196,7 @@ spec:
     assert!((120..=180).contains(&na), "{counts:?}");
 
     // Idle timeout (1 s): a quiet connection is closed...
-    let mut quiet = connect(port)?;
-    let mut greeting = [0u8; 2];
-    quiet.read_exact(&mut greeting)?;
+    let (mut quiet, _) = connect_greeted(port)?;
     let start = Instant::now();
     let mut rest = Vec::new();
     quiet.read_to_end(&mut rest)?;
@@ -172,42 +207,23 @@ spec:
         "closed after {closed_after:?}"
     );
     // ... and a connection that keeps talking for 2.5 s is not.
-    let mut busy = connect(port)?;
-    busy.read_exact(&mut greeting)?;
+    let (mut busy, _) = connect_greeted(port)?;
     for i in 0..10 {
         std::thread::sleep(Duration::from_millis(250));
-        let msg = format!("k{i}");
-        busy.write_all(msg.as_bytes())?;
-        let mut back = vec![0u8; msg.len()];
-        busy.read_exact(&mut back)
+        echo_round(&mut busy, format!("k{i}").as_bytes())
             .with_context(|| format!("busy connection closed after {i} exchanges"))?;
-        assert_eq!(back, msg.as_bytes());
     }
     drop(proxy);
     Ok(())
-}
-
-fn indent(pem: &str) -> String {
-    pem.lines().map(|l| format!("    {l}\n")).collect()
 }
 
 #[test]
 fn tlsroute_terminate() -> Result<()> {
     let backend = tcp_echo("plain")?;
     let port = free_port();
-    let key = rcgen::KeyPair::generate()?;
-    let cert =
-        rcgen::CertificateParams::new(vec!["tls.example.com".to_string()])?.self_signed(&key)?;
+    let (cert, secret) = listener_cert()?;
     let yaml = format!(
-        "{CLASSES}{}\
-apiVersion: v1
-kind: Secret
-metadata: {{name: cert, namespace: l4}}
-type: kubernetes.io/tls
-stringData:
-  tls.crt: |
-{}  tls.key: |
-{}---
+        "{CLASSES}{}{secret}\
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {{name: gw, namespace: l4}}
@@ -230,8 +246,6 @@ spec:
   - backendRefs: [{{name: plain, port: 3000}}]
 ",
         service("l4", "plain", 3000, backend, "TCP"),
-        indent(&cert.pem()),
-        indent(&key.serialize_pem()),
     );
     let (_dir, path) = write_manifests(&yaml)?;
     let proxy = Proxy::start(&path, free_port(), &[])?;
@@ -437,19 +451,9 @@ fn tcp_and_tls_listeners_keep_the_connection_limit_and_the_handshake_timeout() -
     // timeout holds a TLS Terminate handshake, and does not cut TCP connections (they have --tcp-idle-timeout).
     let backend = tcp_echo("echo")?;
     let (tcp_port, tls_port) = (free_port(), free_port());
-    let key = rcgen::KeyPair::generate()?;
-    let cert =
-        rcgen::CertificateParams::new(vec!["tls.example.com".to_string()])?.self_signed(&key)?;
+    let (_, secret) = listener_cert()?;
     let yaml = format!(
-        "{CLASSES}{}\
-apiVersion: v1
-kind: Secret
-metadata: {{name: cert, namespace: l4}}
-type: kubernetes.io/tls
-stringData:
-  tls.crt: |
-{}  tls.key: |
-{}---
+        "{CLASSES}{}{secret}\
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {{name: gw, namespace: l4}}
@@ -481,8 +485,6 @@ spec:
   - backendRefs: [{{name: echo, port: 3000}}]
 ",
         service("l4", "echo", 3000, backend, "TCP"),
-        indent(&cert.pem()),
-        indent(&key.serialize_pem()),
     );
     let (_dir, path) = write_manifests(&yaml)?;
     let proxy = Proxy::start(
@@ -499,10 +501,8 @@ spec:
     // Three TCP connections are forwarded (each gets the backend's greeting)...
     let mut held = Vec::new();
     for _ in 0..3 {
-        let mut s = connect(tcp_port)?;
-        let mut greeting = [0u8; 5];
-        s.read_exact(&mut greeting)?;
-        assert_eq!(&greeting, b"echo\n");
+        let (s, name) = connect_greeted(tcp_port)?;
+        assert_eq!(name, "echo");
         held.push(s);
     }
     // ... a fourth is closed at once, without reaching the backend.
@@ -514,20 +514,12 @@ spec:
     // The header timeout (1 s) does not apply to TCP: the held connections still echo after 1.5 s.
     std::thread::sleep(Duration::from_millis(1500));
     for s in &mut held {
-        s.write_all(b"ping")?;
-        let mut back = [0u8; 4];
-        s.read_exact(&mut back)
-            .context("a TCP connection was cut by the header timeout")?;
-        assert_eq!(&back, b"ping");
+        echo_round(s, b"ping").context("a TCP connection was cut by the header timeout")?;
     }
     // Closing one gives its slot back.
     drop(held.pop());
     proxy.wait_for(Duration::from_secs(5), || {
-        let Ok(mut s) = connect(tcp_port) else {
-            return false;
-        };
-        let mut greeting = [0u8; 5];
-        s.read_exact(&mut greeting).is_ok() && &greeting == b"echo\n"
+        connect_greeted(tcp_port).is_ok_and(|(_, name)| name == "echo")
     })?;
 
     // TLS Terminate: a client that sends its ClientHello and never finishes the handshake is closed after the

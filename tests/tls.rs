@@ -4,52 +4,14 @@
 mod common;
 
 use anyhow::{Context, Result};
+use common::certs::{ca, indent, leaf, tls_secret, Ca};
 use common::{echo, free_port, service_yaml, Proxy, CLASSES};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rcgen::{CertificateParams, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
-
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn ca(name: &str) -> Result<Ca> {
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let cert = params.self_signed(&key)?;
-    Ok(Ca {
-        pem: cert.pem(),
-        issuer: Issuer::new(params, key),
-    })
-}
-
-/// A leaf certificate for `names`, signed by `ca`: (cert PEM, key PEM).
-fn leaf(ca: &Ca, names: &[&str]) -> Result<(String, String)> {
-    let key = KeyPair::generate()?;
-    let params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
-    let cert = params.signed_by(&key, &ca.issuer)?;
-    Ok((cert.pem(), key.serialize_pem()))
-}
-
-fn indent(pem: &str) -> String {
-    pem.lines().map(|l| format!("    {l}\n")).collect()
-}
-
-fn tls_secret(ns: &str, name: &str, cert: &(String, String)) -> String {
-    format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}---\n",
-        indent(&cert.0),
-        indent(&cert.1)
-    )
-}
 
 /// The result of one HTTPS request.
 struct TlsResponse {

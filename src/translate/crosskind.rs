@@ -15,11 +15,11 @@
 
 use super::gateway::Gateways;
 use super::refs::Resolver;
-use super::routes::{self, RouteView};
-use super::{created, recast, Diagnostics};
+use super::routes::{self, RouteSource, RouteView};
+use super::{created, Diagnostics};
 use crate::k8s::ObjectMeta;
 use crate::model::HostPattern;
-use crate::source::{Input, ObjectRef};
+use crate::source::Input;
 use std::collections::BTreeMap;
 
 /// Where routes lost the hostname rule: (kind, namespace, name, listener index) → the route that keeps the
@@ -63,26 +63,19 @@ impl Contender {
         gws: &Gateways,
         refs: &Resolver<'_>,
     ) -> Option<Self> {
-        let object = ObjectRef::new(kind, meta);
-        // Problems with the hostnames are reported when the route itself is translated.
-        let mut quiet = Diagnostics::default();
-        let hostnames = routes::parse_hostnames(hostnames, &object, &mut quiet)?;
-        let ns = meta.namespace.as_deref().unwrap_or("default");
-        let name = meta.name.as_deref().unwrap_or("");
-        let view = RouteView {
+        let source = RouteSource {
             kind,
-            object: &object,
-            ns,
-            name,
-            generation: meta.generation,
-            hostnames: &hostnames,
-            parent_refs: parent_refs.iter().flatten().filter_map(recast).collect(),
+            meta,
+            hostnames,
+            parent_refs: parent_refs.as_deref(),
         };
+        // Problems with the hostnames are reported when the route itself is translated.
+        let view = RouteView::new(&source, &mut Diagnostics::default())?;
         let listeners = routes::candidates(&view, gws, refs);
         (!listeners.is_empty()).then(|| Contender {
             kind,
-            ns: ns.to_string(),
-            name: name.to_string(),
+            ns: view.ns.to_string(),
+            name: view.name.to_string(),
             created: created(meta),
             listeners,
         })

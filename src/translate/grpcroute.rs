@@ -8,7 +8,7 @@
 use super::builder::ModelBuilder;
 use super::gateway::Gateways;
 use super::httproute::{self, RouteCtx, RuleCx, ServiceUsage};
-use super::routes::{self, RouteView, RuleReport};
+use super::routes::{self, RouteSource, RuleReport};
 use super::status::Statuses;
 use super::{created, recast, Diagnostics};
 use crate::k8s::gw::types::{
@@ -49,35 +49,16 @@ fn translate_one(
     statuses: &mut Statuses,
     usage: &mut ServiceUsage,
 ) {
-    let object = ObjectRef::new(ROUTE_KIND.1, &route.metadata);
-    let Some(hostnames) = routes::parse_hostnames(
-        route.spec.hostnames.as_deref().unwrap_or(&[]),
-        &object,
-        diags,
-    ) else {
-        return;
-    };
-    let view = RouteView {
+    let source = RouteSource {
         kind: ROUTE_KIND.1,
-        object: &object,
-        ns: route.metadata.namespace.as_deref().unwrap_or("default"),
-        name: route.metadata.name.as_deref().unwrap_or(""),
-        generation: route.metadata.generation,
-        hostnames: &hostnames,
-        parent_refs: route
-            .spec
-            .parent_refs
-            .iter()
-            .flatten()
-            .filter_map(recast)
-            .collect(),
+        meta: &route.metadata,
+        hostnames: route.spec.hostnames.as_deref().unwrap_or(&[]),
+        parent_refs: route.spec.parent_refs.as_deref(),
     };
-    let (attachments, outcomes) = routes::attach(&view, gws, cx.refs, diags);
-    if outcomes.is_empty() {
-        // No parentRef names a parent of ours: another controller's route.
+    let Some(mut attached) = routes::attach_route(&source, gws, cx.refs, diags) else {
         return;
-    }
-    let mut report = RuleReport::default();
+    };
+    let (view, attachments, report) = (&attached.view, &attached.attachments, &mut attached.report);
     let rules: Vec<HttpRule> = route
         .spec
         .rules
@@ -94,13 +75,11 @@ fn translate_one(
                 rule_name: r.name.clone(),
                 created: created(&route.metadata),
             };
-            translate_rule(origin, r, &object, cx, diags, &mut report)
+            translate_rule(origin, r, &view.object, cx, diags, report)
         })
         .collect();
-    httproute::add_rules(&attachments, &rules, &report, gws, cx.refs, model, usage);
-    if let Some(st) = routes::route_status(&view, outcomes, &report, &cx.opts.gateway_controller) {
-        statuses.routes.push(st);
-    }
+    httproute::add_rules(attachments, &rules, report, gws, cx.refs, model, usage);
+    attached.finish(&cx.opts.gateway_controller, statuses);
 }
 
 /// Translates one rule; `None` when the rule is invalid as a whole (reported).

@@ -5,7 +5,7 @@ use super::backendtls::Policies;
 use super::builder::ModelBuilder;
 use super::gateway::Gateways;
 use super::refs::{PortRef, Resolver};
-use super::routes::{self, Attachment, BackendRefView, RouteView, RuleReport};
+use super::routes::{self, Attachment, BackendRefView, RouteSource, RuleReport};
 use super::status::Statuses;
 use super::{created, recast, Diagnostics, Options};
 use crate::k8s::gw::types::{
@@ -130,41 +130,17 @@ fn translate_one(
     statuses: &mut Statuses,
     usage: &mut ServiceUsage,
 ) {
-    let refs = cx.refs;
-    let object = ObjectRef::new("HTTPRoute", &route.metadata);
-    let ns = route.metadata.namespace.as_deref().unwrap_or("default");
-    let name = route.metadata.name.as_deref().unwrap_or("");
-
-    let Some(hostnames) = routes::parse_hostnames(
-        route.spec.hostnames.as_deref().unwrap_or(&[]),
-        &object,
-        diags,
-    ) else {
+    let source = RouteSource {
+        kind: ROUTE_KIND.1,
+        meta: &route.metadata,
+        hostnames: route.spec.hostnames.as_deref().unwrap_or(&[]),
+        parent_refs: route.spec.parent_refs.as_deref(),
+    };
+    let Some(mut attached) = routes::attach_route(&source, gws, cx.refs, diags) else {
         return;
     };
-
-    let view = RouteView {
-        kind: "HTTPRoute",
-        object: &object,
-        ns,
-        name,
-        generation: route.metadata.generation,
-        hostnames: &hostnames,
-        parent_refs: route
-            .spec
-            .parent_refs
-            .iter()
-            .flatten()
-            .filter_map(recast)
-            .collect(),
-    };
-    let (attachments, outcomes) = routes::attach(&view, gws, refs, diags);
-    if outcomes.is_empty() {
-        // No parentRef names a parent of ours: another controller's route.
-        return;
-    }
-
-    let mut report = RuleReport::default();
+    let (view, attachments, report) = (&attached.view, &attached.attachments, &mut attached.report);
+    let (object, refs) = (&view.object, cx.refs);
     let rules: Vec<HttpRule> = route
         .spec
         .rules
@@ -175,18 +151,18 @@ fn translate_one(
             report.total_rules += 1;
             let origin = Origin {
                 kind: OriginKind::HttpRoute,
-                namespace: ns.to_string(),
-                name: name.to_string(),
+                namespace: view.ns.to_string(),
+                name: view.name.to_string(),
                 rule: ri,
                 rule_name: r.name.clone(),
                 created: created(&route.metadata),
             };
-            translate_rule(origin, r, &object, cx, diags, &mut report)
+            translate_rule(origin, r, object, cx, diags, report)
         })
         .collect();
     // The Portcullis extension: ingress-nginx annotations on the route (written by `portcullis migrate`).
     let rules: Vec<HttpRule> =
-        match super::ingress::route_policy(&route.metadata, &object, cx.opts, refs, diags) {
+        match super::ingress::route_policy(&route.metadata, object, cx.opts, refs, diags) {
             None => rules,
             Some(p) => rules
                 .into_iter()
@@ -197,10 +173,8 @@ fn translate_one(
                 .collect(),
         };
 
-    add_rules(&attachments, &rules, &report, gws, cx.refs, model, usage);
-    if let Some(st) = routes::route_status(&view, outcomes, &report, &cx.opts.gateway_controller) {
-        statuses.routes.push(st);
-    }
+    add_rules(attachments, &rules, report, gws, refs, model, usage);
+    attached.finish(&cx.opts.gateway_controller, statuses);
 }
 
 /// Translates one rule; `None` when the rule is invalid as a whole (reported).

@@ -6,12 +6,12 @@
 use super::builder::ModelBuilder;
 use super::gateway::Gateways;
 use super::httproute::RouteCtx;
-use super::routes::{self, BackendRefView, RouteView, RuleReport};
+use super::routes::{self, BackendRefView, RouteSource};
 use super::status::Statuses;
 use super::{created, recast, Diagnostics};
 use crate::k8s::{ObjectMeta, GATEWAY_GROUP};
-use crate::model::{Backend, BackendGroup, L4Route, Origin, OriginKind, WeightedBackend};
-use crate::source::{Input, ObjectRef};
+use crate::model::{Backend, BackendGroup, L4Route, Origin, OriginKind};
+use crate::source::Input;
 use serde::{Deserialize, Serialize};
 
 /// A TCPRoute or UDPRoute rule (the generated types of the two kinds differ only in name).
@@ -82,64 +82,46 @@ fn translate_one<P: Serialize, R: Serialize>(
     diags: &mut Diagnostics,
     statuses: &mut Statuses,
 ) {
-    let object = ObjectRef::new(route.kind, route.meta);
-    let ns = route.meta.namespace.as_deref().unwrap_or("default");
-    let name = route.meta.name.as_deref().unwrap_or("");
-    let view = RouteView {
+    let source = RouteSource {
         kind: route.kind,
-        object: &object,
-        ns,
-        name,
-        generation: route.meta.generation,
+        meta: route.meta,
         hostnames: &[],
-        parent_refs: route
-            .parent_refs
-            .iter()
-            .flatten()
-            .filter_map(recast)
-            .collect(),
+        parent_refs: route.parent_refs.as_deref(),
     };
-    let (attachments, outcomes) = routes::attach(&view, gws, cx.refs, diags);
-    if outcomes.is_empty() {
+    let Some(mut attached) = routes::attach_route(&source, gws, cx.refs, diags) else {
         return;
-    }
-
-    let mut report = RuleReport::default();
+    };
+    let (view, report) = (&attached.view, &mut attached.report);
+    let (object, ns, name) = (&view.object, view.ns, view.name);
     let mut first: Option<(usize, Option<String>, BackendGroup)> = None;
     for (ri, rule) in route.rules.iter().enumerate() {
         report.total_rules += 1;
         let Some(rule) = recast::<_, RuleView>(rule) else {
             let msg = format!("spec.rules[{ri}] cannot be read");
-            diags.error(&object, msg.clone());
+            diags.error(object, msg.clone());
             report.invalid_rules.push(msg);
             continue;
         };
-        let mut backends = Vec::new();
-        for (bi, b) in rule.backend_refs.iter().enumerate() {
-            let field = format!("spec.rules[{ri}].backendRefs[{bi}]");
-            let weight = u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0);
-            let backend = resolve(b, route.kind, ns, &field, &object, cx, diags, &mut report);
-            backends.push(WeightedBackend {
-                weight,
-                backend,
-                filters: vec![],
-            });
-        }
-        if backends.is_empty() {
-            backends.push(WeightedBackend {
-                weight: 1,
-                backend: Backend::Invalid {
-                    status: 500,
-                    reason: "rule has no backendRefs".into(),
-                },
-                filters: vec![],
-            });
-        }
+        let brefs = rule.backend_refs.iter().map(|b| {
+            let view = BackendRefView {
+                route_kind: (GATEWAY_GROUP, route.kind),
+                route_ns: ns,
+                group: b.group.as_deref(),
+                kind: b.kind.as_deref(),
+                name: &b.name,
+                namespace: b.namespace.as_deref(),
+                port: b.port,
+            };
+            (view, b.weight)
+        });
+        let group = routes::rule_backends(ri, brefs, object, cx.refs, diags, report, |s| {
+            Backend::Service(cx.refs.register(s))
+        });
         if first.is_none() {
-            first = Some((ri, rule.name, BackendGroup { backends }));
+            first = Some((ri, rule.name, group));
         } else {
             diags.warning(
-                &object,
+                object,
                 format!(
                     "spec.rules[{ri}]: a {} takes its traffic from its first rule only; this rule is not served",
                     route.kind
@@ -149,7 +131,7 @@ fn translate_one<P: Serialize, R: Serialize>(
     }
 
     if let Some((ri, rule_name, group)) = first {
-        for a in &attachments {
+        for a in &attached.attachments {
             let l = &gws.listeners[a.listener];
             for key in &l.keys {
                 model.add_l4_route(
@@ -169,31 +151,5 @@ fn translate_one<P: Serialize, R: Serialize>(
             }
         }
     }
-    if let Some(st) = routes::route_status(&view, outcomes, &report, &cx.opts.gateway_controller) {
-        statuses.routes.push(st);
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn resolve(
-    b: &BackendRef,
-    route_kind: &'static str,
-    route_ns: &str,
-    field: &str,
-    object: &ObjectRef,
-    cx: &RouteCtx<'_, '_>,
-    diags: &mut Diagnostics,
-    report: &mut RuleReport,
-) -> Backend {
-    let view = BackendRefView {
-        route_kind: (GATEWAY_GROUP, route_kind),
-        route_ns,
-        group: b.group.as_deref(),
-        kind: b.kind.as_deref(),
-        name: &b.name,
-        namespace: b.namespace.as_deref(),
-        port: b.port,
-    };
-    routes::resolve_service_ref(&view, field, object, cx.refs, diags, report)
-        .map_or_else(|answer| answer, |s| Backend::Service(cx.refs.register(s)))
+    attached.finish(&cx.opts.gateway_controller, statuses);
 }

@@ -3,10 +3,10 @@
 
 use super::gateway::{Gateways, ParentKind};
 use super::refs::{PortRef, Resolver};
-use super::status::{Condition, Named, ParentRef, RouteParentStatus, RouteStatus};
-use super::Diagnostics;
-use crate::k8s::GATEWAY_GROUP;
-use crate::model::{Backend, HostPattern, ServiceBackend};
+use super::status::{Condition, Named, ParentRef, RouteParentStatus, RouteStatus, Statuses};
+use super::{recast, Diagnostics};
+use crate::k8s::{ObjectMeta, GATEWAY_GROUP};
+use crate::model::{Backend, BackendGroup, HostPattern, ServiceBackend, WeightedBackend};
 use crate::source::ObjectRef;
 
 /// The reasons of a route's `Accepted` and `ResolvedRefs` conditions (RouteConditionReason), plus
@@ -56,17 +56,91 @@ pub(crate) struct ParentRefView {
     pub port: Option<i32>,
 }
 
+/// A route of any kind, as its object writes it.
+pub(crate) struct RouteSource<'a, P> {
+    /// `HTTPRoute`, ...
+    pub kind: &'static str,
+    pub meta: &'a ObjectMeta,
+    /// `spec.hostnames` (empty for kinds without them).
+    pub hostnames: &'a [String],
+    pub parent_refs: Option<&'a [P]>,
+}
+
 /// What attachment needs to know about a route.
 pub(crate) struct RouteView<'a> {
     /// `HTTPRoute`, ...
     pub kind: &'static str,
-    pub object: &'a ObjectRef,
+    pub object: ObjectRef,
     pub ns: &'a str,
     pub name: &'a str,
     pub generation: Option<i64>,
     /// Valid hostnames (empty = all).
-    pub hostnames: &'a [HostPattern],
+    pub hostnames: Vec<HostPattern>,
     pub parent_refs: Vec<ParentRefView>,
+}
+
+impl<'a> RouteView<'a> {
+    /// The view of a route; `None` (reported) when it names hostnames and none is valid.
+    pub(crate) fn new<P: serde::Serialize>(
+        route: &RouteSource<'a, P>,
+        diags: &mut Diagnostics,
+    ) -> Option<Self> {
+        let object = ObjectRef::new(route.kind, route.meta);
+        let hostnames = parse_hostnames(route.hostnames, &object, diags)?;
+        Some(RouteView {
+            kind: route.kind,
+            object,
+            ns: route.meta.namespace.as_deref().unwrap_or("default"),
+            name: route.meta.name.as_deref().unwrap_or(""),
+            generation: route.meta.generation,
+            hostnames,
+            parent_refs: route
+                .parent_refs
+                .unwrap_or(&[])
+                .iter()
+                .filter_map(recast)
+                .collect(),
+        })
+    }
+}
+
+/// A route attached to parents of ours, while its rules are translated: what every route kind sets up before
+/// its rules, and the report they fill in for its status.
+pub(crate) struct AttachedRoute<'a> {
+    pub view: RouteView<'a>,
+    pub attachments: Vec<Attachment>,
+    pub report: RuleReport,
+    outcomes: Vec<ParentOutcome>,
+}
+
+/// Attaches a route to its parents (see [`attach`]). `None` when its hostnames are all invalid (reported), or
+/// when no parentRef names a parent of ours: another controller's route.
+pub(crate) fn attach_route<'a, P: serde::Serialize>(
+    route: &RouteSource<'a, P>,
+    gws: &mut Gateways,
+    refs: &Resolver<'_>,
+    diags: &mut Diagnostics,
+) -> Option<AttachedRoute<'a>> {
+    let view = RouteView::new(route, diags)?;
+    let (attachments, outcomes) = attach(&view, gws, refs, diags);
+    if outcomes.is_empty() {
+        return None;
+    }
+    Some(AttachedRoute {
+        view,
+        attachments,
+        report: RuleReport::default(),
+        outcomes,
+    })
+}
+
+impl AttachedRoute<'_> {
+    /// Adds the route's status (one entry per parentRef of ours, with what its rules reported).
+    pub(crate) fn finish(self, controller: &str, statuses: &mut Statuses) {
+        if let Some(st) = route_status(&self.view, self.outcomes, &self.report, controller) {
+            statuses.routes.push(st);
+        }
+    }
 }
 
 /// One listener a route attached to, with the hostnames it serves there.
@@ -217,7 +291,7 @@ pub(crate) fn attach(
             port: p.port,
         };
         let fail = |reason: RouteReason, msg: String, diags: &mut Diagnostics| {
-            diags.error(route.object, format!("{field}: not attached: {msg}"));
+            diags.error(&route.object, format!("{field}: not attached: {msg}"));
             ParentOutcome {
                 parent_ref: parent_ref.clone(),
                 accepted: Err((reason, msg)),
@@ -482,6 +556,44 @@ pub(crate) fn resolve_service_ref(
             Err(invalid(500, e.to_string()))
         }
     }
+}
+
+/// The weighted backends of rule `ri` of a route without filters on its backendRefs (TLSRoute, TCPRoute,
+/// UDPRoute): each backendRef is resolved (see [`resolve_service_ref`]; a Service port found becomes the backend
+/// `service` makes of it), a negative weight counts as 0, and a rule without backendRefs gets one backend that
+/// answers 500.
+pub(crate) fn rule_backends<'b>(
+    ri: usize,
+    brefs: impl IntoIterator<Item = (BackendRefView<'b>, Option<i32>)>,
+    object: &ObjectRef,
+    refs: &Resolver<'_>,
+    diags: &mut Diagnostics,
+    report: &mut RuleReport,
+    service: impl Fn(ServiceBackend) -> Backend,
+) -> BackendGroup {
+    let mut backends = Vec::new();
+    for (bi, (b, weight)) in brefs.into_iter().enumerate() {
+        let field = format!("spec.rules[{ri}].backendRefs[{bi}]");
+        let weight = u32::try_from(weight.unwrap_or(1)).unwrap_or(0);
+        let backend = resolve_service_ref(&b, &field, object, refs, diags, report)
+            .map_or_else(|answer| answer, &service);
+        backends.push(WeightedBackend {
+            weight,
+            backend,
+            filters: vec![],
+        });
+    }
+    if backends.is_empty() {
+        backends.push(WeightedBackend {
+            weight: 1,
+            backend: Backend::Invalid {
+                status: 500,
+                reason: "rule has no backendRefs".into(),
+            },
+            filters: vec![],
+        });
+    }
+    BackendGroup { backends }
 }
 
 /// A route's `spec.hostnames` parsed. `None` (reported) when names were given but none is valid: dropping them

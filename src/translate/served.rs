@@ -6,11 +6,12 @@
 //! with the reason, and checks the fields of routes that attach nowhere as if they attached, so that a bad regex
 //! or a negative weight is found before the route is wired to a Gateway.
 
+use super::grpcroute::grpc_match;
+use super::httproute::route_match;
 use super::recast;
 use super::routes::ParentRefView;
 use super::status::Statuses;
 use super::{Diagnostic, Options, Severity};
-use crate::k8s::gw::{GRPCRoute, HTTPRoute};
 use crate::source::Input;
 use crate::source::ObjectRef;
 
@@ -240,7 +241,11 @@ fn routes(input: &Input, opts: &Options, statuses: &Statuses, out: &mut Vec<Diag
         let (object, attached) =
             route_parents(input, opts, statuses, "HTTPRoute", &r.metadata, &refs, out);
         if !attached {
-            http_route_fields(r, &object, out);
+            for (ri, rule) in r.spec.rules.iter().flatten().enumerate() {
+                let matches = rule.matches.as_deref().unwrap_or(&[]);
+                let weights = rule.backend_refs.iter().flatten().map(|b| b.weight);
+                rule_fields(ri, matches, route_match, weights, &object, out);
+            }
         }
     }
     for r in &input.grpc_routes {
@@ -248,7 +253,11 @@ fn routes(input: &Input, opts: &Options, statuses: &Statuses, out: &mut Vec<Diag
         let (object, attached) =
             route_parents(input, opts, statuses, "GRPCRoute", &r.metadata, &refs, out);
         if !attached {
-            grpc_route_fields(r, &object, out);
+            for (ri, rule) in r.spec.rules.iter().flatten().enumerate() {
+                let matches = rule.matches.as_deref().unwrap_or(&[]);
+                let weights = rule.backend_refs.iter().flatten().map(|b| b.weight);
+                rule_fields(ri, matches, grpc_match, weights, &object, out);
+            }
         }
     }
     for r in &input.tls_routes {
@@ -257,48 +266,31 @@ fn routes(input: &Input, opts: &Options, statuses: &Statuses, out: &mut Vec<Diag
     }
 }
 
-/// The checks translation makes on an attached GRPCRoute's fields that do not depend on a listener: matches
-/// (service and method names, header names, regexes) and weights.
-fn grpc_route_fields(r: &GRPCRoute, object: &ObjectRef, out: &mut Vec<Diagnostic>) {
-    for (ri, rule) in r.spec.rules.iter().flatten().enumerate() {
-        for (mi, m) in rule.matches.iter().flatten().enumerate() {
-            if let Err(e) = super::grpcroute::grpc_match(m) {
-                out.push(error(
-                    object.clone(),
-                    format!("spec.rules[{ri}].matches[{mi}]: {e}"),
-                ));
-            }
-        }
-        for (bi, b) in rule.backend_refs.iter().flatten().enumerate() {
-            if let Some(w) = b.weight.filter(|w| *w < 0) {
-                out.push(error(
-                    object.clone(),
-                    format!("spec.rules[{ri}].backendRefs[{bi}].weight: {w} is negative"),
-                ));
-            }
+/// The checks translation makes on the fields of rule `ri` of an attached HTTPRoute or GRPCRoute that do not
+/// depend on a listener: its matches (`check`: paths or service and method names, header names, regexes) and its
+/// backendRef weights.
+fn rule_fields<M, T>(
+    ri: usize,
+    matches: &[M],
+    check: impl Fn(&M) -> Result<T, String>,
+    weights: impl Iterator<Item = Option<i32>>,
+    object: &ObjectRef,
+    out: &mut Vec<Diagnostic>,
+) {
+    for (mi, m) in matches.iter().enumerate() {
+        if let Err(e) = check(m) {
+            out.push(error(
+                object.clone(),
+                format!("spec.rules[{ri}].matches[{mi}]: {e}"),
+            ));
         }
     }
-}
-
-/// The checks translation makes on an attached HTTPRoute's fields that do not depend on a listener: matches
-/// (paths, header names, regexes) and weights.
-fn http_route_fields(r: &HTTPRoute, object: &ObjectRef, out: &mut Vec<Diagnostic>) {
-    for (ri, rule) in r.spec.rules.iter().flatten().enumerate() {
-        for (mi, m) in rule.matches.iter().flatten().enumerate() {
-            if let Err(e) = super::httproute::route_match(m) {
-                out.push(error(
-                    object.clone(),
-                    format!("spec.rules[{ri}].matches[{mi}]: {e}"),
-                ));
-            }
-        }
-        for (bi, b) in rule.backend_refs.iter().flatten().enumerate() {
-            if let Some(w) = b.weight.filter(|w| *w < 0) {
-                out.push(error(
-                    object.clone(),
-                    format!("spec.rules[{ri}].backendRefs[{bi}].weight: {w} is negative"),
-                ));
-            }
+    for (bi, w) in weights.enumerate() {
+        if let Some(w) = w.filter(|w| *w < 0) {
+            out.push(error(
+                object.clone(),
+                format!("spec.rules[{ri}].backendRefs[{bi}].weight: {w} is negative"),
+            ));
         }
     }
 }

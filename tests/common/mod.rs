@@ -2,6 +2,8 @@
 //! client (so tests control the Host header and the request line byte for byte). Loopback only.
 #![allow(dead_code)]
 
+pub mod certs;
+
 use anyhow::{bail, Context, Result};
 use proto_conformance::echo::{EchoConfig, EchoServer};
 use std::collections::BTreeMap;
