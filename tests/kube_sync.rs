@@ -7,7 +7,7 @@ mod common;
 mod kube;
 
 use anyhow::{Context, Result};
-use common::{echo, free_port};
+use common::{certs, echo, free_port};
 use kube::{endpoint_slice, service, service_with_endpoints, FakeApiServer, KubeProxy, CLASSES};
 use std::time::Duration;
 
@@ -652,46 +652,6 @@ async fn endpointslice_churn() -> Result<()> {
 
 // ---- TLS Secret rotation --------------------------------------------------------------------------------------
 
-struct TestCa {
-    pem: String,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-fn test_ca() -> Result<TestCa> {
-    let key = rcgen::KeyPair::generate()?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "kube test CA");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let cert = params.self_signed(&key)?;
-    Ok(TestCa {
-        pem: cert.pem(),
-        issuer: rcgen::Issuer::new(params, key),
-    })
-}
-
-/// (cert PEM, key PEM, cert DER) for `name`, signed by `ca`.
-fn test_leaf(ca: &TestCa, name: &str) -> Result<(String, String, Vec<u8>)> {
-    let key = rcgen::KeyPair::generate()?;
-    let params = rcgen::CertificateParams::new(vec![name.to_string()])?;
-    let cert = params.signed_by(&key, &ca.issuer)?;
-    Ok((cert.pem(), key.serialize_pem(), cert.der().to_vec()))
-}
-
-fn tls_secret(ns: &str, name: &str, leaf: &(String, String, Vec<u8>)) -> String {
-    let indent = |pem: &str| {
-        pem.lines()
-            .map(|l| format!("    {l}\n"))
-            .collect::<String>()
-    };
-    format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
-        indent(&leaf.0),
-        indent(&leaf.1)
-    )
-}
-
 /// A TLS handshake with `sni` on `port` trusting `ca_pem`; returns the DER of the certificate the server showed.
 fn server_certificate(port: u16, sni: &str, ca_pem: &str) -> Result<Vec<u8>> {
     use rustls::pki_types::pem::PemObject;
@@ -726,9 +686,10 @@ fn server_certificate(port: u16, sni: &str, ca_pem: &str) -> Result<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_rotated_under_a_live_listener() -> Result<()> {
     let web = echo("web-1", "shop").await?;
-    let ca = test_ca()?;
-    let first = test_leaf(&ca, "secure.example.com")?;
-    let second = test_leaf(&ca, "secure.example.com")?;
+    let ca = certs::ca("kube test CA")?;
+    let first = certs::leaf(&ca, &["secure.example.com"])?;
+    let second = certs::leaf(&ca, &["secure.example.com"])?;
+    let (first_der, second_der) = (certs::der(&first.0)?, certs::der(&second.0)?);
     let fake = FakeApiServer::start(true);
     let http = free_port();
     let https = free_port();
@@ -738,7 +699,7 @@ async fn secret_rotated_under_a_live_listener() -> Result<()> {
         "web",
         &[web.http_addr().port()],
     ));
-    fake.apply_yaml(&tls_secret("shop", "secure-cert", &first));
+    fake.apply_yaml(&certs::tls_secret("shop", "secure-cert", &first));
     fake.apply_yaml(&format!(
         "apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -763,12 +724,12 @@ spec:
     ));
     let p = KubeProxy::start(&fake.kubeconfig(None), http, &[])?;
     p.wait_for(Duration::from_secs(10), || {
-        server_certificate(https, "secure.example.com", &ca.pem).is_ok_and(|c| c == first.2)
+        server_certificate(https, "secure.example.com", &ca.pem).is_ok_and(|c| c == first_der)
     })?;
     // Rotate: same Secret, new certificate and key.
-    fake.apply_yaml(&tls_secret("shop", "secure-cert", &second));
+    fake.apply_yaml(&certs::tls_secret("shop", "secure-cert", &second));
     let took = p.wait_for(Duration::from_secs(10), || {
-        server_certificate(https, "secure.example.com", &ca.pem).is_ok_and(|c| c == second.2)
+        server_certificate(https, "secure.example.com", &ca.pem).is_ok_and(|c| c == second_der)
     })?;
     println!("rotated certificate served after {took:?}");
     // The listener never went away.

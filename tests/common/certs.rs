@@ -45,3 +45,11 @@ pub fn tls_secret(ns: &str, name: &str, cert: &(String, String)) -> String {
         indent(&cert.1)
     )
 }
+
+/// The DER bytes of the first certificate in `pem`.
+pub fn der(pem: &str) -> Result<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    let cert = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("certificate PEM: {e:?}"))?;
+    Ok(cert.to_vec())
+}
