@@ -758,13 +758,16 @@ class Target:
         return pids_of(self.proc)
 
 
-def portcullis_argv(args, manifests):
-    """Portcullis serving `manifests` on the bench's proxy ports (plain: first port + 1, TLS: + 5), one data-plane
-    thread."""
-    return [args.binary, "run", "--manifests", manifests, "--http-port", str(port_of(args, "portcullis")),
+def portcullis_argv(args, manifests, http_port=None, admin_port=None, extra=()):
+    """Portcullis serving `manifests`, one data-plane thread: on the bench's proxy ports (plain: first port + 1,
+    TLS: + 5, admin API: + 9) unless a phase that runs several at once, or beside other listeners, gives its own
+    plain and admin ports; `extra` arguments last."""
+    http_port = port_of(args, "portcullis") if http_port is None else http_port
+    admin_port = port_of(args, "admin") if admin_port is None else admin_port
+    return [args.binary, "run", "--manifests", manifests, "--http-port", str(http_port),
             "--https-port", str(port_of(args, "portcullis-tls")), "--bind-address", "127.0.0.1",
-            "--admin-addr", f"127.0.0.1:{port_of(args, 'admin')}", "--threads", "1",
-            "--shutdown-delay", "0"]
+            "--admin-addr", f"127.0.0.1:{admin_port}", "--threads", "1",
+            "--shutdown-delay", "0", *extra]
 
 
 def portcullis_env(args, level):
@@ -1101,32 +1104,50 @@ def wakeups_phase(args, tmp, upstream):
     last = host(n - 1)
     pc_dir = f"{tmp}/portcullis-wakeups"
     write_portcullis_manifests(pc_dir, args.port, n)
-    targets = [Target("portcullis", port_of(args, "portcullis"), start(portcullis_argv(args, pc_dir), args.proxy_cpu,
-                                                             f"{tmp}/portcullis-wakeups.log",
-                                                             env=portcullis_env(args, "warn")))]
+    targets = [Target("portcullis", port_of(args, "portcullis"),
+                      start_portcullis(args, pc_dir, f"{tmp}/portcullis-wakeups.log"))]
     for j, k in enumerate(WAKEUP_REGEXES):
         port = args.port + 2 + j
         conf = write_nginx_conf(tmp, port, args.port, n, extra_regex=k)
         targets.append(Target(f"nginx +{k} regex locations" if k else "nginx", port,
                               start(["nginx", "-p", tmp + "/", "-c", conf, "-e", f"{tmp}/nginx-r{k}.err"],
                                     args.proxy_cpu, f"{tmp}/nginx-r{k}.log")))
-    for t in targets:
-        if not wait_status(t.port, last, 200, 60):
-            raise SystemExit(f"{t.name} does not serve {last} (see {tmp})")
-        run_wrk(args, t.port, last, 1, args.connections)
-    up_pids = pids_of(upstream)
-    for _ in range(args.rounds):
-        for t in targets:
-            t.runs.append(measure(args, t, lambda x: run_wrk(args, x.port, last, args.duration, args.connections),
-                                  up_pids, up_pids))
+    up_pids = closed_loop_rounds(args, tmp, targets, last, upstream)
     rate = int(min(statistics.median(r["rps"] for r in t.runs) for t in targets) * 0.7)
     for t in targets:
         t.fixed = measure_fixed(args, t, last, rate, f"{tmp}/h2load.log", up_pids)
+    stop_measured(targets)
+    return rate, targets
+
+
+def start_portcullis(args, manifests, logfile, level="warn", **argv_opts):
+    """Portcullis on `manifests` (portcullis_argv's options), pinned to the proxy CPU, logging at `level`."""
+    return start(portcullis_argv(args, manifests, **argv_opts), args.proxy_cpu, logfile,
+                 env=portcullis_env(args, level))
+
+
+def closed_loop_rounds(args, tmp, targets, hostname, upstream):
+    """The closed-loop part of the wakeups and observe phases: waits until every target (already started) serves
+    `hostname`, warms each up with 1 s of wrk, then runs --rounds rounds of --duration s, the targets in turn within
+    each round (their `runs`). Returns the upstream's pids."""
+    for t in targets:
+        if not wait_status(t.port, hostname, 200, 60):
+            raise SystemExit(f"{t.name} does not serve {hostname} (see {tmp})")
+        run_wrk(args, t.port, hostname, 1, args.connections)
+    up_pids = pids_of(upstream)
+    for _ in range(args.rounds):
+        for t in targets:
+            t.runs.append(measure(args, t, lambda x: run_wrk(args, x.port, hostname, args.duration,
+                                                             args.connections), up_pids, up_pids))
+    return up_pids
+
+
+def stop_measured(targets):
+    """Records each target's peak RSS (VmHWM) and stops it."""
     for t in targets:
         t.hwm_kb = mem_kb(t.pids(), "VmHWM")
         stop(t.proc)
         STARTED.remove(t.proc)
-    return rate, targets
 
 
 WAKEUP_REGEXES = (0, 150, 400)
@@ -1151,24 +1172,10 @@ def observe_phase(args, tmp, upstream):
         d = f"{tmp}/portcullis-observe-{j}"
         port = args.port + 10 + 2 * j
         write_portcullis_manifests(d, args.port, n)
-        argv = portcullis_argv(args, d)
-        argv[argv.index("--http-port") + 1] = str(port)
-        argv[argv.index("--admin-addr") + 1] = f"127.0.0.1:{port + 1}"
-        targets.append(Target(name, port, start(argv + extra, args.proxy_cpu, f"{tmp}/portcullis-observe-{j}.log",
-                                                env=portcullis_env(args, "warn"))))
-    for t in targets:
-        if not wait_status(t.port, last, 200, 60):
-            raise SystemExit(f"{t.name} does not serve {last} (see {tmp})")
-        run_wrk(args, t.port, last, 1, args.connections)
-    up_pids = pids_of(upstream)
-    for _ in range(args.rounds):
-        for t in targets:
-            t.runs.append(measure(args, t, lambda x: run_wrk(args, x.port, last, args.duration, args.connections),
-                                  up_pids, up_pids))
-    for t in targets:
-        t.hwm_kb = mem_kb(t.pids(), "VmHWM")
-        stop(t.proc)
-        STARTED.remove(t.proc)
+        targets.append(Target(name, port, start_portcullis(args, d, f"{tmp}/portcullis-observe-{j}.log",
+                                                           http_port=port, admin_port=port + 1, extra=extra)))
+    closed_loop_rounds(args, tmp, targets, last, upstream)
+    stop_measured(targets)
     return targets
 
 
@@ -1267,8 +1274,7 @@ def tcp_phase(args, tmp):
     os.makedirs(d, exist_ok=True)
     with open(f"{d}/tcp.yaml", "w") as f:
         f.write(PORTCULLIS_TCP.format(port=ports["portcullis"], up_port=up_port))
-    argv = portcullis_argv(args, d)
-    argv[argv.index("--admin-addr") + 1] = f"127.0.0.1:{args.port + 22}"
+    argv = portcullis_argv(args, d, admin_port=args.port + 22)
     targets = [Target("direct", up_port, upstream),
                Target("portcullis", ports["portcullis"],
                       start(argv, args.proxy_cpu, f"{tmp}/portcullis-tcp.log", env=portcullis_env(args, "warn")))]
@@ -1486,9 +1492,7 @@ def grpc_phase(args, tmp):
     os.makedirs(d, exist_ok=True)
     with open(f"{d}/grpc.yaml", "w") as f:
         f.write(GRPC_MANIFESTS.format(backend_port=backend_port, port=port, host=GRPC_HOST))
-    argv = portcullis_argv(args, d)
-    argv[argv.index("--http-port") + 1] = str(port)
-    argv[argv.index("--admin-addr") + 1] = f"127.0.0.1:{args.port + GRPC_PORTS['admin']}"
+    argv = portcullis_argv(args, d, http_port=port, admin_port=args.port + GRPC_PORTS["admin"])
     proxy = start(argv, args.proxy_cpu, f"{tmp}/portcullis-grpc.log", env=portcullis_env(args, "warn"))
     targets = [Target("direct", backend_port, backend), Target("portcullis", port, proxy)]
     try:
