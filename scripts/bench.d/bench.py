@@ -1685,6 +1685,27 @@ class MemorySampler(threading.Thread):
         return [s for s in self.samples if t0 <= s[0] <= t1] or self.samples[-1:]
 
 
+def self_cpu_ticks():
+    """CPU time of this script (its threads: edit writers, samplers, pollers) in clock ticks."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return (ru.ru_utime + ru.ru_stime) * CLK_TCK
+
+
+class Background:
+    """The machine's busy CPU time that is not ours over an interval, as a share of all CPU time (the background
+    load the other phases report): start(), then finish(ours) with the CPU ticks our processes spent meanwhile
+    (this script's own time is added here)."""
+
+    def __init__(self):
+        self.busy0, self.all0 = machine_busy()
+        self.self0 = self_cpu_ticks()
+
+    def finish(self, ours_ticks):
+        busy1, all1 = machine_busy()
+        ours = ours_ticks + self_cpu_ticks() - self.self0
+        return max(0.0, ((busy1 - self.busy0) - ours) / max(1, all1 - self.all0))
+
+
 def edits_under_load(args, d, port, logfile, pc, edits):
     """`edits` edits of the hot Ingress, --edit-interval apart (on a fixed schedule), starting 1 s into a wrk run
     on its /hot path. Each edit switches the Ingress's Service and replaces its marker path, so every publish
@@ -1709,10 +1730,13 @@ def edits_under_load(args, d, port, logfile, pc, edits):
         marks["last"] = time.monotonic()
 
     th = threading.Thread(target=run_edits)
+    bg = Background()
+    pc_ticks0 = group_cpu_ticks(pids_of(pc))
     th.start()
     duration = int(edits * args.edit_interval + 3)
     r = run_wrk(args, port, HOT, duration, args.connections, path="/hot")
     th.join()
+    background = bg.finish(group_cpu_ticks(pids_of(pc)) - pc_ticks0 + r["wrk_cpu_ticks"])
     served = wait_status(port, HOT, 200, 30, path=marker_path(edits - 1))
     time.sleep(1.0)
     mem.stop()
@@ -1727,6 +1751,7 @@ def edits_under_load(args, d, port, logfile, pc, edits):
         "rss_end": mem_kb(pids, "VmRSS") / 1024,
         "rss_peak": max(s[1] for s in mem.samples) / 1024,
         "hwm": mem_kb(pids, "VmHWM") / 1024,
+        "background": background,
     }
 
 
@@ -1794,14 +1819,14 @@ def print_many_edits(out, args, results):
         out.append("")
         out.append("| routes | edits | publishes | requests | non-2xx | socket errors | p99 us | RSS MB loaded | "
                    "RSS MB at first edit / middle / 1 s after the last was served | change first -> end | "
-                   "peak RSS MB | last edit served |")
-        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+                   "peak RSS MB | last edit served | background load |")
+        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
         change = (x["rss_end"] - x["rss_first"]) / x["rss_first"] * 100 if x["rss_first"] else float("nan")
         out.append(
             f"| {x['routes']:,} | {x['edits']:,} | {x['publishes']} | {w['requests']:,} | {w['non2xx']} | "
             f"{w['sockerr']} | {fmt(w['p99'])} | {x['rss_loaded']:.1f} | {x['rss_first']:.1f} / "
             f"{x['rss_middle']:.1f} / {x['rss_end']:.1f} | {change:+.1f}% | {x['hwm']:.1f} | "
-            f"{'yes' if x['last_edit_served'] else 'NO'} |"
+            f"{'yes' if x['last_edit_served'] else 'NO'} | {x['background'] * 100:.0f}% |"
         )
 
 
@@ -1998,12 +2023,13 @@ def count_in(path, start_offset, end_offset, needle):
     return chunk.count(needle.encode())
 
 
-def failover_run(args, tmp, name, port, endpoints, endpoint_ports, admin_port=None):
+def failover_run(args, tmp, name, port, proc, endpoints, endpoint_ports, admin_port=None):
     """The fixed-rate client on FAILOVER_HOST through one proxy, while: --failover-steady s of steady state;
     endpoint 0 killed (SIGKILL), --failover-down s later started again; --failover-after s later endpoint 1
     stopped (SIGSTOP: its listening socket still accepts connections, nothing answers), --failover-down s later
     resumed (SIGCONT); --failover-after s more. Figures per window from the client's records (by due time), the
-    proxy's access log (attempts, retries, when a failed endpoint answered again) and its counters."""
+    proxy's access log (attempts, retries, when a failed endpoint answered again) and its counters. A failure's
+    window starts right after the signal; a return's window right before the endpoint is started or resumed."""
     a = args
     logf = f"{tmp}/failover-{name}-client.log"
     access = f"{tmp}/{'portcullis-failover.log' if name == 'portcullis' else 'nginx-failover.access'}"
@@ -2032,24 +2058,28 @@ def failover_run(args, tmp, name, port, endpoints, endpoint_ports, admin_port=No
         wall_load = json.loads(first)["started"]
         time.sleep(max(0.0, wall_load - time.time()) + 0.5)
         mark("before")
+        bg = Background()
+        ticks0 = group_cpu_ticks(pids_of(proc) + [p.pid for p in endpoints])
         time.sleep(max(0.0, wall_load + a.failover_steady - time.time()))
-        mark("endpoint 0 killed")
+        killed_ticks = group_cpu_ticks([endpoints[0].pid])
         signal_group(endpoints[0], signal.SIGKILL)
+        mark("endpoint 0 killed")
         endpoints[0].wait()
         STARTED.remove(endpoints[0])
         time.sleep(a.failover_down)
         mark("after endpoint 0 restarted")
         endpoints[0] = start_endpoint(a, tmp, 0, endpoint_ports[0])
         time.sleep(a.failover_after)
-        mark("endpoint 1 stopped")
         stopped = endpoints[1]
         signal_group(stopped, signal.SIGSTOP)
+        mark("endpoint 1 stopped")
         time.sleep(a.failover_down)
         mark("after endpoint 1 resumed")
         signal_group(stopped, signal.SIGCONT)
         stopped = None
         time.sleep(a.failover_after)
         mark("end")
+        ours = group_cpu_ticks(pids_of(proc) + [p.pid for p in endpoints]) + killed_ticks - ticks0
     finally:
         if stopped is not None:
             signal_group(stopped, signal.SIGCONT)
@@ -2102,7 +2132,10 @@ def failover_run(args, tmp, name, port, endpoints, endpoint_ports, admin_port=No
                 w["back_after"] = ok[0] - t0 if ok else None
         windows.append(w)
     whole = window_stats(records, marks[0][1] * 1e6, marks[-1][1] * 1e6)
-    return {"name": name, "windows": windows, "whole": whole, "client_retries": summary.get("retries", 0),
+    # The client's CPU over its whole run (a little longer than the measured part): background is a lower bound.
+    background = bg.finish(ours + summary.get("client_cpu_s", 0) * CLK_TCK)
+    return {"name": name, "windows": windows, "whole": whole, "background": background,
+            "client_retries": summary.get("retries", 0),
             "client_errors": summary.get("errors", {}), "late_ms_max": summary.get("late_ms_max")}
 
 
@@ -2130,7 +2163,7 @@ def failover_phase(args, tmp, with_nginx=True):
                 raise SystemExit(f"{name} does not serve {FAILOVER_HOST} (see {tmp})")
             for _ in range(30):  # every endpoint in use, connections pooled
                 http_get(port, FAILOVER_HOST)
-            results.append(failover_run(args, tmp, name, port, endpoints, endpoint_ports,
+            results.append(failover_run(args, tmp, name, port, proc, endpoints, endpoint_ports,
                                         admin_port=port_of(args, "admin")))
         finally:
             for p in [proc] + endpoints:
@@ -2191,8 +2224,8 @@ def print_failover(out, args, results):
             f"errors, {r['client_retries']} sent again by the client on a new connection after the proxy closed a "
             f"keep-alive one; killed endpoint: {clean(ws[1:3])} client-visible errors, {back(ws[2])} after its "
             f"restart; stopped endpoint: {clean(ws[3:5])} client-visible errors, {back(ws[4])} after SIGCONT; "
-            f"the client lagged at most "
-            f"{fmt(r['late_ms_max'], 1)} ms behind its schedule"
+            f"the client lagged at most {fmt(r['late_ms_max'], 1)} ms behind its schedule; background load "
+            f"{r['background'] * 100:.0f}%"
             + (f"; client failures by kind: {r['client_errors']}" if r["client_errors"] else "")
         )
 
