@@ -2041,13 +2041,15 @@ def failover_run(args, tmp, name, port, proc, endpoints, endpoint_ports, admin_p
     marks = []  # (window name, wall time it starts, counters then)
 
     def mark(what):
+        # The time first: reading the counters takes a few ms, and what happens meanwhile is the new window's.
+        now = time.time()
         if name == "portcullis":
             c = portcullis_counters(admin_port)
             counters = {"retries_metric": portcullis_metric(admin_port, "portcullis_upstream_retries_total"),
                         "ejections": c[1] if c else None}
         else:
             counters = {"err_offset": file_size(errlog)}
-        marks.append((what, time.time(), counters))
+        marks.append((what, now, counters))
 
     client = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     stopped = None
