@@ -1844,6 +1844,9 @@ FAILOVER_REQUEST_TIMEOUT_S = 3
 # written out; nginx: max_fails=3 fail_timeout=5s).
 FAILOVER_MAX_FAILS = 3
 FAILOVER_EJECTION_S = 5
+# The client's requests due this long before a failure are counted in the failure's window: they were still in
+# flight on the failing endpoint when it came (the tail of the latency under a loaded machine).
+FAILOVER_IN_FLIGHT_S = 0.1
 
 PORTCULLIS_FAILOVER = """---
 apiVersion: v1
@@ -2029,7 +2032,8 @@ def failover_run(args, tmp, name, port, proc, endpoints, endpoint_ports, admin_p
     stopped (SIGSTOP: its listening socket still accepts connections, nothing answers), --failover-down s later
     resumed (SIGCONT); --failover-after s more. Figures per window from the client's records (by due time), the
     proxy's access log (attempts, retries, when a failed endpoint answered again) and its counters. A failure's
-    window starts right after the signal; a return's window right before the endpoint is started or resumed."""
+    window starts right after the signal (for the client's requests: FAILOVER_IN_FLIGHT_S before it); a return's
+    window right before the endpoint is started or resumed."""
     a = args
     logf = f"{tmp}/failover-{name}-client.log"
     access = f"{tmp}/{'portcullis-failover.log' if name == 'portcullis' else 'nginx-failover.access'}"
@@ -2040,8 +2044,10 @@ def failover_run(args, tmp, name, port, proc, endpoints, endpoint_ports, admin_p
             str(total + 60), "--log", logf]
     marks = []  # (window name, wall time it starts, counters then)
 
-    def mark(what):
+    def mark(what, in_flight=0.0):
         # The time first: reading the counters takes a few ms, and what happens meanwhile is the new window's.
+        # `in_flight`: the client's requests due that long before a failure were still in flight when it came,
+        # and count with it.
         now = time.time()
         if name == "portcullis":
             c = portcullis_counters(admin_port)
@@ -2049,7 +2055,7 @@ def failover_run(args, tmp, name, port, proc, endpoints, endpoint_ports, admin_p
                         "ejections": c[1] if c else None}
         else:
             counters = {"err_offset": file_size(errlog)}
-        marks.append((what, now, counters))
+        marks.append((what, now, counters, now - in_flight))
 
     client = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     stopped = None
@@ -2065,7 +2071,7 @@ def failover_run(args, tmp, name, port, proc, endpoints, endpoint_ports, admin_p
         time.sleep(max(0.0, wall_load + a.failover_steady - time.time()))
         killed_ticks = group_cpu_ticks([endpoints[0].pid])
         signal_group(endpoints[0], signal.SIGKILL)
-        mark("endpoint 0 killed")
+        mark("endpoint 0 killed", FAILOVER_IN_FLIGHT_S)
         endpoints[0].wait()
         STARTED.remove(endpoints[0])
         time.sleep(a.failover_down)
@@ -2074,7 +2080,7 @@ def failover_run(args, tmp, name, port, proc, endpoints, endpoint_ports, admin_p
         time.sleep(a.failover_after)
         stopped = endpoints[1]
         signal_group(stopped, signal.SIGSTOP)
-        mark("endpoint 1 stopped")
+        mark("endpoint 1 stopped", FAILOVER_IN_FLIGHT_S)
         time.sleep(a.failover_down)
         mark("after endpoint 1 resumed")
         signal_group(stopped, signal.SIGCONT)
@@ -2108,9 +2114,9 @@ def failover_run(args, tmp, name, port, proc, endpoints, endpoint_ports, admin_p
     attempts = proxy_attempts(name, access)
     windows = []
     for k in range(len(marks) - 1):
-        what, t0, c0 = marks[k]
-        _, t1, c1 = marks[k + 1]
-        w = window_stats(records, t0 * 1e6, t1 * 1e6)
+        what, t0, c0, due0 = marks[k]
+        _, t1, c1, due1 = marks[k + 1]
+        w = window_stats(records, due0 * 1e6, due1 * 1e6)
         w.update({"window": what, "seconds": t1 - t0})
         sel = [r for r in attempts if t0 <= r[0] < t1]
         w["failed_attempts"] = sum(1 for r in sel for _, st in r[1] if st is None or not 200 <= st < 300)
@@ -2191,7 +2197,9 @@ def print_failover(out, args, results):
         f"{FAILOVER_REQUEST_TIMEOUT_S} s, two retries on other endpoints (`retry.attempts: 2`; "
         f"`proxy_next_upstream error timeout`, 3 tries), {FAILOVER_MAX_FAILS} failures take an endpoint out for "
         f"{FAILOVER_EJECTION_S} s (Portcullis's defaults; nginx `max_fails={FAILOVER_MAX_FAILS} "
-        f"fail_timeout={FAILOVER_EJECTION_S}s`). Latency from each request's due time (open loop). Retries: "
+        f"fail_timeout={FAILOVER_EJECTION_S}s`). Latency from each request's due time (open loop); the client's "
+        f"requests are counted by due time, those due up to {int(FAILOVER_IN_FLIGHT_S * 1000)} ms before a failure "
+        "with the failure (they were in flight). Retries: "
         "Portcullis `portcullis_upstream_retries_total`, nginx its access log; ejections: Portcullis "
         "`GET /upstreams`, nginx `upstream server temporarily disabled` in its error log; failed attempts and the "
         "failed endpoint's answers: each proxy's access log."
