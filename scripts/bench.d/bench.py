@@ -5,7 +5,7 @@ Run through scripts/bench (which installs the tools and Traefik and builds the p
 127.0.0.1 only; every process started here is stopped on exit (by its process group id). The proxies run one at a
 time under load, pinned to one CPU; the client and the upstream share the other.
 
-Phases (--only; the first nine are the default run):
+Phases (--only; the first ten are the default run):
 1. throughput: plain HTTP/1.1 keep-alive, for each of --routes: Portcullis, nginx, HAProxy and Traefik start with
    the same host table; wrk runs against direct / portcullis / nginx / haproxy / traefik in alternation
    (A B C D E A B C D E ...), then a fixed-rate run (h2load --rps) at 50% of nginx's closed-loop rate for latency
@@ -21,20 +21,25 @@ Phases (--only; the first nine are the default run):
    requests under wrk load see any error while 100 route edits are published; a RegularExpression table.
 6. edits: 1,000 route edits at 10,000 routes under wrk: non-2xx, socket errors, RSS at the first edit, the middle
    one and after the last.
-7. observe: CPU per request with request metrics off, per label mode, and with the JSON access log.
-8. tcp: TCPRoute next to nginx (stream) and HAProxy (mode tcp), a Python upstream and client (tcpload.py):
+7. failover: three endpoints (one-process nginx) behind Portcullis, then behind nginx with the same policy, under a
+   fixed-rate client (loadgen.py): one endpoint killed (SIGKILL) and started again, then one stopped (SIGSTOP:
+   connections accepted, nothing answered) and resumed; per window: requests, non-2xx, socket errors, latency,
+   retries, ejections, and how long after its return the failed endpoint answered again through the proxy.
+8. observe: CPU per request with request metrics off, per label mode, and with the JSON access log.
+9. tcp: TCPRoute next to nginx (stream) and HAProxy (mode tcp), a Python upstream and client (tcpload.py):
    bulk transfer (MB/s, proxy CPU per MB) and one small exchange per new connection (connections/s, latency,
    proxy CPU per connection).
-9. grpc: gRPC unary calls over h2c (h2load, an empty gRPC-framed message) straight to proto-conformance's gRPC echo
+10. grpc: gRPC unary calls over h2c (h2load, an empty gRPC-framed message) straight to proto-conformance's gRPC echo
    backend and through Portcullis (a GRPCRoute): calls/s, p50/p99, CPU per call of Portcullis and of the backend,
    closed loop and at one fixed rate.
-10. profile (--profile or --only profile): instructions per request under callgrind, perf samples of Portcullis.
-11. wakeups (--only wakeups, not in the default run): Portcullis next to nginx made slower in user space only
+11. profile (--profile or --only profile): instructions per request under callgrind, perf samples of Portcullis.
+12. wakeups (--only wakeups, not in the default run): Portcullis next to nginx made slower in user space only
    (regular-expression locations it rejects on every request), to see whether kernel time per request follows
    user time through the wake-ups of the upstream and the client.
 """
 
 import argparse
+import calendar
 import http.client
 import json
 import os
@@ -301,10 +306,11 @@ NGINX_TLS = """  ssl_certificate {cert};
 """
 
 
-def write_upstream_conf(tmp, port):
-    path = f"{tmp}/upstream.conf"
+def write_upstream_conf(tmp, port, name="upstream"):
+    """A one-process nginx that answers 200 `ok` to everything on port (the upstream; the failover endpoints)."""
+    path = f"{tmp}/{name}.conf"
     with open(path, "w") as f:
-        f.write(NGINX_COMMON.format(tmp=tmp, name="upstream", master="off"))
+        f.write(NGINX_COMMON.format(tmp=tmp, name=name, master="off"))
         f.write(
             f"  server {{ listen 127.0.0.1:{port} backlog=4096; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n"
         )
@@ -758,13 +764,16 @@ class Target:
         return pids_of(self.proc)
 
 
-def portcullis_argv(args, manifests):
-    """Portcullis serving `manifests` on the bench's proxy ports (plain: first port + 1, TLS: + 5), one data-plane
-    thread."""
-    return [args.binary, "run", "--manifests", manifests, "--http-port", str(port_of(args, "portcullis")),
+def portcullis_argv(args, manifests, http_port=None, admin_port=None, extra=()):
+    """Portcullis serving `manifests`, one data-plane thread: on the bench's proxy ports (plain: first port + 1,
+    TLS: + 5, admin API: + 9) unless a phase that runs several at once, or beside other listeners, gives its own
+    plain and admin ports; `extra` arguments last."""
+    http_port = port_of(args, "portcullis") if http_port is None else http_port
+    admin_port = port_of(args, "admin") if admin_port is None else admin_port
+    return [args.binary, "run", "--manifests", manifests, "--http-port", str(http_port),
             "--https-port", str(port_of(args, "portcullis-tls")), "--bind-address", "127.0.0.1",
-            "--admin-addr", f"127.0.0.1:{port_of(args, 'admin')}", "--threads", "1",
-            "--shutdown-delay", "0"]
+            "--admin-addr", f"127.0.0.1:{admin_port}", "--threads", "1",
+            "--shutdown-delay", "0", *extra]
 
 
 def portcullis_env(args, level):
@@ -1101,32 +1110,50 @@ def wakeups_phase(args, tmp, upstream):
     last = host(n - 1)
     pc_dir = f"{tmp}/portcullis-wakeups"
     write_portcullis_manifests(pc_dir, args.port, n)
-    targets = [Target("portcullis", port_of(args, "portcullis"), start(portcullis_argv(args, pc_dir), args.proxy_cpu,
-                                                             f"{tmp}/portcullis-wakeups.log",
-                                                             env=portcullis_env(args, "warn")))]
+    targets = [Target("portcullis", port_of(args, "portcullis"),
+                      start_portcullis(args, pc_dir, f"{tmp}/portcullis-wakeups.log"))]
     for j, k in enumerate(WAKEUP_REGEXES):
         port = args.port + 2 + j
         conf = write_nginx_conf(tmp, port, args.port, n, extra_regex=k)
         targets.append(Target(f"nginx +{k} regex locations" if k else "nginx", port,
                               start(["nginx", "-p", tmp + "/", "-c", conf, "-e", f"{tmp}/nginx-r{k}.err"],
                                     args.proxy_cpu, f"{tmp}/nginx-r{k}.log")))
-    for t in targets:
-        if not wait_status(t.port, last, 200, 60):
-            raise SystemExit(f"{t.name} does not serve {last} (see {tmp})")
-        run_wrk(args, t.port, last, 1, args.connections)
-    up_pids = pids_of(upstream)
-    for _ in range(args.rounds):
-        for t in targets:
-            t.runs.append(measure(args, t, lambda x: run_wrk(args, x.port, last, args.duration, args.connections),
-                                  up_pids, up_pids))
+    up_pids = closed_loop_rounds(args, tmp, targets, last, upstream)
     rate = int(min(statistics.median(r["rps"] for r in t.runs) for t in targets) * 0.7)
     for t in targets:
         t.fixed = measure_fixed(args, t, last, rate, f"{tmp}/h2load.log", up_pids)
+    stop_measured(targets)
+    return rate, targets
+
+
+def start_portcullis(args, manifests, logfile, level="warn", **argv_opts):
+    """Portcullis on `manifests` (portcullis_argv's options), pinned to the proxy CPU, logging at `level`."""
+    return start(portcullis_argv(args, manifests, **argv_opts), args.proxy_cpu, logfile,
+                 env=portcullis_env(args, level))
+
+
+def closed_loop_rounds(args, tmp, targets, hostname, upstream):
+    """The closed-loop part of the wakeups and observe phases: waits until every target (already started) serves
+    `hostname`, warms each up with 1 s of wrk, then runs --rounds rounds of --duration s, the targets in turn within
+    each round (their `runs`). Returns the upstream's pids."""
+    for t in targets:
+        if not wait_status(t.port, hostname, 200, 60):
+            raise SystemExit(f"{t.name} does not serve {hostname} (see {tmp})")
+        run_wrk(args, t.port, hostname, 1, args.connections)
+    up_pids = pids_of(upstream)
+    for _ in range(args.rounds):
+        for t in targets:
+            t.runs.append(measure(args, t, lambda x: run_wrk(args, x.port, hostname, args.duration,
+                                                             args.connections), up_pids, up_pids))
+    return up_pids
+
+
+def stop_measured(targets):
+    """Records each target's peak RSS (VmHWM) and stops it."""
     for t in targets:
         t.hwm_kb = mem_kb(t.pids(), "VmHWM")
         stop(t.proc)
         STARTED.remove(t.proc)
-    return rate, targets
 
 
 WAKEUP_REGEXES = (0, 150, 400)
@@ -1151,24 +1178,10 @@ def observe_phase(args, tmp, upstream):
         d = f"{tmp}/portcullis-observe-{j}"
         port = args.port + 10 + 2 * j
         write_portcullis_manifests(d, args.port, n)
-        argv = portcullis_argv(args, d)
-        argv[argv.index("--http-port") + 1] = str(port)
-        argv[argv.index("--admin-addr") + 1] = f"127.0.0.1:{port + 1}"
-        targets.append(Target(name, port, start(argv + extra, args.proxy_cpu, f"{tmp}/portcullis-observe-{j}.log",
-                                                env=portcullis_env(args, "warn"))))
-    for t in targets:
-        if not wait_status(t.port, last, 200, 60):
-            raise SystemExit(f"{t.name} does not serve {last} (see {tmp})")
-        run_wrk(args, t.port, last, 1, args.connections)
-    up_pids = pids_of(upstream)
-    for _ in range(args.rounds):
-        for t in targets:
-            t.runs.append(measure(args, t, lambda x: run_wrk(args, x.port, last, args.duration, args.connections),
-                                  up_pids, up_pids))
-    for t in targets:
-        t.hwm_kb = mem_kb(t.pids(), "VmHWM")
-        stop(t.proc)
-        STARTED.remove(t.proc)
+        targets.append(Target(name, port, start_portcullis(args, d, f"{tmp}/portcullis-observe-{j}.log",
+                                                           http_port=port, admin_port=port + 1, extra=extra)))
+    closed_loop_rounds(args, tmp, targets, last, upstream)
+    stop_measured(targets)
     return targets
 
 
@@ -1267,8 +1280,7 @@ def tcp_phase(args, tmp):
     os.makedirs(d, exist_ok=True)
     with open(f"{d}/tcp.yaml", "w") as f:
         f.write(PORTCULLIS_TCP.format(port=ports["portcullis"], up_port=up_port))
-    argv = portcullis_argv(args, d)
-    argv[argv.index("--admin-addr") + 1] = f"127.0.0.1:{args.port + 22}"
+    argv = portcullis_argv(args, d, admin_port=args.port + 22)
     targets = [Target("direct", up_port, upstream),
                Target("portcullis", ports["portcullis"],
                       start(argv, args.proxy_cpu, f"{tmp}/portcullis-tcp.log", env=portcullis_env(args, "warn")))]
@@ -1486,9 +1498,7 @@ def grpc_phase(args, tmp):
     os.makedirs(d, exist_ok=True)
     with open(f"{d}/grpc.yaml", "w") as f:
         f.write(GRPC_MANIFESTS.format(backend_port=backend_port, port=port, host=GRPC_HOST))
-    argv = portcullis_argv(args, d)
-    argv[argv.index("--http-port") + 1] = str(port)
-    argv[argv.index("--admin-addr") + 1] = f"127.0.0.1:{args.port + GRPC_PORTS['admin']}"
+    argv = portcullis_argv(args, d, http_port=port, admin_port=args.port + GRPC_PORTS["admin"])
     proxy = start(argv, args.proxy_cpu, f"{tmp}/portcullis-grpc.log", env=portcullis_env(args, "warn"))
     targets = [Target("direct", backend_port, backend), Target("portcullis", port, proxy)]
     try:
@@ -1675,6 +1685,27 @@ class MemorySampler(threading.Thread):
         return [s for s in self.samples if t0 <= s[0] <= t1] or self.samples[-1:]
 
 
+def self_cpu_ticks():
+    """CPU time of this script (its threads: edit writers, samplers, pollers) in clock ticks."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return (ru.ru_utime + ru.ru_stime) * CLK_TCK
+
+
+class Background:
+    """The machine's busy CPU time that is not ours over an interval, as a share of all CPU time (the background
+    load the other phases report): start(), then finish(ours) with the CPU ticks our processes spent meanwhile
+    (this script's own time is added here)."""
+
+    def __init__(self):
+        self.busy0, self.all0 = machine_busy()
+        self.self0 = self_cpu_ticks()
+
+    def finish(self, ours_ticks):
+        busy1, all1 = machine_busy()
+        ours = ours_ticks + self_cpu_ticks() - self.self0
+        return max(0.0, ((busy1 - self.busy0) - ours) / max(1, all1 - self.all0))
+
+
 def edits_under_load(args, d, port, logfile, pc, edits):
     """`edits` edits of the hot Ingress, --edit-interval apart (on a fixed schedule), starting 1 s into a wrk run
     on its /hot path. Each edit switches the Ingress's Service and replaces its marker path, so every publish
@@ -1699,10 +1730,13 @@ def edits_under_load(args, d, port, logfile, pc, edits):
         marks["last"] = time.monotonic()
 
     th = threading.Thread(target=run_edits)
+    bg = Background()
+    pc_ticks0 = group_cpu_ticks(pids_of(pc))
     th.start()
     duration = int(edits * args.edit_interval + 3)
     r = run_wrk(args, port, HOT, duration, args.connections, path="/hot")
     th.join()
+    background = bg.finish(group_cpu_ticks(pids_of(pc)) - pc_ticks0 + r["wrk_cpu_ticks"])
     served = wait_status(port, HOT, 200, 30, path=marker_path(edits - 1))
     time.sleep(1.0)
     mem.stop()
@@ -1717,6 +1751,7 @@ def edits_under_load(args, d, port, logfile, pc, edits):
         "rss_end": mem_kb(pids, "VmRSS") / 1024,
         "rss_peak": max(s[1] for s in mem.samples) / 1024,
         "hwm": mem_kb(pids, "VmHWM") / 1024,
+        "background": background,
     }
 
 
@@ -1784,14 +1819,424 @@ def print_many_edits(out, args, results):
         out.append("")
         out.append("| routes | edits | publishes | requests | non-2xx | socket errors | p99 us | RSS MB loaded | "
                    "RSS MB at first edit / middle / 1 s after the last was served | change first -> end | "
-                   "peak RSS MB | last edit served |")
-        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+                   "peak RSS MB | last edit served | background load |")
+        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
         change = (x["rss_end"] - x["rss_first"]) / x["rss_first"] * 100 if x["rss_first"] else float("nan")
         out.append(
             f"| {x['routes']:,} | {x['edits']:,} | {x['publishes']} | {w['requests']:,} | {w['non2xx']} | "
             f"{w['sockerr']} | {fmt(w['p99'])} | {x['rss_loaded']:.1f} | {x['rss_first']:.1f} / "
             f"{x['rss_middle']:.1f} / {x['rss_end']:.1f} | {change:+.1f}% | {x['hwm']:.1f} | "
-            f"{'yes' if x['last_edit_served'] else 'NO'} |"
+            f"{'yes' if x['last_edit_served'] else 'NO'} | {x['background'] * 100:.0f}% |"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Failover: three endpoints under a fixed-rate client; one killed and restarted, then one stopped and resumed
+# ----------------------------------------------------------------------------------------------------------------
+
+FAILOVER_HOST = "failover.bench.test"
+FAILOVER_ENDPOINTS = (10, 11, 12)  # port offsets of the three endpoints (free while this phase runs)
+# The route's bound on one attempt (HTTPRoute timeouts.backendRequest; nginx's proxy_*_timeout) and on the whole
+# request; failed attempts are retried twice, each time on another endpoint.
+FAILOVER_ATTEMPT_TIMEOUT_MS = 300
+FAILOVER_REQUEST_TIMEOUT_S = 3
+# Passive health, the same on both proxies: 3 failures take an endpoint out for 5 s (Portcullis's defaults,
+# written out; nginx: max_fails=3 fail_timeout=5s).
+FAILOVER_MAX_FAILS = 3
+FAILOVER_EJECTION_S = 5
+# The client's requests due this long before a failure are counted in the failure's window: they were still in
+# flight on the failing endpoint when it came (the tail of the latency under a loaded machine).
+FAILOVER_IN_FLIGHT_S = 0.1
+
+PORTCULLIS_FAILOVER = """---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: bench
+  annotations: {{portcullis.dev/max-failures: "{max_fails}", portcullis.dev/ejection-time: {ejection}s}}
+spec: {{ports: [{{port: 80}}]}}
+{slices}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web, namespace: bench}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [{host}]
+  rules:
+  - backendRefs: [{{name: web, port: 80}}]
+    timeouts: {{request: {request}s, backendRequest: {attempt}ms}}
+    retry: {{attempts: 2}}
+"""
+
+ENDPOINT_SLICE = """---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-{i}, namespace: bench, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{port: {port}}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+"""
+
+
+def write_failover_manifests(d, port, endpoint_ports):
+    """A Gateway listener on `port`, the Service `web` with one EndpointSlice per endpoint port, and an HTTPRoute
+    for FAILOVER_HOST with the attempt and request timeouts and two retries."""
+    os.makedirs(d, exist_ok=True)
+    slices = "".join(ENDPOINT_SLICE.format(i=i, port=p) for i, p in enumerate(endpoint_ports))
+    with open(f"{d}/all.yaml", "w") as f:
+        f.write(PORTCULLIS_BASE.format())
+        f.write(GATEWAY_BASE.format(port=port))
+        f.write(PORTCULLIS_FAILOVER.format(max_fails=FAILOVER_MAX_FAILS, ejection=FAILOVER_EJECTION_S,
+                                           slices=slices, host=FAILOVER_HOST, request=FAILOVER_REQUEST_TIMEOUT_S,
+                                           attempt=FAILOVER_ATTEMPT_TIMEOUT_MS))
+
+
+def write_nginx_failover_conf(tmp, port, endpoint_ports):
+    """nginx with the same policy: the three endpoints with max_fails/fail_timeout, the attempt timeout on connect,
+    send and read, `proxy_next_upstream error timeout` with three tries within the request timeout; an access
+    log of each request's end time, status, attempts and their statuses."""
+    name = "nginx-failover"
+    path = f"{tmp}/{name}.conf"
+    t = f"{FAILOVER_ATTEMPT_TIMEOUT_MS}ms"
+    servers = "".join(f"server 127.0.0.1:{p} max_fails={FAILOVER_MAX_FAILS} fail_timeout={FAILOVER_EJECTION_S}s; "
+                      for p in endpoint_ports)
+    with open(path, "w") as f:
+        f.write(NGINX_COMMON.format(tmp=tmp, name=name, master="off"))
+        f.write("  log_format failover '$msec|$status|$upstream_addr|$upstream_status';\n")
+        f.write(f"  upstream web {{ {servers}keepalive 128; keepalive_requests 1000000; }}\n")
+        f.write(
+            f"  server {{ listen 127.0.0.1:{port} backlog=4096; server_name {FAILOVER_HOST}; "
+            f"access_log {tmp}/{name}.access failover; location / {{ {NGINX_PROXY.format(up='web')} "
+            f"proxy_next_upstream error timeout; proxy_next_upstream_tries 3; "
+            f"proxy_next_upstream_timeout {FAILOVER_REQUEST_TIMEOUT_S}s; proxy_connect_timeout {t}; "
+            f"proxy_send_timeout {t}; proxy_read_timeout {t}; }} }}\n}}\n"
+        )
+    return path
+
+
+def start_endpoint(args, tmp, i, port):
+    """Endpoint i: a one-process nginx answering 200 on `port`, pinned with the client."""
+    conf = write_upstream_conf(tmp, port, name=f"endpoint-{i}")
+    p = start(["nginx", "-p", tmp + "/", "-c", conf, "-e", f"{tmp}/endpoint-{i}.err"], args.upstream_cpu,
+              f"{tmp}/endpoint-{i}.log")
+    if not wait_status(port, "x", 200, 10):
+        raise SystemExit(f"endpoint {i} (nginx on port {port}) does not answer (see {tmp})")
+    return p
+
+
+def signal_group(p, sig):
+    try:
+        os.killpg(p.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def parse_rfc3339(s):
+    """Seconds since the epoch of an RFC 3339 UTC time with up to nine fractional digits (Portcullis's access
+    log); None when it is not one."""
+    m = re.match(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?Z$", s)
+    if not m:
+        return None
+    whole = calendar.timegm(tuple(int(m.group(k)) for k in range(1, 7)) + (0, 0, 0))
+    return whole + (float("0." + m.group(7)) if m.group(7) else 0.0)
+
+
+def proxy_attempts(name, path):
+    """Each request in the proxy's access log: (end time s, [(endpoint address, status or None)...], retries).
+    Portcullis: its JSON lines (mixed with its own log on one file); nginx: the `failover` format."""
+    rows = []
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                if name == "portcullis":
+                    if not line.startswith('{"time"'):
+                        continue
+                    try:
+                        j = json.loads(line)
+                    except ValueError:
+                        continue
+                    t = parse_rfc3339(j.get("time", ""))
+                    if t is None:
+                        continue
+                    ups = [(u.get("addr"), u.get("status")) for u in j.get("upstreams", [])]
+                    rows.append((t, ups, j.get("retries", max(0, len(ups) - 1))))
+                else:
+                    parts = line.rstrip("\n").split("|")
+                    if len(parts) != 4:
+                        continue
+                    addrs = [a.strip() for a in parts[2].replace(" : ", ", ").split(",")]
+                    codes = [c.strip() for c in parts[3].replace(" : ", ", ").split(",")]
+                    ups = [(a, int(c) if c.isdigit() else None) for a, c in zip(addrs, codes) if a and a != "-"]
+                    rows.append((float(parts[0]), ups, max(0, len(ups) - 1)))
+    except OSError:
+        pass
+    return rows
+
+
+def portcullis_counters(admin_port):
+    """(retries, ejections) of the failover backend from `GET /upstreams`; None when the admin API did not answer."""
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=2)
+        c.request("GET", "/upstreams")
+        body = c.getresponse().read()
+        c.close()
+        for u in json.loads(body):
+            if u.get("backend") == "bench/web:80":
+                return u.get("retries", 0), u.get("ejections", 0)
+    except (OSError, ValueError, http.client.HTTPException):
+        pass
+    return None
+
+
+def portcullis_metric(admin_port, name):
+    """The sum of every series of one metric on Portcullis's /metrics; None when it did not answer."""
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=2)
+        c.request("GET", "/metrics")
+        text = c.getresponse().read().decode(errors="replace")
+        c.close()
+    except (OSError, http.client.HTTPException):
+        return None
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            try:
+                total += float(line.rsplit(" ", 1)[1])
+            except (IndexError, ValueError):
+                pass
+    return total
+
+
+def file_size(path):
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def count_in(path, start_offset, end_offset, needle):
+    """Lines containing `needle` between two offsets of a log file."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start_offset)
+            chunk = f.read(max(0, end_offset - start_offset))
+    except OSError:
+        return 0
+    return chunk.count(needle.encode())
+
+
+def failover_run(args, tmp, name, port, proc, endpoints, endpoint_ports, admin_port=None):
+    """The fixed-rate client on FAILOVER_HOST through one proxy, while: --failover-steady s of steady state;
+    endpoint 0 killed (SIGKILL), --failover-down s later started again; --failover-after s later endpoint 1
+    stopped (SIGSTOP: its listening socket still accepts connections, nothing answers), --failover-down s later
+    resumed (SIGCONT); --failover-after s more. Figures per window from the client's records (by due time), the
+    proxy's access log (attempts, retries, when a failed endpoint answered again) and its counters. A failure's
+    window starts right after the signal (for the client's requests: FAILOVER_IN_FLIGHT_S before it); a return's
+    window right before the endpoint is started or resumed."""
+    a = args
+    logf = f"{tmp}/failover-{name}-client.log"
+    access = f"{tmp}/{'portcullis-failover.log' if name == 'portcullis' else 'nginx-failover.access'}"
+    errlog = f"{tmp}/nginx-failover.err"
+    total = a.failover_steady + 2 * (a.failover_down + a.failover_after)
+    argv = ["taskset", "-c", str(a.client_cpu), sys.executable, LOADGEN, "--port", str(port), "--host",
+            FAILOVER_HOST, "--path", "/", "--rate", str(a.failover_rate), "--connections", "16", "--duration",
+            str(total + 60), "--log", logf]
+    marks = []  # (window name, wall time it starts, counters then)
+
+    def mark(what, in_flight=0.0):
+        # The time first: reading the counters takes a few ms, and what happens meanwhile is the new window's.
+        # `in_flight`: the client's requests due that long before a failure were still in flight when it came,
+        # and count with it.
+        now = time.time()
+        if name == "portcullis":
+            c = portcullis_counters(admin_port)
+            counters = {"retries_metric": portcullis_metric(admin_port, "portcullis_upstream_retries_total"),
+                        "ejections": c[1] if c else None}
+        else:
+            counters = {"err_offset": file_size(errlog)}
+        marks.append((what, now, counters, now - in_flight))
+
+    client = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    stopped = None
+    try:
+        first = client.stdout.readline().decode(errors="replace")
+        if not first.startswith('{"started"'):
+            raise SystemExit(f"loadgen.py did not start: {first.strip()}")
+        wall_load = json.loads(first)["started"]
+        time.sleep(max(0.0, wall_load - time.time()) + 0.5)
+        mark("before")
+        bg = Background()
+        ticks0 = group_cpu_ticks(pids_of(proc) + [p.pid for p in endpoints])
+        time.sleep(max(0.0, wall_load + a.failover_steady - time.time()))
+        killed_ticks = group_cpu_ticks([endpoints[0].pid])
+        signal_group(endpoints[0], signal.SIGKILL)
+        mark("endpoint 0 killed", FAILOVER_IN_FLIGHT_S)
+        endpoints[0].wait()
+        STARTED.remove(endpoints[0])
+        time.sleep(a.failover_down)
+        mark("after endpoint 0 restarted")
+        endpoints[0] = start_endpoint(a, tmp, 0, endpoint_ports[0])
+        time.sleep(a.failover_after)
+        stopped = endpoints[1]
+        signal_group(stopped, signal.SIGSTOP)
+        mark("endpoint 1 stopped", FAILOVER_IN_FLIGHT_S)
+        time.sleep(a.failover_down)
+        mark("after endpoint 1 resumed")
+        signal_group(stopped, signal.SIGCONT)
+        stopped = None
+        time.sleep(a.failover_after)
+        mark("end")
+        ours = group_cpu_ticks(pids_of(proc) + [p.pid for p in endpoints]) + killed_ticks - ticks0
+    finally:
+        if stopped is not None:
+            signal_group(stopped, signal.SIGCONT)
+        client.send_signal(signal.SIGTERM)
+        try:
+            out = client.communicate(timeout=60)[0].decode(errors="replace")
+        except subprocess.TimeoutExpired:
+            client.kill()
+            out = client.communicate()[0].decode(errors="replace")
+    summary = {}
+    for line in out.splitlines():
+        if line.startswith("{"):
+            summary = json.loads(line)
+    records = []
+    try:
+        with open(logf) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 4:
+                    records.append(tuple(int(x) for x in parts))
+    except OSError:
+        pass
+    time.sleep(0.5)  # the proxy's access-log writer catches up
+    attempts = proxy_attempts(name, access)
+    windows = []
+    for k in range(len(marks) - 1):
+        what, t0, c0, due0 = marks[k]
+        _, t1, c1, due1 = marks[k + 1]
+        w = window_stats(records, due0 * 1e6, due1 * 1e6)
+        w.update({"window": what, "seconds": t1 - t0})
+        sel = [r for r in attempts if t0 <= r[0] < t1]
+        w["failed_attempts"] = sum(1 for r in sel for _, st in r[1] if st is None or not 200 <= st < 300)
+        w["retries_log"] = sum(r[2] for r in sel)
+        if name == "portcullis":
+            r0, r1 = c0["retries_metric"], c1["retries_metric"]
+            w["retries"] = None if r0 is None or r1 is None else int(r1 - r0)
+            e0, e1 = c0["ejections"], c1["ejections"]
+            w["ejections"] = None if e0 is None or e1 is None else e1 - e0
+        else:
+            w["retries"] = w["retries_log"]
+            w["ejections"] = count_in(errlog, c0["err_offset"], c1["err_offset"], "temporarily disabled")
+        # The endpoint that failed in this part of the run: answers it gave (2xx) in this window, and for the
+        # window after its return, how long after the restart or SIGCONT the proxy got its first 2xx from it.
+        failed = endpoint_ports[0] if k in (1, 2) else endpoint_ports[1] if k in (3, 4) else None
+        if failed is not None:
+            addr = f"127.0.0.1:{failed}"
+            ok = sorted(r[0] for r in sel for ad, st in r[1] if ad == addr and st is not None and 200 <= st < 300)
+            w["failed_ep_ok"] = len(ok)
+            if k in (2, 4):
+                w["back_after"] = ok[0] - t0 if ok else None
+        windows.append(w)
+    whole = window_stats(records, marks[0][1] * 1e6, marks[-1][1] * 1e6)
+    # The client's CPU over its whole run (a little longer than the measured part): background is a lower bound.
+    background = bg.finish(ours + summary.get("client_cpu_s", 0) * CLK_TCK)
+    return {"name": name, "windows": windows, "whole": whole, "background": background,
+            "client_retries": summary.get("retries", 0),
+            "client_errors": summary.get("errors", {}), "late_ms_max": summary.get("late_ms_max")}
+
+
+def failover_phase(args, tmp, with_nginx=True):
+    """Portcullis, then nginx with the same policy, each in front of three fresh endpoints (one-process nginx
+    instances) under the same fixed-rate client and the same sequence of failures (failover_run)."""
+    log("== failover: three endpoints, one killed and restarted, one stopped and resumed")
+    endpoint_ports = [args.port + k for k in FAILOVER_ENDPOINTS]
+    results = []
+    proxies = ["portcullis"] + (["nginx"] if with_nginx else [])
+    for name in proxies:
+        endpoints = [start_endpoint(args, tmp, i, p) for i, p in enumerate(endpoint_ports)]
+        if name == "portcullis":
+            d = f"{tmp}/portcullis-failover"
+            port = port_of(args, "portcullis")
+            write_failover_manifests(d, port, endpoint_ports)
+            proc = start_portcullis(args, d, f"{tmp}/portcullis-failover.log", extra=["--access-log", "json"])
+        else:
+            port = port_of(args, "nginx")
+            conf = write_nginx_failover_conf(tmp, port, endpoint_ports)
+            proc = start(["nginx", "-p", tmp + "/", "-c", conf, "-e", f"{tmp}/nginx-failover.err"], args.proxy_cpu,
+                         f"{tmp}/nginx-failover.log")
+        try:
+            if not wait_status(port, FAILOVER_HOST, 200, 60):
+                raise SystemExit(f"{name} does not serve {FAILOVER_HOST} (see {tmp})")
+            for _ in range(30):  # every endpoint in use, connections pooled
+                http_get(port, FAILOVER_HOST)
+            results.append(failover_run(args, tmp, name, port, proc, endpoints, endpoint_ports,
+                                        admin_port=port_of(args, "admin")))
+        finally:
+            for p in [proc] + endpoints:
+                signal_group(p, signal.SIGCONT)
+                stop(p)
+                if p in STARTED:
+                    STARTED.remove(p)
+    return results
+
+
+def print_failover(out, args, results):
+    out.append("")
+    out.append(
+        f"### Failover: three endpoints under a fixed {args.failover_rate:,} req/s (16 keep-alive connections, "
+        f"scripts/bench.d/loadgen.py); endpoint 0 killed (SIGKILL) and started again {args.failover_down:g} s "
+        f"later, then endpoint 1 stopped (SIGSTOP: connections accepted, nothing answered) and resumed "
+        f"{args.failover_down:g} s later; {args.failover_after:g} s after each return"
+    )
+    out.append("")
+    out.append(
+        f"Both proxies: an attempt bounded by {FAILOVER_ATTEMPT_TIMEOUT_MS} ms (Portcullis: HTTPRoute "
+        f"`timeouts.backendRequest`; nginx: `proxy_connect/send/read_timeout`), the request by "
+        f"{FAILOVER_REQUEST_TIMEOUT_S} s, two retries on other endpoints (`retry.attempts: 2`; "
+        f"`proxy_next_upstream error timeout`, 3 tries), {FAILOVER_MAX_FAILS} failures take an endpoint out for "
+        f"{FAILOVER_EJECTION_S} s (Portcullis's defaults; nginx `max_fails={FAILOVER_MAX_FAILS} "
+        f"fail_timeout={FAILOVER_EJECTION_S}s`). Latency from each request's due time (open loop); the client's "
+        f"requests are counted by due time, those due up to {int(FAILOVER_IN_FLIGHT_S * 1000)} ms before a failure "
+        "with the failure (they were in flight). Retries: "
+        "Portcullis `portcullis_upstream_retries_total`, nginx its access log; ejections: Portcullis "
+        "`GET /upstreams`, nginx `upstream server temporarily disabled` in its error log; failed attempts and the "
+        "failed endpoint's answers: each proxy's access log."
+    )
+    out.append("")
+    out.append("| proxy | window | s | requests | non-2xx | socket errors | p50 ms | p99 ms | max ms | retries | "
+               "failed attempts | ejections | 2xx from the failed endpoint | its first 2xx after its return, s |")
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        for w in r["windows"]:
+            back = "-"
+            if "back_after" in w:
+                back = "never" if w["back_after"] is None else f"{w['back_after']:.2f}"
+            out.append(
+                f"| {r['name']} | {w['window']} | {w['seconds']:.1f} | {w['requests']:,} | {w['non2xx']} | "
+                f"{w['errors']} | {fmt(w['p50'] / 1000, 2)} | {fmt(w['p99'] / 1000, 1)} | "
+                f"{fmt(w['max'] / 1000, 1)} | {fmt(w['retries'])} | {w['failed_attempts']} | "
+                f"{fmt(w['ejections'])} | {w.get('failed_ep_ok', '-')} | {back} |"
+            )
+    out.append("")
+    for r in results:
+        x = r["whole"]
+        def clean(ws):
+            return "no" if all(w["non2xx"] == 0 and w["errors"] == 0 for w in ws) else "SOME"
+
+        def back(w):
+            return "back in rotation" if w.get("back_after") is not None else "NOT back in rotation"
+
+        ws = r["windows"]
+        out.append(
+            f"- {r['name']}: whole run {x['requests']:,} requests, {x['non2xx']} non-2xx, {x['errors']} socket "
+            f"errors, {r['client_retries']} sent again by the client on a new connection after the proxy closed a "
+            f"keep-alive one; killed endpoint: {clean(ws[1:3])} client-visible errors, {back(ws[2])} after its "
+            f"restart; stopped endpoint: {clean(ws[3:5])} client-visible errors, {back(ws[4])} after SIGCONT; "
+            f"the client lagged at most {fmt(r['late_ms_max'], 1)} ms behind its schedule; background load "
+            f"{r['background'] * 100:.0f}%"
+            + (f"; client failures by kind: {r['client_errors']}" if r["client_errors"] else "")
         )
 
 
@@ -2294,7 +2739,8 @@ def header(out, args):
     traefik = tool_version([args.traefik, "version"]) if args.traefik else "Traefik not used"
     out.append("## Portcullis benchmark")
     out.append("")
-    out.append(f"- commit: {commit}{' (with uncommitted changes)' if dirty else ''}")
+    out.append(f"- commit: {commit}{' (with uncommitted changes)' if dirty else ''}; Portcullis binary: "
+               f"{args.binary}")
     out.append(f"- machine: {os.cpu_count()} CPUs, {cpu}, kernel {os.uname().release}")
     out.append(f"- proxies pinned to CPU {args.proxy_cpu} (one worker/thread each), wrk/h2load and the upstream "
                f"pinned to CPU {args.upstream_cpu if args.upstream_cpu == args.client_cpu else args.client_cpu}"
@@ -2348,14 +2794,16 @@ def print_targets(out, throughput, churn):
         out.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |")
 
 
-PHASES = ["throughput", "tls", "h2", "churn", "reload", "edits", "observe", "tcp", "grpc", "profile", "wakeups"]
-DEFAULT_PHASES = ["throughput", "tls", "h2", "churn", "reload", "edits", "observe", "tcp", "grpc"]
+PHASES = ["throughput", "tls", "h2", "churn", "reload", "edits", "failover", "observe", "tcp", "grpc", "profile",
+          "wakeups"]
+DEFAULT_PHASES = ["throughput", "tls", "h2", "churn", "reload", "edits", "failover", "observe", "tcp", "grpc"]
 NEEDS_TRAEFIK = {"throughput", "tls", "h2", "churn"}
 
 # --quick: every phase of the default run, briefly and with smaller tables, to check that the script works.
 QUICK = {"duration": 1, "rounds": 1, "fixed_duration": 1, "routes": "1,1000", "tls_routes": "1",
          "reload_routes": "10,1000", "regex_routes": "1000", "reload_trials": 2, "edits": 20, "many_edits": 50,
-         "many_edits_routes": 1000, "churn_routes": "100,1000", "churn_changes": 10, "churn_steady": 1}
+         "many_edits_routes": 1000, "churn_routes": "100,1000", "churn_changes": 10, "churn_steady": 1,
+         "failover_rate": 300, "failover_steady": 1, "failover_down": 2, "failover_after": 4}
 
 
 def build_newconn_lib(tmp):
@@ -2404,6 +2852,14 @@ def main():
     ap.add_argument("--churn-interval", type=float, default=0.05, help="seconds between changes in the churn phase")
     ap.add_argument("--churn-rate", type=int, default=1000, help="requests per second of the churn phase's client")
     ap.add_argument("--churn-steady", type=float, default=3.0, help="seconds of steady state before the changes")
+    ap.add_argument("--failover-rate", type=int, default=1000, help="requests per second of the failover phase")
+    ap.add_argument("--failover-steady", type=float, default=2.0, help="failover: seconds before the first failure")
+    ap.add_argument("--failover-down", type=float, default=3.0,
+                    help="failover: seconds an endpoint stays killed, and stays stopped")
+    ap.add_argument("--failover-after", type=float, default=6.0,
+                    help="failover: seconds measured after each endpoint's return")
+    ap.add_argument("--failover-nginx", action=argparse.BooleanOptionalAction, default=True,
+                    help="failover: the same run through nginx as well")
     ap.add_argument("--proxy-cpu", type=int, default=1)
     ap.add_argument("--client-cpu", type=int, default=0)
     ap.add_argument("--upstream-cpu", type=int, default=None, help="default: the client CPU")
@@ -2495,6 +2951,8 @@ def main():
                 edits = []
                 many_edits_phase(args, tmp, edits)
                 print_many_edits(out, args, edits)
+            elif phase == "failover":
+                print_failover(out, args, failover_phase(args, tmp, with_nginx=args.failover_nginx))
             elif phase == "wakeups":
                 print_wakeups(out, args, *wakeups_phase(args, tmp, upstream))
             elif phase == "observe":
