@@ -2097,19 +2097,7 @@ def failover_run(args, tmp, name, port, proc, endpoints, endpoint_ports, admin_p
         except subprocess.TimeoutExpired:
             client.kill()
             out = client.communicate()[0].decode(errors="replace")
-    summary = {}
-    for line in out.splitlines():
-        if line.startswith("{"):
-            summary = json.loads(line)
-    records = []
-    try:
-        with open(logf) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) == 4:
-                    records.append(tuple(int(x) for x in parts))
-    except OSError:
-        pass
+    summary, records = loadgen_results(out, logf)
     time.sleep(0.5)  # the proxy's access-log writer catches up
     attempts = proxy_attempts(name, access)
     windows = []
@@ -2289,6 +2277,25 @@ class NginxReloader(threading.Thread):
         return self.ticks
 
 
+def loadgen_results(out, logf):
+    """loadgen.py's summary (the JSON line it prints last) and its per-request records (four integers a line in
+    `logf`; none when the file is missing)."""
+    summary = {}
+    for line in out.splitlines():
+        if line.startswith("{"):
+            summary = json.loads(line)
+    records = []
+    try:
+        with open(logf) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 4:
+                    records.append(tuple(int(x) for x in parts))
+    except OSError:
+        pass
+    return summary, records
+
+
 def window_stats(records, t0_us, t1_us):
     """Latency percentiles, non-2xx and failures of the loadgen records that started in [t0, t1)."""
     sel = [r for r in records if t0_us <= r[0] < t1_us]
@@ -2346,19 +2353,7 @@ def churn_run(args, tmp, t, change, how, finish=None):
         out = client.communicate()[0].decode(errors="replace")
     wall_end = time.time()
     mem.stop()
-    summary = {}
-    for line in out.splitlines():
-        if line.startswith("{"):
-            summary = json.loads(line)
-    records = []
-    try:
-        with open(logf) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) == 4:
-                    records.append(tuple(int(x) for x in parts))
-    except OSError:
-        pass
+    summary, records = loadgen_results(out, logf)
     steady = window_stats(records, (wall_load + 0.5) * 1e6, wall_churn * 1e6)
     # How long a request of the steady state waited past its due time before it could be written: the client's own
     # lag (or a connection still busy with the previous response). Large here, the client did not keep up.

@@ -5,7 +5,7 @@ use super::backendtls::Policies;
 use super::builder::ModelBuilder;
 use super::gateway::Gateways;
 use super::refs::{PortRef, Resolver};
-use super::routes::{self, Attachment, BackendRefView, RouteSource, RuleReport};
+use super::routes::{self, Attachment, RouteSource, RuleReport};
 use super::status::Statuses;
 use super::{created, recast, Diagnostics, Options};
 use crate::k8s::gw::types::{
@@ -996,15 +996,7 @@ fn resolve_backend(
     diags: &mut Diagnostics,
     report: &mut RuleReport,
 ) -> Backend {
-    let view = BackendRefView {
-        route_kind: rcx.route_kind,
-        route_ns: rcx.route_ns,
-        group: b.group.as_deref(),
-        kind: b.kind.as_deref(),
-        name: &b.name,
-        namespace: b.namespace.as_deref(),
-        port: b.port,
-    };
+    let view = routes::backend_ref_view!(b, rcx.route_kind, rcx.route_ns);
     let s = match routes::resolve_service_ref(&view, bfield, rcx.object, rcx.refs, diags, report) {
         Ok(s) => s,
         Err(answer) => return answer,

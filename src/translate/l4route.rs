@@ -6,7 +6,7 @@
 use super::builder::ModelBuilder;
 use super::gateway::Gateways;
 use super::httproute::RouteCtx;
-use super::routes::{self, BackendRefView, RouteSource};
+use super::routes::{self, RouteSource};
 use super::status::Statuses;
 use super::{created, recast, Diagnostics};
 use crate::k8s::{ObjectMeta, GATEWAY_GROUP};
@@ -103,16 +103,10 @@ fn translate_one<P: Serialize, R: Serialize>(
             continue;
         };
         let brefs = rule.backend_refs.iter().map(|b| {
-            let view = BackendRefView {
-                route_kind: (GATEWAY_GROUP, route.kind),
-                route_ns: ns,
-                group: b.group.as_deref(),
-                kind: b.kind.as_deref(),
-                name: &b.name,
-                namespace: b.namespace.as_deref(),
-                port: b.port,
-            };
-            (view, b.weight)
+            (
+                routes::backend_ref_view!(b, (GATEWAY_GROUP, route.kind), ns),
+                b.weight,
+            )
         });
         let group = routes::rule_backends(ri, brefs, object, cx.refs, diags, report, |s| {
             Backend::Service(cx.refs.register(s))

@@ -498,6 +498,23 @@ pub(crate) struct BackendRefView<'a> {
     pub port: Option<i32>,
 }
 
+/// The [`BackendRefView`] of a backendRef `$b` of any route kind: the generated types of HTTPRoute, TLSRoute,
+/// TCPRoute and UDPRoute backendRefs are distinct but have these same fields.
+macro_rules! backend_ref_view {
+    ($b:expr, $route_kind:expr, $route_ns:expr) => {
+        $crate::translate::routes::BackendRefView {
+            route_kind: $route_kind,
+            route_ns: $route_ns,
+            group: $b.group.as_deref(),
+            kind: $b.kind.as_deref(),
+            name: &$b.name,
+            namespace: $b.namespace.as_deref(),
+            port: $b.port,
+        }
+    };
+}
+pub(crate) use backend_ref_view;
+
 /// Resolves a backendRef of a route of kind `route_kind` in `route_ns` to a Service port with ready endpoints.
 /// Problems are reported (with the `ResolvedRefs` reason the spec gives them) and become the answer the spec
 /// requires for the requests that pick this backend: 500, or 503 when the Service has no ready endpoints.

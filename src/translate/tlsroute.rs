@@ -4,7 +4,7 @@
 use super::builder::ModelBuilder;
 use super::gateway::Gateways;
 use super::httproute::RouteCtx;
-use super::routes::{self, BackendRefView, RouteSource};
+use super::routes::{self, RouteSource};
 use super::status::Statuses;
 use super::{created, Diagnostics};
 use crate::k8s::gw::TLSRoute;
@@ -49,18 +49,10 @@ fn translate_one(
     let mut groups = Vec::new();
     for (ri, rule) in route.spec.rules.iter().enumerate() {
         report.total_rules += 1;
-        let brefs = rule.backend_refs.iter().map(|b| {
-            let view = BackendRefView {
-                route_kind: ROUTE_KIND,
-                route_ns: ns,
-                group: b.group.as_deref(),
-                kind: b.kind.as_deref(),
-                name: &b.name,
-                namespace: b.namespace.as_deref(),
-                port: b.port,
-            };
-            (view, b.weight)
-        });
+        let brefs = rule
+            .backend_refs
+            .iter()
+            .map(|b| (routes::backend_ref_view!(b, ROUTE_KIND, ns), b.weight));
         let group = routes::rule_backends(ri, brefs, object, cx.refs, diags, report, |s| {
             // Passed-through bytes ignore the port's TLS settings (terminated ones do not: a BackendTLSPolicy
             // makes the proxy open TLS to the backend); one key, one health state per Service port either way.
