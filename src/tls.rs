@@ -591,3 +591,104 @@ impl rustls::client::danger::ServerCertVerifier for SanVerifier {
             .supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::BackendTls;
+
+    /// A CA signed by `parent` (self-signed without one): its PEM and issuer.
+    fn ca(
+        name: &str,
+        parent: Option<&rcgen::Issuer<'static, rcgen::KeyPair>>,
+    ) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = match parent {
+            Some(p) => params.signed_by(&key, p).unwrap(),
+            None => params.self_signed(&key).unwrap(),
+        };
+        (cert.pem(), rcgen::Issuer::new(params, key))
+    }
+
+    /// Serves one TLS handshake on loopback with `chain` (leaf first) and `key`; returns the port.
+    async fn serve(chain: String, key: String) -> u16 {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            if let Ok((tcp, _)) = listener.accept().await {
+                let _ = acceptor.accept(tcp).await;
+            }
+        });
+        port
+    }
+
+    async fn handshake(tls: &BackendTls, port: u16) -> Result<(), String> {
+        let up = upstream(tls, false).map_err(|e| e.to_string())?;
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio_rustls::TlsConnector::from(up.config).connect(up.server_name, tcp),
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    }
+
+    #[tokio::test]
+    async fn verify_depth_counts_intermediates_and_skip_verify_accepts_anything() {
+        // root -> a -> b -> leaf: two intermediates.
+        let (root_pem, root) = ca("root", None);
+        let (a_pem, a) = ca("a", Some(&root));
+        let (b_pem, b) = ca("b", Some(&a));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["backend.example.com".to_string()])
+            .unwrap()
+            .signed_by(&key, &b)
+            .unwrap();
+        let chain = format!("{}{b_pem}{a_pem}", leaf.pem());
+        let key = key.serialize_pem();
+        let tls = |depth: Option<u32>| BackendTls {
+            verify_depth: depth,
+            ..BackendTls::verified(
+                "test".into(),
+                "backend.example.com".into(),
+                vec![root_pem.clone()],
+            )
+        };
+        for (depth, ok) in [(None, true), (Some(2), true), (Some(1), false)] {
+            let port = serve(chain.clone(), key.clone()).await;
+            let r = handshake(&tls(depth), port).await;
+            assert_eq!(r.is_ok(), ok, "depth {depth:?}: {r:?}");
+        }
+        // Another name or another CA fails; with skip_verify both pass.
+        let mut wrong = tls(None);
+        wrong.hostname = "other.example.com".into();
+        let port = serve(chain.clone(), key.clone()).await;
+        assert!(handshake(&wrong, port).await.is_err());
+        wrong.ca_bundles = vec![ca("unrelated", None).0];
+        wrong.skip_verify = true;
+        let port = serve(chain.clone(), key.clone()).await;
+        assert_eq!(handshake(&wrong, port).await, Ok(()));
+    }
+}
