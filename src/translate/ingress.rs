@@ -713,6 +713,26 @@ pub(crate) fn route_policy(
         settings: &settings,
     };
     let mut anns = annotations::parse(map, &cx);
+    // Backend annotations act on an Ingress's Service port (a variant of its backend); a route's backends are its
+    // backendRefs, which they do not reach.
+    let b = &anns.backend;
+    let backend_wide = [
+        (
+            b.protocol != annotations::BackendProtocolAnnotation::Http,
+            "backend-protocol",
+        ),
+        (b.proxy_ssl.is_some(), "proxy-ssl-secret"),
+        (b.load_balance.is_some(), "load-balance"),
+        (b.upstream_hash_by.is_some(), "upstream-hash-by"),
+    ];
+    for (_, key) in backend_wide.iter().filter(|(on, _)| *on) {
+        anns.findings.push(annotations::Finding::Warn {
+            key: format!("{}/{key}", opts.nginx.annotations_prefix),
+            message: "acts on an Ingress's backends and is not applied on a route (for TLS to a backend, use a \
+                      BackendTLSPolicy)"
+                .into(),
+        });
+    }
     let host_wide = [
         (anns.use_regex, "use-regex"),
         (anns.rewrite_target.is_some(), "rewrite-target"),
