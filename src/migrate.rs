@@ -196,7 +196,7 @@ fn judge(rules: &[(&HostPattern, &HttpRule)], host: &HostPattern) -> Verdict {
     for b in &group.backends {
         match &b.backend {
             Backend::Service(k) if k.variant.is_empty() => {}
-            Backend::Service(_) => return No("a backend with per-route settings".into()),
+            Backend::Service(k) => return No(variant_reason(&k.variant)),
             Backend::Invalid { status, reason } => {
                 return No(format!(
                     "the backend does not resolve ({reason}): an Ingress answers {status}, an HTTPRoute 500"
@@ -245,6 +245,29 @@ fn judge(rules: &[(&HostPattern, &HttpRule)], host: &HostPattern) -> Verdict {
             Verdict::Extension(format!("ingress-nginx policy: {}", what.join(", ")))
         }
         _ => No("filters Gateway API cannot carry".into()),
+    }
+}
+
+/// Why a path whose backend is a variant of its Service port (settings from ingress-nginx backend annotations)
+/// has no Gateway API equivalent migrate can write. `variant` is the key's label (`apply_nginx_backend`).
+fn variant_reason(variant: &str) -> String {
+    let parts: Vec<&str> = variant.split(',').collect();
+    let has = |p: &str| parts.contains(&p);
+    if has("protocol=grpcs") {
+        "backend-protocol GRPCS: TLS to the backend without checking its certificate, which Gateway API cannot \
+         express (a BackendTLSPolicy always checks it)"
+            .into()
+    } else if has("protocol=https") && has("verify") {
+        "backend-protocol HTTPS with proxy-ssl-verify: not per route; a BackendTLSPolicy on the Service port (the \
+         Secret's ca.crt in a ConfigMap, proxy-ssl-name as its hostname, which it always sends as SNI) checks the \
+         backend the same way for every route of the port, and migrate does not write one"
+            .into()
+    } else if has("protocol=https") {
+        "backend-protocol HTTPS without proxy-ssl-verify: TLS to the backend without checking its certificate, \
+         which Gateway API cannot express (a BackendTLSPolicy always checks it)"
+            .into()
+    } else {
+        "a backend with per-route settings".into()
     }
 }
 
@@ -830,5 +853,58 @@ mod tests {
         let s = Selector::parse("a.com").unwrap();
         assert!(s.selects("a.com", "/x"));
         assert!(!s.selects("b.com", "/x"));
+    }
+
+    #[test]
+    fn tls_to_backends_stays_on_the_ingress_with_the_reason() {
+        let ingress = |name: &str, anns: &str| {
+            format!(
+                "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: {name}\n  namespace: shop\n  annotations: {{{anns}}}\nspec:\n  ingressClassName: nginx\n  rules:\n  - host: {name}.example.com\n    http:\n      paths:\n      - {{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}\n"
+            )
+        };
+        let p = "nginx.ingress.kubernetes.io";
+        let yaml = [
+            "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: nginx}\nspec: {controller: k8s.io/ingress-nginx}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec:\n  ports: [{name: http, port: 80}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{name: http, port: 8443}]\nendpoints: [{addresses: [\"10.0.0.1\"]}]\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: ca, namespace: shop}\ntype: kubernetes.io/tls\nstringData:\n  ca.crt: |\n".to_string(),
+            include_str!("../examples/demo-ca.crt")
+                .lines()
+                .map(|l| format!("    {l}\n"))
+                .collect(),
+            ingress("plain", ""),
+            ingress("unchecked", &format!("{p}/backend-protocol: HTTPS")),
+            ingress(
+                "checked",
+                &format!("{p}/backend-protocol: HTTPS, {p}/proxy-ssl-secret: shop/ca, {p}/proxy-ssl-verify: \"on\""),
+            ),
+            ingress("grpcs", &format!("{p}/backend-protocol: GRPCS")),
+        ]
+        .concat();
+        let (input, problems) = crate::source::file::input_from_str(&yaml);
+        assert!(problems.is_empty(), "{problems:?}");
+        let mut opts = Options {
+            gateway: ("default".into(), "portcullis".into()),
+            only: Vec::new(),
+            translate: TranslateOptions::default(),
+        };
+        opts.translate.nginx.classes = vec!["nginx".into()];
+        let out = migrate(&input, &opts);
+        let verdict = |ing: &str| {
+            out.report
+                .iter()
+                .find(|r| r.ingress == format!("shop/{ing}"))
+                .map(|r| r.verdict.to_string())
+                .unwrap_or_default()
+        };
+        assert!(!verdict("plain").is_empty() && !verdict("plain").contains("backend-protocol"));
+        assert!(
+            verdict("unchecked").contains("HTTPS without proxy-ssl-verify"),
+            "{}",
+            verdict("unchecked")
+        );
+        assert!(
+            verdict("checked").contains("BackendTLSPolicy on the Service port"),
+            "{}",
+            verdict("checked")
+        );
+        assert!(verdict("grpcs").contains("GRPCS"), "{}", verdict("grpcs"));
     }
 }

@@ -261,30 +261,79 @@ pub struct UpstreamTls {
     pub group_key: u64,
 }
 
-/// Builds the upstream TLS configuration of a backend (BackendTLSPolicy). `h2`: the backend speaks HTTP/2 (gRPC
-/// backends), offered by ALPN; else HTTP/1.1.
+/// Builds the upstream TLS configuration of a backend (BackendTLSPolicy, or ingress-nginx's `backend-protocol:
+/// HTTPS`/`GRPCS`). `h2`: the backend speaks HTTP/2 (gRPC backends), offered by ALPN; else HTTP/1.1.
 pub fn upstream(tls: &crate::model::BackendTls, h2: bool) -> Result<UpstreamTls, TlsError> {
+    use crate::model::TlsVersion;
+    use rustls::client::danger::ServerCertVerifier;
     install_provider();
     let mut roots = RootCertStore::empty();
     for pem in &tls.ca_bundles {
         roots.roots.extend(parse_ca_bundle(pem.as_bytes())?.roots);
     }
     let roots = Arc::new(roots);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    let builder = if tls.subject_alt_names.is_empty() {
-        builder.with_root_certificates(roots)
+    let mut provider = rustls::crypto::ring::default_provider();
+    if !tls.tls12_cipher_suites.is_empty() {
+        // Only TLS 1.2 suites are restricted, in the order given; TLS 1.3 suites stay first, as rustls orders them.
+        let all = std::mem::take(&mut provider.cipher_suites);
+        let (tls13, tls12): (Vec<_>, Vec<_>) = all
+            .into_iter()
+            .partition(|s| matches!(s, rustls::SupportedCipherSuite::Tls13(_)));
+        provider.cipher_suites = tls13;
+        for name in &tls.tls12_cipher_suites {
+            match tls12
+                .iter()
+                .find(|s| format!("{:?}", s.suite()) == name.as_str())
+            {
+                Some(s) => provider.cipher_suites.push(*s),
+                None => {
+                    return Err(TlsError::Config(format!(
+                        "cipher suite {name} is not supported"
+                    )))
+                }
+            }
+        }
+    }
+    let provider = Arc::new(provider);
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = if tls.versions.is_empty() {
+        rustls::DEFAULT_VERSIONS.to_vec()
     } else {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(SanVerifier {
-                roots,
-                sans: tls.subject_alt_names.clone(),
-                provider,
-            }))
+        tls.versions
+            .iter()
+            .map(|v| match v {
+                TlsVersion::Tls12 => &rustls::version::TLS12,
+                TlsVersion::Tls13 => &rustls::version::TLS13,
+            })
+            .collect()
     };
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let verifier: Arc<dyn ServerCertVerifier> = if tls.skip_verify {
+        Arc::new(AnyServerCert {
+            provider: provider.clone(),
+        })
+    } else if tls.subject_alt_names.is_empty() {
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|e| TlsError::BadCa(e.to_string()))?
+    } else {
+        Arc::new(SanVerifier {
+            roots,
+            sans: tls.subject_alt_names.clone(),
+            provider: provider.clone(),
+        })
+    };
+    let verifier: Arc<dyn ServerCertVerifier> = match tls.verify_depth {
+        Some(depth) if !tls.skip_verify => Arc::new(DepthLimit {
+            inner: verifier,
+            max_intermediates: usize::try_from(depth).unwrap_or(usize::MAX),
+        }),
+        _ => verifier,
+    };
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
     let mut config = match &tls.client_certificate {
         Some(cc) => {
             let chain: Vec<CertificateDer<'static>> =
@@ -304,24 +353,152 @@ pub fn upstream(tls: &crate::model::BackendTls, h2: bool) -> Result<UpstreamTls,
     } else {
         b"http/1.1".to_vec()
     }];
+    config.enable_sni = !tls.no_sni;
     let server_name = rustls::pki_types::ServerName::try_from(tls.hostname.clone())
         .map_err(|e| TlsError::Config(format!("hostname {:?}: {e}", tls.hostname)))?;
+    // Every setting goes into the key: Pingora pools connections by peer, so two backends with the same endpoint
+    // but different TLS settings must never share a pooled connection.
     let group_key = {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         tls.policy.hash(&mut h);
         tls.hostname.hash(&mut h);
+        tls.ca_bundles.hash(&mut h);
+        tls.subject_alt_names.hash(&mut h);
         h2.hash(&mut h);
         tls.client_certificate
             .as_ref()
-            .map(|c| &c.source)
+            .map(|c| (&c.source, &c.cert_pem))
             .hash(&mut h);
+        tls.skip_verify.hash(&mut h);
+        tls.no_sni.hash(&mut h);
+        tls.verify_depth.hash(&mut h);
+        tls.versions.hash(&mut h);
+        tls.tls12_cipher_suites.hash(&mut h);
         h.finish() | 1
     };
     Ok(UpstreamTls {
         config: Arc::new(config),
         server_name,
         group_key,
+    })
+}
+
+/// Accepts whatever certificate a backend presents (nginx's `proxy_ssl_verify off`); the handshake signatures are
+/// still checked against the presented key, so the peer holds that key.
+#[derive(Debug)]
+struct AnyServerCert {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Another verifier, given at most `max_intermediates` of the intermediates the backend sent (in the order sent,
+/// each certifying the one before): a chain needing more cannot be built, as with OpenSSL's verify depth.
+#[derive(Debug)]
+struct DepthLimit {
+    inner: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+    max_intermediates: usize,
+}
+
+impl rustls::client::danger::ServerCertVerifier for DepthLimit {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let n = intermediates.len().min(self.max_intermediates);
+        self.inner.verify_server_cert(
+            end_entity,
+            intermediates.get(..n).unwrap_or_default(),
+            server_name,
+            ocsp,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The rustls name of the TLS 1.2 cipher suite OpenSSL calls `openssl` (`ECDHE-RSA-AES128-GCM-SHA256`), when
+/// rustls implements it.
+pub fn tls12_suite_for_openssl_name(openssl: &str) -> Option<&'static str> {
+    Some(match openssl {
+        "ECDHE-ECDSA-AES128-GCM-SHA256" => "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384" => "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305" => "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256" => "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+        "ECDHE-RSA-AES256-GCM-SHA384" => "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+        "ECDHE-RSA-CHACHA20-POLY1305" => "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+        _ => return None,
     })
 }
 
@@ -412,5 +589,106 @@ impl rustls::client::danger::ServerCertVerifier for SanVerifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::BackendTls;
+
+    /// A CA signed by `parent` (self-signed without one): its PEM and issuer.
+    fn ca(
+        name: &str,
+        parent: Option<&rcgen::Issuer<'static, rcgen::KeyPair>>,
+    ) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = match parent {
+            Some(p) => params.signed_by(&key, p).unwrap(),
+            None => params.self_signed(&key).unwrap(),
+        };
+        (cert.pem(), rcgen::Issuer::new(params, key))
+    }
+
+    /// Serves one TLS handshake on loopback with `chain` (leaf first) and `key`; returns the port.
+    async fn serve(chain: String, key: String) -> u16 {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            if let Ok((tcp, _)) = listener.accept().await {
+                let _ = acceptor.accept(tcp).await;
+            }
+        });
+        port
+    }
+
+    async fn handshake(tls: &BackendTls, port: u16) -> Result<(), String> {
+        let up = upstream(tls, false).map_err(|e| e.to_string())?;
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio_rustls::TlsConnector::from(up.config).connect(up.server_name, tcp),
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    }
+
+    #[tokio::test]
+    async fn verify_depth_counts_intermediates_and_skip_verify_accepts_anything() {
+        // root -> a -> b -> leaf: two intermediates.
+        let (root_pem, root) = ca("root", None);
+        let (a_pem, a) = ca("a", Some(&root));
+        let (b_pem, b) = ca("b", Some(&a));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["backend.example.com".to_string()])
+            .unwrap()
+            .signed_by(&key, &b)
+            .unwrap();
+        let chain = format!("{}{b_pem}{a_pem}", leaf.pem());
+        let key = key.serialize_pem();
+        let tls = |depth: Option<u32>| BackendTls {
+            verify_depth: depth,
+            ..BackendTls::verified(
+                "test".into(),
+                "backend.example.com".into(),
+                vec![root_pem.clone()],
+            )
+        };
+        for (depth, ok) in [(None, true), (Some(2), true), (Some(1), false)] {
+            let port = serve(chain.clone(), key.clone()).await;
+            let r = handshake(&tls(depth), port).await;
+            assert_eq!(r.is_ok(), ok, "depth {depth:?}: {r:?}");
+        }
+        // Another name or another CA fails; with skip_verify both pass.
+        let mut wrong = tls(None);
+        wrong.hostname = "other.example.com".into();
+        let port = serve(chain.clone(), key.clone()).await;
+        assert!(handshake(&wrong, port).await.is_err());
+        wrong.ca_bundles = vec![ca("unrelated", None).0];
+        wrong.skip_verify = true;
+        let port = serve(chain.clone(), key.clone()).await;
+        assert_eq!(handshake(&wrong, port).await, Ok(()));
     }
 }

@@ -199,6 +199,49 @@ spec:
     Ok(())
 }
 
+#[test]
+fn backend_annotations_on_a_route_are_reported_not_applied() -> Result<()> {
+    let yaml = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: portcullis}
+spec: {controllerName: portcullis.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default}
+spec:
+  gatewayClassName: portcullis
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: r
+  namespace: default
+  annotations:
+    portcullis.dev/ingress-nginx-profile: ingress-nginx
+    nginx.ingress.kubernetes.io/backend-protocol: HTTPS
+    nginx.ingress.kubernetes.io/proxy-ssl-secret: default/ca
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{backendRefs: [{name: s, port: 80}]}]
+"#;
+    let (input, problems) = input_from_str(yaml);
+    assert!(problems.is_empty(), "{problems:?}");
+    let t = translate::translate(&input, &translate::Options::default());
+    for key in ["backend-protocol", "proxy-ssl-secret"] {
+        assert!(
+            t.diagnostics.iter().any(|d| d.message.contains(&format!(
+                "{key}: acts on an Ingress's backends and is not applied on a route"
+            ))),
+            "{key}: {:?}",
+            t.diagnostics
+        );
+    }
+    Ok(())
+}
+
 // The real binary, before and after: `portcullis migrate` on an ingress-nginx configuration, then both
 // configurations served side by side and asked the same requests.
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use common::{echo, free_port, service_yaml, Proxy, Response};
 use std::path::Path;
 use std::time::Duration;
@@ -343,6 +343,314 @@ async fn ingress_nginx_annotations_end_to_end() -> Result<()> {
         Ok(())
     })
     .await??;
+    Ok(())
+}
+
+/// A Service `shop/{name}` port 80 whose one endpoint is `addr` (a TLS listener, here).
+fn port_service(name: &str, addr: std::net::SocketAddr) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  ports: [{{name: p, port: 80}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: shop\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports: [{{name: p, port: {}}}]\nendpoints: [{{addresses: [{}]}}]\n---\n",
+        addr.port(),
+        addr.ip()
+    )
+}
+
+/// A CA: its PEM and its issuer.
+struct Ca {
+    pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+fn ca(name: &str) -> Result<Ca> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key)?;
+    Ok(Ca {
+        pem: cert.pem(),
+        issuer: rcgen::Issuer::new(params, key),
+    })
+}
+
+/// A leaf certificate for `names`, signed by `ca`: (cert PEM, key PEM).
+fn leaf(ca: &Ca, names: &[&str]) -> Result<(String, String)> {
+    let key = rcgen::KeyPair::generate()?;
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+    let cert = params.signed_by(&key, &ca.issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn indent(pem: &str) -> String {
+    pem.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+/// A Secret of the shop namespace with the given PEM entries (`ca.crt`, `tls.crt`, `tls.key`).
+fn pem_secret(name: &str, entries: &[(&str, &str)]) -> String {
+    let mut s = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: shop}}\ntype: kubernetes.io/tls\nstringData:\n"
+    );
+    for (k, v) in entries {
+        s.push_str(&format!("  {k}: |\n{}", indent(v)));
+    }
+    s.push_str("---\n");
+    s
+}
+
+/// `backend-protocol: HTTPS`/`GRPCS` and `proxy-ssl-*`, on the wire: TLS echo backends record the SNI, version,
+/// cipher suite and client certificate of the proxy's connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_nginx_backend_tls() -> Result<()> {
+    use proto_conformance::echo::grpc::{method_path, GrpcEchoConfig, GrpcEchoServer};
+    use proto_conformance::echo::{EchoConfig, EchoServer, EchoTls, PodIdentity};
+    use proto_conformance::harness::client::ClientContext;
+    use proto_conformance::harness::grpc::{call, code_name, RpcOutcome, RpcSpec};
+
+    let backend_ca = ca("backend ca")?;
+    let other_ca = ca("unrelated ca")?;
+    let client_ca = ca("client ca")?;
+    let server_cert = leaf(&backend_ca, &["backend.example.com"])?;
+    let client_cert = leaf(&client_ca, &["proxy.example.com"])?;
+    let self_signed = rcgen::generate_simple_self_signed(vec!["self.example.com".to_string()])?;
+    let tls_echo = |pod: &str, cert: (String, String), client_ca: Option<String>| {
+        let mut cfg = EchoConfig::new(pod, "shop", "127.0.0.1:0".parse().expect("an address"));
+        cfg.https = Some(EchoTls {
+            addr: "127.0.0.1:0".parse().expect("an address"),
+            cert_pem: cert.0,
+            key_pem: cert.1,
+            client_ca_pem: client_ca,
+        });
+        EchoServer::start(cfg)
+    };
+    let unverified = tls_echo(
+        "self-signed-aaaaa",
+        (
+            self_signed.cert.pem(),
+            self_signed.signing_key.serialize_pem(),
+        ),
+        None,
+    )
+    .await?;
+    let secure = tls_echo(
+        "secure-bbbbb",
+        server_cert.clone(),
+        Some(client_ca.pem.clone()),
+    )
+    .await?;
+    let grpcs = GrpcEchoServer::start(GrpcEchoConfig {
+        identity: PodIdentity::new("grpcs-ccccc", "shop"),
+        addr: "127.0.0.1:0".parse()?,
+        tls: Some(EchoTls {
+            addr: "127.0.0.1:0".parse()?,
+            cert_pem: server_cert.0.clone(),
+            key_pem: server_cert.1.clone(),
+            client_ca_pem: None,
+        }),
+        log_to_stdout: false,
+    })
+    .await?;
+    let https_addr = |e: &EchoServer| e.https_addr().context("https listener");
+    let svc = [
+        port_service("self-signed", https_addr(&unverified)?),
+        port_service("secure", https_addr(&secure)?),
+        port_service("grpcs", grpcs.tls_addr().context("gRPC TLS listener")?),
+        pem_secret(
+            "backend-ca",
+            &[
+                ("ca.crt", &backend_ca.pem),
+                ("tls.crt", &client_cert.0),
+                ("tls.key", &client_cert.1),
+            ],
+        ),
+        pem_secret("other-ca", &[("ca.crt", &other_ca.pem)]),
+    ]
+    .concat();
+    let checked = [
+        ("backend-protocol", "HTTPS"),
+        ("proxy-ssl-secret", "shop/backend-ca"),
+        ("proxy-ssl-verify", "on"),
+        ("proxy-ssl-name", "backend.example.com"),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut v = checked.to_vec();
+        v.extend_from_slice(extra);
+        v
+    };
+    let ingresses = [
+        // The same Service port, plain: cleartext HTTP to a TLS listener fails.
+        ingress("plain", "plain.example.com", &[], &["/"], "self-signed"),
+        ingress(
+            "unverified",
+            "unverified.example.com",
+            &[("backend-protocol", "HTTPS")],
+            &["/"],
+            "self-signed",
+        ),
+        ingress(
+            "verified",
+            "verified.example.com",
+            &with(&[("proxy-ssl-server-name", "on")]),
+            &["/"],
+            "secure",
+        ),
+        ingress("no-sni", "nosni.example.com", &checked, &["/"], "secure"),
+        ingress(
+            "tls13",
+            "tls13.example.com",
+            &with(&[("proxy-ssl-protocols", "TLSv1.3")]),
+            &["/"],
+            "secure",
+        ),
+        ingress(
+            "cipher",
+            "cipher.example.com",
+            &with(&[("proxy-ssl-ciphers", "ECDHE-ECDSA-AES256-GCM-SHA384")]),
+            &["/"],
+            "secure",
+        ),
+        ingress(
+            "wrong-ca",
+            "wrongca.example.com",
+            &[
+                ("backend-protocol", "HTTPS"),
+                ("proxy-ssl-secret", "shop/other-ca"),
+                ("proxy-ssl-verify", "on"),
+                ("proxy-ssl-name", "backend.example.com"),
+            ],
+            &["/"],
+            "secure",
+        ),
+        // As in ingress-nginx: without proxy-ssl-name the certificate must carry "upstream_balancer".
+        ingress(
+            "no-name",
+            "noname.example.com",
+            &[
+                ("backend-protocol", "HTTPS"),
+                ("proxy-ssl-secret", "shop/backend-ca"),
+                ("proxy-ssl-verify", "on"),
+            ],
+            &["/"],
+            "secure",
+        ),
+        ingress(
+            "missing-secret",
+            "missing.example.com",
+            &[
+                ("backend-protocol", "HTTPS"),
+                ("proxy-ssl-secret", "shop/nothing"),
+            ],
+            &["/"],
+            "self-signed",
+        ),
+        ingress(
+            "grpcs",
+            "grpcs.example.com",
+            &[("backend-protocol", "GRPCS")],
+            &["/"],
+            "grpcs",
+        ),
+    ]
+    .concat();
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    write(dir.path(), "all.yaml", &format!("{CLASS}{svc}{ingresses}"))?;
+    let proxy = std::sync::Arc::new(
+        tokio::task::spawn_blocking(move || {
+            Proxy::start(dir.path(), port, &["--ingress-nginx-class", "nginx"]).map(|p| (p, dir))
+        })
+        .await??,
+    );
+    let p = proxy.clone();
+    let client_pem = client_cert.0.clone();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let proxy = &p.0;
+        let log = || proxy.log_text();
+        let tls = |host: &str| -> Result<serde_json::Value> {
+            let r = proxy.get(host, "/")?;
+            anyhow::ensure!(r.status == 200, "{host}: {} {}\n{}", r.status, r.text(), log());
+            Ok(r.echo()?["tls"].clone())
+        };
+        // HTTPS alone: TLS to a self-signed certificate, not checked, no SNI (nginx's defaults).
+        let t = tls("unverified.example.com")?;
+        assert_eq!(t["serverName"], "", "{t}");
+        assert_eq!(t["version"], "TLSv1.3", "{t}");
+        // Other Ingresses naming the same Service port keep its own settings: cleartext, which a TLS listener
+        // does not answer.
+        assert_eq!(proxy.get("plain.example.com", "/")?.status, 502);
+
+        // Checked against the Secret's ca.crt and proxy-ssl-name, sent as SNI with proxy-ssl-server-name on; the
+        // Secret's tls.crt is presented; TLS 1.2 only (proxy-ssl-protocols' default).
+        let t = tls("verified.example.com")?;
+        assert_eq!(t["serverName"], "backend.example.com", "{t}");
+        assert_eq!(t["version"], "TLSv1.2", "{t}");
+        let peer = t["peerCertificates"][0].as_str().unwrap_or("");
+        assert_eq!(peer.trim(), client_pem.trim());
+        // proxy-ssl-server-name off (the default): checked, no SNI.
+        let t = tls("nosni.example.com")?;
+        assert_eq!(t["serverName"], "", "{t}");
+        // proxy-ssl-protocols and proxy-ssl-ciphers.
+        assert_eq!(tls("tls13.example.com")?["version"], "TLSv1.3");
+        let t = tls("cipher.example.com")?;
+        assert_eq!(t["cipherSuite"], "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "{t}");
+
+        // Another CA, or the name nginx checks without proxy-ssl-name: the handshake fails, 502.
+        assert_eq!(proxy.get("wrongca.example.com", "/")?.status, 502);
+        assert_eq!(proxy.get("noname.example.com", "/")?.status, 502);
+        // A proxy-ssl-secret that does not exist denies the Ingress's paths.
+        assert_eq!(proxy.get("missing.example.com", "/")?.status, 503);
+
+        // Each setting is a variant of the Service port.
+        let ups = proxy.admin("/upstreams")?.text();
+        for key in [
+            "shop/self-signed:80\"",
+            "shop/self-signed:80#protocol=https\"",
+            "shop/secure:80#client-cert=Secret shop/backend-ca,protocol=https,proxy-ssl=shop/backend-ca,verify,sni,name=backend.example.com",
+        ] {
+            assert!(ups.contains(key), "{key} not in {ups}");
+        }
+        let diags = proxy.admin("/diagnostics")?.text();
+        assert!(diags.contains("Secret shop/nothing not found"), "{diags}");
+        assert!(diags.contains("upstream_balancer"), "{diags}");
+        Ok(())
+    })
+    .await??;
+
+    // GRPCS: TLS with ALPN h2, not checked, no SNI.
+    let o = call(
+        &RpcSpec {
+            connect: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            tls: None,
+            authority: "grpcs.example.com".into(),
+            path: method_path("Echo"),
+            metadata: Vec::new(),
+            timeout: Duration::from_secs(10),
+        },
+        &ClientContext::default(),
+    )
+    .await;
+    let RpcOutcome::Status {
+        code,
+        response: Some(resp),
+        ..
+    } = &o
+    else {
+        panic!("no answer: {}\n{}", o.describe(), proxy.0.log_text());
+    };
+    assert_eq!(code_name(*code), "OK", "{}", o.describe());
+    let t = resp
+        .assertions
+        .as_ref()
+        .and_then(|a| a.tls_assertions.as_ref())
+        .context("the backend saw no TLS")?;
+    assert_eq!(t.negotiated_protocol, "h2");
+    assert_eq!(t.server_name, "");
+
+    unverified.shutdown();
+    secure.shutdown();
+    grpcs.shutdown_and_wait().await;
     Ok(())
 }
 

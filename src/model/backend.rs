@@ -87,12 +87,15 @@ impl ServiceBackend {
     }
 }
 
-/// TLS from the proxy to a backend.
+/// TLS from the proxy to a backend: from a BackendTLSPolicy, or from an Ingress's ingress-nginx annotations
+/// (`backend-protocol: HTTPS`/`GRPCS` with `proxy-ssl-*`). The fields after `client_certificate` are the
+/// ingress-nginx settings; their defaults are what a BackendTLSPolicy asks for (verify, send SNI, rustls's TLS
+/// versions and cipher suites).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct BackendTls {
-    /// The BackendTLSPolicy that asks for it (`namespace/name`).
+    /// What asks for it: the BackendTLSPolicy (`namespace/name`), or the ingress-nginx annotations that do.
     pub policy: String,
-    /// SNI sent, and the name the certificate must carry when `subject_alt_names` is empty.
+    /// SNI sent (unless `no_sni`), and the name the certificate must carry when `subject_alt_names` is empty.
     pub hostname: String,
     /// PEM CA bundles the backend certificate must chain to.
     #[serde(skip)]
@@ -100,9 +103,57 @@ pub struct BackendTls {
     /// When not empty, the certificate must carry one of these names (instead of `hostname`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub subject_alt_names: Vec<SubjectAltName>,
-    /// Client certificate presented to the backend (a Gateway's `spec.tls.backend.clientCertificateRef`).
+    /// Client certificate presented to the backend (a Gateway's `spec.tls.backend.clientCertificateRef`, or the
+    /// `tls.crt`/`tls.key` of an ingress-nginx `proxy-ssl-secret`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_certificate: Option<ClientCertificate>,
+    /// Accept any certificate the backend presents (nginx's `proxy_ssl_verify off`, its default): the handshake's
+    /// signatures are still checked, the chain and the name are not.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub skip_verify: bool,
+    /// Send no SNI (nginx's `proxy_ssl_server_name off`, its default); `hostname` is then only checked.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_sni: bool,
+    /// At most this many intermediate certificates between the backend's certificate and a trust anchor
+    /// (`proxy-ssl-verify-depth`, counted as OpenSSL counts); `None`: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify_depth: Option<u32>,
+    /// The TLS versions offered; empty: TLS 1.2 and 1.3.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<TlsVersion>,
+    /// The TLS 1.2 cipher suites offered (rustls names), in order; empty: all of rustls's. TLS 1.3 suites are
+    /// not restricted (as OpenSSL's cipher list, which `proxy-ssl-ciphers` is, does not restrict them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tls12_cipher_suites: Vec<String>,
+}
+
+impl BackendTls {
+    /// Settings with a BackendTLSPolicy's defaults: verify against `ca_bundles` and `hostname`, send SNI.
+    pub fn verified(policy: String, hostname: String, ca_bundles: Vec<String>) -> Self {
+        BackendTls {
+            policy,
+            hostname,
+            ca_bundles,
+            subject_alt_names: Vec::new(),
+            client_certificate: None,
+            skip_verify: false,
+            no_sni: false,
+            verify_depth: None,
+            versions: Vec::new(),
+            tls12_cipher_suites: Vec::new(),
+        }
+    }
+}
+
+/// A TLS protocol version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    #[serde(rename = "TLSv1.2")]
+    Tls12,
+    /// TLS 1.3.
+    #[serde(rename = "TLSv1.3")]
+    Tls13,
 }
 
 /// A certificate and key the proxy presents.
@@ -119,7 +170,7 @@ pub struct ClientCertificate {
 }
 
 /// A subject alternative name a backend certificate may have to carry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(tag = "type", content = "value")]
 pub enum SubjectAltName {
     /// A DNS name.
@@ -135,8 +186,9 @@ pub enum BackendProtocol {
     /// HTTP/1.1 (upgrades such as WebSocket pass through).
     #[default]
     Http1,
-    /// HTTP/2 (`appProtocol: kubernetes.io/h2c`, and every GRPCRoute backend): over cleartext with prior
-    /// knowledge, or, when the backend has TLS (BackendTLSPolicy), inside TLS with ALPN `h2`.
+    /// HTTP/2 (`appProtocol: kubernetes.io/h2c`, every GRPCRoute backend, ingress-nginx's `backend-protocol`
+    /// `GRPC` and `GRPCS`): over cleartext with prior knowledge, or, when the backend has TLS, inside TLS with ALPN
+    /// `h2`.
     H2c,
 }
 

@@ -37,7 +37,7 @@ pub(crate) enum PortTls {
     /// No policy: plain HTTP.
     None,
     /// TLS as the winning policy says.
-    Tls(BackendTls),
+    Tls(Box<BackendTls>),
     /// The winning policy cannot be used: requests to the port fail (500).
     Invalid(String),
 }
@@ -109,7 +109,7 @@ impl<'a> Policies<'a> {
         match self.for_port(&s.namespace, &s.name, &port_name) {
             PortTls::None => Ok(s),
             PortTls::Tls(t) => {
-                s.tls = Some(Box::new(t));
+                s.tls = Some(t);
                 Ok(s)
             }
             PortTls::Invalid(reason) => Err(reason),
@@ -120,7 +120,7 @@ impl<'a> Policies<'a> {
         match self.winner(ns, svc, port_name) {
             None => PortTls::None,
             Some(p) => match &p.tls {
-                Ok(t) => PortTls::Tls(t.clone()),
+                Ok(t) => PortTls::Tls(Box::new(t.clone())),
                 Err((_, msg)) => {
                     PortTls::Invalid(format!("BackendTLSPolicy {}/{}: {msg}", p.ns, p.name))
                 }
@@ -276,10 +276,7 @@ fn validate(
         }
     }
     Ok(BackendTls {
-        policy: format!("{ns}/{name}"),
-        hostname: v.hostname.clone(),
-        ca_bundles,
         subject_alt_names,
-        client_certificate: None,
+        ..BackendTls::verified(format!("{ns}/{name}"), v.hostname.clone(), ca_bundles)
     })
 }

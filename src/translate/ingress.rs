@@ -149,6 +149,7 @@ pub(crate) fn translate(
                 }
             }
         };
+        resolve_backend_tls(&mut anns, refs, &opts.nginx.annotations_prefix);
         for f in &anns.findings {
             let (severity, key, message) = match f {
                 annotations::Finding::Reject { key, message }
@@ -712,6 +713,26 @@ pub(crate) fn route_policy(
         settings: &settings,
     };
     let mut anns = annotations::parse(map, &cx);
+    // Backend annotations act on an Ingress's Service port (a variant of its backend); a route's backends are its
+    // backendRefs, which they do not reach.
+    let b = &anns.backend;
+    let backend_wide = [
+        (
+            b.protocol != annotations::BackendProtocolAnnotation::Http,
+            "backend-protocol",
+        ),
+        (b.proxy_ssl.is_some(), "proxy-ssl-secret"),
+        (b.load_balance.is_some(), "load-balance"),
+        (b.upstream_hash_by.is_some(), "upstream-hash-by"),
+    ];
+    for (_, key) in backend_wide.iter().filter(|(on, _)| *on) {
+        anns.findings.push(annotations::Finding::Warn {
+            key: format!("{}/{key}", opts.nginx.annotations_prefix),
+            message: "acts on an Ingress's backends and is not applied on a route (for TLS to a backend, use a \
+                      BackendTLSPolicy)"
+                .into(),
+        });
+    }
     let host_wide = [
         (anns.use_regex, "use-regex"),
         (anns.rewrite_target.is_some(), "rewrite-target"),
@@ -1140,9 +1161,52 @@ pub(crate) fn path_match(path: Option<&str>, path_type: &str) -> Result<PathMatc
     }
 }
 
-/// Applies the backend annotations of an Ingress (`load-balance`, `upstream-hash-by`, `backend-protocol: GRPC`)
-/// to its Service port; returns the variant label of what differs from the port's own settings (empty when
-/// nothing does). Values Portcullis does not apply were reported when the annotations were parsed.
+/// Reads the `proxy-ssl-secret` Secret (only that one, only from the Ingress's namespace: the parser denied any
+/// other) and sets the TLS to the backend that `backend-protocol` and `proxy-ssl-*` ask for. A Secret that is
+/// missing or unusable denies the Ingress's paths, as in ingress-nginx (whatever the backend protocol).
+fn resolve_backend_tls(anns: &mut IngressAnnotations, refs: &Resolver<'_>, prefix: &str) {
+    let mut secret = None;
+    if let Some(p) = &anns.backend.proxy_ssl {
+        let data = p
+            .secret
+            .split_once('/')
+            .and_then(|(ns, name)| refs.secret_entries(ns, name));
+        match annotations::proxy_ssl_secret(&p.secret, data.as_ref()) {
+            Ok(s) => secret = Some(s),
+            Err(e) => {
+                anns.findings.push(annotations::Finding::Deny {
+                    key: format!("{prefix}/proxy-ssl-secret"),
+                    message: format!("{e}; as in ingress-nginx, the Ingress's paths answer 503"),
+                });
+                anns.denied.get_or_insert(e);
+            }
+        }
+    }
+    let (tls, warnings) = annotations::backend_tls(&anns.backend, secret.as_ref());
+    for (k, message) in warnings {
+        anns.findings.push(annotations::Finding::Warn {
+            key: format!("{prefix}/{k}"),
+            message,
+        });
+    }
+    if let Some(t) = &tls {
+        if !t.skip_verify && t.hostname == annotations::NGINX_UPSTREAM_NAME {
+            anns.findings.push(annotations::Finding::Warn {
+                key: format!("{prefix}/proxy-ssl-verify"),
+                message: format!(
+                    "without proxy-ssl-name the backend certificate must carry the name {}, as in ingress-nginx \
+                     (nginx's default name for its upstream); set proxy-ssl-name to the name it carries",
+                    annotations::NGINX_UPSTREAM_NAME
+                ),
+            });
+        }
+    }
+    anns.backend.tls = tls;
+}
+
+/// Applies the backend annotations of an Ingress (`load-balance`, `upstream-hash-by`, `backend-protocol` with
+/// `proxy-ssl-*`) to its Service port; returns the variant label of what differs from the port's own settings
+/// (empty when nothing does). Values Portcullis does not apply were reported when the annotations were parsed.
 fn apply_nginx_backend(
     s: &mut crate::model::ServiceBackend,
     a: &annotations::BackendAnnotations,
@@ -1166,8 +1230,11 @@ fn apply_nginx_backend(
             _ => {}
         }
     }
-    if a.protocol == annotations::BackendProtocolAnnotation::Grpc {
+    if a.protocol.is_grpc() {
         s.protocol = crate::model::BackendProtocol::H2c;
+    }
+    if let Some(t) = &a.tls {
+        s.tls = Some(Box::new(t.clone()));
     }
     let mut parts = Vec::new();
     if s.policy.load_balancing != before.0 {
@@ -1186,8 +1253,27 @@ fn apply_nginx_backend(
         };
         parts.push(format!("lb={lb}"));
     }
-    if s.protocol != before.1 {
-        parts.push("protocol=h2c".to_string());
+    match (&a.tls, a.protocol) {
+        (Some(_), annotations::BackendProtocolAnnotation::Grpcs) => {
+            parts.push("protocol=grpcs".to_string())
+        }
+        (Some(t), _) => {
+            parts.push("protocol=https".to_string());
+            if let Some(p) = &a.proxy_ssl {
+                parts.push(format!("proxy-ssl={}", p.secret));
+            }
+            if !t.skip_verify {
+                parts.push("verify".to_string());
+            }
+            if !t.no_sni {
+                parts.push("sni".to_string());
+            }
+            if t.hostname != annotations::NGINX_UPSTREAM_NAME {
+                parts.push(format!("name={}", t.hostname));
+            }
+        }
+        (None, _) if s.protocol != before.1 => parts.push("protocol=h2c".to_string()),
+        (None, _) => {}
     }
     parts.join(",")
 }

@@ -178,6 +178,8 @@ pub struct ProxySslAnnotation {
     pub protocols: Vec<String>,
     /// `proxy-ssl-ciphers` (default `DEFAULT`).
     pub ciphers: String,
+    /// The TLS 1.2 cipher suites of `ciphers` rustls implements (rustls names, in order); empty: all of rustls's.
+    pub tls12_cipher_suites: Vec<String>,
 }
 
 /// `upstream-hash-by` and its subset settings.
@@ -209,14 +211,19 @@ pub enum LoadBalance {
     StickyPersistent,
 }
 
-/// Settings that act on backends: parsed and checked, kept here, applied by the upstream layer (not yet; each one
-/// set on an Ingress gets a warning saying so).
+/// Settings that act on backends: parsed and checked, kept here. `backend-protocol`, `proxy-ssl-*`,
+/// `load-balance` and `upstream-hash-by` are applied by the translator to the Service port (as a variant of it);
+/// each of the others set on an Ingress gets a warning that it is not applied yet.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct BackendAnnotations {
     /// `backend-protocol`.
     pub protocol: BackendProtocolAnnotation,
     /// `proxy-ssl-*`.
     pub proxy_ssl: Option<ProxySslAnnotation>,
+    /// TLS to the backend from `backend-protocol` and `proxy-ssl-*`: not set by [`parse`], set by the translator
+    /// once the `proxy-ssl-secret` Secret is read ([`backend_tls`]).
+    #[serde(skip)]
+    pub tls: Option<crate::model::BackendTls>,
     /// `affinity: cookie`.
     pub affinity: Option<CookieAffinity>,
     /// `upstream-hash-by`.
@@ -321,13 +328,6 @@ impl IngressAnnotations {
 
 /// The annotations (short names) whose effect is on backends: parsed and checked, not applied yet.
 pub const NOT_APPLIED: &[&str] = &[
-    "proxy-ssl-secret",
-    "proxy-ssl-verify",
-    "proxy-ssl-verify-depth",
-    "proxy-ssl-name",
-    "proxy-ssl-server-name",
-    "proxy-ssl-protocols",
-    "proxy-ssl-ciphers",
     "affinity",
     "affinity-mode",
     "affinity-canary-behavior",
@@ -562,6 +562,13 @@ const APPLIED: &[&str] = &[
     "backend-protocol",
     "upstream-hash-by",
     "load-balance",
+    "proxy-ssl-secret",
+    "proxy-ssl-verify",
+    "proxy-ssl-verify-depth",
+    "proxy-ssl-name",
+    "proxy-ssl-server-name",
+    "proxy-ssl-protocols",
+    "proxy-ssl-ciphers",
 ];
 
 /// What `upstream-hash-by` hashes, when it is one nginx variable Portcullis can hash on (`$request_uri`,
@@ -1950,7 +1957,339 @@ fn canary(p: &mut P<'_>, out: &mut IngressAnnotations) {
     });
 }
 
-/// Backend settings: parsed and checked only.
+/// The `proxy-ssl-*` settings read together with `proxy-ssl-secret`.
+const PROXY_SSL_SETTINGS: &[&str] = &[
+    "proxy-ssl-verify",
+    "proxy-ssl-verify-depth",
+    "proxy-ssl-name",
+    "proxy-ssl-server-name",
+    "proxy-ssl-protocols",
+    "proxy-ssl-ciphers",
+];
+
+/// The settings of `proxy-ssl-secret` (already checked), each corrected to its default when bad, as ingress-nginx
+/// does.
+fn proxy_ssl(p: &mut P<'_>, secret: String) -> ProxySslAnnotation {
+    let on_off = |p: &mut P<'_>, k: &str| {
+        p.option(k, &["on", "off"], true, OnBad::Correct, "off is used")
+            .is_some_and(|v| v == "on")
+    };
+    let verify = on_off(p, "proxy-ssl-verify");
+    let server_name = on_off(p, "proxy-ssl-server-name");
+    // `GetIntAnnotation`: not an integer, or 0, is 1. nginx refuses a negative depth in its configuration; here
+    // it is corrected to 1 too.
+    let depth = match p.int("proxy-ssl-verify-depth", OnBad::Correct, 1) {
+        Some(d) if d < 0 => {
+            p.bad(
+                "proxy-ssl-verify-depth",
+                &d.to_string(),
+                OnBad::Correct,
+                "nginx takes no negative depth",
+                "1 is used",
+            );
+            1
+        }
+        Some(0) | None => 1,
+        Some(d) => d,
+    };
+    // `ValidateServerName` (trimmed, regex characters); a bad one is dropped with a warning.
+    let name = p
+        .get("proxy-ssl-name")
+        .and_then(|v| match Chars::Regex.check(v.trim(), false) {
+            Ok(()) => Some(normalize(v)),
+            Err(e) => {
+                p.bad("proxy-ssl-name", v, OnBad::Correct, &e, "no name is set");
+                None
+            }
+        });
+    // nginx would expand variables in the name per request; the TLS settings here are per backend.
+    if let Some(n) = &name {
+        if n.contains('$') {
+            p.deny(
+                "proxy-ssl-name",
+                format!(
+                    "{n:?} holds an nginx variable, which Portcullis cannot expand in a TLS name"
+                ),
+            );
+        } else if rustls::pki_types::ServerName::try_from(n.as_str()).is_err() {
+            p.deny(
+                "proxy-ssl-name",
+                format!("{n:?} is not a DNS name or IP address a TLS client can check"),
+            );
+        }
+    }
+    // `^(TLSv1\.2|TLSv1\.3| )*$` with spaces removed; a bad value is TLSv1.2. Good values are split on spaces,
+    // sorted, and empty means TLSv1.2.
+    let mut protocols: Vec<String> = p
+        .get("proxy-ssl-protocols")
+        .and_then(|v| {
+            let squeezed: String = v.chars().filter(|c| *c != ' ').collect();
+            let mut rest = squeezed.as_str();
+            while let Some(r) = rest
+                .strip_prefix("TLSv1.2")
+                .or_else(|| rest.strip_prefix("TLSv1.3"))
+            {
+                rest = r;
+            }
+            if rest.is_empty() {
+                Some(
+                    v.split(' ')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                )
+            } else {
+                p.bad(
+                    "proxy-ssl-protocols",
+                    v,
+                    OnBad::Correct,
+                    "only TLSv1.2 and TLSv1.3, separated by spaces",
+                    "TLSv1.2 is used",
+                );
+                None
+            }
+        })
+        .unwrap_or_default();
+    if protocols.is_empty() {
+        protocols.push("TLSv1.2".into());
+    }
+    protocols.sort();
+    protocols.dedup();
+    // `^[A-Za-z0-9+:_\-!]*$` with spaces removed; a bad value is DEFAULT.
+    let ciphers = p
+        .get("proxy-ssl-ciphers")
+        .and_then(|v| {
+            let squeezed: String = v.chars().filter(|c| *c != ' ').collect();
+            if squeezed
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+:_-!".contains(c))
+            {
+                Some(squeezed)
+            } else {
+                p.bad(
+                    "proxy-ssl-ciphers",
+                    v,
+                    OnBad::Correct,
+                    "only letters, digits and + : _ - !",
+                    "DEFAULT is used",
+                );
+                None
+            }
+        })
+        .unwrap_or_else(|| "DEFAULT".into());
+    let (tls12_cipher_suites, unusable) = openssl_ciphers(&ciphers);
+    if !unusable.is_empty() {
+        let used = if tls12_cipher_suites.is_empty() {
+            "rustls's default TLS 1.2 suites are offered".to_string()
+        } else {
+            format!(
+                "only {} are offered for TLS 1.2",
+                tls12_cipher_suites.join(", ")
+            )
+        };
+        p.warn(
+            "proxy-ssl-ciphers",
+            format!(
+                "{ciphers:?}: {} cannot be applied (Portcullis takes OpenSSL cipher names it implements, not \
+                 keywords or exclusions); {used}",
+                unusable.join(", ")
+            ),
+        );
+    }
+    ProxySslAnnotation {
+        secret,
+        verify,
+        verify_depth: depth,
+        name,
+        server_name,
+        protocols,
+        ciphers,
+        tls12_cipher_suites,
+    }
+}
+
+/// An OpenSSL cipher list (`proxy-ssl-ciphers`) as rustls TLS 1.2 suites: the suite names rustls implements, in
+/// order, and the parts that cannot be applied (keywords such as `HIGH`, exclusions, suites rustls lacks). `DEFAULT`
+/// alone is rustls's own list (empty).
+pub fn openssl_ciphers(list: &str) -> (Vec<String>, Vec<String>) {
+    let mut suites: Vec<String> = Vec::new();
+    let mut unusable = Vec::new();
+    for part in list.split(':').map(str::trim).filter(|s| !s.is_empty()) {
+        if part == "DEFAULT" && list.trim() == "DEFAULT" {
+            continue;
+        }
+        match crate::tls::tls12_suite_for_openssl_name(part) {
+            Some(s) if !suites.iter().any(|x| x == s) => suites.push(s.to_string()),
+            Some(_) => {}
+            None => unusable.push(part.to_string()),
+        }
+    }
+    (suites, unusable)
+}
+
+/// The name nginx checks, and sends as SNI, without `proxy-ssl-name`: its default `$proxy_host` is the host of
+/// ingress-nginx's `proxy_pass https://upstream_balancer`.
+pub const NGINX_UPSTREAM_NAME: &str = "upstream_balancer";
+
+/// What ingress-nginx takes from the `proxy-ssl-secret` Secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxySslSecret {
+    /// `namespace/name`.
+    pub name: String,
+    /// `ca.crt`: the CAs the backend certificate is checked against.
+    pub ca: Option<String>,
+    /// `tls.crt` and `tls.key`, presented to the backend (only with a `ca.crt`, as ingress-nginx writes them out
+    /// only then).
+    pub client: Option<crate::model::ClientCertificate>,
+}
+
+/// Reads the `proxy-ssl-secret` Secret (`data`: its keys, `None` when it does not exist) as ingress-nginx does: a
+/// `tls.crt`/`tls.key` pair must belong together, a `ca.crt` must hold certificates, and one of the two is needed.
+/// `Err` denies the Ingress's paths (ingress-nginx's `LocationDeniedError`).
+pub fn proxy_ssl_secret(
+    name: &str,
+    data: Option<&BTreeMap<String, String>>,
+) -> Result<ProxySslSecret, String> {
+    let data = data.ok_or_else(|| format!("Secret {name} not found"))?;
+    let get = |k: &str| data.get(k).filter(|v| !v.trim().is_empty());
+    let ca = match get("ca.crt") {
+        Some(pem) => {
+            crate::tls::parse_ca_bundle(pem.as_bytes())
+                .map_err(|e| format!("Secret {name}: ca.crt: {e}"))?;
+            Some(pem.clone())
+        }
+        None => None,
+    };
+    let client = match (get("tls.crt"), get("tls.key")) {
+        (Some(cert), Some(key)) => {
+            crate::tls::parse_certified_key(cert.as_bytes(), key.as_bytes())
+                .map_err(|e| format!("Secret {name}: {e}"))?;
+            Some(crate::model::ClientCertificate {
+                source: format!("Secret {name}"),
+                cert_pem: cert.clone(),
+                key_pem: crate::model::Redacted::new(key.clone()),
+            })
+        }
+        _ => None,
+    };
+    if ca.is_none() && client.is_none() {
+        return Err(format!(
+            "Secret {name} has neither ca.crt nor tls.crt and tls.key"
+        ));
+    }
+    Ok(ProxySslSecret {
+        name: name.to_string(),
+        client: client.filter(|_| ca.is_some()),
+        ca,
+    })
+}
+
+/// TLS to the backend as ingress-nginx sets it up from `backend-protocol` and `proxy-ssl-*` (`secret`: the
+/// `proxy-ssl-secret` Secret, read), and warnings (annotation short name, message) for settings that have no
+/// effect, as in ingress-nginx. `None` for cleartext backends.
+///
+/// - `HTTPS`: TLS with HTTP/1.1. nginx's defaults: the certificate is not checked, no SNI. With the Secret:
+///   `proxy-ssl-server-name: on` sends SNI, `proxy-ssl-name` (else [`NGINX_UPSTREAM_NAME`]) is the name sent and
+///   checked; with a `ca.crt` in it, `proxy-ssl-verify: on` checks the certificate against it,
+///   `-verify-depth`, `-protocols` and `-ciphers` apply, and its `tls.crt`/`tls.key` are presented.
+/// - `GRPCS`: TLS with ALPN `h2`, not checked, no SNI: ingress-nginx's `grpc_pass` ignores the `proxy_ssl_*`
+///   directives its template writes.
+pub fn backend_tls(
+    b: &BackendAnnotations,
+    secret: Option<&ProxySslSecret>,
+) -> (
+    Option<crate::model::BackendTls>,
+    Vec<(&'static str, String)>,
+) {
+    use crate::model::{BackendTls, TlsVersion};
+    let mut warnings = Vec::new();
+    let unchecked = |policy: String| BackendTls {
+        skip_verify: true,
+        no_sni: true,
+        ..BackendTls::verified(policy, NGINX_UPSTREAM_NAME.to_string(), Vec::new())
+    };
+    match b.protocol {
+        BackendProtocolAnnotation::Https => {}
+        BackendProtocolAnnotation::Grpcs => {
+            if b.proxy_ssl.is_some() {
+                warnings.push((
+                    "proxy-ssl-secret",
+                    "has no effect with backend-protocol GRPCS (ingress-nginx writes proxy_ssl_* directives, which \
+                     nginx's grpc_pass ignores): TLS to the backend without checking its certificate, without SNI \
+                     and without a client certificate"
+                        .to_string(),
+                ));
+            }
+            return (
+                Some(unchecked("ingress-nginx backend-protocol GRPCS".into())),
+                warnings,
+            );
+        }
+        _ => {
+            if b.proxy_ssl.is_some() {
+                warnings.push((
+                    "proxy-ssl-secret",
+                    "has no effect: backend-protocol is not HTTPS (nginx's proxy_ssl_* act on https:// upstreams \
+                     only)"
+                        .to_string(),
+                ));
+            }
+            return (None, warnings);
+        }
+    }
+    let (Some(p), Some(secret)) = (&b.proxy_ssl, secret) else {
+        return (
+            Some(unchecked("ingress-nginx backend-protocol HTTPS".into())),
+            warnings,
+        );
+    };
+    let mut tls = unchecked(format!(
+        "ingress-nginx backend-protocol HTTPS, proxy-ssl-secret {}",
+        secret.name
+    ));
+    if let Some(n) = &p.name {
+        tls.hostname = n.clone();
+    }
+    tls.no_sni = !p.server_name;
+    match &secret.ca {
+        Some(ca) => {
+            tls.ca_bundles = vec![ca.clone()];
+            tls.skip_verify = !p.verify;
+            if p.verify {
+                tls.verify_depth = Some(u32::try_from(p.verify_depth).unwrap_or(u32::MAX));
+            }
+            tls.versions = p
+                .protocols
+                .iter()
+                .filter_map(|v| match v.as_str() {
+                    "TLSv1.2" => Some(TlsVersion::Tls12),
+                    "TLSv1.3" => Some(TlsVersion::Tls13),
+                    _ => None,
+                })
+                .collect();
+            tls.tls12_cipher_suites = p.tls12_cipher_suites.clone();
+            tls.client_certificate = secret.client.clone();
+        }
+        None => {
+            if p.verify {
+                warnings.push((
+                    "proxy-ssl-verify",
+                    format!(
+                        "has no effect: Secret {} has no ca.crt (ingress-nginx writes proxy_ssl_verify, \
+                         -verify-depth, -protocols, -ciphers and the client certificate only with one); the \
+                         backend certificate is not checked",
+                        secret.name
+                    ),
+                ));
+            }
+        }
+    }
+    (Some(tls), warnings)
+}
+
+/// Backend settings: `backend-protocol`, `proxy-ssl-*` and the load-balancing ones are applied by the
+/// translator; the others are parsed and checked only.
 fn backend(p: &mut P<'_>, out: &mut IngressAnnotations) {
     let b = &mut out.backend;
     if let Some(v) = p.option(
@@ -1969,82 +2308,49 @@ fn backend(p: &mut P<'_>, out: &mut IngressAnnotations) {
             _ => BackendProtocolAnnotation::Http,
         };
         match b.protocol {
-            BackendProtocolAnnotation::Http | BackendProtocolAnnotation::Grpc => {}
+            BackendProtocolAnnotation::Http
+            | BackendProtocolAnnotation::Grpc
+            | BackendProtocolAnnotation::Https
+            | BackendProtocolAnnotation::Grpcs => {}
             BackendProtocolAnnotation::AutoHttp => p.warn(
                 "backend-protocol",
-                "AUTO_HTTP is served as HTTP: backends are always spoken to in cleartext HTTP/1.1".into(),
+                "AUTO_HTTP is served as HTTP: backends are spoken to in cleartext HTTP/1.1 whatever the client's \
+                 scheme"
+                    .into(),
             ),
-            _ => p.warn(
+            BackendProtocolAnnotation::Fcgi => p.warn(
                 "backend-protocol",
-                format!(
-                    "{} is not applied yet (TLS to backends from annotations is not supported; a BackendTLSPolicy \
-                     on a Gateway API route is); requests go to the backend in cleartext HTTP/1.1",
-                    v.to_ascii_uppercase()
-                ),
+                "FCGI is not supported; requests go to the backend in cleartext HTTP/1.1".into(),
             ),
         }
     }
-    // proxy-ssl: a bad secret name refuses the Ingress; a Secret of another namespace denies; the rest is corrected.
+    // proxy-ssl (`proxyssl/main.go`): a bad secret name refuses the Ingress; a name that is not NAMESPACE/NAME or a
+    // Secret of another namespace denies; the rest is corrected. Without the Secret, ingress-nginx's parser stops
+    // before reading the others, so they have no effect at all.
     if let Some(secret) = p.chars("proxy-ssl-secret", Chars::Basic, true, OnBad::Reject, "") {
         match secret.split_once('/') {
             Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
                 if ns != p.cx.namespace {
                     p.deny("proxy-ssl-secret", format!("Secret {secret} is in another namespace; cross-namespace Secrets are not allowed"));
                 } else {
-                    let on_off = |p: &mut P<'_>, k: &str| {
-                        p.option(k, &["on", "off"], true, OnBad::Correct, "off is used")
-                            .is_some_and(|v| v == "on")
-                    };
-                    let verify = on_off(p, "proxy-ssl-verify");
-                    let server_name = on_off(p, "proxy-ssl-server-name");
-                    let depth = p
-                        .int("proxy-ssl-verify-depth", OnBad::Correct, 1)
-                        .filter(|&d| d != 0)
-                        .unwrap_or(1);
-                    let name = p.get("proxy-ssl-name").and_then(|v| {
-                        match Chars::Regex.check(v.trim(), false) {
-                            Ok(()) => Some(normalize(v)),
-                            Err(_) => None,
-                        }
-                    });
-                    let mut protocols: Vec<String> = p
-                        .chars(
-                            "proxy-ssl-protocols",
-                            Chars::Extended,
-                            true,
-                            OnBad::Correct,
-                            "TLSv1.2 is used",
-                        )
-                        .map(|v| {
-                            v.split(' ')
-                                .filter(|s| *s == "TLSv1.2" || *s == "TLSv1.3")
-                                .map(str::to_string)
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    if protocols.is_empty() {
-                        protocols.push("TLSv1.2".into());
-                    }
-                    protocols.sort();
-                    let ciphers = p
-                        .get("proxy-ssl-ciphers")
-                        .map(normalize)
-                        .unwrap_or_else(|| "DEFAULT".into());
-                    b.proxy_ssl = Some(ProxySslAnnotation {
-                        secret,
-                        verify,
-                        verify_depth: depth,
-                        name,
-                        server_name,
-                        protocols,
-                        ciphers,
-                    });
+                    b.proxy_ssl = Some(proxy_ssl(p, secret));
                 }
             }
             _ => p.deny(
                 "proxy-ssl-secret",
                 format!("{secret:?} is not NAMESPACE/NAME"),
             ),
+        }
+    } else {
+        for k in PROXY_SSL_SETTINGS {
+            if p.anns.contains_key(&p.full(k)) {
+                p.warn(
+                    k,
+                    "has no effect without proxy-ssl-secret (ingress-nginx reads the proxy-ssl settings only with \
+                     it); ignored"
+                        .into(),
+                );
+            }
         }
     }
     // affinity: everything is lenient; an unknown type means no affinity.

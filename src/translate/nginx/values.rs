@@ -47,8 +47,6 @@ fn has_newline(s: &str) -> bool {
 pub(crate) enum Chars {
     /// `BasicCharsRegex`: letters, digits, `- . _ ~ / :`.
     Basic,
-    /// `ExtendedCharsRegex`: basic plus `,` and space.
-    Extended,
     /// `CharsWithSpace`: basic plus space.
     WithSpace,
     /// `URLIsValidRegex`: basic plus `, : ? & =`.
@@ -67,7 +65,6 @@ impl Chars {
     fn allows(self, c: char) -> bool {
         match self {
             Chars::Basic => alnum(c),
-            Chars::Extended => alnum(c) || matches!(c, ',' | ' '),
             Chars::WithSpace => alnum(c) || c == ' ',
             Chars::Url => alnum(c) || matches!(c, ',' | '?' | '&' | '='),
             Chars::UrlWithVariables => alnum(c) || matches!(c, ',' | ' ' | '?' | '&' | '=' | '$'),

@@ -480,9 +480,10 @@ fn backend_settings_are_parsed_and_applied_or_reported() {
     table(
         &[],
         &[
-            ("backend-protocol", "HTTPS", Warn),
-            ("backend-protocol", "GRPCS", Warn),
+            ("backend-protocol", "HTTPS", Ok),
+            ("backend-protocol", "GRPCS", Ok),
             ("backend-protocol", "AUTO_HTTP", Warn),
+            ("backend-protocol", "FCGI", Warn),
             ("backend-protocol", "GRPC", Ok),
             ("backend-protocol", "HTTP", Ok),
             ("backend-protocol", "QUIC", Warn),
@@ -504,7 +505,7 @@ fn backend_settings_are_parsed_and_applied_or_reported() {
             ("custom-http-errors", "200", Reject),
             ("default-backend", "errors", Warn),
             ("default-backend", "Errors", Reject),
-            ("proxy-ssl-secret", "shop/ca", Warn),
+            ("proxy-ssl-secret", "shop/ca", Ok),
             ("proxy-ssl-secret", "other/ca", Deny),
             ("proxy-ssl-secret", "ca;x", Reject),
         ],
@@ -534,6 +535,289 @@ fn backend_settings_are_parsed_and_applied_or_reported() {
     );
     assert_eq!(b.custom_http_errors, vec![404, 503]);
     assert!(b.proxy_ssl.unwrap().verify);
+}
+
+#[test]
+fn proxy_ssl_settings_are_corrected_or_denied() {
+    table(
+        &[("proxy-ssl-secret", "shop/ca")],
+        &[
+            ("proxy-ssl-verify", "on", Ok),
+            ("proxy-ssl-verify", "off", Ok),
+            ("proxy-ssl-verify", "ON", Warn),
+            ("proxy-ssl-verify", "true", Warn),
+            ("proxy-ssl-server-name", "on", Ok),
+            ("proxy-ssl-server-name", "yes", Warn),
+            ("proxy-ssl-verify-depth", "3", Ok),
+            ("proxy-ssl-verify-depth", "0", Ok),
+            ("proxy-ssl-verify-depth", "two", Warn),
+            ("proxy-ssl-verify-depth", "-2", Warn),
+            ("proxy-ssl-name", "backend.example.com", Ok),
+            ("proxy-ssl-name", "10.0.0.1", Ok),
+            ("proxy-ssl-name", "bad;name", Warn),
+            ("proxy-ssl-name", "$host", Deny),
+            ("proxy-ssl-protocols", "TLSv1.3 TLSv1.2", Ok),
+            ("proxy-ssl-protocols", "TLSv1.3", Ok),
+            ("proxy-ssl-protocols", "TLSv1.1 TLSv1.2", Warn),
+            ("proxy-ssl-protocols", "SSLv3", Warn),
+            ("proxy-ssl-ciphers", "DEFAULT", Ok),
+            (
+                "proxy-ssl-ciphers",
+                "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384",
+                Ok,
+            ),
+            ("proxy-ssl-ciphers", "HIGH:!aNULL:!MD5", Warn),
+            ("proxy-ssl-ciphers", "AES128-SHA", Warn),
+            ("proxy-ssl-ciphers", "ECDHE;rm", Warn),
+        ],
+    );
+    // Without proxy-ssl-secret ingress-nginx reads none of them: each is reported as having no effect.
+    table(
+        &[],
+        &[
+            ("proxy-ssl-verify", "on", Warn),
+            ("proxy-ssl-server-name", "on", Warn),
+            ("proxy-ssl-name", "backend.example.com", Warn),
+        ],
+    );
+    assert!(parse_v1(&[("proxy-ssl-verify", "on")])
+        .backend
+        .proxy_ssl
+        .is_none());
+
+    let ssl = |pairs: &[(&str, &str)]| {
+        let mut all = vec![("proxy-ssl-secret", "shop/ca")];
+        all.extend_from_slice(pairs);
+        parse_v1(&all).backend.proxy_ssl.unwrap()
+    };
+    let d = ssl(&[]);
+    assert_eq!(
+        (d.verify, d.server_name, d.verify_depth, d.name.as_deref()),
+        (false, false, 1, None)
+    );
+    assert_eq!(d.protocols, ["TLSv1.2"]);
+    assert_eq!(
+        (d.ciphers.as_str(), d.tls12_cipher_suites.len()),
+        ("DEFAULT", 0)
+    );
+    let p = ssl(&[
+        ("proxy-ssl-verify", "on"),
+        ("proxy-ssl-server-name", "on"),
+        ("proxy-ssl-verify-depth", "0"),
+        ("proxy-ssl-name", " backend.example.com "),
+        ("proxy-ssl-protocols", "TLSv1.3  TLSv1.2"),
+        ("proxy-ssl-ciphers", "ECDHE-RSA-AES256-GCM-SHA384:HIGH"),
+    ]);
+    assert!(p.verify && p.server_name);
+    assert_eq!(p.verify_depth, 1);
+    assert_eq!(p.name.as_deref(), Some("backend.example.com"));
+    assert_eq!(p.protocols, ["TLSv1.2", "TLSv1.3"]);
+    assert_eq!(
+        p.tls12_cipher_suites,
+        ["TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"]
+    );
+    assert_eq!(ssl(&[("proxy-ssl-verify-depth", "-2")]).verify_depth, 1);
+    assert_eq!(
+        ssl(&[("proxy-ssl-protocols", "TLSv1.1")]).protocols,
+        ["TLSv1.2"]
+    );
+    assert_eq!(ssl(&[("proxy-ssl-name", "a;b")]).name, None);
+    assert_eq!(ssl(&[("proxy-ssl-ciphers", "x;y")]).ciphers, "DEFAULT");
+}
+
+#[test]
+fn openssl_cipher_lists() {
+    let (s, bad) = openssl_ciphers("DEFAULT");
+    assert!(s.is_empty() && bad.is_empty());
+    let (s, bad) =
+        openssl_ciphers("ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:AES128-SHA");
+    assert_eq!(
+        s,
+        [
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
+        ]
+    );
+    assert_eq!(bad, ["AES128-SHA"]);
+    let (s, bad) = openssl_ciphers("DEFAULT:!RC4");
+    assert!(s.is_empty());
+    assert_eq!(bad, ["DEFAULT", "!RC4"]);
+}
+
+/// A CA and a leaf certificate it signed, as PEM: (CA, leaf, leaf key).
+fn ca_and_leaf() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["backend.example.com".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca.pem(), leaf.pem(), key.serialize_pem())
+}
+
+#[test]
+fn proxy_ssl_secrets_are_read_as_ingress_nginx_reads_them() {
+    let (ca, cert, key) = ca_and_leaf();
+    let data = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    // Missing, empty, or unusable: denied.
+    assert!(proxy_ssl_secret("shop/ca", None)
+        .unwrap_err()
+        .contains("not found"));
+    assert!(proxy_ssl_secret("shop/ca", Some(&data(&[("auth", "x")]))).is_err());
+    assert!(proxy_ssl_secret("shop/ca", Some(&data(&[("ca.crt", "junk")]))).is_err());
+    assert!(proxy_ssl_secret(
+        "shop/ca",
+        Some(&data(&[
+            ("ca.crt", &ca),
+            ("tls.crt", &cert),
+            ("tls.key", &ca)
+        ]))
+    )
+    .is_err());
+    // ca.crt alone: checked, no client certificate.
+    let s = proxy_ssl_secret("shop/ca", Some(&data(&[("ca.crt", &ca)]))).unwrap();
+    assert!(s.ca.is_some() && s.client.is_none());
+    // With tls.crt/tls.key too: they are presented.
+    let s = proxy_ssl_secret(
+        "shop/ca",
+        Some(&data(&[
+            ("ca.crt", &ca),
+            ("tls.crt", &cert),
+            ("tls.key", &key),
+        ])),
+    )
+    .unwrap();
+    assert_eq!(
+        s.client.as_ref().map(|c| c.source.as_str()),
+        Some("Secret shop/ca")
+    );
+    // A key pair without ca.crt is accepted, and not presented (ingress-nginx writes it out only with a CA).
+    let s = proxy_ssl_secret(
+        "shop/ca",
+        Some(&data(&[("tls.crt", &cert), ("tls.key", &key)])),
+    )
+    .unwrap();
+    assert!(s.ca.is_none() && s.client.is_none());
+}
+
+#[test]
+fn backend_tls_follows_ingress_nginx() {
+    use crate::model::TlsVersion;
+    let (ca, cert, key) = ca_and_leaf();
+    let with_ca = ProxySslSecret {
+        name: "shop/ca".into(),
+        ca: Some(ca.clone()),
+        client: Some(crate::model::ClientCertificate {
+            source: "Secret shop/ca".into(),
+            cert_pem: cert,
+            key_pem: crate::model::Redacted::new(key),
+        }),
+    };
+    let without_ca = ProxySslSecret {
+        name: "shop/ca".into(),
+        ca: None,
+        client: None,
+    };
+    let b = |pairs: &[(&str, &str)]| parse_v1(pairs).backend;
+
+    // HTTPS alone: TLS, nothing checked, no SNI.
+    let (t, w) = backend_tls(&b(&[("backend-protocol", "HTTPS")]), None);
+    let t = t.unwrap();
+    assert!(t.skip_verify && t.no_sni && w.is_empty());
+    assert_eq!(t.hostname, NGINX_UPSTREAM_NAME);
+    assert!(t.ca_bundles.is_empty() && t.versions.is_empty());
+
+    // HTTPS with a CA, verify and SNI on: checked against the CA and proxy-ssl-name, sent as SNI, TLS 1.2 only
+    // (proxy-ssl-protocols' default), depth 1, the client certificate presented.
+    let on = b(&[
+        ("backend-protocol", "HTTPS"),
+        ("proxy-ssl-secret", "shop/ca"),
+        ("proxy-ssl-verify", "on"),
+        ("proxy-ssl-server-name", "on"),
+        ("proxy-ssl-name", "backend.example.com"),
+    ]);
+    let (t, w) = backend_tls(&on, Some(&with_ca));
+    let t = t.unwrap();
+    assert!(w.is_empty(), "{w:?}");
+    assert!(!t.skip_verify && !t.no_sni);
+    assert_eq!(t.hostname, "backend.example.com");
+    assert_eq!(t.ca_bundles, std::slice::from_ref(&ca));
+    assert_eq!(t.versions, [TlsVersion::Tls12]);
+    assert_eq!(t.verify_depth, Some(1));
+    assert!(t.client_certificate.is_some());
+    // And rustls takes it, with every cipher suite name the OpenSSL names map to, and not with others. Settings
+    // that differ in anything keep their pooled connections apart.
+    let checked = crate::tls::upstream(&t, false).unwrap();
+    let mut unchecked = t.clone();
+    unchecked.skip_verify = true;
+    let unchecked = crate::tls::upstream(&unchecked, false).unwrap();
+    assert_ne!(checked.group_key, unchecked.group_key);
+    let (all, bad) = openssl_ciphers(
+        "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:\
+         ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305",
+    );
+    assert!(bad.is_empty());
+    assert_eq!(all.len(), 6);
+    let mut c = t.clone();
+    c.tls12_cipher_suites = all;
+    assert!(crate::tls::upstream(&c, true).is_ok());
+    c.tls12_cipher_suites = vec!["TLS_RSA_WITH_RC4_128_MD5".into()];
+    assert!(crate::tls::upstream(&c, true).is_err());
+
+    // The Secret has no CA: verify has no effect (warned), SNI still follows proxy-ssl-server-name.
+    let (t, w) = backend_tls(&on, Some(&without_ca));
+    let t = t.unwrap();
+    assert!(t.skip_verify && !t.no_sni && t.client_certificate.is_none());
+    assert_eq!(w.len(), 1);
+    assert_eq!(w[0].0, "proxy-ssl-verify");
+
+    // A CA, verify off: not checked, but the other settings apply.
+    let (t, _) = backend_tls(
+        &b(&[
+            ("backend-protocol", "HTTPS"),
+            ("proxy-ssl-secret", "shop/ca"),
+            ("proxy-ssl-protocols", "TLSv1.3"),
+        ]),
+        Some(&with_ca),
+    );
+    let t = t.unwrap();
+    assert!(t.skip_verify && t.no_sni && t.verify_depth.is_none());
+    assert_eq!(t.versions, [TlsVersion::Tls13]);
+
+    // GRPCS: TLS, nothing checked, no SNI, whatever proxy-ssl says (nginx's grpc_pass ignores proxy_ssl_*).
+    let (t, w) = backend_tls(
+        &b(&[
+            ("backend-protocol", "GRPCS"),
+            ("proxy-ssl-secret", "shop/ca"),
+            ("proxy-ssl-verify", "on"),
+        ]),
+        Some(&with_ca),
+    );
+    let t = t.unwrap();
+    assert!(t.skip_verify && t.no_sni && t.client_certificate.is_none());
+    assert_eq!(w.len(), 1);
+
+    // Cleartext protocols: no TLS; proxy-ssl is reported as having no effect.
+    let (t, w) = backend_tls(
+        &b(&[
+            ("backend-protocol", "GRPC"),
+            ("proxy-ssl-secret", "shop/ca"),
+        ]),
+        Some(&with_ca),
+    );
+    assert!(t.is_none());
+    assert_eq!(w.len(), 1);
+    let (t, w) = backend_tls(&b(&[]), None);
+    assert!(t.is_none() && w.is_empty());
 }
 
 #[test]
