@@ -461,6 +461,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     let _ = exit_tx.send(true);
     let _ = control_thread.join();
     data_rt.shutdown_timeout(Duration::from_millis(100));
+    portcullis::proxy::observe::finish_access_log();
     Ok(ExitCode::SUCCESS)
 }
 
