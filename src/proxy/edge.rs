@@ -471,6 +471,18 @@ pub async fn check_request(
     session: &mut Session,
     state: &mut RequestState,
 ) -> Result<bool> {
+    if !session.is_http2() {
+        // HTTP/1.1 pipelining (RFC 9112 §9.3.2): Pingora keeps bytes the client sent after this request, to
+        // parse as the next one, only where EdgeIo scanned them as the next head, that is after a request
+        // whose body end the head tells (not chunked, not an upgrade or CONNECT: EdgeIo's `Framing::Opaque`).
+        // Otherwise such bytes close the connection after the response.
+        let req = session.req_header();
+        let opaque = req.headers.contains_key(TRANSFER_ENCODING)
+            || req.headers.contains_key(http::header::UPGRADE)
+            || req.method == http::Method::CONNECT;
+        let scanned = session.stream().and_then(EdgeIo::of).is_some();
+        session.set_pipelining_enabled(scanned && !opaque);
+    }
     let req = session.req_header();
     if session.is_http2() {
         // HTTP/1 heads were measured byte by byte in EdgeIo; HTTP/2 header lists are bounded by the h2 crate
@@ -589,16 +601,15 @@ pub fn count_body(
     Ok(())
 }
 
-/// A request is over (its response sent or failed). With its body read in full, the next bytes on the
-/// connection are a new request head for [`EdgeIo`]; otherwise the connection is not reused, so that body bytes
-/// are never read as a head.
+/// A request is over (its response sent or failed). With its body read in full, [`EdgeIo`] counts it answered;
+/// otherwise the connection is not reused, so that body bytes are never read as a head.
 pub fn request_done(session: &mut Session) {
     if session.is_http2() {
         return;
     }
     let body_done = session.is_body_done();
     match session.stream().and_then(EdgeIo::of) {
-        Some(io) if body_done => io.next_request(),
+        Some(io) if body_done => io.request_answered(),
         Some(_) => session.set_keepalive(None),
         None => {}
     }

@@ -15,8 +15,8 @@
 //! - `response_filter`: response header modifiers and CORS headers.
 //! - `error_while_proxy` / `fail_to_connect` / `fail_to_proxy`: retries of connection errors and timeouts, and
 //!   the status the client gets (504 for timeouts).
-//! - `logging`: tells the connection (`proxy::edge::EdgeIo`) that its next bytes are a new request head; request
-//!   metrics and the access log.
+//! - `logging`: tells the connection (`proxy::edge::EdgeIo`) that its oldest outstanding request was answered;
+//!   request metrics and the access log.
 
 use super::edge::{self, EdgeSettings};
 use super::mirror::{MirrorBodies, Mirrors};
@@ -1184,7 +1184,7 @@ impl ProxyHttp for HttpApp {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        // Edge hook: the request is over; the connection's next bytes are a new head (proxy::edge).
+        // Edge hook: the request is over; the connection counts it answered (proxy::edge).
         edge::request_done(session);
         let Some(started) = ctx.started else {
             return;

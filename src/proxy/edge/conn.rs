@@ -13,18 +13,30 @@
 //! - the strict head check of [`HeadScanner`] on every byte of every request head: a refused head gets its
 //!   status (400, 414, 431, 505) from here, its bytes are never handed to Pingora, and nothing is forwarded.
 //!
-//! Which bytes are a head: the first bytes of the connection, and the first bytes after the application said the
-//! previous request is over ([`EdgeIo::next_request`], called when a request ends with its body read in full; a
-//! request that ends with its body unread closes its connection instead, so body bytes are never taken for a
-//! head). HTTP/2 connections (ALPN `h2`, or the cleartext preface) are passed through once the client preface
-//! has arrived within the header timeout; the `h2` crate and the settings of `edge::h2_options` bound them.
+//! Which bytes are a head: the first bytes of the connection, and the bytes after the end of the previous
+//! request. The scanner reads how each request's body is framed ([`Framing`]): after a head without a body, or
+//! after `Content-Length` body bytes, the next byte starts the next head, whether the previous request has been
+//! answered or not (HTTP/1.1 pipelining, RFC 9112 §9.3.2: the application lets Pingora queue such bytes, see
+//! `edge::check_request`). After a head whose body end cannot be told from the head (chunked, `Upgrade`,
+//! `CONNECT`), the bytes pass unchecked until the application says the request was answered
+//! ([`EdgeIo::request_answered`], called when a request ends with its body read in full; a request that ends with
+//! its body unread closes its connection instead, so body bytes are never taken for a head; Pingora does not
+//! queue pipelined bytes after such a request but closes the connection). HTTP/2 connections (ALPN `h2`, or the
+//! cleartext preface) are passed through once the client preface has arrived within the header timeout; the `h2`
+//! crate and the settings of `edge::h2_options` bound them.
+//!
+//! The clocks between requests: while requests are outstanding (accepted and not yet answered) there is none,
+//! the route's timeouts bound them; once all are answered, the idle timeout runs until the next head starts, and
+//! a head that started while earlier requests were outstanding has the header timeout from its first byte.
 //!
 //! A refusal (here, or by the application through [`EdgeIo::linger_on_close`]) closes the connection the way
 //! nginx's `lingering_close` does: the response is written, the write side shut, and what the client still sends
-//! is read and dropped for a short while, so that the client reads the response instead of a reset.
+//! is read and dropped for a short while, so that the client reads the response instead of a reset. A pipelined
+//! head refused while earlier requests are outstanding is held: the bytes before it are delivered, nothing more
+//! is read, and its refusal is answered once the earlier responses have been written.
 
 use super::h2::ResetWatch;
-use super::head::{HeadLimits, HeadScanner, Refusal, Scan};
+use super::head::{Framing, HeadLimits, HeadScanner, Refusal, Scan};
 use super::Stats;
 use async_trait::async_trait;
 use pingora::protocols::raw_connect::ProxyDigest;
@@ -37,7 +49,7 @@ use pingora::protocols::{
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -69,10 +81,16 @@ enum Phase {
     /// Reading a request head; `first` on the first read of a connection that may start with the HTTP/2
     /// cleartext preface.
     Head { scanner: HeadScanner, first: bool },
-    /// Between two requests: nothing of the next one has arrived.
+    /// Every request answered, nothing of the next one has arrived.
     Idle,
-    /// A head was accepted: its body or an upgraded stream pass through unchecked.
+    /// The body of an accepted head: `left` bytes more, then the next head.
+    Body { left: u64 },
+    /// A head whose body end cannot be told was accepted: its body or an upgraded stream pass through unchecked
+    /// until the request is answered.
     Pass,
+    /// A refused head after requests still outstanding: nothing more is read; the refusal (this status) is
+    /// answered once they are.
+    Held { status: u16 },
     /// HTTP/2 by ALPN: the preface has `left` bytes to arrive, within the header timeout.
     H2Preface { left: usize },
     /// HTTP/2 after the preface: frames pass through, their headers watched for rapid reset.
@@ -112,8 +130,12 @@ pub struct EdgeIo {
     /// When the current phase's clock runs out, if it has one.
     deadline: Option<Instant>,
     sleep: Option<Pin<Box<Sleep>>>,
-    /// Set by the application when a request ended with its body read: the next bytes are a new head.
-    next_request: AtomicBool,
+    /// Request heads accepted so far.
+    accepted: u32,
+    /// Requests answered so far (with their bodies read), counted by the application.
+    answered: AtomicU32,
+    /// `answered` as last acted on.
+    seen: u32,
     /// Set by the application when it refused a request: drain before closing.
     linger: AtomicBool,
     /// The lingering close of [`EdgeIo::linger_on_close`], once started.
@@ -147,7 +169,9 @@ impl EdgeIo {
             phase,
             deadline: Some(accepted_at + limits.header_timeout),
             sleep: None,
-            next_request: AtomicBool::new(false),
+            accepted: 0,
+            answered: AtomicU32::new(0),
+            seen: 0,
             linger: AtomicBool::new(false),
             closing: None,
         }
@@ -158,10 +182,40 @@ impl EdgeIo {
         stream.as_any().downcast_ref::<EdgeIo>()
     }
 
-    /// The request whose head was read last has ended and its body was read in full: the next bytes from the
-    /// client start a new request head (idle timeout until the first one, then the header timeout).
-    pub fn next_request(&self) {
-        self.next_request.store(true, Ordering::Relaxed);
+    /// The oldest outstanding request has been answered and its body was read in full. When none is left
+    /// outstanding, the idle timeout runs until the next head starts, and a held refusal is answered.
+    pub fn request_answered(&self) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Acts on the requests answered since the last poll.
+    fn on_answered(&mut self) {
+        if self.seen != self.accepted {
+            return;
+        }
+        match &self.phase {
+            Phase::Pass => self.start_idle(),
+            Phase::Head { scanner, .. } if !scanner.started() => self.start_idle(),
+            Phase::Held { status } => {
+                let status = *status;
+                self.start_linger(response(status));
+            }
+            _ => {}
+        }
+    }
+
+    fn start_idle(&mut self) {
+        self.phase = Phase::Idle;
+        self.deadline = Some(Instant::now() + self.limits.idle_timeout);
+    }
+
+    /// A scanner for the head after a complete request; it has no clock until its first byte.
+    fn next_head(&mut self) {
+        self.phase = Phase::Head {
+            scanner: HeadScanner::new(self.limits.head),
+            first: false,
+        };
+        self.deadline = None;
     }
 
     /// The application refused a request: when the connection is shut, drain it first (lingering close).
@@ -190,7 +244,17 @@ impl EdgeIo {
             reason = refusal.reason(),
             "request head refused"
         );
-        self.start_linger(response(refusal.status()));
+        self.answer_or_hold(refusal.status());
+    }
+
+    /// Answers `status` and closes now, or once the outstanding requests are answered.
+    fn answer_or_hold(&mut self, status: u16) {
+        if self.seen == self.accepted {
+            self.start_linger(response(status));
+        } else {
+            self.phase = Phase::Held { status };
+            self.deadline = None;
+        }
     }
 
     fn start_linger(&mut self, response: Vec<u8>) {
@@ -257,50 +321,92 @@ impl EdgeIo {
         }
     }
 
-    /// New bytes arrived in a checked phase: move the phase on.
+    /// New bytes arrived in a checked phase: move the phase on, through every request they hold.
     fn on_bytes(&mut self, new: &[u8]) -> Outcome {
-        if matches!(self.phase, Phase::Idle) {
-            self.phase = Phase::Head {
-                scanner: HeadScanner::new(self.limits.head),
-                first: false,
-            };
-            self.deadline = Some(Instant::now() + self.limits.header_timeout);
-        }
-        match &mut self.phase {
-            Phase::Head { first: true, .. } if new.starts_with(H2_PREFACE) => {
-                // Pingora saw the whole preface when it peeked, so it speaks HTTP/2 on this connection.
-                self.start_h2(&new[H2_PREFACE.len()..])
-            }
-            Phase::Head { scanner, first } => {
-                *first = false;
-                match scanner.feed(new) {
-                    Scan::More => Outcome::Deliver,
-                    Scan::Complete(_) => {
-                        self.phase = Phase::Pass;
-                        self.deadline = None;
-                        Outcome::Deliver
+        let mut at = 0;
+        // Where the head being scanned began in this read: 0 when it began in an earlier one.
+        let mut head_from = 0;
+        while at < new.len() {
+            let rest = &new[at..];
+            match &mut self.phase {
+                Phase::Idle => {
+                    self.phase = Phase::Head {
+                        scanner: HeadScanner::new(self.limits.head),
+                        first: false,
+                    };
+                    self.deadline = Some(Instant::now() + self.limits.header_timeout);
+                    head_from = at;
+                }
+                Phase::Head { first: true, .. } if rest.starts_with(H2_PREFACE) => {
+                    // Pingora saw the whole preface when it peeked, so it speaks HTTP/2 on this connection.
+                    return self.start_h2(&rest[H2_PREFACE.len()..]);
+                }
+                Phase::Head { scanner, first } => {
+                    *first = false;
+                    let started = scanner.started();
+                    match scanner.feed(rest) {
+                        Scan::More => {
+                            if !started && scanner.started() && self.deadline.is_none() {
+                                // A pipelined head: the header timeout counts from its first byte.
+                                self.deadline = Some(Instant::now() + self.limits.header_timeout);
+                            }
+                            return Outcome::Deliver;
+                        }
+                        Scan::Complete(n) => {
+                            let framing = scanner.framing();
+                            self.accepted = self.accepted.wrapping_add(1);
+                            at += n;
+                            match framing {
+                                Framing::Empty => self.next_head(),
+                                Framing::Length(left) => {
+                                    self.phase = Phase::Body { left };
+                                    self.deadline = None;
+                                }
+                                Framing::Opaque => {
+                                    self.phase = Phase::Pass;
+                                    self.deadline = None;
+                                    return Outcome::Deliver;
+                                }
+                            }
+                            head_from = at;
+                        }
+                        Scan::Refused(refusal) => {
+                            return Outcome::Refuse {
+                                keep: head_from,
+                                refusal,
+                            }
+                        }
                     }
-                    Scan::Refused(r) => Outcome::Refuse(r),
+                }
+                Phase::Body { left } => {
+                    let n = usize::try_from(*left).map_or(rest.len(), |l| l.min(rest.len()));
+                    *left -= n as u64;
+                    at += n;
+                    if *left == 0 {
+                        self.next_head();
+                        head_from = at;
+                    }
+                }
+                Phase::H2Preface { left } => {
+                    let used = (*left).min(rest.len());
+                    *left -= used;
+                    if *left == 0 {
+                        return self.start_h2(&rest[used..]);
+                    }
+                    return Outcome::Deliver;
+                }
+                Phase::H2(watch) => {
+                    if watch.feed(rest, Instant::now()) {
+                        return Outcome::Abort;
+                    }
+                    return Outcome::Deliver;
+                }
+                Phase::Pass | Phase::Held { .. } | Phase::Refuse(_) | Phase::Closed => {
+                    return Outcome::Deliver
                 }
             }
-            Phase::H2Preface { left } => {
-                let used = (*left).min(new.len());
-                *left -= used;
-                if *left == 0 {
-                    self.start_h2(&new[used..])
-                } else {
-                    Outcome::Deliver
-                }
-            }
-            Phase::H2(watch) => {
-                if watch.feed(new, Instant::now()) {
-                    Outcome::Abort
-                } else {
-                    Outcome::Deliver
-                }
-            }
-            Phase::Idle | Phase::Pass | Phase::Refuse(_) | Phase::Closed => Outcome::Deliver,
         }
+        Outcome::Deliver
     }
 
     /// The clock of a checked phase ran out.
@@ -313,7 +419,7 @@ impl EdgeIo {
             Phase::Head { scanner, .. } if scanner.started() => {
                 self.stats.header_timeout();
                 self.stats.refused_head(408);
-                self.start_linger(response(408));
+                self.answer_or_hold(408);
             }
             _ => {
                 self.stats.header_timeout();
@@ -327,8 +433,9 @@ impl EdgeIo {
 enum Outcome {
     /// Hand them to the reader.
     Deliver,
-    /// Refuse the request head they belong to.
-    Refuse(Refusal),
+    /// Refuse the request head that begins at `keep` (or in an earlier read, when 0): the bytes before it are
+    /// handed to the reader.
+    Refuse { keep: usize, refusal: Refusal },
     /// Close the connection (HTTP/2 rapid reset).
     Abort,
 }
@@ -362,17 +469,20 @@ impl AsyncRead for EdgeIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.next_request.load(Ordering::Relaxed) {
-            this.next_request.store(false, Ordering::Relaxed);
-            if matches!(this.phase, Phase::Pass) {
-                this.phase = Phase::Idle;
-                this.deadline = Some(Instant::now() + this.limits.idle_timeout);
-            }
+        let answered = this.answered.load(Ordering::Relaxed);
+        if answered != this.seen {
+            this.seen = answered;
+            this.on_answered();
         }
         loop {
             match &mut this.phase {
                 Phase::Pass => return Pin::new(&mut this.inner).poll_read(cx, buf),
                 Phase::Closed => return Poll::Ready(Ok(())),
+                // Nothing is read until the outstanding requests are answered. Pingora reads here only to see
+                // whether the client sent more while a request is proxied, alongside the response it awaits,
+                // and reads again in the next request's session, after the answer was counted: no wake-up is
+                // needed.
+                Phase::Held { .. } => return Poll::Pending,
                 Phase::Refuse(linger) => {
                     let done = EdgeIo::poll_linger(&mut this.inner, linger, cx).is_ready();
                     if done || this.expired(cx) {
@@ -381,7 +491,11 @@ impl AsyncRead for EdgeIo {
                     }
                     return Poll::Pending;
                 }
-                Phase::Head { .. } | Phase::Idle | Phase::H2Preface { .. } | Phase::H2(_) => {
+                Phase::Head { .. }
+                | Phase::Idle
+                | Phase::Body { .. }
+                | Phase::H2Preface { .. }
+                | Phase::H2(_) => {
                     let before = buf.filled().len();
                     match Pin::new(&mut this.inner).poll_read(cx, buf) {
                         Poll::Ready(Ok(())) => {
@@ -392,11 +506,15 @@ impl AsyncRead for EdgeIo {
                             };
                             match outcome {
                                 Outcome::Deliver => return Poll::Ready(Ok(())),
-                                Outcome::Refuse(refusal) => {
-                                    // This read's bytes are taken back and the stream ends after the answer:
-                                    // Pingora never holds a complete head to parse.
-                                    buf.set_filled(before);
+                                Outcome::Refuse { keep, refusal } => {
+                                    // The refused head's bytes in this read are taken back and the stream ends
+                                    // after the answer: Pingora never holds a complete head to parse. The
+                                    // requests before it in this read are delivered and answered first.
+                                    buf.set_filled(before + keep);
                                     this.refuse(refusal);
+                                    if keep > 0 {
+                                        return Poll::Ready(Ok(()));
+                                    }
                                 }
                                 Outcome::Abort => {
                                     buf.set_filled(before);

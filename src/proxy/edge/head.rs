@@ -18,6 +18,10 @@
 //!
 //! Leading empty lines (CRLF) before the request line are skipped, as RFC 9112 §2.2 asks; they count towards the
 //! head size.
+//!
+//! The scanner also reads how the body that follows is framed ([`HeadScanner::framing`]), so that the connection
+//! knows where the next (pipelined) head starts: a `Content-Length` must be a plain number (optional whitespace
+//! around at most 18 digits, the values Pingora's parser reads the same way), anything else is refused with 400.
 
 /// The size limits the scanner enforces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +68,18 @@ impl Refusal {
     }
 }
 
+/// How the body after an accepted head is framed, which says where the next request head starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// No body: the next bytes are the next head.
+    Empty,
+    /// A body of this many bytes (`Content-Length`, more than 0).
+    Length(u64),
+    /// The end of the body cannot be told from the head: `Transfer-Encoding` (chunked), an `Upgrade` request or
+    /// `CONNECT`. The bytes after the head are not scanned until the request is answered.
+    Opaque,
+}
+
 /// What the bytes fed so far amount to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scan {
@@ -96,6 +112,25 @@ enum State {
     EndLf,
     Done,
 }
+
+/// Which header's value is being read, for the ones the framing depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    Other,
+    ContentLength,
+}
+
+/// Reading a `Content-Length` value: `OWS 1*18DIGIT OWS`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Number {
+    Before,
+    Digits(u8),
+    After,
+    Bad,
+}
+
+/// The most digits of a `Content-Length` (Pingora parses the value as an `i64`).
+const MAX_LENGTH_DIGITS: u8 = 18;
 
 /// RFC 9110 §5.6.2 `tchar`.
 fn is_tchar(b: u8) -> bool {
@@ -132,6 +167,8 @@ fn is_target_byte(b: u8) -> bool {
 const VERSION: &[u8; 7] = b"HTTP/1.";
 const CONTENT_LENGTH: &[u8] = b"content-length";
 const TRANSFER_ENCODING: &[u8] = b"transfer-encoding";
+const UPGRADE: &[u8] = b"upgrade";
+const CONNECT: &[u8; 7] = b"CONNECT";
 
 /// The incremental scanner of one request head. Feed it every byte of the head in order ([`HeadScanner::feed`]);
 /// once it returns [`Scan::Complete`] or [`Scan::Refused`] it must not be fed again.
@@ -151,8 +188,18 @@ pub struct HeadScanner {
     name_len: usize,
     content_lengths: u32,
     transfer_encoding: bool,
+    upgrade: bool,
     /// The version's minor digit.
     minor: u8,
+    /// The first bytes of the method and its length (to tell `CONNECT`).
+    method: [u8; 7],
+    method_len: usize,
+    /// The header whose value is being read.
+    field: Field,
+    /// The `Content-Length` value being read, and the value once its line ended.
+    number: Number,
+    digits: u64,
+    length: Option<u64>,
 }
 
 impl HeadScanner {
@@ -169,8 +216,31 @@ impl HeadScanner {
             name_len: 0,
             content_lengths: 0,
             transfer_encoding: false,
+            upgrade: false,
             minor: 0,
+            method: [0; 7],
+            method_len: 0,
+            field: Field::Other,
+            number: Number::Before,
+            digits: 0,
+            length: None,
         }
+    }
+
+    /// How the body after the head is framed; meaningful once the head is complete.
+    pub fn framing(&self) -> Framing {
+        if self.transfer_encoding || self.upgrade || self.is_connect() {
+            Framing::Opaque
+        } else {
+            match self.length {
+                Some(n) if n > 0 => Framing::Length(n),
+                _ => Framing::Empty,
+            }
+        }
+    }
+
+    fn is_connect(&self) -> bool {
+        self.method_len == CONNECT.len() && &self.method == CONNECT
     }
 
     /// Has any byte of the head (other than leading empty lines) arrived?
@@ -208,11 +278,17 @@ impl HeadScanner {
     fn plain_run(&mut self, rest: &[u8]) -> usize {
         let room = self.limits.max_head.saturating_sub(self.total);
         let n = match self.state {
-            State::Value => rest
-                .iter()
-                .take(room)
-                .take_while(|&&b| is_value_byte(b))
-                .count(),
+            State::Value => {
+                let n = rest
+                    .iter()
+                    .take(room)
+                    .take_while(|&&b| is_value_byte(b))
+                    .count();
+                if self.field == Field::ContentLength {
+                    self.length_bytes(&rest[..n]);
+                }
+                n
+            }
             State::Target => {
                 let room = room.min(self.limits.max_request_line.saturating_sub(self.line_len));
                 let n = rest
@@ -246,6 +322,7 @@ impl HeadScanner {
                 b'\n' => return Err(BadRequest("bare LF")),
                 b if is_tchar(b) => {
                     self.request_line_byte()?;
+                    self.method_byte(b);
                     self.state = State::Method;
                 }
                 _ => return Err(BadRequest("invalid method")),
@@ -258,7 +335,7 @@ impl HeadScanner {
                 self.request_line_byte()?;
                 match b {
                     b' ' => self.state = State::Target,
-                    b if is_tchar(b) => {}
+                    b if is_tchar(b) => self.method_byte(b),
                     _ => return Err(BadRequest("invalid method")),
                 }
             }
@@ -337,9 +414,16 @@ impl HeadScanner {
                 _ => return Err(BadRequest("invalid header name")),
             },
             State::Value => match b {
-                b'\r' => self.state = State::LineLf,
+                b'\r' => {
+                    self.end_value()?;
+                    self.state = State::LineLf;
+                }
                 b'\n' => return Err(BadRequest("bare LF")),
-                b if is_value_byte(b) => {}
+                b if is_value_byte(b) => {
+                    if self.field == Field::ContentLength {
+                        self.length_bytes(&[b]);
+                    }
+                }
                 _ => return Err(BadRequest("control character in a header value")),
             },
             State::EndLf => match b {
@@ -356,6 +440,45 @@ impl HeadScanner {
         Ok(())
     }
 
+    fn method_byte(&mut self, b: u8) {
+        if self.method_len < self.method.len() {
+            self.method[self.method_len] = b;
+        }
+        self.method_len += 1;
+    }
+
+    /// Reads bytes of a `Content-Length` value.
+    fn length_bytes(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.number = match (self.number, b) {
+                (Number::Before, b' ' | b'\t') => Number::Before,
+                (Number::Before, b'0'..=b'9') => {
+                    self.digits = u64::from(b - b'0');
+                    Number::Digits(1)
+                }
+                (Number::Digits(n), b'0'..=b'9') if n < MAX_LENGTH_DIGITS => {
+                    self.digits = self.digits * 10 + u64::from(b - b'0');
+                    Number::Digits(n + 1)
+                }
+                (Number::Digits(_) | Number::After, b' ' | b'\t') => Number::After,
+                _ => Number::Bad,
+            };
+        }
+    }
+
+    /// A header line's value ended: keeps the `Content-Length`.
+    fn end_value(&mut self) -> Result<(), Refusal> {
+        if self.field == Field::ContentLength {
+            match self.number {
+                Number::Digits(_) | Number::After => self.length = Some(self.digits),
+                Number::Before | Number::Bad => {
+                    return Err(Refusal::BadRequest("invalid Content-Length"))
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn name_byte(&mut self, b: u8) {
         if self.name_len < self.name.len() {
             self.name[self.name_len] = b.to_ascii_lowercase();
@@ -363,16 +486,21 @@ impl HeadScanner {
         self.name_len += 1;
     }
 
-    /// Notes `Content-Length` and `Transfer-Encoding` lines when a header name ends.
+    /// Notes `Content-Length`, `Transfer-Encoding` and `Upgrade` lines when a header name ends.
     fn end_name(&mut self) -> Result<(), Refusal> {
         let name = &self.name[..self.name_len.min(self.name.len())];
+        self.field = Field::Other;
         if self.name_len == CONTENT_LENGTH.len() && name == CONTENT_LENGTH {
             self.content_lengths += 1;
             if self.content_lengths > 1 {
                 return Err(Refusal::BadRequest("Content-Length more than once"));
             }
+            self.field = Field::ContentLength;
+            self.number = Number::Before;
         } else if self.name_len == TRANSFER_ENCODING.len() && name == TRANSFER_ENCODING {
             self.transfer_encoding = true;
+        } else if self.name_len == UPGRADE.len() && name == UPGRADE {
+            self.upgrade = true;
         }
         Ok(())
     }
@@ -603,6 +731,109 @@ mod tests {
         );
         assert!(s.started());
         assert_eq!(s.feed(b"\r\nokGET / HTTP/1.1"), Scan::Complete(2));
+    }
+
+    /// Scans a whole head and returns its framing, or the refusal's reason.
+    fn framing_of(head: &[u8], chunk: usize) -> Result<Framing, String> {
+        let mut s = HeadScanner::new(LIMITS);
+        for part in head.chunks(chunk.max(1)) {
+            match s.feed(part) {
+                Scan::More => {}
+                Scan::Complete(_) => return Ok(s.framing()),
+                Scan::Refused(r) => return Err(r.reason().to_string()),
+            }
+        }
+        Err("incomplete".into())
+    }
+
+    #[test]
+    fn framing() {
+        use Framing::*;
+        let cases: &[(&[u8], Result<Framing, &str>)] = &[
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", Ok(Empty)),
+            (b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", Ok(Empty)),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n",
+                Ok(Length(12)),
+            ),
+            (
+                b"POST / HTTP/1.1\r\ncontent-length:7\r\n\r\n",
+                Ok(Length(7)),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: \t 0042 \t\r\n\r\n",
+                Ok(Length(42)),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 999999999999999999\r\n\r\n",
+                Ok(Length(999_999_999_999_999_999)),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 1000000000000000000\r\n\r\n",
+                Err("invalid Content-Length"),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+                Err("invalid Content-Length"),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+                Err("invalid Content-Length"),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 1 2\r\n\r\n",
+                Err("invalid Content-Length"),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 1,1\r\n\r\n",
+                Err("invalid Content-Length"),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 0x5\r\n\r\n",
+                Err("invalid Content-Length"),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length:\r\n\r\n",
+                Err("invalid Content-Length"),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length:  \r\n\r\n",
+                Err("invalid Content-Length"),
+            ),
+            // Other headers with digits or similar names do not count.
+            (
+                b"POST / HTTP/1.1\r\nX-Content-Length: x\r\nContent-Lengths: y\r\n\r\n",
+                Ok(Empty),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Ok(Opaque),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+                Ok(Opaque),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nUPGRADE: h2c\r\nContent-Length: 3\r\n\r\n",
+                Ok(Opaque),
+            ),
+            (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", Ok(Opaque)),
+            // Methods are case-sensitive: only `CONNECT` is CONNECT.
+            (b"connect a:443 HTTP/1.1\r\n\r\n", Ok(Empty)),
+            (b"CONNECTX / HTTP/1.1\r\n\r\n", Ok(Empty)),
+            (b"CONNEC / HTTP/1.1\r\n\r\n", Ok(Empty)),
+        ];
+        for (head, want) in cases {
+            for chunk in [1, 3, head.len()] {
+                let got = framing_of(head, chunk);
+                let shown = String::from_utf8_lossy(head);
+                match (want, &got) {
+                    (Ok(w), Ok(g)) => assert_eq!(w, g, "{shown:?} (chunks of {chunk})"),
+                    (Err(w), Err(g)) => assert!(g.contains(w), "{shown:?}: want {w:?}, got {g:?}"),
+                    _ => panic!("{shown:?} (chunks of {chunk}): want {want:?}, got {got:?}"),
+                }
+            }
+        }
     }
 
     #[test]
