@@ -767,13 +767,15 @@ class Target:
 def portcullis_argv(args, manifests, http_port=None, admin_port=None, extra=()):
     """Portcullis serving `manifests`, one data-plane thread: on the bench's proxy ports (plain: first port + 1,
     TLS: + 5, admin API: + 9) unless a phase that runs several at once, or beside other listeners, gives its own
-    plain and admin ports; `extra` arguments last."""
+    plain and admin ports; `extra` arguments last. No limit of requests per connection, as the nginx configurations
+    here (keepalive_requests 1000000), HAProxy and Traefik: with Portcullis's default of 1,000, h2load's fixed-rate
+    connections, which are not reopened, stopped after 1,000 requests each."""
     http_port = port_of(args, "portcullis") if http_port is None else http_port
     admin_port = port_of(args, "admin") if admin_port is None else admin_port
     return [args.binary, "run", "--manifests", manifests, "--http-port", str(http_port),
             "--https-port", str(port_of(args, "portcullis-tls")), "--bind-address", "127.0.0.1",
             "--admin-addr", f"127.0.0.1:{admin_port}", "--threads", "1",
-            "--shutdown-delay", "0", *extra]
+            "--shutdown-delay", "0", "--max-requests-per-connection", "0", *extra]
 
 
 def portcullis_env(args, level):
@@ -924,7 +926,8 @@ def side_by_side(args, tmp, sc, n, upstream, results):
     log(f"== {sc.key}, {n} route(s)")
     cert = args.cert if sc.tls else None
     targets = start_proxies(args, tmp, n, cert, tag=f"{sc.key}-{n}")
-    if not sc.tls:
+    if not sc.tls and n == sizes(args.routes)[0]:
+        # The upstream alone does not depend on the table size: measured with the first size only.
         targets.insert(0, Target("direct", args.port, upstream))
     last = host(n - 1)
     up_pids = pids_of(upstream)
@@ -1310,7 +1313,7 @@ def tcp_phase(args, tmp):
     bulk = {t.name: [] for t in targets}
     conns = {t.name: [] for t in targets}
     streams = args.tcp_connections
-    for _ in range(args.rounds):
+    for _ in range(args.tcp_rounds):
         for t in targets:
             pids = [] if t.name == "direct" else t.pids()
             c0 = cpu_ticks(pids)
@@ -1334,7 +1337,7 @@ def tcp_phase(args, tmp):
 def print_tcp(out, args, result):
     streams, targets, bulk, conns = result
     out.append("")
-    out.append(f"### TCP proxying: bulk transfer ({args.rounds} rounds x {args.duration} s, {streams} connections "
+    out.append(f"### TCP proxying: bulk transfer ({args.tcp_rounds} rounds x {args.duration} s, {streams} connections "
                f"reading a stream from the upstream)")
     out.append("")
     out.append("| target | MB/s | proxy CPU ms/MB | vs nginx | vs HAProxy | errors | peak RSS MB |")
@@ -1353,7 +1356,7 @@ def print_tcp(out, args, result):
                    f"{ratio(c, cpu_per_mb('haproxy'))} | {sum(r.get('errors', 1) for r in runs)} | "
                    f"{fmt(t.hwm_kb / 1024, 1) if t.name != 'direct' else '-'} |")
     out.append("")
-    out.append(f"### TCP proxying: one 63-byte exchange per new connection ({args.rounds} rounds x {args.duration} s, "
+    out.append(f"### TCP proxying: one 63-byte exchange per new connection ({args.tcp_rounds} rounds x {args.duration} s, "
                f"one connection after the other)")
     out.append("")
     out.append("| target | connections/s | p50 us | p99 us | proxy CPU us/connection | vs nginx | vs HAProxy | errors |")
@@ -1706,8 +1709,8 @@ class Background:
         return max(0.0, ((busy1 - self.busy0) - ours) / max(1, all1 - self.all0))
 
 
-def edits_under_load(args, d, port, logfile, pc, edits):
-    """`edits` edits of the hot Ingress, --edit-interval apart (on a fixed schedule), starting 1 s into a wrk run
+def edits_under_load(args, d, port, logfile, pc, edits, interval):
+    """`edits` edits of the hot Ingress, `interval` s apart (on a fixed schedule), starting 1 s into a wrk run
     on its /hot path. Each edit switches the Ingress's Service and replaces its marker path, so every publish
     replaces the very entry the requests use; once the edits are written, the last edit's marker must answer
     200. RSS is sampled throughout: at the first edit, the middle one, and 1 s after the last one was served."""
@@ -1720,7 +1723,7 @@ def edits_under_load(args, d, port, logfile, pc, edits):
         time.sleep(1.0)
         first = marks["first"] = time.monotonic()
         for i in range(edits):
-            due = first + i * args.edit_interval
+            due = first + i * interval
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
@@ -1733,7 +1736,7 @@ def edits_under_load(args, d, port, logfile, pc, edits):
     bg = Background()
     pc_ticks0 = group_cpu_ticks(pids_of(pc))
     th.start()
-    duration = int(edits * args.edit_interval + 3)
+    duration = int(edits * interval + 3)
     r = run_wrk(args, port, HOT, duration, args.connections, path="/hot")
     th.join()
     background = bg.finish(group_cpu_ticks(pids_of(pc)) - pc_ticks0 + r["wrk_cpu_ticks"])
@@ -1786,7 +1789,7 @@ def reload_phase(args, tmp, n, results):
         lat.append(None if got is None else (time.monotonic() - t) * 1000)
         time.sleep(0.3)
 
-    x = edits_under_load(args, d, port, logfile, pc, args.edits)
+    x = edits_under_load(args, d, port, logfile, pc, args.edits, args.edit_interval)
     stop(pc)
     STARTED.remove(pc)
     x.update({"routes": n, "startup": startup, "rss_loaded": rss_loaded, "latency": lat})
@@ -1801,7 +1804,7 @@ def many_edits_phase(args, tmp, results):
     d, logfile, pc, port, startup = start_reload_target(args, tmp, n, f"edits-{n}")
     time.sleep(0.5)
     rss_loaded = mem_kb(pids_of(pc), "VmRSS") / 1024
-    x = edits_under_load(args, d, port, logfile, pc, edits)
+    x = edits_under_load(args, d, port, logfile, pc, edits, args.many_edits_interval)
     stop(pc)
     STARTED.remove(pc)
     x.update({"routes": n, "startup": startup, "rss_loaded": rss_loaded})
@@ -1814,7 +1817,7 @@ def print_many_edits(out, args, results):
         out.append("")
         out.append(
             f"### {x['edits']:,} edits at {x['routes']:,} routes (Portcullis, standalone file source; edits "
-            f"{int(args.edit_interval * 1000)} ms apart under wrk -c{args.connections} on the edited route)"
+            f"{int(args.many_edits_interval * 1000)} ms apart under wrk -c{args.connections} on the edited route)"
         )
         out.append("")
         out.append("| routes | edits | publishes | requests | non-2xx | socket errors | p99 us | RSS MB loaded | "
@@ -2795,7 +2798,7 @@ DEFAULT_PHASES = ["throughput", "tls", "h2", "churn", "reload", "edits", "failov
 NEEDS_TRAEFIK = {"throughput", "tls", "h2", "churn"}
 
 # --quick: every phase of the default run, briefly and with smaller tables, to check that the script works.
-QUICK = {"duration": 1, "rounds": 1, "fixed_duration": 1, "routes": "1,1000", "tls_routes": "1",
+QUICK = {"duration": 1, "rounds": 1, "tcp_rounds": 1, "fixed_duration": 1, "routes": "1,1000", "tls_routes": "1",
          "reload_routes": "10,1000", "regex_routes": "1000", "reload_trials": 2, "edits": 20, "many_edits": 50,
          "many_edits_routes": 1000, "churn_routes": "100,1000", "churn_changes": 10, "churn_steady": 1,
          "failover_rate": 300, "failover_steady": 1, "failover_down": 2, "failover_after": 4}
@@ -2836,10 +2839,13 @@ def main():
     ap.add_argument("--duration", type=int, default=3, help="seconds per closed-loop run")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=32, help="closed-loop HTTP/1.1 connections")
-    ap.add_argument("--fixed-duration", type=int, default=4)
+    ap.add_argument("--fixed-duration", type=int, default=3)
     ap.add_argument("--reload-trials", type=int, default=5)
     ap.add_argument("--edits", type=int, default=100, help="edits under load in the reload phase")
-    ap.add_argument("--edit-interval", type=float, default=0.05, help="seconds between edits (reload, edits)")
+    ap.add_argument("--edit-interval", type=float, default=0.05, help="seconds between edits (reload phase)")
+    ap.add_argument("--many-edits-interval", type=float, default=0.03,
+                    help="seconds between edits of the edits phase (faster than the source's 50 ms quiet period, "
+                         "as --edit-interval: publishes are paced by the 1 s debounce bound and the table's build)")
     ap.add_argument("--many-edits", type=int, default=1000, help="edits of the edits phase")
     ap.add_argument("--many-edits-routes", type=int, default=10000, help="routes loaded in the edits phase")
     ap.add_argument("--churn-routes", default="1000,10000", help="table sizes for the churn phase")
@@ -2860,6 +2866,8 @@ def main():
     ap.add_argument("--upstream-cpu", type=int, default=None, help="default: the client CPU")
     ap.add_argument("--port", type=int, default=18080, help="first of twenty-three consecutive loopback ports")
     ap.add_argument("--tcp-connections", type=int, default=4, help="concurrent streams of the tcp phase's bulk run")
+    ap.add_argument("--tcp-rounds", type=int, default=2,
+                    help="rounds of the tcp phase (fewer than --rounds: its figures vary little between rounds)")
     ap.add_argument("--only", default=None, metavar="PHASE[,PHASE...]",
                     help=f"phases to run, of {', '.join(PHASES)} (default: {','.join(DEFAULT_PHASES)}); "
                          "'wakeups' compares kernel against user time per request with nginx made slower in user "
