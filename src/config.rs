@@ -142,6 +142,10 @@ pub struct RunArgs {
     /// Data-plane worker threads (default: one per CPU).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// TLS session resumption on HTTPS and TLS listeners: `on` (a session cache and two TLS 1.3 tickets after each
+    /// full handshake) or `off` (every handshake is a full one).
+    #[arg(long, value_enum, default_value_t = crate::tls::Resumption::On, value_name = "on|off")]
+    pub tls_resumption: crate::tls::Resumption,
     /// Seconds the listeners keep accepting after SIGTERM while /readyz answers 503, so load balancers take this
     /// instance out before it stops accepting (SIGINT skips it).
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]

@@ -266,6 +266,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         store.set_request_metrics(request_metrics.clone());
     }
     portcullis::proxy::observe::set_server_header(&args.observe.server_header)?;
+    portcullis::tls::set_resumption(args.tls_resumption);
     portcullis::proxy::observe::start_access_log(
         args.observe.access_log,
         args.observe.access_log_query,

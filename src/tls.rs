@@ -18,7 +18,7 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 use std::any::Any;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Why certificate material was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -153,6 +153,25 @@ impl TlsAccept for CaptureHandshake {
     }
 }
 
+/// TLS session resumption on the listeners that terminate TLS (`--tls-resumption`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Resumption {
+    /// rustls's defaults: a cache of 256 sessions per listener and two TLS 1.3 tickets (session ids) sent after
+    /// each full handshake, so a returning client can skip the certificate and key exchange.
+    #[default]
+    On,
+    /// No session cache and no tickets: every handshake is a full one (as nginx with `ssl_session_tickets off`
+    /// and no `ssl_session_cache`), and no handshake pays for tickets a client may never use.
+    Off,
+}
+
+static RESUMPTION: OnceLock<Resumption> = OnceLock::new();
+
+/// Sets the session resumption of this process's TLS listeners. Later calls change nothing.
+pub fn set_resumption(r: Resumption) {
+    let _ = RESUMPTION.set(r);
+}
+
 /// Builds the acceptor of one TLS listener: SNI certificate selection, HTTP/2 and HTTP/1.1 by ALPN when `http`
 /// (HTTPS listeners; a TLS listener that terminates for TCP backends offers no ALPN), and client certificate
 /// validation when configured.
@@ -175,7 +194,15 @@ pub fn acceptor(tls: &ListenerTls, http: bool) -> Result<Acceptor, TlsError> {
     if let Some(v) = &tls.client_validation {
         settings.set_client_cert_verifier(client_verifier(v)?);
     }
-    Ok(settings.build())
+    let mut acceptor = settings.build();
+    if RESUMPTION.get() == Some(&Resumption::Off) {
+        // Pingora's TlsSettings has no setting for it: the built configuration is copied and changed.
+        let mut config = (**acceptor.acceptor.config()).clone();
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        acceptor.acceptor = Arc::new(config).into();
+    }
+    Ok(acceptor)
 }
 
 fn client_verifier(v: &ClientValidation) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {

@@ -622,3 +622,87 @@ spec:
     .await??;
     Ok(())
 }
+
+/// Two HTTP/1.1 requests over TLS 1.3 on new connections with one client configuration (so one client session
+/// cache): the kind of the second handshake, full or resumed.
+fn second_handshake_kind(port: u16, ca_pem: &str) -> Result<rustls::HandshakeKind> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = Arc::new(config);
+    let mut kind = None;
+    for _ in 0..2 {
+        let mut conn = rustls::ClientConnection::new(
+            config.clone(),
+            ServerName::try_from("shop.example.com")?,
+        )?;
+        let mut sock = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+        // The tickets, if any, arrive after the handshake: read the whole answer.
+        write!(
+            tls,
+            "GET / HTTP/1.1\r\nHost: shop.example.com\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut raw = Vec::new();
+        let read = tls.read_to_end(&mut raw);
+        anyhow::ensure!(
+            String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"),
+            "no 200 over TLS ({read:?}): {}",
+            String::from_utf8_lossy(&raw)
+        );
+        kind = conn.handshake_kind();
+    }
+    kind.context("no handshake")
+}
+
+#[tokio::test]
+async fn tls_session_resumption_can_be_switched_off() -> Result<()> {
+    // By default a returning client resumes its TLS 1.3 session (a ticket from the first connection); with
+    // `--tls-resumption off` the server sends no ticket and keeps no session, so every handshake is full.
+    let web = echo("web-7d9f8b6c4-aaaaa", "shop").await?;
+    let ca = ca("test ca")?;
+    let cert = leaf(&ca, &["shop.example.com"])?;
+    let yaml = format!(
+        "{CLASSES}{}{}
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: shop, namespace: shop}}
+spec:
+  tls: [{{hosts: [shop.example.com], secretName: shop-tls}}]
+  rules:
+  - host: shop.example.com
+    http:
+      paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}]
+",
+        service_yaml("shop", "web", 80, &[&web]),
+        tls_secret("shop", "shop-tls", &cert),
+    );
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("all.yaml"), yaml)?;
+    for (flags, want) in [
+        (&[][..], rustls::HandshakeKind::Resumed),
+        (
+            &["--tls-resumption", "off"][..],
+            rustls::HandshakeKind::Full,
+        ),
+    ] {
+        let https = free_port();
+        let https_flag = https.to_string();
+        let mut args = vec!["--https-port", &https_flag];
+        args.extend_from_slice(flags);
+        let proxy = Proxy::start(dir.path(), free_port(), &args)?;
+        let ca_pem = ca.pem.clone();
+        let kind =
+            tokio::task::spawn_blocking(move || second_handshake_kind(https, &ca_pem)).await??;
+        assert_eq!(kind, want, "{flags:?}\n{}", proxy.log_text());
+    }
+    Ok(())
+}

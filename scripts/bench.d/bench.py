@@ -296,8 +296,8 @@ NGINX_PROXY = (
     "proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host;"
 )
 
-# Session resumption off (no tickets, no session cache), as on HAProxy and Traefik. Portcullis keeps rustls's
-# defaults (a session cache, two TLS 1.3 tickets per connection); the client never offers a session to anyone.
+# Session resumption off (no tickets, no session cache), as on HAProxy, Traefik and Portcullis
+# (`--tls-resumption off`, see portcullis_argv); the client never offers a session to anyone.
 NGINX_TLS = """  ssl_certificate {cert};
   ssl_certificate_key {key};
   ssl_protocols TLSv1.2 TLSv1.3;
@@ -769,13 +769,14 @@ def portcullis_argv(args, manifests, http_port=None, admin_port=None, extra=()):
     TLS: + 5, admin API: + 9) unless a phase that runs several at once, or beside other listeners, gives its own
     plain and admin ports; `extra` arguments last. No limit of requests per connection, as the nginx configurations
     here (keepalive_requests 1000000), HAProxy and Traefik: with Portcullis's default of 1,000, h2load's fixed-rate
-    connections, which are not reopened, stopped after 1,000 requests each."""
+    connections, which are not reopened, stopped after 1,000 requests each. TLS session resumption off, as on the
+    other proxies (no session cache, no tickets)."""
     http_port = port_of(args, "portcullis") if http_port is None else http_port
     admin_port = port_of(args, "admin") if admin_port is None else admin_port
     return [args.binary, "run", "--manifests", manifests, "--http-port", str(http_port),
             "--https-port", str(port_of(args, "portcullis-tls")), "--bind-address", "127.0.0.1",
             "--admin-addr", f"127.0.0.1:{admin_port}", "--threads", "1",
-            "--shutdown-delay", "0", "--max-requests-per-connection", "0", *extra]
+            "--shutdown-delay", "0", "--max-requests-per-connection", "0", "--tls-resumption", "off", *extra]
 
 
 def portcullis_env(args, level):
