@@ -22,6 +22,15 @@ struct TlsResponse {
     body: String,
 }
 
+/// The certificates of `ca_pem` as a client's trust roots.
+fn roots_of(ca_pem: &str) -> Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c?)?;
+    }
+    Ok(roots)
+}
+
 /// One HTTP/1.1 request over TLS with `sni`, trusting `ca_pem`, offering ALPN h2 and http/1.1.
 fn https_get(
     port: u16,
@@ -31,10 +40,7 @@ fn https_get(
     ca_pem: &str,
     client: Option<&(String, String)>,
 ) -> Result<TlsResponse> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c?)?;
-    }
+    let roots = roots_of(ca_pem)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -106,10 +112,7 @@ fn https_get_h1(
     client: Option<&(String, String)>,
 ) -> Result<TlsResponse> {
     // The server prefers h2 when offered; offer only http/1.1 by asking with a different SNI-less config.
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c?)?;
-    }
+    let roots = roots_of(ca_pem)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -626,10 +629,7 @@ spec:
 /// Two HTTP/1.1 requests over TLS 1.3 on new connections with one client configuration (so one client session
 /// cache): the kind of the second handshake, full or resumed.
 fn second_handshake_kind(port: u16, ca_pem: &str) -> Result<rustls::HandshakeKind> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c?)?;
-    }
+    let roots = roots_of(ca_pem)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
