@@ -99,7 +99,7 @@ impl HttpApp {
         duration: Duration,
     ) {
         let req = session.req_header();
-        let header = |name: &str| {
+        let header = |name: &http::HeaderName| {
             req.headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
@@ -112,12 +112,11 @@ impl HttpApp {
         };
         let tls = session.digest().and_then(|d| d.ssl_digest.as_ref());
         let origin = ctx.entry.as_ref().map(|e| &e.rule.origin);
-        let backend = ctx.upstream().map(|u| u.key.to_string());
         let record = Record {
-            time: jiff::Timestamp::now().to_string(),
+            time: jiff::Timestamp::now(),
             request_id: ctx.request_id.as_deref().unwrap_or(""),
-            trace_id: observe::trace_id(header("traceparent")),
-            client: session.client_addr().map(|a| a.to_string()),
+            trace_id: observe::trace_id(header(&TRACEPARENT)),
+            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
             method: req.method.as_str(),
             authority: std::str::from_utf8(request_host(req)).unwrap_or(""),
             path,
@@ -135,12 +134,12 @@ impl HttpApp {
                 name: &o.name,
                 rule: (o.rule != crate::model::Origin::DEFAULT_BACKEND).then_some(o.rule),
             }),
-            backend,
+            backend: ctx.upstream().map(|u| &u.key),
             upstreams: &ctx.log_attempts,
             retries: ctx.attempts.saturating_sub(1),
             reason: ctx.failure,
-            user_agent: header("user-agent"),
-            referer: header("referer"),
+            user_agent: header(&http::header::USER_AGENT),
+            referer: header(&http::header::REFERER),
         };
         log.log(&record);
     }
@@ -582,6 +581,8 @@ fn apply_request_filters(
 
 /// `x-forwarded-for`, for lookups without parsing the name on every request.
 const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 /// `ip` as text in `buf` (IPv4 written by hand, IPv6 through `Display`), without allocating.
 fn ip_text(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
@@ -721,7 +722,7 @@ impl ProxyHttp for HttpApp {
             let given = session
                 .req_header()
                 .headers
-                .get("x-request-id")
+                .get(X_REQUEST_ID)
                 .and_then(|v| v.to_str().ok())
                 .filter(|v| !v.is_empty());
             ctx.request_id = Some(match given {
