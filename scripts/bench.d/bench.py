@@ -14,7 +14,7 @@ Phases (--only; the first ten are the default run):
    connection per request (h2load with `Connection: close`; the shim newconn.c gives every connection a full
    handshake and times it) and with keep-alive.
 3. h2: HTTP/2 over TLS, several streams per connection (h2load).
-4. churn: at 1,000 and 10,000 routes, a fixed-rate client (loadgen.py) on one route while that route changes 100
+4. churn: at 1,000 and 10,000 routes, a fixed-rate client (loadgen.c) on one route while that route changes 100
    times: Portcullis (file edits), nginx (whole configuration rewritten + `nginx -s reload`), Traefik (file
    provider); latency during churn against steady state, errors, memory of the whole process tree over time.
 5. reload: with 10 and 10,000 routes loaded, how long a file change takes to be served (404 -> 200), and whether
@@ -22,7 +22,7 @@ Phases (--only; the first ten are the default run):
 6. edits: 1,000 route edits at 10,000 routes under wrk: non-2xx, socket errors, RSS at the first edit, the middle
    one and after the last.
 7. failover: three endpoints (one-process nginx) behind Portcullis, then behind nginx with the same policy, under a
-   fixed-rate client (loadgen.py): one endpoint killed (SIGKILL) and started again, then one stopped (SIGSTOP:
+   fixed-rate client (loadgen.c): one endpoint killed (SIGKILL) and started again, then one stopped (SIGSTOP:
    connections accepted, nothing answered) and resumed; per window: requests, non-2xx, socket errors, latency,
    retries, ejections, and how long after its return the failed endpoint answered again through the proxy.
 8. observe: CPU per request with request metrics off, per label mode, and with the JSON access log.
@@ -1665,20 +1665,34 @@ def group_cpu_ticks(pids):
 
 
 class MemorySampler(threading.Thread):
-    """Every `interval` s, the summed RSS and PSS and the number of processes of a process group (the proxy and
-    every process it forked: nginx's old workers that are still finishing count too)."""
+    """Every `interval` s, the summed RSS and the number of processes of a process group (the proxy and every
+    process it forked: nginx's old workers that are still finishing count too); every `pss_every`-th sample also
+    the PSS (None in the others). PSS is read from smaps_rollup, which walks the process's page tables under its
+    memory-map lock: read 10 times a second, it raised Portcullis's p99 at 10,000 routes from 0.5-1.3 ms to
+    2.0-2.6 ms in three A/B pairs (docs/benchmarks.md, "A client that can see a stall"). RSS comes from
+    /proc/<pid>/status, a counter."""
 
-    def __init__(self, proc, interval=0.1):
+    def __init__(self, proc, interval=0.1, pss_every=10):
         super().__init__(daemon=True)
         self.proc = proc
         self.interval = interval
-        self.samples = []  # (monotonic s, RSS kB, PSS kB, processes)
+        self.pss_every = pss_every
+        self.samples = []  # (monotonic s, RSS kB, PSS kB or None, processes)
         self.done = threading.Event()
 
     def run(self):
+        # Lowest priority (nice is per thread on Linux): on the client's CPU, the client and the upstream wake up
+        # ahead of this thread's scans of /proc.
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError:
+            pass
+        i = 0
         while not self.done.is_set():
             pids = pids_of(self.proc)
-            self.samples.append((time.monotonic(), mem_kb(pids, "VmRSS"), pss_kb(pids), len(pids)))
+            pss = pss_kb(pids) if i % self.pss_every == 0 else None
+            self.samples.append((time.monotonic(), mem_kb(pids, "VmRSS"), pss, len(pids)))
+            i += 1
             self.done.wait(self.interval)
 
     def stop(self):
@@ -1693,6 +1707,14 @@ class MemorySampler(threading.Thread):
 
     def between(self, t0, t1):
         return [s for s in self.samples if t0 <= s[0] <= t1] or self.samples[-1:]
+
+    def pss_between(self, t0, t1):
+        """The PSS samples (kB) in [t0, t1], or the last one taken before t1 when none falls inside."""
+        inside = [s[2] for s in self.samples if t0 <= s[0] <= t1 and s[2] is not None]
+        if inside:
+            return inside
+        before = [s[2] for s in self.samples if s[0] <= t1 and s[2] is not None]
+        return before[-1:] or [0]
 
 
 def self_cpu_ticks():
@@ -2049,7 +2071,7 @@ def failover_run(args, tmp, name, port, proc, endpoints, endpoint_ports, admin_p
     access = f"{tmp}/{'portcullis-failover.log' if name == 'portcullis' else 'nginx-failover.access'}"
     errlog = f"{tmp}/nginx-failover.err"
     total = a.failover_steady + 2 * (a.failover_down + a.failover_after)
-    argv = ["taskset", "-c", str(a.client_cpu), sys.executable, LOADGEN, "--port", str(port), "--host",
+    argv = ["taskset", "-c", str(a.client_cpu), args.loadgen, "--port", str(port), "--host",
             FAILOVER_HOST, "--path", "/", "--rate", str(a.failover_rate), "--connections", "16", "--duration",
             str(total + 60), "--log", logf]
     marks = []  # (window name, wall time it starts, counters then)
@@ -2072,7 +2094,7 @@ def failover_run(args, tmp, name, port, proc, endpoints, endpoint_ports, admin_p
     try:
         first = client.stdout.readline().decode(errors="replace")
         if not first.startswith('{"started"'):
-            raise SystemExit(f"loadgen.py did not start: {first.strip()}")
+            raise SystemExit(f"the load generator (loadgen.c) did not start: {first.strip()}")
         wall_load = json.loads(first)["started"]
         time.sleep(max(0.0, wall_load - time.time()) + 0.5)
         mark("before")
@@ -2184,7 +2206,7 @@ def print_failover(out, args, results):
     out.append("")
     out.append(
         f"### Failover: three endpoints under a fixed {args.failover_rate:,} req/s (16 keep-alive connections, "
-        f"scripts/bench.d/loadgen.py); endpoint 0 killed (SIGKILL) and started again {args.failover_down:g} s "
+        f"scripts/bench.d/loadgen.c); endpoint 0 killed (SIGKILL) and started again {args.failover_down:g} s "
         f"later, then endpoint 1 stopped (SIGSTOP: connections accepted, nothing answered) and resumed "
         f"{args.failover_down:g} s later; {args.failover_after:g} s after each return"
     )
@@ -2243,7 +2265,6 @@ def print_failover(out, args, results):
 # provider), each under a fixed-rate client
 # ----------------------------------------------------------------------------------------------------------------
 
-LOADGEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "loadgen.py")
 
 
 class NginxReloader(threading.Thread):
@@ -2288,7 +2309,7 @@ class NginxReloader(threading.Thread):
 
 
 def loadgen_results(out, logf):
-    """loadgen.py's summary (the JSON line it prints last) and its per-request records (four integers a line in
+    """loadgen.c's summary (the JSON line it prints last) and its per-request records (four integers a line in
     `logf`; none when the file is missing)."""
     summary = {}
     for line in out.splitlines():
@@ -2328,7 +2349,7 @@ def churn_run(args, tmp, t, change, how, finish=None):
     changes = args.churn_changes
     logf = f"{tmp}/churn-{t.name}.log"
     bound = args.churn_steady + changes * args.churn_interval + 180
-    argv = ["taskset", "-c", str(args.client_cpu), sys.executable, LOADGEN, "--port", str(t.port), "--host", HOT,
+    argv = ["taskset", "-c", str(args.client_cpu), args.loadgen, "--port", str(t.port), "--host", HOT,
             "--path", "/hot", "--rate", str(args.churn_rate), "--connections", "16", "--duration", str(bound),
             "--log", logf]
     mem = MemorySampler(t.proc)
@@ -2338,7 +2359,7 @@ def churn_run(args, tmp, t, change, how, finish=None):
     first = client.stdout.readline().decode(errors="replace")  # {"started": ...} once the client runs
     if not first.startswith('{"started"'):
         client.kill()
-        raise SystemExit(f"loadgen.py did not start: {first.strip()}")
+        raise SystemExit(f"the load generator (loadgen.c) did not start: {first.strip()}")
     wall_load = json.loads(first)["started"]
     m_load = time.monotonic() + (wall_load - time.time())
     time.sleep(max(0.0, wall_load - time.time()) + args.churn_steady)
@@ -2390,8 +2411,8 @@ def churn_run(args, tmp, t, change, how, finish=None):
         "rss_steady": statistics.median(s[1] for s in steady_mem) / 1024,
         "rss_peak": max(s[1] for s in churn_mem) / 1024,
         "rss_end": mem.samples[-1][1] / 1024,
-        "pss_steady": statistics.median(s[2] for s in steady_mem) / 1024,
-        "pss_peak": max(s[2] for s in churn_mem) / 1024,
+        "pss_steady": statistics.median(mem.pss_between(m_load + 0.5, m_churn)) / 1024,
+        "pss_peak": max(mem.pss_between(m_churn, time.monotonic())) / 1024,
         "procs_max": max(s[3] for s in churn_mem),
     }
 
@@ -2458,7 +2479,7 @@ def print_churn(out, args, results):
         out.append(
             f"### Configuration churn, {n:,} routes: {args.churn_changes} changes of one route "
             f"{int(args.churn_interval * 1000)} ms apart under a fixed {args.churn_rate:,} req/s (16 keep-alive "
-            f"connections, scripts/bench.d/loadgen.py) on that route; {args.churn_steady} s of steady state first"
+            f"connections, scripts/bench.d/loadgen.c) on that route; {args.churn_steady} s of steady state first"
         )
         out.append("")
         out.append("| proxy | a change is | steady p50 / p99 / max us | during churn p50 / p99 / max us | "
@@ -2820,6 +2841,14 @@ QUICK = {"duration": 1, "rounds": 1, "tcp_rounds": 1, "fixed_duration": 1, "rout
          "failover_rate": 300, "failover_steady": 1, "failover_down": 2, "failover_after": 4}
 
 
+def build_loadgen(tmp):
+    """Compiles the fixed-rate client of the churn and failover phases (loadgen.c, next to this file)."""
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "loadgen.c")
+    exe = f"{tmp}/loadgen"
+    subprocess.run(["cc", "-O2", "-o", exe, src], check=True)
+    return exe
+
+
 def build_newconn_lib(tmp):
     """Compiles the TLS shim for h2load (newconn.c, next to this file)."""
     src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "newconn.c")
@@ -2916,6 +2945,9 @@ def main():
         raise SystemExit("the gRPC phase needs --echo-server (scripts/bench builds proto-conformance's echo-server)")
     if args.upstream_cpu is None:
         args.upstream_cpu = args.client_cpu
+    # This script's own threads (memory samplers, edit writers, pollers) stay off the proxies' CPU; the threads it
+    # starts later inherit this, the processes it starts are pinned on their own.
+    os.sched_setaffinity(0, {args.client_cpu})
     for port in range(args.port, args.port + 23):
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
@@ -2942,6 +2974,8 @@ def main():
         if {"tls", "h2"} & set(args.phases):
             args.cert = make_certificate(tmp)
             args.newconn_lib = build_newconn_lib(tmp)
+        if {"churn", "failover"} & set(args.phases):
+            args.loadgen = build_loadgen(tmp)
         upstream = start_upstream(args, tmp)
         for phase in args.phases:
             t0 = time.monotonic()
