@@ -621,6 +621,7 @@ mod tests {
             timeouts: Timeouts::default(),
             retry: None,
             grpc: false,
+            session: None,
         }
     }
 

@@ -207,6 +207,12 @@ fn judge(rules: &[(&HostPattern, &HttpRule)], host: &HostPattern) -> Verdict {
     if group.backends.len() != 1 {
         return No("a canary".into());
     }
+    if main.session.is_some() {
+        return No(
+            "affinity: cookie (session persistence): migrate does not write a rule's sessionPersistence yet"
+                .into(),
+        );
+    }
     match main.filters.as_slice() {
         [] => Verdict::Equivalent,
         [Filter::Policy(p)] => {

@@ -18,6 +18,7 @@ pub mod observe;
 pub mod passthrough;
 pub mod path;
 pub mod policy;
+pub mod sticky;
 pub mod tcp;
 pub mod udp;
 pub mod upstream;

@@ -305,6 +305,8 @@ pub struct CompiledRule {
     pub stats: Option<RouteStats>,
     /// Local answers go to gRPC clients as gRPC statuses ([`crate::model::HttpRule::grpc`]).
     pub grpc: bool,
+    /// Session persistence of the rule.
+    pub session: Option<Box<crate::model::SessionPersistence>>,
 }
 
 /// A request mirror ready to use.
@@ -446,12 +448,23 @@ impl WeightedBackends {
 
     /// Picks a backend in proportion to the weights (with its index); `None` when every weight is 0.
     pub fn pick(&self) -> Option<(usize, &CompiledBackend)> {
+        self.pick_by(|total| fastrand::u64(0..total))
+    }
+
+    /// Picks a backend in proportion to the weights, the same one for the same `key` while the weights are
+    /// unchanged (a balanced session's key).
+    pub fn pick_for_key(&self, key: u64) -> Option<(usize, &CompiledBackend)> {
+        self.pick_by(|total| key % total)
+    }
+
+    /// `draw` gets the total weight (never 0) and returns a point below it.
+    fn pick_by(&self, draw: impl FnOnce(u64) -> u64) -> Option<(usize, &CompiledBackend)> {
         let i = match self.backends.len() {
             0 => return None,
             1 if self.total > 0 => 0,
             _ if self.total == 0 => return None,
             _ => {
-                let r = fastrand::u64(0..self.total);
+                let r = draw(self.total);
                 self.cumulative.partition_point(|&c| c <= r)
             }
         };
@@ -755,6 +768,7 @@ fn compile_rule(
         }),
         stats,
         grpc: rule.grpc,
+        session: rule.session.clone(),
     }))
 }
 

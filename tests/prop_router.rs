@@ -182,6 +182,7 @@ fn build_model(t: &Table) -> Model {
         timeouts: Default::default(),
         retry: None,
         grpc: false,
+        session: None,
     };
     let mut listeners = Vec::new();
     for (li, l) in t.listeners.iter().enumerate() {

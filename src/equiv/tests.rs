@@ -32,6 +32,7 @@ fn rule(kind: OriginKind, name: &str, path: PathMatch, backends: &[(&str, u32)])
         timeouts: Timeouts::default(),
         retry: None,
         grpc: false,
+        session: None,
     }
 }
 

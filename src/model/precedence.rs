@@ -278,6 +278,7 @@ mod tests {
             timeouts: Default::default(),
             retry: None,
             grpc: false,
+            session: None,
         }
     }
 

@@ -102,6 +102,107 @@ pub struct HttpRule {
     /// (no backend, timeouts) go to gRPC clients as gRPC statuses instead of HTTP error pages.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub grpc: bool,
+    /// Session persistence: the requests of one client session go to one endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<Box<SessionPersistence>>,
+}
+
+/// Session persistence (HTTPRoute and GRPCRoute `sessionPersistence`, ingress-nginx `affinity: cookie`). A session
+/// key travels in a cookie or a header; the proxy issues one with the first response of a session and routes every
+/// request that carries it to the same backend and endpoint while that endpoint is ready. Keys name endpoints in a
+/// way every proxy replica computes alike, so a session survives a change of node (DaemonSet) and a restart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SessionPersistence {
+    /// Where the key travels.
+    pub carrier: SessionCarrier,
+    /// How a key maps to an endpoint.
+    pub mode: StickyMode,
+    /// When the session's endpoint fails (or is out of rotation) and the request goes elsewhere, the client gets
+    /// a key for the new endpoint (ingress-nginx `session-cookie-change-on-failure`); otherwise it keeps its key and
+    /// returns to its endpoint once that is ready again.
+    pub change_on_failure: bool,
+}
+
+/// Where a session key travels.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "type")]
+pub enum SessionCarrier {
+    /// A cookie the proxy sets.
+    Cookie(SessionCookie),
+    /// A header: the proxy sends it on the response that starts a session, the client repeats it on requests.
+    Header {
+        /// The header name (lowercase).
+        name: String,
+    },
+}
+
+impl SessionCarrier {
+    /// The cookie or header name.
+    pub fn name(&self) -> &str {
+        match self {
+            SessionCarrier::Cookie(c) => &c.name,
+            SessionCarrier::Header { name } => name,
+        }
+    }
+}
+
+/// How a session key maps to an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum StickyMode {
+    /// The key names one endpoint: a session stays on it as long as it exists (ingress-nginx `affinity-mode:
+    /// persistent`, and Gateway API session persistence). New endpoints get new sessions only.
+    Persistent,
+    /// The key is random and placed on the endpoints by consistent hashing (ingress-nginx's default `balanced`):
+    /// when endpoints are added, a share of the sessions moves to them; when one goes, only its sessions move.
+    Balanced,
+}
+
+/// The cookie that carries a session key. Attributes are as written; `HttpOnly` is always set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SessionCookie {
+    /// Cookie name.
+    pub name: String,
+    /// `Path` (set at translation: as written, or the rule's path).
+    pub path: String,
+    /// `Domain`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// `Max-Age`, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<i64>,
+    /// `Expires`, as seconds from the response's time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<i64>,
+    /// `SameSite`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub same_site: Option<SameSite>,
+    /// `Secure` always (else only on responses to TLS requests, as ingress-nginx does).
+    pub secure: bool,
+    /// `SameSite=None` is left out for user agents known to reject it (ingress-nginx
+    /// `session-cookie-conditional-samesite-none`).
+    pub conditional_same_site_none: bool,
+}
+
+/// A cookie's `SameSite` attribute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum SameSite {
+    /// `SameSite=None`.
+    None,
+    /// `SameSite=Lax`.
+    Lax,
+    /// `SameSite=Strict`.
+    Strict,
+}
+
+impl SameSite {
+    /// The attribute value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::None => "None",
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+        }
+    }
 }
 
 /// HTTPRoute `timeouts`, in milliseconds. `None` means no timeout.

@@ -22,11 +22,15 @@ use super::edge::{self, EdgeSettings};
 use super::mirror::{MirrorBodies, Mirrors};
 use super::observe::{self, Attempt, Failure, Record, RouteRef};
 use super::policy;
+use super::sticky;
 use super::upstream::{BackendId, Tried, Upstream};
 use crate::metrics::request::{Handles, UpstreamResult};
-use crate::model::{Cors, Filter, HashOn, HeaderModifier, PathModifier, Redirect};
+use crate::model::{
+    Cors, Filter, HashOn, HeaderModifier, PathModifier, Redirect, SessionPersistence, StickyMode,
+};
 use crate::router::{
     normalize_host, CompiledAction, CompiledBackend, Lookup, RequestParts, RouteEntry, Target,
+    WeightedBackends,
 };
 use crate::snapshot::{Snapshot, Store};
 use crate::tls::HandshakeInfo;
@@ -177,10 +181,17 @@ impl HttpApp {
             CompiledAction::Redirect(rd) => return Err(redirect(rd)),
             CompiledAction::Forward(w) => w,
         };
-        // ingress-nginx policy hook: a canary decision picks the backend instead of the weights.
-        let picked = match ctx.policy.forced_backend {
-            Some(i) => w.backends().get(i).map(|b| (i, b)),
-            None => w.pick(),
+        let sticky = entry.rule.session.as_deref();
+        let incoming = sticky.and_then(|s| sticky::request_key(req, &s.carrier));
+        // ingress-nginx policy hook: a canary decision picks the backend instead of the weights; then a session's
+        // key does (the backend of its endpoint, or its place on the weights).
+        let picked = match (ctx.policy.forced_backend, sticky, incoming) {
+            (Some(i), ..) => w.backends().get(i).map(|b| (i, b)),
+            (None, Some(s), Some(key)) => match s.mode {
+                StickyMode::Persistent => session_backend(snap, w, key).or_else(|| w.pick()),
+                StickyMode::Balanced => w.pick_for_key(key),
+            },
+            _ => w.pick(),
         };
         let (index, b) = picked.ok_or((500, None))?;
         if let Some(rd) = &b.redirect {
@@ -196,9 +207,12 @@ impl HttpApp {
             return Err((500, None));
         }
         let client = client_ip(session);
-        let endpoint = with_hash_key(upstream.hash_on(), req, client, |key| {
-            upstream.select(key, &Tried::default())
-        })
+        let endpoint = match sticky {
+            Some(s) => sticky_endpoint(s, upstream, incoming, req, client, ctx),
+            None => with_hash_key(upstream.hash_on(), req, client, |key| {
+                upstream.select(key, &Tried::default())
+            }),
+        }
         .ok_or((503, None))?;
         ctx.backend = index;
         ctx.upstream = Some(id);
@@ -206,6 +220,119 @@ impl HttpApp {
         ctx.tried.add(endpoint);
         Ok(())
     }
+}
+
+/// The candidate of a rule whose upstream has the endpoint a persistent session key names.
+fn session_backend<'w>(
+    snap: &Snapshot,
+    w: &'w WeightedBackends,
+    key: u64,
+) -> Option<(usize, &'w CompiledBackend)> {
+    w.backends()
+        .iter()
+        .enumerate()
+        .find(|(_, b)| match b.target {
+            Target::Backend(id) => snap
+                .upstreams
+                .get(id)
+                .is_some_and(|u| u.find_session(key).is_some()),
+            Target::Status { .. } => false,
+        })
+}
+
+/// Chooses the first endpoint of a request under session persistence, and notes in `ctx` the session key in use
+/// and the key to hand to the client (a new session, or a session moved because its endpoint is gone or, with
+/// `change_on_failure`, out of rotation).
+fn sticky_endpoint(
+    s: &SessionPersistence,
+    upstream: &Upstream,
+    incoming: Option<u64>,
+    req: &RequestHeader,
+    client: Option<IpAddr>,
+    ctx: &mut Ctx,
+) -> Option<usize> {
+    let none = Tried::default();
+    match s.mode {
+        StickyMode::Persistent => {
+            let known = incoming.and_then(|k| upstream.find_session(k));
+            if let Some(i) = known.filter(|&i| upstream.endpoint_available(i)) {
+                ctx.session_key = incoming;
+                return Some(i);
+            }
+            let i = with_hash_key(upstream.hash_on(), req, client, |key| {
+                upstream.select(key, &none)
+            })?;
+            let key = upstream.endpoint_session_key(i);
+            // A session whose endpoint still exists keeps its key (it returns there once the endpoint is back),
+            // unless the rule moves sessions on failure.
+            if known.is_none() || s.change_on_failure {
+                ctx.session_issue = key;
+                ctx.session_key = key;
+            } else {
+                ctx.session_key = incoming;
+            }
+            Some(i)
+        }
+        StickyMode::Balanced => {
+            let key = incoming.unwrap_or_else(random_key);
+            if incoming.is_none() {
+                ctx.session_issue = Some(key);
+            }
+            ctx.session_key = Some(key);
+            upstream.select_balanced(key, &none)
+        }
+    }
+}
+
+/// Chooses the endpoint of a retry under session persistence: another endpoint, and, when the rule moves sessions
+/// on failure, a key for it handed to the client.
+fn sticky_retry(
+    s: &SessionPersistence,
+    upstream: &Upstream,
+    req: &RequestHeader,
+    client: Option<IpAddr>,
+    ctx: &mut Ctx,
+) -> Option<usize> {
+    let none = Tried::default();
+    match s.mode {
+        StickyMode::Persistent => {
+            let i = with_hash_key(upstream.hash_on(), req, client, |key| {
+                upstream
+                    .select(key, &ctx.tried)
+                    .or_else(|| upstream.select(key, &none))
+            })?;
+            if s.change_on_failure || ctx.session_issue.is_some() {
+                ctx.session_issue = upstream.endpoint_session_key(i);
+                ctx.session_key = ctx.session_issue;
+            }
+            Some(i)
+        }
+        StickyMode::Balanced => {
+            let key = ctx.session_key.unwrap_or_else(random_key);
+            if s.change_on_failure || ctx.session_issue.is_some() {
+                // A new key that lands on an endpoint this request has not tried (a few draws; then any).
+                for _ in 0..8 {
+                    let k = random_key();
+                    if let Some(i) = upstream
+                        .select_balanced(k, &ctx.tried)
+                        .filter(|&i| !ctx.tried.contains(i))
+                    {
+                        ctx.session_issue = Some(k);
+                        ctx.session_key = Some(k);
+                        return Some(i);
+                    }
+                }
+            }
+            upstream
+                .select_balanced(key, &ctx.tried)
+                .or_else(|| upstream.select_balanced(key, &none))
+        }
+    }
+}
+
+/// A random session key.
+fn random_key() -> u64 {
+    fastrand::u64(..)
 }
 
 /// The SNI of a TLS connection, as the handshake recorded it.
@@ -233,6 +360,10 @@ pub struct Ctx {
     endpoint: Option<usize>,
     /// Endpoints tried so far.
     tried: Tried,
+    /// The session key in use, under session persistence.
+    session_key: Option<u64>,
+    /// The session key to hand to the client with the response.
+    session_issue: Option<u64>,
     /// Attempts made so far (1 on the first try).
     attempts: u32,
     /// The current attempt's connection failed (nothing was sent).
@@ -849,11 +980,15 @@ impl ProxyHttp for HttpApp {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
             let client = client_ip(session);
-            let next = with_hash_key(upstream.hash_on(), session.req_header(), client, |key| {
-                upstream
-                    .select(key, &ctx.tried)
-                    .or_else(|| upstream.select(key, &Tried::default()))
-            });
+            let sticky = ctx.entry.as_ref().and_then(|e| e.rule.session.clone());
+            let next = match sticky.as_deref() {
+                Some(s) => sticky_retry(s, &upstream, session.req_header(), client, ctx),
+                None => with_hash_key(upstream.hash_on(), session.req_header(), client, |key| {
+                    upstream
+                        .select(key, &ctx.tried)
+                        .or_else(|| upstream.select(key, &Tried::default()))
+                }),
+            };
             if let Some(i) = next {
                 ctx.endpoint = Some(i);
                 ctx.tried.add(i);
@@ -1030,7 +1165,7 @@ impl ProxyHttp for HttpApp {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -1067,6 +1202,16 @@ impl ProxyHttp for HttpApp {
         // ingress-nginx policy hook: CORS headers, external auth cookies.
         if let Some(p) = &entry.rule.policy {
             policy::response(p, &ctx.policy, resp)?;
+        }
+        if let (Some(key), Some(s)) = (ctx.session_issue, entry.rule.session.as_deref()) {
+            let ua = session
+                .req_header()
+                .headers
+                .get(http::header::USER_AGENT)
+                .map(|v| v.as_bytes());
+            if let Some((name, value)) = sticky::response_header(&s.carrier, key, self.tls, ua) {
+                resp.append_header(name, value)?;
+            }
         }
         Ok(())
     }

@@ -92,6 +92,12 @@ pub struct Upstream {
     pub label: Box<str>,
     endpoints: Box<[Arc<EndpointState>]>,
     selector: Selector,
+    /// Each endpoint's persistent session key ([`session_key`]), in endpoint order.
+    session_keys: Box<[u64]>,
+    /// The endpoints by persistent session key: (key, endpoint index), sorted.
+    by_session_key: Box<[(u64, u32)]>,
+    /// The Ketama ring balanced sessions are placed on, built at the first such session.
+    session_ring: OnceLock<Arc<KetamaHashing>>,
     /// TLS to the endpoints (BackendTLSPolicy), or why it cannot be configured (requests then get 500).
     tls: Result<Option<Arc<UpstreamTls>>, Box<str>>,
     /// Counters since this backend (this key) was first seen.
@@ -215,6 +221,49 @@ impl Tried {
     }
 }
 
+/// The endpoints as pingora-load-balancing backends, each tied to its index and state by its `ext`.
+fn lb_set(endpoints: &[Arc<EndpointState>]) -> BTreeSet<LbBackend> {
+    endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let mut ext = http::Extensions::new();
+            ext.insert(EpRef {
+                index: i as u32,
+                state: Arc::clone(e),
+            });
+            LbBackend {
+                addr: PingoraAddr::Inet(e.addr),
+                weight: 1,
+                ext,
+            }
+        })
+        .collect()
+}
+
+/// The persistent session key of endpoint `addr` of backend `label` (`namespace/name:port`): FNV-1a (64 bits) of
+/// the two. A pure function of the backend and the address, so every replica and every restart computes the same
+/// key, and a session follows its endpoint for as long as it exists.
+pub fn session_key(label: &str, addr: SocketAddr) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(PRIME);
+        }
+    };
+    eat(label.as_bytes());
+    eat(b"|");
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) => eat(&ip.octets()),
+        std::net::IpAddr::V6(ip) => eat(&ip.octets()),
+    }
+    eat(&addr.port().to_be_bytes());
+    h
+}
+
 /// What ties a pingora-load-balancing [`LbBackend`] to our endpoint: stored in its `ext`.
 #[derive(Clone, Debug)]
 struct EpRef {
@@ -250,22 +299,7 @@ impl Upstream {
                 e.active_healthy.store(true, Ordering::Relaxed);
             }
         }
-        let set: BTreeSet<LbBackend> = endpoints
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                let mut ext = http::Extensions::new();
-                ext.insert(EpRef {
-                    index: i as u32,
-                    state: Arc::clone(e),
-                });
-                LbBackend {
-                    addr: PingoraAddr::Inet(e.addr),
-                    weight: 1,
-                    ext,
-                }
-            })
-            .collect();
+        let set = lb_set(&endpoints);
         let selector = match &spec.policy.load_balancing {
             LoadBalancing::RoundRobin => {
                 Selector::RoundRobin(Arc::new(BackendSelection::build(&set)))
@@ -288,12 +322,26 @@ impl Upstream {
             Ok(t) => Ok(t.map(Arc::new)),
             Err(e) => Err(format!("backend TLS cannot be configured: {e}").into()),
         };
+        let label: Box<str> = format!("{}/{}:{}", spec.namespace, spec.name, spec.port).into();
+        let session_keys: Box<[u64]> = endpoints
+            .iter()
+            .map(|e| session_key(&label, e.addr))
+            .collect();
+        let mut by_session_key: Vec<(u64, u32)> = session_keys
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| (k, i as u32))
+            .collect();
+        by_session_key.sort_unstable();
         Upstream {
             key: key.clone(),
             spec: spec.clone(),
-            label: format!("{}/{}:{}", spec.namespace, spec.name, spec.port).into(),
+            label,
             endpoints,
             selector,
+            session_keys,
+            by_session_key: by_session_key.into_boxed_slice(),
+            session_ring: OnceLock::new(),
             tls,
             stats: previous.map(|p| Arc::clone(&p.stats)).unwrap_or_default(),
             checker: None,
@@ -358,6 +406,40 @@ impl Upstream {
             Selector::Hash(s, _) => self.walk(s.iter(hash_key), tried),
             Selector::LeastRequest(s) => self.walk(s.iter(hash_key), tried),
         }
+    }
+
+    /// The persistent session key of endpoint `i`.
+    #[inline]
+    pub fn endpoint_session_key(&self, i: usize) -> Option<u64> {
+        self.session_keys.get(i).copied()
+    }
+
+    /// The endpoint a persistent session key names, if it is one of this backend's.
+    #[inline]
+    pub fn find_session(&self, key: u64) -> Option<usize> {
+        let i = self
+            .by_session_key
+            .binary_search_by_key(&key, |&(k, _)| k)
+            .ok()?;
+        self.by_session_key.get(i).map(|&(_, e)| e as usize)
+    }
+
+    /// Is endpoint `i` in rotation?
+    #[inline]
+    pub fn endpoint_available(&self, i: usize) -> bool {
+        self.endpoints
+            .get(i)
+            .is_some_and(|e| e.available(&mut None))
+    }
+
+    /// Places a balanced session's key on the endpoints by Ketama consistent hashing (the same key gives the same
+    /// endpoint while the endpoint set is unchanged, on every replica), skipping endpoints out of rotation and
+    /// those in `tried` as [`Upstream::select`] does.
+    pub fn select_balanced(&self, key: u64, tried: &Tried) -> Option<usize> {
+        let ring = self
+            .session_ring
+            .get_or_init(|| Arc::new(KetamaHashing::build(&lb_set(&self.endpoints))));
+        self.walk(ring.iter(&key.to_be_bytes()), tried)
     }
 
     fn walk(&self, mut it: impl BackendIter, tried: &Tried) -> Option<usize> {
@@ -661,6 +743,71 @@ mod tests {
             listeners: Vec::new(),
             backends: backends.into_iter().collect(),
         }
+    }
+
+    #[test]
+    fn persistent_session_keys_name_endpoints_across_rebuilds() {
+        let (k, s) = spec(&[1, 2, 3], BackendPolicy::default());
+        let a = Upstream::new(&k, &s, None);
+        // The key is a pure function of backend and address: pinned, so replicas and versions agree.
+        let addr: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        assert_eq!(
+            session_key("ns/svc:80", addr),
+            session_key("ns/svc:80", addr)
+        );
+        assert_ne!(
+            session_key("ns/svc:80", addr),
+            session_key("ns/other:80", addr)
+        );
+        for i in 0..3 {
+            let key = a.endpoint_session_key(i).unwrap();
+            assert_eq!(a.find_session(key), Some(i));
+        }
+        assert_eq!(a.find_session(12345), None);
+        // Endpoint 2 gone, one added: the others keep their keys, the gone one's key names nothing.
+        let key_of_2 = a.endpoint_session_key(1).unwrap();
+        let key_of_3 = a.endpoint_session_key(2).unwrap();
+        let (k2, s2) = spec(&[3, 1, 4], BackendPolicy::default());
+        let b = Upstream::new(&k2, &s2, Some(&a));
+        assert_eq!(b.find_session(key_of_3), Some(0));
+        assert_eq!(b.find_session(key_of_2), None);
+    }
+
+    #[test]
+    fn balanced_sessions_move_only_when_their_endpoint_goes() {
+        let (k, s) = spec(&[1, 2, 3, 4], BackendPolicy::default());
+        let a = Upstream::new(&k, &s, None);
+        let keys: Vec<u64> = (0..400u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect();
+        let port = |u: &Upstream, key: u64| {
+            let i = u.select_balanced(key, &Tried::default()).unwrap();
+            u.endpoint(i).unwrap().addr.port()
+        };
+        let before: Vec<u16> = keys.iter().map(|&k| port(&a, k)).collect();
+        // Stable for the same endpoints, spread over all of them.
+        assert_eq!(
+            before,
+            keys.iter().map(|&k| port(&a, k)).collect::<Vec<_>>()
+        );
+        for p in 1..=4 {
+            let n = before.iter().filter(|&&b| b == p).count();
+            assert!(n > 40, "endpoint {p} got {n} of 400 sessions");
+        }
+        // Endpoint 4 goes: only its sessions move.
+        let (k3, s3) = spec(&[1, 2, 3], BackendPolicy::default());
+        let b = Upstream::new(&k3, &s3, Some(&a));
+        for (&key, &was) in keys.iter().zip(&before) {
+            let now = port(&b, key);
+            if was != 4 {
+                assert_eq!(now, was, "a session on a remaining endpoint moved");
+            }
+        }
+        // A tried endpoint is skipped.
+        let first = a.select_balanced(keys[0], &Tried::default()).unwrap();
+        let mut tried = Tried::default();
+        tried.add(first);
+        assert_ne!(a.select_balanced(keys[0], &tried), Some(first));
     }
 
     #[test]

@@ -126,6 +126,22 @@ fn translate_rule(
     };
     httproute::warn_unresolved_mirrors(&rf.filters, &field, object, diags, report);
     let action = httproute::forward_action(rf.unsupported, &brefs, &field, &rcx, diags, report);
+    // GRPCRoute's sessionPersistence has HTTPRoute's shape.
+    let session = r
+        .session_persistence
+        .as_ref()
+        .map(|sp| recast(sp).ok_or_else(|| format!("{field}.sessionPersistence: unreadable")))
+        .transpose()
+        .and_then(|sp| {
+            httproute::session_persistence(sp.as_ref(), &matches, &field, object, diags)
+        });
+    let session = match session {
+        Ok(s) => s,
+        Err(msg) => {
+            httproute::refuse_rule(msg, object, diags, report);
+            return None;
+        }
+    };
     Some(HttpRule {
         origin,
         matches,
@@ -134,6 +150,7 @@ fn translate_rule(
         timeouts: Timeouts::default(),
         retry: None,
         grpc: true,
+        session,
     })
 }
 

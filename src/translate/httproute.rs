@@ -16,15 +16,17 @@ use crate::k8s::gw::types::{
     HttpRouteRulesFiltersUrlRewrite, HttpRouteRulesFiltersUrlRewritePathType as RewritePathType,
     HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType as HeaderType,
     HttpRouteRulesMatchesMethod as Method, HttpRouteRulesMatchesPathType as PathType,
-    HttpRouteRulesMatchesQueryParamsType as QueryType,
+    HttpRouteRulesMatchesQueryParamsType as QueryType, HttpRouteRulesSessionPersistence,
+    HttpRouteRulesSessionPersistenceCookieConfigLifetimeType as LifetimeType,
+    HttpRouteRulesSessionPersistenceType as SessionType,
 };
 use crate::k8s::gw::HTTPRoute;
 use crate::k8s::GATEWAY_GROUP;
 use crate::model::{
     Action, Backend, BackendGroup, BackendKey, BackendProtocol, ClientCertificate, Cors, Filter,
     HeaderMatch, HeaderModifier, HttpRule, Mirror, Origin, OriginKind, PathMatch, PathModifier,
-    QueryParamMatch, Redirect, Retry, RouteMatch, ServiceBackend, StringMatch, Timeouts,
-    WeightedBackend,
+    QueryParamMatch, Redirect, Retry, RouteMatch, ServiceBackend, SessionCarrier, SessionCookie,
+    SessionPersistence, StickyMode, StringMatch, Timeouts, WeightedBackend,
 };
 use crate::source::{Input, ObjectRef};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -197,6 +199,7 @@ fn translate_rule(
             timeouts: parts.timeouts,
             retry: parts.retry,
             grpc: false,
+            session: parts.session,
         }),
         Err(msg) => {
             refuse_rule(msg, object, diags, report);
@@ -223,6 +226,7 @@ struct RuleParts {
     action: Action,
     timeouts: Timeouts,
     retry: Option<Retry>,
+    session: Option<Box<SessionPersistence>>,
 }
 
 /// The parts of an HTTPRoute rule, or why the rule is refused as a whole.
@@ -272,6 +276,7 @@ fn build_rule(
                 action: Action::Redirect(rd),
                 timeouts: rule_timeouts(r, field, diags, object)?,
                 retry: rule_retry(r, field)?,
+                session: None,
             });
         }
     }
@@ -284,12 +289,127 @@ fn build_rule(
         report,
     );
     Ok(RuleParts {
-        matches,
         filters: rf.filters,
-        action,
         timeouts: rule_timeouts(r, field, diags, object)?,
         retry: rule_retry(r, field)?,
+        session: session_persistence(
+            r.session_persistence.as_ref(),
+            &matches,
+            field,
+            object,
+            diags,
+        )?,
+        matches,
+        action,
     })
+}
+
+/// The cookie a rule's session persistence sets when `sessionName` does not name one.
+pub const DEFAULT_SESSION_COOKIE: &str = "portcullis-session";
+/// The header a rule's header-based session persistence uses when `sessionName` does not name one.
+pub const DEFAULT_SESSION_HEADER: &str = "x-portcullis-session";
+
+/// A rule's `sessionPersistence` (HTTPRoute and GRPCRoute), or why the rule is refused. Keys name endpoints
+/// (persistent mode). A cookie's `Path` is the rule's path when all its matches share one literal path, else `/`.
+/// `idleTimeout`, and `absoluteTimeout` of a session cookie or a header, are not enforced (warned).
+pub(super) fn session_persistence(
+    sp: Option<&HttpRouteRulesSessionPersistence>,
+    matches: &[RouteMatch],
+    field: &str,
+    object: &ObjectRef,
+    diags: &mut Diagnostics,
+) -> Result<Option<Box<SessionPersistence>>, String> {
+    let Some(sp) = sp else { return Ok(None) };
+    let field = format!("{field}.sessionPersistence");
+    let header = matches!(sp.r#type, Some(SessionType::Header));
+    let name = match sp.session_name.as_deref() {
+        Some(n) if n.is_empty() || n.len() > 128 || !n.bytes().all(is_token_byte) => {
+            return Err(format!(
+                "{field}.sessionName: {n:?} is not a cookie or header name (1 to 128 token characters)"
+            ))
+        }
+        Some(n) if header => n.to_ascii_lowercase(),
+        Some(n) => n.to_string(),
+        None if header => DEFAULT_SESSION_HEADER.to_string(),
+        None => DEFAULT_SESSION_COOKIE.to_string(),
+    };
+    let timeout = |v: Option<&str>, key: &str| -> Result<Option<u64>, String> {
+        v.map(|t| parse_duration(t).map_err(|e| format!("{field}.{key}: {e}")))
+            .transpose()
+    };
+    let absolute = timeout(sp.absolute_timeout.as_deref(), "absoluteTimeout")?;
+    if timeout(sp.idle_timeout.as_deref(), "idleTimeout")?.is_some() {
+        diags.warning(
+            object,
+            format!("{field}.idleTimeout is not applied: a session ends only by absoluteTimeout or when its endpoint is gone"),
+        );
+    }
+    let permanent = sp
+        .cookie_config
+        .as_ref()
+        .and_then(|c| c.lifetime_type.as_ref())
+        .is_some_and(|t| matches!(t, LifetimeType::Permanent));
+    if permanent && absolute.is_none() {
+        return Err(format!(
+            "{field}: absoluteTimeout must be set when cookieConfig.lifetimeType is Permanent"
+        ));
+    }
+    if absolute.is_some() && (header || !permanent) {
+        diags.warning(
+            object,
+            format!(
+                "{field}.absoluteTimeout is not enforced for a {} (only a Permanent cookie expires)",
+                if header { "session header" } else { "session cookie" }
+            ),
+        );
+    }
+    let carrier = if header {
+        SessionCarrier::Header { name }
+    } else {
+        SessionCarrier::Cookie(SessionCookie {
+            name,
+            path: cookie_path(matches),
+            domain: None,
+            max_age: absolute
+                .filter(|_| permanent)
+                .map(|ms| i64::try_from(ms.div_ceil(1000)).unwrap_or(i64::MAX)),
+            expires: None,
+            same_site: None,
+            secure: false,
+            conditional_same_site_none: false,
+        })
+    };
+    Ok(Some(Box::new(SessionPersistence {
+        carrier,
+        mode: StickyMode::Persistent,
+        change_on_failure: false,
+    })))
+}
+
+/// RFC 9110 token characters (cookie and header names).
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The `Path` of a rule's session cookie: the one literal path all its matches share, else `/`.
+fn cookie_path(matches: &[RouteMatch]) -> String {
+    fn literal(m: &RouteMatch) -> Option<&str> {
+        match &m.path {
+            PathMatch::Exact(p) | PathMatch::Prefix(p) => Some(p.as_str()),
+            PathMatch::RegularExpression(_) => None,
+        }
+    }
+    let first = matches.first().and_then(literal);
+    match first {
+        Some(p)
+            if matches.iter().all(|m| literal(m) == Some(p))
+                && p.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b';' && b != b',') =>
+        {
+            p.to_string()
+        }
+        _ => "/".to_string(),
+    }
 }
 
 /// The matches of an HTTPRoute rule (the spec default when it has none); invalid matches are skipped

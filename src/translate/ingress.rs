@@ -451,6 +451,7 @@ impl HostFacts {
                 timeouts: Timeouts::default(),
                 retry: None,
                 grpc: false,
+                session: None,
             };
             let mut hosts = vec![key.1.clone()];
             hosts.extend(self.alias_hosts(key));
@@ -489,6 +490,7 @@ impl HostFacts {
                 timeouts: Timeouts::default(),
                 retry: None,
                 grpc: false,
+                session: None,
             };
             for k in cx.keys {
                 model.add_rule(*k, None, key.1.clone(), rule.clone());
@@ -725,6 +727,12 @@ pub(crate) fn route_policy(
         (b.load_balance.is_some(), "load-balance"),
         (b.upstream_hash_by.is_some(), "upstream-hash-by"),
     ];
+    if b.affinity.is_some() {
+        anns.findings.push(annotations::Finding::Warn {
+            key: format!("{}/affinity", opts.nginx.annotations_prefix),
+            message: "is not applied on a route: use the rule's sessionPersistence".into(),
+        });
+    }
     for (_, key) in backend_wide.iter().filter(|(on, _)| *on) {
         anns.findings.push(annotations::Finding::Warn {
             key: format!("{}/{key}", opts.nginx.annotations_prefix),
@@ -880,6 +888,7 @@ fn translate_one(
             timeouts: Timeouts::default(),
             retry: None,
             grpc: e.anns.backend.protocol.is_grpc(),
+            session: affinity(e, "/"),
             action: Action::Forward(group(backend(
                 default,
                 &e.anns.backend,
@@ -998,6 +1007,7 @@ fn translate_one(
                 timeouts: Timeouts::default(),
                 retry: None,
                 grpc: e.anns.backend.protocol.is_grpc(),
+                session: affinity(e, if regex_mode { "/" } else { raw }),
             };
             // ingress-nginx's trailing-slash rule (its profile only): a Prefix path `/foo/` answers `/foo` with a
             // 301 to `/foo/` (nginx's redirect for a prefix location ending in `/`), unless `/foo` is a path of
@@ -1034,6 +1044,7 @@ fn translate_one(
                 timeouts: Timeouts::default(),
                 retry: None,
                 grpc: false,
+                session: None,
             });
             for h in &hosts {
                 for k in cx.keys {
@@ -1202,6 +1213,40 @@ fn resolve_backend_tls(anns: &mut IngressAnnotations, refs: &Resolver<'_>, prefi
         }
     }
     anns.backend.tls = tls;
+}
+
+/// Session persistence from `affinity: cookie`. The cookie's path is `session-cookie-path`, else the Ingress path
+/// (`location_path`, as ingress-nginx sets it), else `/` (a regex path is no cookie path).
+fn affinity(e: &Entry<'_>, path: &str) -> Option<Box<crate::model::SessionPersistence>> {
+    use crate::model::{SameSite, SessionCarrier, SessionCookie, SessionPersistence, StickyMode};
+    let a = e.anns.backend.affinity.as_ref()?;
+    let same_site = a
+        .same_site
+        .as_deref()
+        .and_then(|v| match v.to_ascii_lowercase().as_str() {
+            "none" => Some(SameSite::None),
+            "lax" => Some(SameSite::Lax),
+            "strict" => Some(SameSite::Strict),
+            _ => None,
+        });
+    Some(Box::new(SessionPersistence {
+        carrier: SessionCarrier::Cookie(SessionCookie {
+            name: a.name.clone(),
+            path: a.path.clone().unwrap_or_else(|| path.to_string()),
+            domain: a.domain.clone(),
+            max_age: a.max_age,
+            expires: a.expires,
+            same_site,
+            secure: a.secure,
+            conditional_same_site_none: a.conditional_same_site_none,
+        }),
+        mode: if a.persistent {
+            StickyMode::Persistent
+        } else {
+            StickyMode::Balanced
+        },
+        change_on_failure: a.change_on_failure,
+    }))
 }
 
 /// Applies the backend annotations of an Ingress (`load-balance`, `upstream-hash-by`, `backend-protocol` with

@@ -328,18 +328,6 @@ impl IngressAnnotations {
 
 /// The annotations (short names) whose effect is on backends: parsed and checked, not applied yet.
 pub const NOT_APPLIED: &[&str] = &[
-    "affinity",
-    "affinity-mode",
-    "affinity-canary-behavior",
-    "session-cookie-name",
-    "session-cookie-secure",
-    "session-cookie-expires",
-    "session-cookie-max-age",
-    "session-cookie-path",
-    "session-cookie-domain",
-    "session-cookie-samesite",
-    "session-cookie-conditional-samesite-none",
-    "session-cookie-change-on-failure",
     "upstream-hash-by-subset",
     "upstream-hash-by-subset-size",
     "service-upstream",
@@ -569,6 +557,18 @@ const APPLIED: &[&str] = &[
     "proxy-ssl-server-name",
     "proxy-ssl-protocols",
     "proxy-ssl-ciphers",
+    "affinity",
+    "affinity-mode",
+    "affinity-canary-behavior",
+    "session-cookie-name",
+    "session-cookie-secure",
+    "session-cookie-expires",
+    "session-cookie-max-age",
+    "session-cookie-path",
+    "session-cookie-domain",
+    "session-cookie-samesite",
+    "session-cookie-conditional-samesite-none",
+    "session-cookie-change-on-failure",
 ];
 
 /// What `upstream-hash-by` hashes, when it is one nginx variable Portcullis can hash on (`$request_uri`,
