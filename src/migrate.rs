@@ -213,8 +213,11 @@ fn judge(rules: &[(&HostPattern, &HttpRule)], host: &HostPattern) -> Verdict {
                 .into(),
         );
     }
+    // ingress-nginx's retry policy and connect timeout travel with the extension's annotations too.
+    let retries = main.retry.is_some() || main.timeouts.connect_ms.is_some();
     match main.filters.as_slice() {
-        [] => Verdict::Equivalent,
+        [] if !retries => Verdict::Equivalent,
+        [] => Verdict::Extension("ingress-nginx policy: retries".into()),
         [Filter::Policy(p)] => {
             if p.canary.is_some() {
                 return No("a canary".into());
@@ -242,6 +245,7 @@ fn judge(rules: &[(&HostPattern, &HttpRule)], host: &HostPattern) -> Verdict {
                 (p.external_auth.is_some(), "external auth"),
                 (p.rate_limit.is_some(), "rate limit"),
                 (p.forwarded.is_some(), "forwarded headers"),
+                (retries, "retries"),
             ];
             for (on, n) in named {
                 if on {

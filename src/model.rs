@@ -23,8 +23,8 @@ pub use host::{HostPattern, HostPatternError};
 pub use rule::{
     Action, Backend, BackendGroup, Cors, Filter, GrpcMethodMatch, HeaderMatch, HeaderModifier,
     HttpRule, Mirror, Origin, OriginKind, PathMatch, PathModifier, QueryParamMatch, Redirect,
-    Retry, RouteMatch, SameSite, SessionCarrier, SessionCookie, SessionPersistence, StickyMode,
-    StringMatch, Timeouts, WeightedBackend,
+    Retry, RetryOn, RouteMatch, SameSite, SessionCarrier, SessionCookie, SessionPersistence,
+    StickyMode, StringMatch, Timeouts, WeightedBackend,
 };
 
 pub use tls::{ClientValidation, ListenerCertificate, ListenerTls, Redacted};

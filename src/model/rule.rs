@@ -214,26 +214,84 @@ pub struct Timeouts {
     /// For each attempt to a backend (504 when it passes, and retried if the rule retries).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend_request_ms: Option<u64>,
+    /// Connecting to an endpoint (ingress-nginx `proxy-connect-timeout`); `None`: the proxy's 5 s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_ms: Option<u64>,
 }
 
 impl Timeouts {
     /// No timeout set.
     pub fn is_empty(&self) -> bool {
-        self.request_ms.is_none() && self.backend_request_ms.is_none()
+        self.request_ms.is_none() && self.backend_request_ms.is_none() && self.connect_ms.is_none()
     }
 }
 
-/// HTTPRoute `retry`.
+/// Retries of failed attempts: HTTPRoute `retry`, or ingress-nginx `proxy-next-upstream*`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Retry {
     /// How many times a failed attempt is retried (so at most `attempts + 1` attempts).
     pub attempts: u32,
-    /// Response statuses that are retried. Connection errors and backend timeouts are always retried.
+    /// Response statuses that are retried.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub codes: Vec<u16>,
     /// Pause before each retry, in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backoff_ms: Option<u64>,
+    /// Failures before a response that are retried (HTTPRoute: all of them).
+    #[serde(skip_serializing_if = "RetryOn::is_all")]
+    pub on: RetryOn,
+    /// A request with a method that is not idempotent (POST, PATCH, ...) is retried only when nothing of it was
+    /// sent (a failed connection), as nginx does without `non_idempotent`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub idempotent_only: bool,
+    /// Retries stop once every endpoint has been tried (nginx's next upstream); otherwise they go round again.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub distinct_endpoints: bool,
+    /// No retry starts once this many milliseconds have passed since the first attempt (ingress-nginx
+    /// `proxy-next-upstream-timeout`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub within_ms: Option<u64>,
+}
+
+impl Retry {
+    /// HTTPRoute's retry: every failure before a response, and `codes`, for any method.
+    pub fn gateway(attempts: u32, codes: Vec<u16>, backoff_ms: Option<u64>) -> Retry {
+        Retry {
+            attempts,
+            codes,
+            backoff_ms,
+            on: RetryOn::ALL,
+            idempotent_only: false,
+            distinct_endpoints: false,
+            within_ms: None,
+        }
+    }
+}
+
+/// Failures before a response that a retry policy retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct RetryOn {
+    /// Connection refused or reset, or the connection failed while the request was sent or the response header
+    /// read (nginx `error`).
+    pub error: bool,
+    /// Connecting, sending or waiting for the response header timed out (nginx `timeout`).
+    pub timeout: bool,
+    /// The response header was empty or invalid (nginx `invalid_header`).
+    pub invalid_header: bool,
+}
+
+impl RetryOn {
+    /// Every failure.
+    pub const ALL: RetryOn = RetryOn {
+        error: true,
+        timeout: true,
+        invalid_header: true,
+    };
+
+    /// Every failure is retried.
+    pub fn is_all(&self) -> bool {
+        *self == RetryOn::ALL
+    }
 }
 
 /// Conditions a request must meet (AND).

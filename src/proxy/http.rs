@@ -26,7 +26,8 @@ use super::sticky;
 use super::upstream::{BackendId, Tried, Upstream};
 use crate::metrics::request::{Handles, UpstreamResult};
 use crate::model::{
-    Cors, Filter, HashOn, HeaderModifier, PathModifier, Redirect, SessionPersistence, StickyMode,
+    Cors, Filter, HashOn, HeaderModifier, PathModifier, Redirect, Retry, SessionPersistence,
+    StickyMode,
 };
 use crate::router::{
     normalize_host, CompiledAction, CompiledBackend, Lookup, RequestParts, RouteEntry, Target,
@@ -374,6 +375,8 @@ pub struct Ctx {
     attempt_started: Option<Instant>,
     /// When the request timeout passes.
     deadline: Option<Instant>,
+    /// When the first attempt started (rules whose retries stop after a while).
+    first_attempt: Option<Instant>,
     /// The request's `Origin`, when the rule has CORS and the origin is allowed.
     cors_origin: Option<HeaderValue>,
     mirrors: MirrorBodies,
@@ -405,7 +408,20 @@ impl Ctx {
         let Some(r) = &entry.rule.retry else {
             return false;
         };
-        self.attempts <= r.attempts && self.before_deadline()
+        let within = match (r.within_ms, self.first_attempt) {
+            (Some(ms), Some(t)) => t.elapsed() < Duration::from_millis(ms),
+            _ => true,
+        };
+        let endpoints_left = !r.distinct_endpoints
+            || self
+                .upstream()
+                .is_some_and(|u| u.endpoints().len() > self.tried.len());
+        self.attempts <= r.attempts && self.before_deadline() && within && endpoints_left
+    }
+
+    /// The rule's retry policy, if it has one.
+    fn retry_policy(&self) -> Option<&Retry> {
+        self.entry.as_ref()?.rule.retry.as_ref()
     }
 
     fn before_deadline(&self) -> bool {
@@ -419,11 +435,11 @@ impl Ctx {
             && self.before_deadline()
     }
 
-    fn retry_codes(&self) -> &[u16] {
-        self.entry
-            .as_ref()
-            .and_then(|e| e.rule.retry.as_ref())
-            .map_or(&[][..], |r| r.codes.as_slice())
+    /// May a response with `status` be retried, for a request with `method`?
+    fn retries_status(&self, status: u16, method: &http::Method) -> bool {
+        self.retry_policy().is_some_and(|r| {
+            r.codes.contains(&status) && (!r.idempotent_only || method.is_idempotent())
+        }) && self.can_retry()
     }
 
     fn backend(&self) -> Option<&CompiledBackend> {
@@ -961,6 +977,9 @@ impl ProxyHttp for HttpApp {
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         ctx.attempts += 1;
+        if ctx.attempts == 1 && ctx.retry_policy().is_some_and(|r| r.within_ms.is_some()) {
+            ctx.first_attempt = Some(Instant::now());
+        }
         ctx.connect_failed = false;
         ctx.answered = false;
         let upstream = ctx
@@ -1000,6 +1019,9 @@ impl ProxyHttp for HttpApp {
             .and_then(|i| upstream.endpoint(i))
             .ok_or_else(|| Error::explain(HTTPStatus(503), "no endpoint"))?;
         let mut peer = upstream.peer(ep);
+        if let Some(ms) = ctx.entry.as_ref().and_then(|e| e.rule.timeouts.connect_ms) {
+            peer.options.connection_timeout = Some(Duration::from_millis(ms));
+        }
         ctx.attempt_clock = Some(Instant::now());
         if observe::access_log().is_some() {
             ctx.log_attempts.push(Attempt {
@@ -1132,7 +1154,7 @@ impl ProxyHttp for HttpApp {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -1152,7 +1174,7 @@ impl ProxyHttp for HttpApp {
         let latency = ctx.attempt_started.map(|t| t.elapsed());
         ctx.attempt_done(latency);
         let status = resp.status.as_u16();
-        if ctx.retry_codes().contains(&status) && ctx.can_retry() {
+        if ctx.retries_status(status, &session.req_header().method) {
             let mut e = Error::explain(
                 HTTPStatus(status),
                 "retrying: the retry policy names this status",
@@ -1231,7 +1253,16 @@ impl ProxyHttp for HttpApp {
             if let Some(i) = ctx.endpoint {
                 u.record_failure(i);
             }
-            if ctx.can_retry() || ctx.can_retry_connect(&u) {
+            // The rule's policy, when it names this failure; the proxy's own retry of failed connections, unless
+            // the policy names failures of its own (ingress-nginx's `proxy-next-upstream`).
+            let timeout = matches!(e.etype(), ConnectTimedout);
+            let by_policy =
+                ctx.retry_policy()
+                    .is_some_and(|r| if timeout { r.on.timeout } else { r.on.error })
+                    && ctx.can_retry();
+            let by_default =
+                ctx.retry_policy().is_none_or(|r| r.on.is_all()) && ctx.can_retry_connect(&u);
+            if by_policy || by_default {
                 e.set_retry(true);
             }
         }
@@ -1272,10 +1303,19 @@ impl ProxyHttp for HttpApp {
             // The client's fault (it left, or its body passed the limit: proxy::edge::count_body): another
             // attempt would not do better, and must not send the body again without its limit.
             e.set_retry(false);
-        } else if ctx.entry.as_ref().is_some_and(|en| en.rule.retry.is_some()) {
-            // The route's policy decides: connection errors and timeouts are retried while attempts last,
-            // unless the request body could not be kept for a retry.
-            let retry = ctx.can_retry() && !session.as_ref().retry_buffer_truncated();
+        } else if let Some(r) = ctx.retry_policy() {
+            // The route's policy decides: the failures it names are retried while attempts last (a request
+            // that is not idempotent only if the policy allows), unless the request body could not be kept.
+            let named = match e.etype() {
+                // A status the policy retries (upstream_response_filter decided, the method included).
+                HTTPStatus(_) => e.retry(),
+                ReadTimedout | WriteTimedout => r.on.timeout,
+                InvalidHTTPHeader => r.on.invalid_header,
+                _ => r.on.error,
+            };
+            let method_ok = !r.idempotent_only || session.req_header().method.is_idempotent();
+            let retry =
+                named && method_ok && ctx.can_retry() && !session.as_ref().retry_buffer_truncated();
             e.set_retry(retry);
         } else if !session.req_header().method.is_idempotent()
             || session.as_ref().retry_buffer_truncated()
@@ -1295,7 +1335,7 @@ impl ProxyHttp for HttpApp {
             _ => match e.esource() {
                 // Retries used up on connection errors: the backend is unavailable.
                 ErrorSource::Upstream
-                    if ctx.entry.as_ref().is_some_and(|en| en.rule.retry.is_some()) =>
+                    if ctx.retry_policy().is_some_and(|r| !r.distinct_endpoints) =>
                 {
                     503
                 }

@@ -169,7 +169,14 @@ fn translate_one(
             Some(p) => rules
                 .into_iter()
                 .map(|mut r| {
-                    r.filters.insert(0, Filter::Policy(Box::new(p.clone())));
+                    if let Some(policy) = &p.policy {
+                        r.filters
+                            .insert(0, Filter::Policy(Box::new(policy.clone())));
+                    }
+                    if r.retry.is_none() {
+                        r.retry = p.retry.clone();
+                    }
+                    r.timeouts.connect_ms = r.timeouts.connect_ms.or(p.timeouts.connect_ms);
                     r
                 })
                 .collect(),
@@ -574,11 +581,7 @@ fn rule_retry(r: &HttpRouteRules, field: &str) -> Result<Option<Retry>, String> 
         }
     }
     let attempts = rt.attempts.unwrap_or(1).clamp(0, 100) as u32;
-    Ok((attempts > 0).then_some(Retry {
-        attempts,
-        codes,
-        backoff_ms,
-    }))
+    Ok((attempts > 0).then(|| Retry::gateway(attempts, codes, backoff_ms)))
 }
 
 pub(super) fn route_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {

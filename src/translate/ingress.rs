@@ -673,7 +673,7 @@ pub(crate) fn route_policy(
     opts: &Options,
     refs: &Resolver<'_>,
     diags: &mut Diagnostics,
-) -> Option<Policy> {
+) -> Option<RoutePolicy> {
     let map = meta.annotations.as_ref()?;
     let profile_text = map.get(ROUTE_PROFILE_ANNOTATION)?;
     let ns = meta.namespace.as_deref().unwrap_or("default");
@@ -682,10 +682,14 @@ pub(crate) fn route_policy(
     let source = format!("{ns}/{scope}");
     let deny = |reason: String, diags: &mut Diagnostics| {
         diags.error(object, format!("{reason}; the route's rules answer 503"));
-        Some(Policy {
-            source: source.clone(),
-            denied: Some(reason),
-            ..Policy::default()
+        Some(RoutePolicy {
+            policy: Some(Policy {
+                source: source.clone(),
+                denied: Some(reason),
+                ..Policy::default()
+            }),
+            retry: None,
+            timeouts: Timeouts::default(),
         })
     };
     let profile = match profile_text.as_str() {
@@ -800,8 +804,22 @@ pub(crate) fn route_policy(
         );
     }
     let p = location_policy(&anns, profile, &settings, source, basic, host_tls);
-    // As for Ingress paths: a policy that does nothing is no filter.
-    (!policy_filters(p.clone()).is_empty()).then_some(p)
+    Some(RoutePolicy {
+        // As for Ingress paths: a policy that does nothing is no filter.
+        policy: (!policy_filters(p.clone()).is_empty()).then_some(p),
+        retry: next_upstream(&anns.backend),
+        timeouts: nginx_timeouts(&anns.backend),
+    })
+}
+
+/// What the ingress-nginx annotations of an HTTPRoute ([`route_policy`]) give each of its rules.
+pub(crate) struct RoutePolicy {
+    /// The rule's policy filter, unless it would do nothing.
+    pub policy: Option<Policy>,
+    /// `proxy-next-upstream*` (for rules without a `retry` of their own).
+    pub retry: Option<crate::model::Retry>,
+    /// `proxy-connect-timeout`.
+    pub timeouts: Timeouts,
 }
 
 /// The rule's filters: the policy, unless it does nothing.
@@ -885,8 +903,8 @@ fn translate_one(
             origin: origin(e, Origin::DEFAULT_BACKEND),
             matches: vec![RouteMatch::any()],
             filters: policy_filters(policy),
-            timeouts: Timeouts::default(),
-            retry: None,
+            timeouts: nginx_timeouts(&e.anns.backend),
+            retry: next_upstream(&e.anns.backend),
             grpc: e.anns.backend.protocol.is_grpc(),
             session: affinity(e, "/"),
             action: Action::Forward(group(backend(
@@ -1004,8 +1022,8 @@ fn translate_one(
                 }],
                 filters: policy_filters(policy),
                 action,
-                timeouts: Timeouts::default(),
-                retry: None,
+                timeouts: nginx_timeouts(&e.anns.backend),
+                retry: next_upstream(&e.anns.backend),
                 grpc: e.anns.backend.protocol.is_grpc(),
                 session: affinity(e, if regex_mode { "/" } else { raw }),
             };
@@ -1213,6 +1231,75 @@ fn resolve_backend_tls(anns: &mut IngressAnnotations, refs: &Resolver<'_>, prefi
         }
     }
     anns.backend.tls = tls;
+}
+
+/// The retry policy of `proxy-next-upstream`, `-tries` and `-timeout` (or the ingress-nginx profile's
+/// defaults): the failures named are retried on endpoints not tried yet, non-idempotent requests only when
+/// nothing was sent (unless `non_idempotent`), `off` retries nothing. `None` when none of it applies (Ingress v1
+/// without the annotations: failed connections are still retried on another endpoint, as for every rule).
+fn next_upstream(b: &annotations::BackendAnnotations) -> Option<crate::model::Retry> {
+    use crate::model::{Retry, RetryOn};
+    use annotations::NextUpstream;
+    if !b.next_upstream_set {
+        return None;
+    }
+    let mut on = RetryOn {
+        error: false,
+        timeout: false,
+        invalid_header: false,
+    };
+    let mut codes = Vec::new();
+    let mut idempotent_only = true;
+    let mut off = false;
+    for n in &b.next_upstream {
+        match n {
+            NextUpstream::Error => on.error = true,
+            NextUpstream::Timeout => on.timeout = true,
+            NextUpstream::InvalidHeader => on.invalid_header = true,
+            NextUpstream::Status(c) => codes.push(*c),
+            NextUpstream::NonIdempotent => idempotent_only = false,
+            NextUpstream::Off => off = true,
+        }
+    }
+    // nginx counts tries with the first attempt; 0 is no limit but the endpoints (bounded here).
+    let attempts = match b.next_upstream_tries {
+        0 => MAX_NEXT_UPSTREAM_RETRIES,
+        n => u32::try_from(n - 1)
+            .unwrap_or(0)
+            .min(MAX_NEXT_UPSTREAM_RETRIES),
+    };
+    if off {
+        codes.clear();
+        on = RetryOn {
+            error: false,
+            timeout: false,
+            invalid_header: false,
+        };
+    }
+    Some(Retry {
+        attempts: if off { 0 } else { attempts },
+        codes,
+        backoff_ms: None,
+        on,
+        idempotent_only,
+        distinct_endpoints: true,
+        within_ms: u64::try_from(b.next_upstream_timeout)
+            .ok()
+            .filter(|&s| s > 0)
+            .map(|s| s.saturating_mul(1000)),
+    })
+}
+
+/// The most retries `proxy-next-upstream-tries` gives (its `0`, no limit, included).
+const MAX_NEXT_UPSTREAM_RETRIES: u32 = 16;
+
+/// The timeouts of an Ingress's rules: `proxy-connect-timeout` (read and send timeouts are idle timeouts, applied
+/// by the rule's policy).
+fn nginx_timeouts(b: &annotations::BackendAnnotations) -> Timeouts {
+    Timeouts {
+        connect_ms: b.connect_timeout.map(|s| u64::from(s) * 1000),
+        ..Timeouts::default()
+    }
 }
 
 /// Session persistence from `affinity: cookie`. The cookie's path is `session-cookie-path`, else the Ingress path

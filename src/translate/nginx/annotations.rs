@@ -234,6 +234,8 @@ pub struct BackendAnnotations {
     pub service_upstream: bool,
     /// `proxy-next-upstream` (ingress-nginx's default: `error timeout`).
     pub next_upstream: Vec<NextUpstream>,
+    /// The next-upstream settings apply: the ingress-nginx profile, or one of the three annotations is set.
+    pub next_upstream_set: bool,
     /// `proxy-next-upstream-tries` (default 3).
     pub next_upstream_tries: i64,
     /// `proxy-next-upstream-timeout` in seconds (default 0: none).
@@ -331,10 +333,6 @@ pub const NOT_APPLIED: &[&str] = &[
     "upstream-hash-by-subset",
     "upstream-hash-by-subset-size",
     "service-upstream",
-    "proxy-next-upstream",
-    "proxy-next-upstream-tries",
-    "proxy-next-upstream-timeout",
-    "proxy-connect-timeout",
     "custom-http-errors",
     "default-backend",
     "relative-redirects",
@@ -557,6 +555,10 @@ const APPLIED: &[&str] = &[
     "proxy-ssl-server-name",
     "proxy-ssl-protocols",
     "proxy-ssl-ciphers",
+    "proxy-next-upstream",
+    "proxy-next-upstream-tries",
+    "proxy-next-upstream-timeout",
+    "proxy-connect-timeout",
     "affinity",
     "affinity-mode",
     "affinity-canary-behavior",
@@ -884,8 +886,13 @@ pub fn parse(anns: &BTreeMap<String, String>, cx: &Context<'_>) -> IngressAnnota
         canary: None,
         ssl_passthrough: false,
         backend: BackendAnnotations {
-            next_upstream: vec![NextUpstream::Error, NextUpstream::Timeout],
-            next_upstream_tries: 3,
+            next_upstream: s
+                .next_upstream
+                .clone()
+                .unwrap_or_else(|| vec![NextUpstream::Error, NextUpstream::Timeout]),
+            next_upstream_set: s.next_upstream.is_some(),
+            next_upstream_tries: s.next_upstream_tries,
+            next_upstream_timeout: s.next_upstream_timeout,
             connect_timeout: s.connect_timeout,
             ..Default::default()
         },
@@ -1195,6 +1202,16 @@ fn proxy(p: &mut P<'_>, out: &mut IngressAnnotations) {
             "off is used",
         )
         .map(|v| v == "on");
+    if [
+        "proxy-next-upstream",
+        "proxy-next-upstream-tries",
+        "proxy-next-upstream-timeout",
+    ]
+    .iter()
+    .any(|k| p.get(k).is_some())
+    {
+        out.backend.next_upstream_set = true;
+    }
     if let Some(v) = p.get("proxy-next-upstream") {
         match next_upstream(v) {
             Some(list) => out.backend.next_upstream = list,
@@ -1216,7 +1233,7 @@ fn proxy(p: &mut P<'_>, out: &mut IngressAnnotations) {
 }
 
 /// `validUpstreamAnnotation`: words separated by single spaces.
-fn next_upstream(v: &str) -> Option<Vec<NextUpstream>> {
+pub(crate) fn next_upstream(v: &str) -> Option<Vec<NextUpstream>> {
     if v.is_empty() || v.contains("  ") || v.starts_with(' ') {
         return None;
     }

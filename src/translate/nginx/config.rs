@@ -1,6 +1,7 @@
 //! The global settings annotations fall back on: Ingress v1 defaults for Ingresses of our own class, ingress-nginx's
 //! defaults (and its ConfigMap keys, and `--ingress-nginx-set`) for Ingresses taken over from ingress-nginx.
 
+use super::annotations::{next_upstream, NextUpstream};
 use super::values::{cidr_list, go_bool, go_int, nginx_size};
 use crate::model::policy::Cidr;
 
@@ -46,6 +47,13 @@ pub struct Settings {
     pub allowlist: Vec<Cidr>,
     /// `denylist-source-range` (global denylist).
     pub denylist: Vec<Cidr>,
+    /// `proxy-next-upstream`: the failures retried on the next endpoint (`None`: no retry policy unless an
+    /// annotation sets one).
+    pub next_upstream: Option<Vec<NextUpstream>>,
+    /// `proxy-next-upstream-tries`: attempts in all (0: no limit but the endpoints).
+    pub next_upstream_tries: i64,
+    /// `proxy-next-upstream-timeout` in seconds (0: none).
+    pub next_upstream_timeout: i64,
 }
 
 /// The ConfigMap keys [`Settings::set`] understands.
@@ -64,6 +72,9 @@ pub const KEYS: &[&str] = &[
     "limit-conn-status-code",
     "whitelist-source-range",
     "denylist-source-range",
+    "proxy-next-upstream",
+    "proxy-next-upstream-tries",
+    "proxy-next-upstream-timeout",
 ];
 
 impl Settings {
@@ -85,12 +96,16 @@ impl Settings {
             limit_conn_status: 503,
             allowlist: Vec::new(),
             denylist: Vec::new(),
+            next_upstream: None,
+            next_upstream_tries: 3,
+            next_upstream_timeout: 0,
         }
     }
 
     /// ingress-nginx v1.15's defaults (`internal/ingress/controller/config/config.go`): https redirects on hosts
     /// with a certificate, 308; bodies up to 1m; 5 s to connect, 60 s idle read and send; client `X-Forwarded-*`
-    /// not trusted; snippets not allowed.
+    /// not trusted; snippets not allowed; failed attempts (`error timeout`) retried on the next endpoint, 3
+    /// attempts in all.
     pub fn ingress_nginx() -> Self {
         Settings {
             profile: Profile::IngressNginx,
@@ -99,6 +114,7 @@ impl Settings {
             connect_timeout: Some(5),
             read_timeout: Some(60),
             send_timeout: Some(60),
+            next_upstream: Some(vec![NextUpstream::Error, NextUpstream::Timeout]),
             ..Settings::ingress_v1()
         }
     }
@@ -143,6 +159,25 @@ impl Settings {
             "limit-conn-status-code" => self.limit_conn_status = status(value, &[])?,
             "whitelist-source-range" => self.allowlist = cidr_list(value)?,
             "denylist-source-range" => self.denylist = cidr_list(value)?,
+            "proxy-next-upstream" => {
+                self.next_upstream = Some(next_upstream(value).ok_or(
+                    "not a list of error, timeout, invalid_header, http_5xx/403/404/429, non_idempotent, off",
+                )?)
+            }
+            "proxy-next-upstream-tries" => {
+                self.next_upstream_tries = go_int(value).and_then(|n| {
+                    (n >= 0)
+                        .then_some(n)
+                        .ok_or_else(|| format!("{n} is not a number of tries"))
+                })?
+            }
+            "proxy-next-upstream-timeout" => {
+                self.next_upstream_timeout = go_int(value).and_then(|n| {
+                    (n >= 0)
+                        .then_some(n)
+                        .ok_or_else(|| format!("{n} is not a number of seconds"))
+                })?
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -165,6 +200,11 @@ mod tests {
             (Some(60), Some(60))
         );
         assert_eq!(nginx.connect_timeout, Some(5));
+        assert_eq!(v1.next_upstream, None);
+        assert_eq!(
+            nginx.next_upstream,
+            Some(vec![NextUpstream::Error, NextUpstream::Timeout])
+        );
         assert!(!nginx.use_forwarded_headers && !nginx.allow_snippets);
         assert_eq!(nginx.http_redirect_code, 308);
     }
@@ -185,6 +225,12 @@ mod tests {
             ("use-forwarded-headers", "true", true),
             ("whitelist-source-range", "10.0.0.0/8,192.168.1.1", true),
             ("whitelist-source-range", "10.0.0.0/40", false),
+            ("proxy-next-upstream", "error http_502", true),
+            ("proxy-next-upstream", "error http_501", false),
+            ("proxy-next-upstream-tries", "5", true),
+            ("proxy-next-upstream-tries", "-1", false),
+            ("proxy-next-upstream-timeout", "30", true),
+            ("proxy-next-upstream-timeout", "30s", false),
         ] {
             assert_eq!(s.set(k, v).is_ok(), ok, "{k}={v}");
         }
@@ -194,6 +240,11 @@ mod tests {
         assert_eq!(s.http_redirect_code, 301);
         assert!(s.use_forwarded_headers);
         assert_eq!(s.allowlist.len(), 2);
+        assert_eq!(
+            s.next_upstream,
+            Some(vec![NextUpstream::Error, NextUpstream::Status(502)])
+        );
+        assert_eq!((s.next_upstream_tries, s.next_upstream_timeout), (5, 30));
         assert_eq!(s.set("proxy-body-size", "0"), Ok(true));
         assert_eq!(s.body_size, Some(0));
         assert_eq!(s.set("worker-processes", "4"), Ok(false));
