@@ -213,6 +213,17 @@ fn judge(rules: &[(&HostPattern, &HttpRule)], host: &HostPattern) -> Verdict {
                 .into(),
         );
     }
+    if main
+        .filters
+        .iter()
+        .any(|f| matches!(f, Filter::CustomErrors(_)))
+    {
+        return No(
+            "custom-http-errors (its error backend is the Ingress's default-backend, which a route's annotations \
+             do not carry)"
+                .into(),
+        );
+    }
     // ingress-nginx's retry policy and connect timeout travel with the extension's annotations too.
     let retries = main.retry.is_some() || main.timeouts.connect_ms.is_some();
     match main.filters.as_slice() {

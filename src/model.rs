@@ -21,10 +21,10 @@ pub use backend::{
 };
 pub use host::{HostPattern, HostPatternError};
 pub use rule::{
-    Action, Backend, BackendGroup, Cors, Filter, GrpcMethodMatch, HeaderMatch, HeaderModifier,
-    HttpRule, Mirror, Origin, OriginKind, PathMatch, PathModifier, QueryParamMatch, Redirect,
-    Retry, RetryOn, RouteMatch, SameSite, SessionCarrier, SessionCookie, SessionPersistence,
-    StickyMode, StringMatch, Timeouts, WeightedBackend,
+    Action, Backend, BackendGroup, Cors, CustomErrors, Filter, GrpcMethodMatch, HeaderMatch,
+    HeaderModifier, HttpRule, Mirror, Origin, OriginKind, PathMatch, PathModifier, QueryParamMatch,
+    Redirect, Retry, RetryOn, RouteMatch, SameSite, SessionCarrier, SessionCookie,
+    SessionPersistence, StickyMode, StringMatch, Timeouts, WeightedBackend,
 };
 
 pub use tls::{ClientValidation, ListenerCertificate, ListenerTls, Redacted};

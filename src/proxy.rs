@@ -8,6 +8,7 @@
 //! `docs/adr/0001-own-listeners.md`.
 
 pub mod edge;
+pub mod errors;
 pub mod grpc;
 pub mod http;
 pub mod io;

@@ -252,6 +252,10 @@ fn filter_text(f: &Filter) -> String {
         Filter::Cors(c) => format!("cors(origins={})", c.allow_origins.join(",")),
         Filter::RequestRedirect(r) => format!("redirect({})", r.status),
         Filter::Policy(p) => format!("ingress-nginx({})", p.source),
+        Filter::CustomErrors(c) => {
+            let codes: Vec<String> = c.codes.iter().map(u16::to_string).collect();
+            format!("custom-errors({} -> {})", codes.join(","), c.backend)
+        }
     }
 }
 

@@ -307,6 +307,48 @@ pub struct CompiledRule {
     pub grpc: bool,
     /// Session persistence of the rule.
     pub session: Option<Box<crate::model::SessionPersistence>>,
+    /// ingress-nginx `custom-http-errors` of the rule.
+    pub custom_errors: Option<Box<CompiledCustomErrors>>,
+}
+
+/// ingress-nginx `custom-http-errors` ready to use: the statuses, the error backend, and the headers that name
+/// the rule's Ingress and Service (values checked once, here).
+#[derive(Debug)]
+pub struct CompiledCustomErrors {
+    /// The statuses intercepted.
+    pub codes: Box<[u16]>,
+    /// The error backend.
+    pub target: Target,
+    /// `X-Namespace`, `X-Ingress-Name`, `X-Service-Name`, `X-Service-Port`.
+    pub headers: Box<[(http::HeaderName, http::HeaderValue)]>,
+}
+
+fn compile_custom_errors(
+    filters: &[Filter],
+    ids: &BackendIds<'_>,
+) -> Result<Option<Box<CompiledCustomErrors>>, String> {
+    let Some(c) = filters.iter().find_map(|f| match f {
+        Filter::CustomErrors(c) => Some(c),
+        _ => None,
+    }) else {
+        return Ok(None);
+    };
+    let mut headers = Vec::with_capacity(4);
+    for (name, value) in [
+        ("x-namespace", &c.namespace),
+        ("x-ingress-name", &c.ingress),
+        ("x-service-name", &c.service),
+        ("x-service-port", &c.service_port),
+    ] {
+        let value = http::HeaderValue::from_str(value)
+            .map_err(|_| format!("custom-http-errors: {name} {value:?} is not a header value"))?;
+        headers.push((http::HeaderName::from_static(name), value));
+    }
+    Ok(Some(Box::new(CompiledCustomErrors {
+        codes: c.codes.clone().into_boxed_slice(),
+        target: Target::new(&c.backend, ids)?,
+        headers: headers.into_boxed_slice(),
+    })))
 }
 
 /// A request mirror ready to use.
@@ -769,6 +811,7 @@ fn compile_rule(
         stats,
         grpc: rule.grpc,
         session: rule.session.clone(),
+        custom_errors: compile_custom_errors(&rule.filters, ids).map_err(error)?,
     }))
 }
 

@@ -473,6 +473,29 @@ pub enum Filter {
     RequestRedirect(Redirect),
     /// ingress-nginx annotation behaviour (rule level only): see [`super::policy::Policy`].
     Policy(Box<super::policy::Policy>),
+    /// ingress-nginx `custom-http-errors` with `default-backend` (rule level only): responses with these statuses
+    /// are replaced by the error backend's answer.
+    CustomErrors(Box<CustomErrors>),
+}
+
+/// ingress-nginx `custom-http-errors`: when the backend answers one of `codes`, the request goes (as `GET`-less
+/// copy: same method, no body, path `/`) to the error backend with the headers ingress-nginx sends (`X-Code`,
+/// `X-Format`, `X-Original-URI`, `X-Namespace`, `X-Ingress-Name`, `X-Service-Name`, `X-Service-Port`,
+/// `X-Request-ID`), and its answer goes to the client unchanged, status included.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CustomErrors {
+    /// The statuses intercepted.
+    pub codes: Vec<u16>,
+    /// The error backend (the `default-backend` Service's first port).
+    pub backend: Backend,
+    /// `X-Namespace`: the Ingress's namespace.
+    pub namespace: String,
+    /// `X-Ingress-Name`.
+    pub ingress: String,
+    /// `X-Service-Name`: the Service the rule sends to.
+    pub service: String,
+    /// `X-Service-Port`: its port, as the Ingress names it.
+    pub service_port: String,
 }
 
 /// A request mirror.

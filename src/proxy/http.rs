@@ -19,6 +19,7 @@
 //!   request metrics and the access log.
 
 use super::edge::{self, EdgeSettings};
+use super::errors;
 use super::mirror::{MirrorBodies, Mirrors};
 use super::observe::{self, Attempt, Failure, Record, RouteRef};
 use super::policy;
@@ -223,6 +224,63 @@ impl HttpApp {
     }
 }
 
+impl HttpApp {
+    /// Answers with the error backend's page for `code` (ingress-nginx `custom-http-errors`), or with the proxy's
+    /// own page for `code` when the error backend cannot give one.
+    async fn custom_error(&self, session: &mut Session, code: u16, ctx: &mut Ctx) -> FailToProxy {
+        let ce = ctx
+            .entry
+            .as_ref()
+            .and_then(|e| e.rule.custom_errors.as_ref());
+        let upstream = match ce.map(|c| &c.target) {
+            Some(Target::Backend(id)) => ctx.snap.as_ref().and_then(|s| s.upstreams.get(*id)),
+            _ => None,
+        };
+        let request_id = session
+            .req_header()
+            .headers
+            .get(X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| ctx.request_id.clone());
+        let page = match (ce, upstream) {
+            (Some(ce), Some(u)) => {
+                errors::fetch(ce, u, code, session.req_header(), request_id.as_deref())
+                    .await
+                    .map_err(|e| tracing::warn!(error = %e, "custom-http-errors: no page from the error backend"))
+                    .ok()
+            }
+            _ => None,
+        };
+        let written = match page {
+            Some((mut resp, body)) => {
+                let status = resp.status.as_u16();
+                let head_only = session.req_header().method == http::Method::HEAD;
+                let sent = async {
+                    add_server_header(&mut resp)?;
+                    session
+                        .write_response_header(Box::new(resp), body.is_empty() || head_only)
+                        .await?;
+                    if !body.is_empty() && !head_only {
+                        session.write_response_body(Some(body), true).await?;
+                    }
+                    Ok::<_, Box<Error>>(())
+                }
+                .await;
+                sent.map(|()| status)
+            }
+            None => {
+                let grpc = ctx.entry.as_ref().is_some_and(|e| e.rule.grpc);
+                answer(session, grpc, code, None).await.map(|_| code)
+            }
+        };
+        FailToProxy {
+            error_code: written.unwrap_or(0),
+            can_reuse_downstream: false,
+        }
+    }
+}
+
 /// The candidate of a rule whose upstream has the endpoint a persistent session key names.
 fn session_backend<'w>(
     snap: &Snapshot,
@@ -311,11 +369,13 @@ fn sticky_retry(
         StickyMode::Balanced => {
             let key = ctx.session_key.unwrap_or_else(random_key);
             if s.change_on_failure || ctx.session_issue.is_some() {
-                // A new key that lands on an endpoint this request has not tried (a few draws; then any).
-                for _ in 0..8 {
+                // A new key whose own endpoint (its first place on the ring, not a fallback past the failed one)
+                // is one this request has not tried: later requests with the key go there too. A few draws; if
+                // none lands, the session keeps its key.
+                for _ in 0..16 {
                     let k = random_key();
                     if let Some(i) = upstream
-                        .select_balanced(k, &ctx.tried)
+                        .select_balanced(k, &none)
                         .filter(|&i| !ctx.tried.contains(i))
                     {
                         ctx.session_issue = Some(k);
@@ -365,6 +425,8 @@ pub struct Ctx {
     session_key: Option<u64>,
     /// The session key to hand to the client with the response.
     session_issue: Option<u64>,
+    /// The backend's answer had this status, which the rule's `custom-http-errors` replaces.
+    intercepted: Option<u16>,
     /// Attempts made so far (1 on the first try).
     attempts: u32,
     /// The current attempt's connection failed (nothing was sent).
@@ -720,7 +782,8 @@ fn apply_request_filters(
             | Filter::RequestMirror(_)
             | Filter::Cors(_)
             | Filter::RequestRedirect(_)
-            | Filter::Policy(_) => {}
+            | Filter::Policy(_)
+            | Filter::CustomErrors(_) => {}
         }
     }
     Ok(())
@@ -1182,6 +1245,18 @@ impl ProxyHttp for HttpApp {
             e.set_retry(true);
             return Err(e);
         }
+        // ingress-nginx custom-http-errors: the error backend answers instead (in fail_to_proxy).
+        if ctx
+            .entry
+            .as_ref()
+            .and_then(|e| e.rule.custom_errors.as_ref())
+            .is_some_and(|c| c.codes.contains(&status))
+        {
+            ctx.intercepted = Some(status);
+            let mut e = Error::explain(HTTPStatus(status), "custom-http-errors: intercepted");
+            e.set_retry(false);
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -1299,7 +1374,10 @@ impl ProxyHttp for HttpApp {
             }
         }
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if e.esource() == &ErrorSource::Downstream {
+        if ctx.intercepted.is_some() {
+            // The answer is replaced, not retried.
+            e.set_retry(false);
+        } else if e.esource() == &ErrorSource::Downstream {
             // The client's fault (it left, or its body passed the limit: proxy::edge::count_body): another
             // attempt would not do better, and must not send the body again without its limit.
             e.set_retry(false);
@@ -1329,6 +1407,9 @@ impl ProxyHttp for HttpApp {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if let Some(code) = ctx.intercepted {
+            return self.custom_error(session, code, ctx).await;
+        }
         let code = match e.etype() {
             HTTPStatus(code) => *code,
             ConnectTimedout | ReadTimedout | WriteTimedout => 504,

@@ -249,8 +249,10 @@ fn retain_referenced_backends(model: &mut Model) {
     }
     fn note_filters<'m>(filters: &'m [Filter], used: &mut HashSet<&'m BackendKey>) {
         for f in filters {
-            if let Filter::RequestMirror(m) = f {
-                note(&m.backend, used);
+            match f {
+                Filter::RequestMirror(m) => note(&m.backend, used),
+                Filter::CustomErrors(c) => note(&c.backend, used),
+                _ => {}
             }
         }
     }

@@ -730,6 +730,9 @@ pub(crate) fn route_policy(
         (b.proxy_ssl.is_some(), "proxy-ssl-secret"),
         (b.load_balance.is_some(), "load-balance"),
         (b.upstream_hash_by.is_some(), "upstream-hash-by"),
+        (b.service_upstream, "service-upstream"),
+        (!b.custom_http_errors.is_empty(), "custom-http-errors"),
+        (b.default_backend.is_some(), "default-backend"),
     ];
     if b.affinity.is_some() {
         anns.findings.push(annotations::Finding::Warn {
@@ -890,6 +893,7 @@ fn translate_one(
     let object = &e.object;
     let ns = e.ns();
     let Some(spec) = &e.ing.spec else { return };
+    let error_backend = error_backend(e, cx.refs, diags);
 
     if let Some(default) = &spec.default_backend {
         let policy = match policy_for(e, cx, None, None) {
@@ -902,7 +906,7 @@ fn translate_one(
         let rule = HttpRule {
             origin: origin(e, Origin::DEFAULT_BACKEND),
             matches: vec![RouteMatch::any()],
-            filters: policy_filters(policy),
+            filters: with_custom_errors(policy_filters(policy), e, error_backend.as_ref(), default),
             timeouts: nginx_timeouts(&e.anns.backend),
             retry: next_upstream(&e.anns.backend),
             grpc: e.anns.backend.protocol.is_grpc(),
@@ -1020,7 +1024,12 @@ fn translate_one(
                     query_params: vec![],
                     grpc: None,
                 }],
-                filters: policy_filters(policy),
+                filters: with_custom_errors(
+                    policy_filters(policy),
+                    e,
+                    error_backend.as_ref(),
+                    &path.backend,
+                ),
                 action,
                 timeouts: nginx_timeouts(&e.anns.backend),
                 retry: next_upstream(&e.anns.backend),
@@ -1233,6 +1242,77 @@ fn resolve_backend_tls(anns: &mut IngressAnnotations, refs: &Resolver<'_>, prefi
     anns.backend.tls = tls;
 }
 
+/// The error backend of an Ingress with `custom-http-errors`: its `default-backend` Service (first port, as
+/// ingress-nginx takes it). Reported and `None` when there is none or it does not resolve (the errors then reach
+/// the client as the backend sent them).
+fn error_backend(e: &Entry<'_>, refs: &Resolver<'_>, diags: &mut Diagnostics) -> Option<Backend> {
+    let b = &e.anns.backend;
+    if b.custom_http_errors.is_empty() {
+        return None;
+    }
+    let Some(name) = b.default_backend.as_deref() else {
+        diags.warning(
+            &e.object,
+            "annotation custom-http-errors needs default-backend (Portcullis has no global default backend \
+             Service); not applied"
+                .to_string(),
+        );
+        return None;
+    };
+    match default_backend_service(e.ns(), name, refs) {
+        Ok(key) => Some(Backend::Service(key)),
+        Err(err) => {
+            diags.warning(
+                &e.object,
+                format!("annotation default-backend: {err}; custom-http-errors not applied"),
+            );
+            None
+        }
+    }
+}
+
+/// The `default-backend` Service of an Ingress: its first port.
+fn default_backend_service(
+    ns: &str,
+    name: &str,
+    refs: &Resolver<'_>,
+) -> Result<crate::model::BackendKey, BackendError> {
+    let port = refs
+        .service(ns, name)
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.ports.as_deref())
+        .and_then(|p| p.first())
+        .map(|p| p.port)
+        .ok_or_else(|| BackendError::ServiceNotFound(ns.into(), name.into()))?;
+    let s = refs.service_backend(ns, name, PortRef::Number(port))?;
+    Ok(refs.register_variant(s, ""))
+}
+
+/// A rule's filters with `custom-http-errors` added when the Ingress has an error backend.
+fn with_custom_errors(
+    mut filters: Vec<Filter>,
+    e: &Entry<'_>,
+    error_backend: Option<&Backend>,
+    to: &IngressBackend,
+) -> Vec<Filter> {
+    let Some(backend) = error_backend else {
+        return filters;
+    };
+    let service = to.service.as_ref();
+    let port = service.and_then(|s| s.port.as_ref());
+    filters.push(Filter::CustomErrors(Box::new(crate::model::CustomErrors {
+        codes: e.anns.backend.custom_http_errors.clone(),
+        backend: backend.clone(),
+        namespace: e.ns().to_string(),
+        ingress: e.name().to_string(),
+        service: service.map(|s| s.name.clone()).unwrap_or_default(),
+        service_port: port
+            .and_then(|p| p.number.map(|n| n.to_string()).or_else(|| p.name.clone()))
+            .unwrap_or_default(),
+    })));
+    filters
+}
+
 /// The retry policy of `proxy-next-upstream`, `-tries` and `-timeout` (or the ingress-nginx profile's
 /// defaults): the failures named are retried on endpoints not tried yet, non-idempotent requests only when
 /// nothing was sent (unless `non_idempotent`), `off` retries nothing. `None` when none of it applies (Ingress v1
@@ -1338,7 +1418,7 @@ fn affinity(e: &Entry<'_>, path: &str) -> Option<Box<crate::model::SessionPersis
 
 /// Applies the backend annotations of an Ingress (`load-balance`, `upstream-hash-by`, `backend-protocol` with
 /// `proxy-ssl-*`) to its Service port; returns the variant label of what differs from the port's own settings
-/// (empty when nothing does). Values Portcullis does not apply were reported when the annotations were parsed.
+/// (empty when nothing does; `service-upstream`, whose cluster-IP endpoint the caller resolved, is labelled too). Values Portcullis does not apply were reported when the annotations were parsed.
 fn apply_nginx_backend(
     s: &mut crate::model::ServiceBackend,
     a: &annotations::BackendAnnotations,
@@ -1384,6 +1464,9 @@ fn apply_nginx_backend(
             },
         };
         parts.push(format!("lb={lb}"));
+    }
+    if a.service_upstream {
+        parts.push("service-upstream".to_string());
     }
     match (&a.tls, a.protocol) {
         (Some(_), annotations::BackendProtocolAnnotation::Grpcs) => {
@@ -1454,10 +1537,27 @@ fn backend(
             };
         }
     };
-    match refs.service_backend(ns, &svc.name, port) {
+    match refs.service_backend_via(ns, &svc.name, port, nginx.service_upstream) {
         Ok(mut s) => {
             let variant = apply_nginx_backend(&mut s, nginx);
             Backend::Service(refs.register_variant(s, &variant))
+        }
+        // ingress-nginx's `default-backend`: it also answers for a Service without ready endpoints.
+        Err(BackendError::NoReadyEndpoints(..)) if nginx.default_backend.is_some() => {
+            let name = nginx.default_backend.as_deref().unwrap_or_default();
+            match default_backend_service(ns, name, refs) {
+                Ok(key) => Backend::Service(key),
+                Err(e) => {
+                    diags.warning(
+                        object,
+                        format!("{field}: no ready endpoints, and annotation default-backend: {e}; requests get 503"),
+                    );
+                    Backend::Invalid {
+                        status: 503,
+                        reason: e.to_string(),
+                    }
+                }
+            }
         }
         Err(e) => {
             if !matches!(e, BackendError::NoReadyEndpoints(..)) {

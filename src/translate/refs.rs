@@ -34,6 +34,8 @@ pub(crate) enum BackendError {
     ExternalName(String, String),
     #[error("service {0}/{1} port {2} has no ready endpoints")]
     NoReadyEndpoints(String, String, u16),
+    #[error("service {0}/{1} has no cluster IP (headless), so service-upstream cannot use it")]
+    NoClusterIp(String, String),
 }
 
 impl BackendError {
@@ -279,6 +281,18 @@ impl<'a> Resolver<'a> {
         name: &str,
         port: PortRef<'_>,
     ) -> Result<ServiceBackend, BackendError> {
+        self.service_backend_via(ns, name, port, false)
+    }
+
+    /// As [`Resolver::service_backend`], or, with `cluster_ip` (ingress-nginx `service-upstream`), one endpoint:
+    /// the Service's cluster IP and port, leaving the choice of a pod to kube-proxy.
+    pub(crate) fn service_backend_via(
+        &self,
+        ns: &str,
+        name: &str,
+        port: PortRef<'_>,
+        cluster_ip: bool,
+    ) -> Result<ServiceBackend, BackendError> {
         let svc = self
             .service(ns, name)
             .ok_or_else(|| BackendError::ServiceNotFound(ns.into(), name.into()))?;
@@ -306,11 +320,23 @@ impl<'a> Resolver<'a> {
         let port_name = svc_port.name.as_deref().unwrap_or("");
 
         let mut endpoints = Vec::new();
+        if cluster_ip {
+            let ip = spec
+                .and_then(|s| s.cluster_ip.as_deref())
+                .and_then(|ip| ip.parse::<IpAddr>().ok())
+                .ok_or_else(|| BackendError::NoClusterIp(ns.into(), name.into()))?;
+            endpoints.push(Endpoint {
+                ip,
+                port: port_number,
+            });
+        }
         for slice in self
             .slices
             .get(&(ns, name))
             .map(Vec::as_slice)
             .unwrap_or(&[])
+            .iter()
+            .filter(|_| !cluster_ip)
         {
             if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
                 continue;

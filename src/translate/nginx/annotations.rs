@@ -332,9 +332,6 @@ impl IngressAnnotations {
 pub const NOT_APPLIED: &[&str] = &[
     "upstream-hash-by-subset",
     "upstream-hash-by-subset-size",
-    "service-upstream",
-    "custom-http-errors",
-    "default-backend",
     "relative-redirects",
 ];
 
@@ -555,6 +552,9 @@ const APPLIED: &[&str] = &[
     "proxy-ssl-server-name",
     "proxy-ssl-protocols",
     "proxy-ssl-ciphers",
+    "service-upstream",
+    "custom-http-errors",
+    "default-backend",
     "proxy-next-upstream",
     "proxy-next-upstream-tries",
     "proxy-next-upstream-timeout",
