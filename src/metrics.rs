@@ -17,6 +17,9 @@
 //! | `portcullis_open_connections` | gauge | `listener` (`ADDRESS:PORT`, `*` for the default address), `protocol`: `http`, `https`, `tls`, `tcp` | connections open on each listener served over TCP (see [`open_connections`]) |
 //! | `portcullis_udp_flows` | gauge | | UDP client flows open on every UDP listener (see [`udp`]) |
 //! | `portcullis_udp_datagrams_dropped_total` | counter | `reason`: `no_route`, `flow_table_full`, `queue_full`, `send_failed` | datagrams a UDP listener did not forward |
+//! | `portcullis_edge_requests_refused_total` | counter | `status`: `400`, `408`, `413`, `414`, `431`, `505` | requests the edge refused, by the status the client got (`GET /edge`'s `refused`) |
+//! | `portcullis_edge_connections_closed_total` | counter | `reason`: `connection_limit`, `header_timeout`, `idle_timeout`, `handshake_timeout`, `h2_rapid_reset` | connections the edge closed |
+//! | `portcullis_edge_paths_total` | counter | `action`: `normalized`, `redirected` | request paths normalized before matching, or redirected to their decoded form |
 //!
 //! The UDP and open-connection metrics are on the data path: their children are resolved once (when first used;
 //! when a listener is bound), and a datagram or a connection touches them with a relaxed atomic add.
@@ -341,6 +344,92 @@ pub fn open_connections() -> &'static IntGaugeVec {
     })
 }
 
+/// The edge's counters ([`crate::proxy::edge::STATS`]) as Prometheus counters, read when scraped: the edge
+/// keeps plain atomics on its path, and a scrape copies them.
+#[derive(Clone)]
+struct EdgeCollector {
+    refused: IntCounterVec,
+    closed: IntCounterVec,
+    paths: IntCounterVec,
+}
+
+impl EdgeCollector {
+    fn new() -> Self {
+        let vec = |name: &str, help: &str, label: &str| {
+            IntCounterVec::new(Opts::new(name, help), &[label])
+                .unwrap_or_else(|_| unreachable_metric())
+        };
+        EdgeCollector {
+            refused: vec(
+                "edge_requests_refused_total",
+                "Requests the edge refused, by the status the client got.",
+                "status",
+            ),
+            closed: vec(
+                "edge_connections_closed_total",
+                "Connections the edge closed: over the listener's connection limit, header, idle or TLS handshake \
+                 timeout, HTTP/2 rapid reset.",
+                "reason",
+            ),
+            paths: vec(
+                "edge_paths_total",
+                "Request paths normalized before matching, or redirected to their decoded form.",
+                "action",
+            ),
+        }
+    }
+
+    /// Fresh vectors holding the counters now (a counter only goes up, so each scrape builds its own).
+    fn fill(&self) -> Self {
+        let now = Self::new();
+        let s = crate::proxy::edge::STATS.snapshot();
+        let r = &s.refused;
+        for (status, v) in [
+            ("400", r.bad_request),
+            ("408", r.timeout),
+            ("413", r.body_too_large),
+            ("414", r.uri_too_long),
+            ("431", r.headers_too_large),
+            ("505", r.version),
+        ] {
+            now.refused.with_label_values(&[status]).inc_by(v);
+        }
+        for (reason, v) in [
+            ("connection_limit", s.connections_refused),
+            ("header_timeout", s.header_timeouts),
+            ("idle_timeout", s.idle_timeouts),
+            ("handshake_timeout", s.handshake_timeouts),
+            ("h2_rapid_reset", s.h2_rapid_resets),
+        ] {
+            now.closed.with_label_values(&[reason]).inc_by(v);
+        }
+        now.paths
+            .with_label_values(&["normalized"])
+            .inc_by(s.paths_normalized);
+        now.paths
+            .with_label_values(&["redirected"])
+            .inc_by(s.paths_redirected);
+        now
+    }
+}
+
+impl prometheus::core::Collector for EdgeCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        let mut d = self.refused.desc();
+        d.extend(self.closed.desc());
+        d.extend(self.paths.desc());
+        d
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let now = self.fill();
+        let mut out = now.refused.collect();
+        out.extend(now.closed.collect());
+        out.extend(now.paths.collect());
+        out
+    }
+}
+
 #[cold]
 fn unreachable_metric() -> ! {
     unreachable!("a fixed metric description is valid")
@@ -472,6 +561,12 @@ impl Metrics {
                 ),
             )?,
         )?;
+        registry
+            .register(Box::new(EdgeCollector::new()))
+            .map_err(|source| MetricsError {
+                name: "edge",
+                source,
+            })?;
         register(&registry, "open_connections", open_connections().clone())?;
         register(&registry, "udp_flows", udp().flows.clone())?;
         register(

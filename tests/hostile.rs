@@ -369,6 +369,18 @@ fn smuggling_shapes_are_refused_and_nothing_is_forwarded() -> Result<()> {
     let ours = cases.iter().filter(|c| c.2).count() as u64;
     let stats = edge_stats(&edge.proxy)?;
     assert_eq!(counter(&stats, &["refused", "400"]), ours, "{stats}");
+    // The same counter on /metrics.
+    let metrics = edge.proxy.admin("/metrics")?.text();
+    let line = format!("portcullis_edge_requests_refused_total{{status=\"400\"}} {ours}");
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "{line} in:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("edge_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     Ok(())
 }
 
