@@ -380,6 +380,9 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         .build()
         .context("cannot start the data-plane runtime")?;
     let edge = args.edge.settings().map_err(anyhow::Error::msg)?;
+    // The admin API and the health port get the same edge (header and idle timeouts, the strict head check, the
+    // connection limit) as the listeners that serve traffic: the health port is on the pod IP.
+    let admin_edge = Arc::new(edge.clone());
     let mut listeners = ListenerManager::new(
         store.clone(),
         args.bind_address,
@@ -461,7 +464,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                         exit_rx.clone(),
                         shutdown_rx.clone(),
                         Connections::default(),
-                        ListenerEdge::none(),
+                        ListenerEdge::new(admin_edge.clone(), false),
                     ));
                     if let Some((listener, health)) = health_listener {
                         tokio::spawn(accept_loop(
@@ -471,7 +474,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                             exit_rx.clone(),
                             shutdown_rx,
                             Connections::default(),
-                            ListenerEdge::none(),
+                            ListenerEdge::new(admin_edge, false),
                         ));
                     }
                     match source {

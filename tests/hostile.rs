@@ -788,6 +788,79 @@ fn a_later_request_on_a_kept_alive_connection_is_checked_too() -> Result<()> {
     Ok(())
 }
 
+/// The admin API and the health port are wrapped by the same edge: a slow head is cut by the header timeout,
+/// connections beyond the limit are closed at once, a malformed head is refused.
+#[test]
+fn admin_and_health_ports_have_the_edge_limits() -> Result<()> {
+    let health = free_port();
+    let health_addr = format!("127.0.0.1:{health}");
+    let edge = Edge::start(&[
+        "--max-connections-per-listener",
+        "4",
+        "--header-timeout",
+        "1",
+        "--health-addr",
+        &health_addr,
+    ])?;
+    for port in [edge.proxy.admin, health] {
+        // A head that never ends: cut by the header timeout (408, then the close).
+        let start = Instant::now();
+        let resp = exchange(
+            port,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n",
+            Duration::from_secs(4),
+        )?;
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "port {port}: cut after {:?}",
+            start.elapsed()
+        );
+        assert!(
+            resp.is_empty() || status(&resp) == 408,
+            "{}",
+            String::from_utf8_lossy(&resp)
+        );
+        // A malformed head: 400.
+        let resp = exchange(port, b"GET /healthz HTTP/1.1\nHost: x\n\n", WAIT)?;
+        assert_eq!(
+            status(&resp),
+            400,
+            "port {port}: {}",
+            String::from_utf8_lossy(&resp)
+        );
+        // Four held connections fill the port; a fifth is closed at once.
+        let held: Vec<TcpStream> = (0..4)
+            .map(|_| TcpStream::connect(("127.0.0.1", port)))
+            .collect::<std::io::Result<_>>()?;
+        std::thread::sleep(Duration::from_millis(300));
+        let resp = exchange(
+            port,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+            Duration::from_secs(2),
+        )?;
+        assert!(
+            resp.is_empty(),
+            "port {port}: {}",
+            String::from_utf8_lossy(&resp)
+        );
+        drop(held);
+        // Room again: probes answer.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match exchange(
+                port,
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                WAIT,
+            ) {
+                Ok(r) if !r.is_empty() && status(&r) == 200 => break,
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                other => bail!("port {port}: no answer after the held connections went: {other:?}"),
+            }
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn connections_beyond_the_listener_limit_are_closed_at_once() -> Result<()> {
     let edge = Edge::start(&[

@@ -358,6 +358,29 @@ fn read_document(v: Value, loc: &Location, out: &mut ParsedFile) {
         );
         return;
     }
+    // A name or namespace YAML read as something else than a string (an unquoted `off`, `no`, `yes`, `on`, `true`,
+    // `false`, a number): say so, rather than that it is missing.
+    for field in ["name", "namespace"] {
+        if let Some(v) = meta
+            .and_then(|m| m.get(field))
+            .filter(|v| !v.is_string() && !v.is_null())
+        {
+            let what = match v {
+                Value::Bool(b) => format!(
+                    "the boolean {b} (YAML reads unquoted yes, no, on, off, true and false as booleans)"
+                ),
+                Value::Number(n) => format!("the number {n}"),
+                _ => "not text".to_string(),
+            };
+            problem(
+                out,
+                Severity::Error,
+                Some(object_ref),
+                format!("metadata.{field} must be a string, and is {what}: quote it"),
+            );
+            return;
+        }
+    }
     if name.is_empty() {
         problem(
             out,
