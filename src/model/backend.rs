@@ -254,6 +254,15 @@ pub enum LoadBalancing {
     /// Ketama consistent hashing of a request property: the same value goes to the same endpoint while the
     /// endpoint set is unchanged, and few values move when it changes.
     ConsistentHash(HashOn),
+    /// ingress-nginx's `upstream-hash-by-subset`: the endpoints (in address order) are cut into subsets of `size`
+    /// (the last one filled up from the first endpoints), the property's hash picks a subset on a Ketama ring,
+    /// and a random endpoint of that subset serves.
+    ConsistentHashSubset {
+        /// What is hashed.
+        on: HashOn,
+        /// Endpoints per subset.
+        size: u32,
+    },
 }
 
 impl LoadBalancing {

@@ -275,7 +275,46 @@ enum Selector {
     RoundRobin(Arc<RoundRobin>),
     Random(Arc<Random>),
     Hash(Arc<KetamaHashing>, HashOn),
+    /// A Ketama ring over subsets of the endpoints (each ring member's `ext` is a [`SubsetRef`]).
+    HashSubset(Arc<KetamaHashing>, HashOn, Box<[Box<[u32]>]>),
     LeastRequest(Arc<LeastRequest>),
+}
+
+/// Which subset a ring member of [`Selector::HashSubset`] stands for.
+#[derive(Clone, Copy, Debug)]
+struct SubsetRef(u32);
+
+/// The subsets of ingress-nginx's `upstream-hash-by-subset`: the endpoints in order, cut into groups of `size`,
+/// the last group filled up with the first endpoints (as ingress-nginx reuses endpoints when there are too few).
+fn subsets(n: usize, size: u32) -> Box<[Box<[u32]>]> {
+    let size = (size.max(1) as usize).min(n.max(1));
+    if n == 0 {
+        return Box::new([]);
+    }
+    let count = n.div_ceil(size);
+    (0..count)
+        .map(|s| {
+            (0..size)
+                .map(|k| ((s * size + k) % n) as u32)
+                .collect::<Box<[u32]>>()
+        })
+        .collect()
+}
+
+/// The ring members of the subsets: one pingora-load-balancing backend per subset, at a made-up address that
+/// only names the subset (the ring hashes addresses), with its [`SubsetRef`].
+fn subset_ring(count: usize) -> BTreeSet<LbBackend> {
+    (0..count)
+        .map(|i| {
+            let mut ext = http::Extensions::new();
+            ext.insert(SubsetRef(i as u32));
+            LbBackend {
+                addr: PingoraAddr::Inet(SocketAddr::from((std::net::Ipv4Addr::from(i as u32), 1))),
+                weight: 1,
+                ext,
+            }
+        })
+        .collect()
 }
 
 impl Upstream {
@@ -310,6 +349,11 @@ impl Upstream {
             }
             LoadBalancing::ConsistentHash(on) => {
                 Selector::Hash(Arc::new(KetamaHashing::build(&set)), on.clone())
+            }
+            LoadBalancing::ConsistentHashSubset { on, size } => {
+                let groups = subsets(endpoints.len(), *size);
+                let ring = KetamaHashing::build(&subset_ring(groups.len()));
+                Selector::HashSubset(Arc::new(ring), on.clone(), groups)
             }
         };
         let h2 = spec.protocol == BackendProtocol::H2c;
@@ -385,7 +429,7 @@ impl Upstream {
     /// The request property consistent hashing uses, when the backend hashes.
     pub fn hash_on(&self) -> Option<&HashOn> {
         match &self.selector {
-            Selector::Hash(_, on) => Some(on),
+            Selector::Hash(_, on) | Selector::HashSubset(_, on, _) => Some(on),
             _ => None,
         }
     }
@@ -404,8 +448,46 @@ impl Upstream {
             Selector::RoundRobin(s) => self.walk(s.iter(hash_key), tried),
             Selector::Random(s) => self.walk(s.iter(hash_key), tried),
             Selector::Hash(s, _) => self.walk(s.iter(hash_key), tried),
+            Selector::HashSubset(s, _, groups) => {
+                self.walk_subsets(s.iter(hash_key), groups, tried)
+            }
             Selector::LeastRequest(s) => self.walk(s.iter(hash_key), tried),
         }
+    }
+
+    /// [`Upstream::walk`] for subsets: the first subset on the ring with an endpoint in rotation and not tried
+    /// gives one of those at random; when none has, any endpoint not tried (as `walk` falls back).
+    fn walk_subsets(
+        &self,
+        mut it: impl BackendIter,
+        groups: &[Box<[u32]>],
+        tried: &Tried,
+    ) -> Option<usize> {
+        let n = self.endpoints.len();
+        let mut now = None;
+        for _ in 0..(2 * groups.len() + 4) {
+            let Some(b) = it.next() else { break };
+            let Some(&SubsetRef(g)) = b.ext.get::<SubsetRef>() else {
+                continue;
+            };
+            let Some(group) = groups.get(g as usize) else {
+                continue;
+            };
+            // Two passes over the (small) subset rather than a list: no allocation per request.
+            let mut ready = |i: usize| {
+                !tried.contains(i) && self.endpoints.get(i).is_some_and(|e| e.available(&mut now))
+            };
+            let count = group.iter().filter(|&&i| ready(i as usize)).count();
+            if count > 0 {
+                let pick = fastrand::usize(..count);
+                return group
+                    .iter()
+                    .map(|&i| i as usize)
+                    .filter(|&i| ready(i))
+                    .nth(pick);
+            }
+        }
+        (0..n).find(|&i| !tried.contains(i))
     }
 
     /// The persistent session key of endpoint `i`.
@@ -808,6 +890,49 @@ mod tests {
         let mut tried = Tried::default();
         tried.add(first);
         assert_ne!(a.select_balanced(keys[0], &tried), Some(first));
+    }
+
+    #[test]
+    fn hash_subsets_keep_a_key_within_its_subset() {
+        // Subsets as ingress-nginx cuts them: in order, the last one filled up from the start.
+        assert_eq!(
+            subsets(7, 3).iter().map(|g| g.to_vec()).collect::<Vec<_>>(),
+            vec![vec![0, 1, 2], vec![3, 4, 5], vec![6, 0, 1]]
+        );
+        assert_eq!(subsets(2, 3).len(), 1);
+        assert!(subsets(0, 3).is_empty());
+        let policy = BackendPolicy {
+            load_balancing: LoadBalancing::ConsistentHashSubset {
+                on: HashOn::Uri,
+                size: 2,
+            },
+            ..BackendPolicy::default()
+        };
+        let (k, s) = spec(&[1, 2, 3, 4, 5, 6], policy);
+        let u = Upstream::new(&k, &s, None);
+        let mut seen_subsets = BTreeSet::new();
+        for key in 0..40u32 {
+            let key = format!("/item/{key}");
+            let picks: BTreeSet<usize> = (0..30)
+                .map(|_| u.select(key.as_bytes(), &Tried::default()).unwrap())
+                .collect();
+            // One subset of two endpoints per key, both used (random within the subset).
+            assert_eq!(picks.len(), 2, "{key}: {picks:?}");
+            let first = *picks.iter().next().unwrap();
+            assert_eq!(first % 2, 0, "{key}: {picks:?}");
+            assert!(picks.contains(&(first + 1)), "{key}: {picks:?}");
+            seen_subsets.insert(first / 2);
+        }
+        assert_eq!(seen_subsets.len(), 3, "keys spread over the subsets");
+        // Both endpoints of a key's subset tried: another subset serves.
+        let key = b"/item/1";
+        let mut tried = Tried::default();
+        for _ in 0..2 {
+            let i = u.select(key, &tried).unwrap();
+            tried.add(i);
+        }
+        let other = u.select(key, &tried).unwrap();
+        assert!(!tried.contains(other));
     }
 
     #[test]

@@ -1430,7 +1430,13 @@ fn apply_nginx_backend(
         .as_ref()
         .and_then(|h| annotations::hash_on(&h.key))
     {
-        s.policy.load_balancing = LoadBalancing::ConsistentHash(on);
+        s.policy.load_balancing = match a.upstream_hash_by.as_ref() {
+            Some(h) if h.subset => LoadBalancing::ConsistentHashSubset {
+                on,
+                size: u32::try_from(h.subset_size).unwrap_or(3).max(1),
+            },
+            _ => LoadBalancing::ConsistentHash(on),
+        };
     } else {
         match a.load_balance {
             Some(annotations::LoadBalance::Ewma) => {
@@ -1450,18 +1456,14 @@ fn apply_nginx_backend(
     }
     let mut parts = Vec::new();
     if s.policy.load_balancing != before.0 {
-        use crate::model::HashOn;
         let lb = match &s.policy.load_balancing {
             LoadBalancing::RoundRobin => "round-robin".to_string(),
             LoadBalancing::Random => "random".to_string(),
             LoadBalancing::LeastRequest => "ewma".to_string(),
-            LoadBalancing::ConsistentHash(on) => match on {
-                HashOn::SourceIp => "hash:source-ip".to_string(),
-                HashOn::Uri => "hash:uri".to_string(),
-                HashOn::Header(h) => format!("hash:header:{h}"),
-                HashOn::Cookie(c) => format!("hash:cookie:{c}"),
-                HashOn::QueryParam(q) => format!("hash:query:{q}"),
-            },
+            LoadBalancing::ConsistentHash(on) => format!("hash:{}", hash_label(on)),
+            LoadBalancing::ConsistentHashSubset { on, size } => {
+                format!("hash-subset{size}:{}", hash_label(on))
+            }
         };
         parts.push(format!("lb={lb}"));
     }
@@ -1491,6 +1493,18 @@ fn apply_nginx_backend(
         (None, _) => {}
     }
     parts.join(",")
+}
+
+/// What a consistent hash hashes, in a variant label.
+fn hash_label(on: &crate::model::HashOn) -> String {
+    use crate::model::HashOn;
+    match on {
+        HashOn::SourceIp => "source-ip".to_string(),
+        HashOn::Uri => "uri".to_string(),
+        HashOn::Header(h) => format!("header:{h}"),
+        HashOn::Cookie(c) => format!("cookie:{c}"),
+        HashOn::QueryParam(q) => format!("query:{q}"),
+    }
 }
 
 /// Resolves an Ingress backend. An unresolvable Service answers 503, as ingress-nginx does.

@@ -329,11 +329,7 @@ impl IngressAnnotations {
 }
 
 /// The annotations (short names) whose effect is on backends: parsed and checked, not applied yet.
-pub const NOT_APPLIED: &[&str] = &[
-    "upstream-hash-by-subset",
-    "upstream-hash-by-subset-size",
-    "relative-redirects",
-];
+pub const NOT_APPLIED: &[&str] = &["relative-redirects"];
 
 /// Snippet annotations: raw nginx configuration, never executed here.
 pub const SNIPPETS: &[&str] = &[
@@ -552,6 +548,8 @@ const APPLIED: &[&str] = &[
     "proxy-ssl-server-name",
     "proxy-ssl-protocols",
     "proxy-ssl-ciphers",
+    "upstream-hash-by-subset",
+    "upstream-hash-by-subset-size",
     "service-upstream",
     "custom-http-errors",
     "default-backend",
@@ -2471,7 +2469,7 @@ fn backend(p: &mut P<'_>, out: &mut IngressAnnotations) {
                 .unwrap_or(false);
             let size = p
                 .int("upstream-hash-by-subset-size", OnBad::Reject, 3)
-                .filter(|&n| n != 0)
+                .filter(|&n| n > 0)
                 .unwrap_or(3);
             if hash_on(v).is_none() {
                 p.warn(
@@ -2479,11 +2477,6 @@ fn backend(p: &mut P<'_>, out: &mut IngressAnnotations) {
                     "not applied: Portcullis hashes on one variable ($request_uri, $remote_addr, \
                      $binary_remote_addr, $http_NAME, $cookie_NAME or $arg_NAME); endpoints are chosen round robin"
                         .into(),
-                );
-            } else if subset {
-                p.warn(
-                    "upstream-hash-by-subset",
-                    "not applied: the hash picks one endpoint of all, not of a subset".into(),
                 );
             }
             b.upstream_hash_by = Some(UpstreamHashBy {
@@ -2525,7 +2518,8 @@ fn backend(p: &mut P<'_>, out: &mut IngressAnnotations) {
             _ => LoadBalance::RoundRobin,
         });
         let applied = matches!(v.as_str(), "round_robin" | "ewma")
-            || (v == "chash" && b.upstream_hash_by.is_some());
+            || (v == "chash" && b.upstream_hash_by.is_some())
+            || (v == "chashsubset" && b.upstream_hash_by.as_ref().is_some_and(|h| h.subset));
         if !applied {
             p.warn(
                 "load-balance",
