@@ -3,7 +3,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 while the process is alive |
-//! | `GET /readyz` | 200 once the first configuration is published, 503 before, and 503 again from the moment a drain begins (SIGTERM) |
+//! | `GET /readyz` | 200 once the first configuration is published and its listeners bound, 503 before, and 503 again from the moment a drain begins (SIGTERM) |
 //! | `GET /metrics` | Prometheus metrics (`crate::metrics`), when enabled |
 //! | `GET /config` | the current model as JSON (`version`, `listeners`) |
 //! | `GET /diagnostics` | the problems found in the current configuration sources, as JSON strings |

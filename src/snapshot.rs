@@ -73,6 +73,11 @@ pub struct Rounds {
 pub struct Store {
     current: ArcSwap<Snapshot>,
     ready: AtomicBool,
+    /// A listener manager binds this store's listeners: readiness also waits until it has reconciled a published
+    /// table (so `/readyz` does not say ready while the ports are still being bound).
+    listeners_expected: AtomicBool,
+    /// The newest published version whose listeners were reconciled (0: none yet).
+    listeners_version: AtomicU64,
     version: AtomicU64,
     noops: AtomicU64,
     rounds: Mutex<Rounds>,
@@ -93,6 +98,8 @@ impl Store {
         Store {
             current: ArcSwap::from_pointee(Snapshot::default()),
             ready: AtomicBool::new(false),
+            listeners_expected: AtomicBool::new(false),
+            listeners_version: AtomicU64::new(0),
             version: AtomicU64::new(0),
             noops: AtomicU64::new(0),
             rounds: Mutex::new(Rounds::default()),
@@ -117,9 +124,23 @@ impl Store {
         self.current.load_full()
     }
 
-    /// Has a first configuration been published?
+    /// Has a first configuration been published, and (when a listener manager serves this store) have its
+    /// listeners been bound?
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+            && (!self.listeners_expected.load(Ordering::Acquire)
+                || self.listeners_version.load(Ordering::Acquire) > 0)
+    }
+
+    /// A listener manager will bind this store's listeners: [`Store::is_ready`] waits for its first reconcile.
+    pub fn expect_listeners(&self) {
+        self.listeners_expected.store(true, Ordering::Release);
+    }
+
+    /// The listeners of published `version` were reconciled (bound, or reported and retried when a bind failed:
+    /// one port in use must not keep the whole proxy unready).
+    pub fn listeners_reconciled(&self, version: u64) {
+        self.listeners_version.fetch_max(version, Ordering::AcqRel);
     }
 
     /// How many publishes were skipped because nothing changed.
@@ -195,6 +216,16 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readiness_waits_for_the_listeners_when_a_manager_binds_them() {
+        let store = Store::new();
+        store.expect_listeners();
+        assert_eq!(store.publish(Model::default()).unwrap(), Some(1));
+        assert!(!store.is_ready(), "published, listeners not bound yet");
+        store.listeners_reconciled(1);
+        assert!(store.is_ready());
+    }
 
     #[test]
     fn publishes_only_changes() {

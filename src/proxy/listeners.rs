@@ -264,6 +264,7 @@ impl ListenerManager {
         port_offset: u16,
         shutdown: ShutdownWatch,
     ) -> Self {
+        store.expect_listeners();
         ListenerManager {
             store,
             bind_ip,
@@ -381,6 +382,9 @@ impl ListenerManager {
         }
         if let Ok(mut s) = self.states.lock() {
             *s = states;
+        }
+        if snap.version > 0 {
+            self.store.listeners_reconciled(snap.version);
         }
         all_bound
     }
