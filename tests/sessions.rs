@@ -199,3 +199,89 @@ async fn sessions_stick_to_their_endpoint_and_survive_its_failure() -> Result<()
     }
     Ok(())
 }
+
+/// ingress-nginx canaries with cookie affinity: by default (`affinity-canary-behavior: sticky`) a session that
+/// went to the canary stays there whatever the weight draws; with `legacy` the weight decides on every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_sessions_stick_unless_legacy() -> Result<()> {
+    let main = echo("main-1", "default").await?;
+    let canary = echo("canary-1", "default").await?;
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let pair = |host: &str, behavior: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: {host}
+  namespace: default
+  annotations:
+    nginx.ingress.kubernetes.io/affinity: cookie
+    nginx.ingress.kubernetes.io/affinity-mode: persistent
+    nginx.ingress.kubernetes.io/affinity-canary-behavior: {behavior}
+spec:
+  rules:
+  - host: {host}.example.com
+    http:
+      paths:
+      - {{path: /, pathType: Prefix, backend: {{service: {{name: main, port: {{number: 80}}}}}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: {host}-canary
+  namespace: default
+  annotations:
+    nginx.ingress.kubernetes.io/canary: \"true\"
+    nginx.ingress.kubernetes.io/canary-weight: \"50\"
+spec:
+  rules:
+  - host: {host}.example.com
+    http:
+      paths:
+      - {{path: /, pathType: Prefix, backend: {{service: {{name: canary, port: {{number: 80}}}}}}}}
+---
+"
+        )
+    };
+    let manifests = format!(
+        "{CLASSES}{}{}{}{}",
+        service_yaml("default", "main", 80, &[&main]),
+        service_yaml("default", "canary", 80, &[&canary]),
+        pair("sticky", "sticky"),
+        pair("legacy", "legacy"),
+    );
+    std::fs::write(dir.path().join("all.yaml"), manifests)?;
+    let _proxy = Proxy::start(dir.path(), port, &[])?;
+    // A session that starts on the canary (the weight draws it half the time).
+    let canary_cookie = |host: &str| -> Result<String> {
+        for _ in 0..60 {
+            let r = common::get(port, host, "/", &[])?;
+            if r.pod() == "canary-1" {
+                let (value, _) = set_cookie(&r, "INGRESSCOOKIE").context("a session cookie")?;
+                return Ok(format!("INGRESSCOOKIE={value}"));
+            }
+        }
+        anyhow::bail!("the canary never drew in 60 requests")
+    };
+    let cookie = canary_cookie("sticky.example.com")?;
+    for _ in 0..20 {
+        let r = common::get(port, "sticky.example.com", "/", &[("cookie", &cookie)])?;
+        assert_eq!(
+            r.pod(),
+            "canary-1",
+            "sticky: the session stays on the canary"
+        );
+    }
+    let cookie = canary_cookie("legacy.example.com")?;
+    let pods: BTreeSet<String> = (0..30)
+        .map(|_| {
+            common::get(port, "legacy.example.com", "/", &[("cookie", &cookie)]).map(|r| r.pod())
+        })
+        .collect::<Result<_>>()?;
+    assert!(
+        pods.contains("main-1"),
+        "legacy: the weight still sends some to main: {pods:?}"
+    );
+    Ok(())
+}

@@ -121,6 +121,15 @@ pub struct SessionPersistence {
     /// a key for the new endpoint (ingress-nginx `session-cookie-change-on-failure`); otherwise it keeps its key and
     /// returns to its endpoint once that is ready again.
     pub change_on_failure: bool,
+    /// The key also picks the backend among the rule's weighted backends (Gateway API, and ingress-nginx's
+    /// `affinity-canary-behavior: sticky`: a session that went to a canary stays there). `false` (`legacy`): the
+    /// weights and canary rules pick the backend on every request, and the key only the endpoint within it.
+    #[serde(skip_serializing_if = "is_true")]
+    pub pins_backend: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// Where a session key travels.

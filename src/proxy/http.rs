@@ -189,7 +189,7 @@ impl HttpApp {
         // key does (the backend of its endpoint, or its place on the weights).
         let picked = match (ctx.policy.forced_backend, sticky, incoming) {
             (Some(i), ..) => w.backends().get(i).map(|b| (i, b)),
-            (None, Some(s), Some(key)) => match s.mode {
+            (None, Some(s), Some(key)) if s.pins_backend => match s.mode {
                 StickyMode::Persistent => session_backend(snap, w, key).or_else(|| w.pick()),
                 StickyMode::Balanced => w.pick_for_key(key),
             },
@@ -1062,8 +1062,8 @@ impl ProxyHttp for HttpApp {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
             let client = client_ip(session);
-            let sticky = ctx.entry.as_ref().and_then(|e| e.rule.session.clone());
-            let next = match sticky.as_deref() {
+            let entry = ctx.entry.clone();
+            let next = match entry.as_ref().and_then(|e| e.rule.session.as_deref()) {
                 Some(s) => sticky_retry(s, &upstream, session.req_header(), client, ctx),
                 None => with_hash_key(upstream.hash_on(), session.req_header(), client, |key| {
                     upstream

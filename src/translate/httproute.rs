@@ -390,6 +390,7 @@ pub(super) fn session_persistence(
         carrier,
         mode: StickyMode::Persistent,
         change_on_failure: false,
+        pins_backend: true,
     })))
 }
 

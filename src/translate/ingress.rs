@@ -1413,6 +1413,7 @@ fn affinity(e: &Entry<'_>, path: &str) -> Option<Box<crate::model::SessionPersis
             StickyMode::Balanced
         },
         change_on_failure: a.change_on_failure,
+        pins_backend: !a.canary_legacy,
     }))
 }
 
