@@ -16,8 +16,8 @@ mod tls;
 
 pub use backend::{
     ActiveHealth, BackendKey, BackendPolicy, BackendProtocol, BackendTls, ClientCertificate,
-    Endpoint, HashOn, HealthCheck, LoadBalancing, PassiveHealth, ServiceBackend, SubjectAltName,
-    TlsVersion,
+    Endpoint, HashOn, HashPart, HealthCheck, LoadBalancing, PassiveHealth, ServiceBackend,
+    SubjectAltName, TlsVersion,
 };
 pub use host::{HostPattern, HostPatternError};
 pub use rule::{

@@ -286,6 +286,27 @@ pub enum HashOn {
     Cookie(String),
     /// A query parameter.
     QueryParam(String),
+    /// The request's host name (the Host header or the authority, without the port, lowercased).
+    Host,
+    /// The path, without the query.
+    Path,
+    /// The query string, without the `?`.
+    Query,
+    /// The request method.
+    Method,
+    /// Text and request properties, concatenated in order (ingress-nginx's `upstream-hash-by:
+    /// "$host$request_uri"`). Never nested.
+    Parts(Vec<HashPart>),
+}
+
+/// One piece of a [`HashOn::Parts`] key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", content = "value")]
+pub enum HashPart {
+    /// Literal text.
+    Text(String),
+    /// A request property (any [`HashOn`] but `Parts`).
+    Var(HashOn),
 }
 
 /// Passive health checking: an endpoint that fails `max_failures` times in a row (connection refused or reset

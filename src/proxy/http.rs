@@ -27,8 +27,8 @@ use super::sticky;
 use super::upstream::{BackendId, Tried, Upstream};
 use crate::metrics::request::{Handles, UpstreamResult};
 use crate::model::{
-    Cors, Filter, HashOn, HeaderModifier, PathModifier, Redirect, Retry, SessionPersistence,
-    StickyMode,
+    Cors, Filter, HashOn, HashPart, HeaderModifier, PathModifier, Redirect, Retry,
+    SessionPersistence, StickyMode,
 };
 use crate::router::{
     normalize_host, CompiledAction, CompiledBackend, Lookup, RequestParts, RouteEntry, Target,
@@ -537,48 +537,122 @@ impl Drop for Ctx {
 const CONNECT_ATTEMPTS: u32 = 3;
 
 /// Calls `f` with the bytes consistent hashing uses for this request (empty when the property is absent).
+/// A single property is passed as it stands in the request; a host name and a key of several parts are written
+/// into a buffer kept per thread, so no request allocates for its key.
 fn with_hash_key<R>(
     on: Option<&HashOn>,
     req: &RequestHeader,
     client: Option<IpAddr>,
     f: impl FnOnce(&[u8]) -> R,
 ) -> R {
-    let Some(on) = on else { return f(b"") };
+    match on {
+        None => f(b""),
+        Some(HashOn::Host | HashOn::Parts(_)) => HASH_KEY.with(|cell| {
+            // Taken, not borrowed: a nested call (there is none) would get an empty buffer, not a panic.
+            let mut buf = cell.take();
+            buf.clear();
+            match on {
+                Some(HashOn::Parts(parts)) => {
+                    for part in parts {
+                        match part {
+                            HashPart::Text(t) => buf.extend_from_slice(t.as_bytes()),
+                            HashPart::Var(v) => append_hash_property(&mut buf, v, req, client),
+                        }
+                    }
+                }
+                Some(v) => append_hash_property(&mut buf, v, req, client),
+                None => {}
+            }
+            let r = f(&buf);
+            cell.set(buf);
+            r
+        }),
+        Some(on) => {
+            let mut ip = [0u8; 16];
+            f(hash_property(on, req, client, &mut ip))
+        }
+    }
+}
+
+thread_local! {
+    /// The buffer [`with_hash_key`] writes keys of several parts into.
+    static HASH_KEY: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Appends one property of a key of several parts: the host name lowercased, anything else as it stands.
+fn append_hash_property(
+    buf: &mut Vec<u8>,
+    on: &HashOn,
+    req: &RequestHeader,
+    client: Option<IpAddr>,
+) {
+    if let HashOn::Host = on {
+        let host = request_host(req);
+        buf.extend(host_without_port(host).iter().map(u8::to_ascii_lowercase));
+    } else {
+        let mut ip = [0u8; 16];
+        buf.extend_from_slice(hash_property(on, req, client, &mut ip));
+    }
+}
+
+/// The host of a Host header or authority without its port (`strip_port`); not UTF-8: as it stands.
+fn host_without_port(host: &[u8]) -> &[u8] {
+    std::str::from_utf8(host).map_or(host, |h| strip_port(h).as_bytes())
+}
+
+/// The bytes of one request property (empty when the request lacks it); `ip` holds an address's octets.
+fn hash_property<'r>(
+    on: &HashOn,
+    req: &'r RequestHeader,
+    client: Option<IpAddr>,
+    ip: &'r mut [u8; 16],
+) -> &'r [u8] {
     match on {
         HashOn::SourceIp => match client {
-            Some(IpAddr::V4(ip)) => f(&ip.octets()),
-            Some(IpAddr::V6(ip)) => f(&ip.octets()),
-            None => f(b""),
+            Some(IpAddr::V4(a)) => {
+                ip[..4].copy_from_slice(&a.octets());
+                &ip[..4]
+            }
+            Some(IpAddr::V6(a)) => {
+                *ip = a.octets();
+                &ip[..]
+            }
+            None => b"",
         },
-        HashOn::Uri => f(req
+        HashOn::Uri => req
             .uri
             .path_and_query()
-            .map_or(&b""[..], |p| p.as_str().as_bytes())),
-        HashOn::Header(name) => f(req
+            .map_or(&b""[..], |p| p.as_str().as_bytes()),
+        HashOn::Path => req.uri.path().as_bytes(),
+        HashOn::Query => req.uri.query().map_or(&b""[..], str::as_bytes),
+        HashOn::Method => req.method.as_str().as_bytes(),
+        HashOn::Host => host_without_port(request_host(req)),
+        HashOn::Header(name) => req
             .headers
             .get(name.as_str())
-            .map_or(&b""[..], |v| v.as_bytes())),
-        HashOn::Cookie(name) => {
-            let value = req
-                .headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
-                .find_map(|pair| {
-                    let pair = pair.trim_ascii_start();
-                    pair.strip_prefix(name.as_bytes())?.strip_prefix(b"=")
-                });
-            f(value.unwrap_or(b""))
-        }
-        HashOn::QueryParam(name) => {
-            let value = req.uri.query().and_then(|q| {
+            .map_or(&b""[..], |v| v.as_bytes()),
+        HashOn::Cookie(name) => req
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+            .find_map(|pair| {
+                let pair = pair.trim_ascii_start();
+                pair.strip_prefix(name.as_bytes())?.strip_prefix(b"=")
+            })
+            .unwrap_or(b""),
+        HashOn::QueryParam(name) => req
+            .uri
+            .query()
+            .and_then(|q| {
                 q.split('&').find_map(|pair| {
                     let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
                     (k == name).then_some(v)
                 })
-            });
-            f(value.map_or(&b""[..], str::as_bytes))
-        }
+            })
+            .map_or(&b""[..], str::as_bytes),
+        // Keys are never nested (the translator builds them flat).
+        HashOn::Parts(_) => b"",
     }
 }
 
@@ -1528,6 +1602,45 @@ mod tests {
             let mut buf = [0u8; 64];
             assert_eq!(ip_text(ip, &mut buf), ip.to_string().as_bytes());
         }
+    }
+
+    #[test]
+    fn hash_keys_concatenate_their_parts() {
+        use crate::model::HashPart;
+        let mut req = RequestHeader::build("GET", b"/cart/1?id=7&x=y", None).unwrap();
+        req.insert_header("host", "Shop.Example.com:8443").unwrap();
+        req.insert_header("cookie", "a=1; sid=abc").unwrap();
+        req.insert_header("x-user", "u9").unwrap();
+        let client = Some(IpAddr::from([10, 1, 2, 3]));
+        let key = |on: HashOn| with_hash_key(Some(&on), &req, client, <[u8]>::to_vec);
+        assert_eq!(key(HashOn::Host), b"shop.example.com");
+        assert_eq!(key(HashOn::Path), b"/cart/1");
+        assert_eq!(key(HashOn::Query), b"id=7&x=y");
+        assert_eq!(key(HashOn::Method), b"GET");
+        assert_eq!(key(HashOn::SourceIp), [10, 1, 2, 3]);
+        let parts = HashOn::Parts(vec![
+            HashPart::Var(HashOn::Host),
+            HashPart::Text("|".into()),
+            HashPart::Var(HashOn::Uri),
+            HashPart::Text("|".into()),
+            HashPart::Var(HashOn::Cookie("sid".into())),
+            HashPart::Var(HashOn::Header("x-user".into())),
+            HashPart::Var(HashOn::QueryParam("id".into())),
+            HashPart::Var(HashOn::Header("absent".into())),
+        ]);
+        assert_eq!(
+            key(parts.clone()),
+            b"shop.example.com|/cart/1?id=7&x=y|abcu97"
+        );
+        // The per-thread buffer is cleared between keys.
+        assert_eq!(key(parts), b"shop.example.com|/cart/1?id=7&x=y|abcu97");
+        assert_eq!(with_hash_key(None, &req, client, <[u8]>::to_vec), b"");
+        let mut v6 = RequestHeader::build("GET", b"/", None).unwrap();
+        v6.insert_header("host", "[::1]:80").unwrap();
+        assert_eq!(
+            with_hash_key(Some(&HashOn::Host), &v6, None, <[u8]>::to_vec),
+            b"[::1]"
+        );
     }
 
     #[test]

@@ -1505,6 +1505,18 @@ fn hash_label(on: &crate::model::HashOn) -> String {
         HashOn::Header(h) => format!("header:{h}"),
         HashOn::Cookie(c) => format!("cookie:{c}"),
         HashOn::QueryParam(q) => format!("query:{q}"),
+        HashOn::Host => "host".to_string(),
+        HashOn::Path => "path".to_string(),
+        HashOn::Query => "query".to_string(),
+        HashOn::Method => "method".to_string(),
+        HashOn::Parts(parts) => parts
+            .iter()
+            .map(|p| match p {
+                crate::model::HashPart::Text(t) => format!("text:{t}"),
+                crate::model::HashPart::Var(on) => hash_label(on),
+            })
+            .collect::<Vec<_>>()
+            .join("+"),
     }
 }
 

@@ -571,22 +571,68 @@ const APPLIED: &[&str] = &[
     "session-cookie-change-on-failure",
 ];
 
-/// What `upstream-hash-by` hashes, when it is one nginx variable Portcullis can hash on (`$request_uri`,
-/// `$remote_addr`, `$binary_remote_addr`, `$http_NAME`, `$cookie_NAME`, `$arg_NAME`); `None` for anything else
-/// (several variables, text around them, other variables).
+/// What `upstream-hash-by` hashes. The value is read as ingress-nginx's balancer reads it (`parse_complex_value`):
+/// text, `$name` and `${name}` in any order, concatenated at request time. The variables Portcullis can evaluate
+/// are `$request_uri`, `$uri` / `$document_uri`, `$args` / `$query_string`, `$host`, `$request_method`,
+/// `$remote_addr` / `$binary_remote_addr`, `$http_NAME`, `$cookie_NAME` and `$arg_NAME`; `None` when the value
+/// names any other variable (the caller then leaves endpoint selection round robin and warns). One variable
+/// alone is that property; anything else is [`HashOn::Parts`](crate::model::HashOn::Parts).
 pub fn hash_on(key: &str) -> Option<crate::model::HashOn> {
-    use crate::model::HashOn;
-    let var = key.trim();
-    let var = var
-        .strip_prefix("${")
-        .and_then(|v| v.strip_suffix('}'))
-        .or_else(|| var.strip_prefix('$'))?;
-    if var.is_empty() || !var.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
-        return None;
+    use crate::model::{HashOn, HashPart};
+    let mut parts: Vec<HashPart> = Vec::new();
+    let mut rest = key.trim();
+    while !rest.is_empty() {
+        let (part, after) = match rest.strip_prefix('$') {
+            Some(r) => match r.strip_prefix('{').and_then(|r| r.split_once('}')) {
+                Some((name, after)) if is_var_name(name) => (HashPart::Var(hash_var(name)?), after),
+                _ => {
+                    let len = r
+                        .bytes()
+                        .take_while(|&c| c.is_ascii_alphanumeric() || c == b'_')
+                        .count();
+                    if len == 0 {
+                        // A `$` that starts no name is text.
+                        (HashPart::Text("$".into()), r)
+                    } else {
+                        (HashPart::Var(hash_var(&r[..len])?), &r[len..])
+                    }
+                }
+            },
+            None => {
+                let len = rest.find('$').unwrap_or(rest.len());
+                (HashPart::Text(rest[..len].to_string()), &rest[len..])
+            }
+        };
+        match (parts.last_mut(), part) {
+            (Some(HashPart::Text(t)), HashPart::Text(more)) => t.push_str(&more),
+            (_, part) => parts.push(part),
+        }
+        rest = after;
     }
+    match parts.as_slice() {
+        [HashPart::Var(_)] => match parts.pop() {
+            Some(HashPart::Var(on)) => Some(on),
+            _ => None,
+        },
+        [] => None,
+        _ => Some(HashOn::Parts(parts)),
+    }
+}
+
+fn is_var_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// The request property an nginx variable names, for the variables Portcullis can evaluate.
+fn hash_var(var: &str) -> Option<crate::model::HashOn> {
+    use crate::model::HashOn;
     let name = |prefix: &str| var.strip_prefix(prefix).filter(|n| !n.is_empty());
     match var {
         "request_uri" => Some(HashOn::Uri),
+        "uri" | "document_uri" => Some(HashOn::Path),
+        "args" | "query_string" => Some(HashOn::Query),
+        "host" => Some(HashOn::Host),
+        "request_method" => Some(HashOn::Method),
         "remote_addr" | "binary_remote_addr" => Some(HashOn::SourceIp),
         _ => {
             if let Some(h) = name("http_") {
@@ -2474,8 +2520,9 @@ fn backend(p: &mut P<'_>, out: &mut IngressAnnotations) {
             if hash_on(v).is_none() {
                 p.warn(
                     "upstream-hash-by",
-                    "not applied: Portcullis hashes on one variable ($request_uri, $remote_addr, \
-                     $binary_remote_addr, $http_NAME, $cookie_NAME or $arg_NAME); endpoints are chosen round robin"
+                    "not applied: Portcullis hashes on text and the variables $request_uri, $uri, $args, $host, \
+                     $request_method, $remote_addr, $binary_remote_addr, $http_NAME, $cookie_NAME and $arg_NAME; \
+                     endpoints are chosen round robin"
                         .into(),
                 );
             }

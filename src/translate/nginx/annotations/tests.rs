@@ -494,7 +494,8 @@ fn backend_settings_are_parsed_and_applied_or_reported() {
             ("load-balance", "random", Reject),
             ("upstream-hash-by", "$request_uri", Ok),
             ("upstream-hash-by", "${cookie_session}", Ok),
-            ("upstream-hash-by", "$remote_addr$request_uri", Warn),
+            ("upstream-hash-by", "$remote_addr$request_uri", Ok),
+            ("upstream-hash-by", "$remote_addr$request_id", Warn),
             ("upstream-hash-by", "$request_uri;", Reject),
             ("affinity", "cookie", Ok),
             ("affinity", "ip", Warn),
@@ -837,10 +838,51 @@ fn hash_variables() {
     );
     assert_eq!(hash_on("$cookie_sid"), Some(HashOn::Cookie("sid".into())));
     assert_eq!(hash_on("$arg_id"), Some(HashOn::QueryParam("id".into())));
-    assert_eq!(hash_on("$remote_addr$request_uri"), None);
+    assert_eq!(hash_on("$host"), Some(HashOn::Host));
+    assert_eq!(hash_on("${uri}"), Some(HashOn::Path));
+    assert_eq!(hash_on("$query_string"), Some(HashOn::Query));
+    assert_eq!(hash_on("$request_method"), Some(HashOn::Method));
+    // Variables Portcullis cannot evaluate leave the whole key unapplied.
     assert_eq!(hash_on("$http_"), None);
-    assert_eq!(hash_on("$host"), None);
-    assert_eq!(hash_on("user-$request_uri"), None);
+    assert_eq!(hash_on("$request_id"), None);
+    assert_eq!(hash_on("$host$server_port"), None);
+    assert_eq!(hash_on("$1"), None);
+    assert_eq!(hash_on(""), None);
+}
+
+#[test]
+fn hash_keys_of_text_and_variables() {
+    use crate::model::{HashOn, HashPart};
+    let var = HashPart::Var;
+    let text = |t: &str| HashPart::Text(t.into());
+    assert_eq!(
+        hash_on("$remote_addr$request_uri"),
+        Some(HashOn::Parts(vec![var(HashOn::SourceIp), var(HashOn::Uri)]))
+    );
+    assert_eq!(
+        hash_on("user-${cookie_sid}-$arg_id"),
+        Some(HashOn::Parts(vec![
+            text("user-"),
+            var(HashOn::Cookie("sid".into())),
+            text("-"),
+            var(HashOn::QueryParam("id".into())),
+        ]))
+    );
+    // A `$` that starts no variable name is text, as in ingress-nginx's parse_complex_value; adjacent text merges.
+    assert_eq!(
+        hash_on("a$-${}$host"),
+        Some(HashOn::Parts(vec![text("a$-${}"), var(HashOn::Host)]))
+    );
+    assert_eq!(hash_on("fixed"), Some(HashOn::Parts(vec![text("fixed")])));
+    // A name runs as far as letters, digits and underscores go.
+    assert_eq!(
+        hash_on("$http_x_user-$host"),
+        Some(HashOn::Parts(vec![
+            var(HashOn::Header("x-user".into())),
+            text("-"),
+            var(HashOn::Host),
+        ]))
+    );
 }
 
 #[test]
