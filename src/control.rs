@@ -215,11 +215,26 @@ impl Control {
         out
     }
 
+    /// Reads the files and applies them, on a thread of its own: the allocator gives that thread pages of its
+    /// own, so the table a round builds does not fill the holes the previous table leaves, and once that one is
+    /// dropped its pages are returned whole. Measured at 10,000 routes (docs/benchmarks.md, "1,000 edits"): over
+    /// 80 publishes RSS grew 1.4 MB instead of 11 MB. The thread inherits the caller's lowered priority.
+    pub fn load_and_apply(&mut self, loader: &mut FileLoader) -> Outcome {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let loaded = loader.load();
+                self.apply(&loaded)
+            })
+            .join()
+            // A panic in a round is a bug; the last good table keeps serving.
+            .unwrap_or(Outcome::Refused)
+        })
+    }
+
     /// Reloads and republishes on every change the watcher reports, until it stops.
     pub async fn watch_files(mut self, mut loader: FileLoader, mut watcher: Watcher) {
         while watcher.changed().await {
-            let loaded = loader.load();
-            self.apply(&loaded);
+            self.load_and_apply(&mut loader);
         }
         tracing::warn!("file watcher stopped; configuration is no longer reloaded");
     }

@@ -365,7 +365,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     } else {
         let mut loader = FileLoader::new(args.manifests.clone());
         let watcher = file::watch(&args.manifests).context("cannot watch the manifests")?;
-        control.apply(&loader.load());
+        control.load_and_apply(&mut loader);
         Source::Files(loader, watcher)
     };
 

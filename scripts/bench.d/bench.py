@@ -1746,6 +1746,8 @@ def edits_under_load(args, d, port, logfile, pc, edits, interval):
     v0 = published_version(logfile)
     mem = MemorySampler(pc)
     mem.start()
+    pubs = PublishWatcher(logfile, v0)
+    pubs.start()
     marks = {}
 
     def run_edits():
@@ -1771,7 +1773,9 @@ def edits_under_load(args, d, port, logfile, pc, edits, interval):
     background = bg.finish(group_cpu_ticks(pids_of(pc)) - pc_ticks0 + r["wrk_cpu_ticks"])
     served = wait_status(port, HOT, 200, 30, path=marker_path(edits - 1))
     time.sleep(1.0)
+    pubs.stop()
     mem.stop()
+    floors = pubs.floors(mem)
     pids = pids_of(pc)
     return {
         "edits": edits,
@@ -1782,9 +1786,44 @@ def edits_under_load(args, d, port, logfile, pc, edits, interval):
         "rss_middle": mem.at(marks.get("middle", marks["first"])),
         "rss_end": mem_kb(pids, "VmRSS") / 1024,
         "rss_peak": max(s[1] for s in mem.samples) / 1024,
+        "rss_floors": floors,
         "hwm": mem_kb(pids, "VmHWM") / 1024,
         "background": background,
     }
+
+
+class PublishWatcher(threading.Thread):
+    """The monotonic times at which the proxy's log shows a new published version (polled every 100 ms)."""
+
+    def __init__(self, logfile, v0):
+        super().__init__(daemon=True)
+        self.logfile = logfile
+        self.version = v0
+        self.times = []
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            v = published_version(self.logfile)
+            if v > self.version:
+                self.version = v
+                self.times.append(time.monotonic())
+            self.done.wait(0.1)
+
+    def stop(self):
+        self.done.set()
+        self.join()
+
+    def floors(self, mem):
+        """RSS (MB) settled after each publish: the lowest sample between it and the next publish (the next
+        table's build raises RSS only after the publish before it has settled), or the end of sampling."""
+        out = []
+        ends = self.times[1:] + [float("inf")]
+        for t, end in zip(self.times, ends):
+            window = [s[1] for s in mem.samples if t <= s[0] < end]
+            if window:
+                out.append(min(window) / 1024)
+        return out
 
 
 def start_reload_target(args, tmp, n, tag):
@@ -1851,14 +1890,21 @@ def print_many_edits(out, args, results):
         out.append("")
         out.append("| routes | edits | publishes | requests | non-2xx | socket errors | p99 us | RSS MB loaded | "
                    "RSS MB at first edit / middle / 1 s after the last was served | change first -> end | "
+                   "settled RSS MB after the first / last publish | change over the publishes | "
                    "peak RSS MB | last edit served | background load |")
-        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
         change = (x["rss_end"] - x["rss_first"]) / x["rss_first"] * 100 if x["rss_first"] else float("nan")
+        fl = x.get("rss_floors") or []
+        if len(fl) >= 2:
+            settled = f"{fl[0]:.1f} / {fl[-1]:.1f}"
+            drift = f"{(fl[-1] - fl[0]) / fl[0] * 100:+.1f}%"
+        else:
+            settled, drift = "n/a (fewer than 2 publishes seen)", "n/a"
         out.append(
             f"| {x['routes']:,} | {x['edits']:,} | {x['publishes']} | {w['requests']:,} | {w['non2xx']} | "
             f"{w['sockerr']} | {fmt(w['p99'])} | {x['rss_loaded']:.1f} | {x['rss_first']:.1f} / "
-            f"{x['rss_middle']:.1f} / {x['rss_end']:.1f} | {change:+.1f}% | {x['hwm']:.1f} | "
-            f"{'yes' if x['last_edit_served'] else 'NO'} | {x['background'] * 100:.0f}% |"
+            f"{x['rss_middle']:.1f} / {x['rss_end']:.1f} | {change:+.1f}% | {settled} | {drift} | "
+            f"{x['hwm']:.1f} | {'yes' if x['last_edit_served'] else 'NO'} | {x['background'] * 100:.0f}% |"
         )
 
 
