@@ -1,6 +1,7 @@
 //! Process settings: the command line. Nothing here describes routes; routes come from Kubernetes objects.
 
 use crate::proxy::edge::EdgeSettings;
+use crate::proxy::edge::UnderscoreHeaders;
 use crate::proxy::path::EscapedSlashes;
 use crate::translate::nginx::{
     NginxOptions, Settings, DEFAULT_ANNOTATIONS_PREFIX, INGRESS_NGINX_CONTROLLER,
@@ -239,6 +240,9 @@ pub struct EdgeArgs {
     /// `%2F`, `%5C` and `\` in paths: keep, reject (400), unescape (to `/`), or unescape-and-redirect (307).
     #[arg(long, default_value = "unescape-and-redirect", value_name = "ACTION")]
     pub escaped_slashes: EscapedSlashes,
+    /// Request headers whose name contains `_`: allow (forward), drop (remove, as nginx does), or reject (400).
+    #[arg(long, value_enum, default_value_t = UnderscoreHeaders::Drop, value_name = "ACTION")]
+    pub underscore_headers: UnderscoreHeaders,
 }
 
 /// A size in bytes: digits with an optional `k` (KiB) or `m` (MiB) suffix.
@@ -278,6 +282,7 @@ impl EdgeArgs {
             h2_max_local_error_resets: self.h2_max_local_error_resets,
             h2_rapid_reset_streams: self.h2_rapid_reset_streams,
             escaped_slashes: self.escaped_slashes,
+            underscore_headers: self.underscore_headers,
         })
     }
 }

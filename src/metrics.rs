@@ -351,6 +351,7 @@ struct EdgeCollector {
     refused: IntCounterVec,
     closed: IntCounterVec,
     paths: IntCounterVec,
+    headers: IntCounterVec,
 }
 
 impl EdgeCollector {
@@ -374,6 +375,11 @@ impl EdgeCollector {
             paths: vec(
                 "edge_paths_total",
                 "Request paths normalized before matching, or redirected to their decoded form.",
+                "action",
+            ),
+            headers: vec(
+                "edge_headers_total",
+                "Requests whose header names with an underscore were removed.",
                 "action",
             ),
         }
@@ -409,6 +415,9 @@ impl EdgeCollector {
         now.paths
             .with_label_values(&["redirected"])
             .inc_by(s.paths_redirected);
+        now.headers
+            .with_label_values(&["underscore_dropped"])
+            .inc_by(s.underscore_headers_dropped);
         now
     }
 }
@@ -418,6 +427,7 @@ impl prometheus::core::Collector for EdgeCollector {
         let mut d = self.refused.desc();
         d.extend(self.closed.desc());
         d.extend(self.paths.desc());
+        d.extend(self.headers.desc());
         d
     }
 
@@ -426,6 +436,7 @@ impl prometheus::core::Collector for EdgeCollector {
         let mut out = now.refused.collect();
         out.extend(now.closed.collect());
         out.extend(now.paths.collect());
+        out.extend(now.headers.collect());
         out
     }
 }

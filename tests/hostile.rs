@@ -953,6 +953,23 @@ fn a_route_for_admin_cannot_be_bypassed() -> Result<()> {
         assert_eq!(body(&resp), "GET /admin/x HTTP/1.1", "{path}");
     }
     assert_eq!(edge.admin.requests().len(), forwarded.len());
+    // Dot segments with path parameters, which servlet containers read as `..`: refused, nothing forwarded.
+    let mark = edge.mark();
+    for path in [
+        "/public/..;/admin/x",
+        "/public/..;jsessionid=1/admin/x",
+        "/public/%2e%2e;/admin/x",
+        "/public/.;/x",
+    ] {
+        let resp = get(path, true)?;
+        assert_eq!(
+            status(&resp),
+            400,
+            "{path}: {}",
+            String::from_utf8_lossy(&resp)
+        );
+    }
+    edge.nothing_forwarded_since(mark, "dot segments with parameters")?;
     // Encoded slashes and backslashes: redirected to the decoded path by default (Envoy's edge setting).
     let mark = edge.mark();
     for (path, location) in [
@@ -1705,5 +1722,78 @@ fn upgraded_connections_pass_bytes_that_look_like_heads() -> Result<()> {
         echoed.extend_from_slice(&chunk[..n]);
     }
     assert_eq!(echoed, sent);
+    Ok(())
+}
+
+/// An Ingress for `under.test` to an echo backend, behind a proxy started with `extra` flags.
+async fn underscore_proxy(
+    extra: &[&str],
+) -> Result<(
+    Proxy,
+    proto_conformance::echo::EchoServer,
+    tempfile::TempDir,
+)> {
+    let backend = common::echo("under-1", "default").await?;
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let text = format!(
+        "{CLASSES}{}
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: under, namespace: default}}
+spec:
+  rules:
+  - host: under.test
+    http:
+      paths:
+      - {{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}
+",
+        common::service_yaml("default", "web", 80, &[&backend])
+    );
+    std::fs::write(dir.path().join("all.yaml"), text)?;
+    let proxy = Proxy::start(dir.path(), port, extra)?;
+    Ok((proxy, backend, dir))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_with_underscores_are_dropped_refused_or_allowed() -> Result<()> {
+    let headers = [("X_Admin_Token", "secret"), ("x-user", "u1"), ("x_b", "1")];
+    // The default drops them (nginx's behaviour): the backend sees the request without them.
+    let (proxy, _backend, _dir) = underscore_proxy(&[]).await?;
+    let r = common::get(proxy.http, "under.test", "/", &headers)?;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.echoed_header("x_admin_token"), None, "{}", r.text());
+    assert_eq!(r.echoed_header("x_b"), None);
+    assert_eq!(r.echoed_header("x-user").as_deref(), Some("u1"));
+    let r = common::get(proxy.http, "under.test", "/", &[("x-user", "u2")])?;
+    assert_eq!(r.echoed_header("x-user").as_deref(), Some("u2"));
+    let stats = edge_stats(&proxy)?;
+    assert_eq!(
+        counter(&stats, &["underscore_headers_dropped"]),
+        1,
+        "{stats}"
+    );
+    let metrics = proxy.admin("/metrics")?.text();
+    assert!(
+        metrics.contains("portcullis_edge_headers_total{action=\"underscore_dropped\"} 1"),
+        "{metrics}"
+    );
+    drop(proxy);
+
+    // reject: 400, and the backend gets nothing.
+    let (proxy, backend, _dir) = underscore_proxy(&["--underscore-headers", "reject"]).await?;
+    let r = common::get(proxy.http, "under.test", "/", &headers)?;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = common::get(proxy.http, "under.test", "/", &[("x-user", "u1")])?;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(backend.received().len(), 1);
+    drop(proxy);
+
+    // allow: forwarded as sent.
+    let (proxy, _backend, _dir) = underscore_proxy(&["--underscore-headers", "allow"]).await?;
+    let r = common::get(proxy.http, "under.test", "/", &headers)?;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.echoed_header("x_admin_token").as_deref(), Some("secret"));
+    assert_eq!(r.echoed_header("x_b").as_deref(), Some("1"));
     Ok(())
 }

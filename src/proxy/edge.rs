@@ -75,6 +75,23 @@ pub struct EdgeSettings {
     pub h2_rapid_reset_streams: u64,
     /// What to do with `%2F`, `%5C` and `\` in paths.
     pub escaped_slashes: EscapedSlashes,
+    /// What to do with request header names that contain `_`.
+    pub underscore_headers: UnderscoreHeaders,
+}
+
+/// What to do with a request header whose name contains `_` (`X_Forwarded_For`). CGI, PHP, WSGI and other
+/// backends read `_` and `-` alike, so such a header can pass for one the proxy sets or checks. The names follow
+/// Envoy's `headers_with_underscores_action`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnderscoreHeaders {
+    /// Forward them (Envoy's default).
+    Allow,
+    /// Remove them before routing and forwarding (nginx's default, `underscores_in_headers off`; ingress-nginx's
+    /// `enable-underscores-in-headers: "false"`).
+    #[default]
+    Drop,
+    /// Refuse the request with 400 (Envoy's edge recommendation).
+    Reject,
 }
 
 impl Default for EdgeSettings {
@@ -93,6 +110,7 @@ impl Default for EdgeSettings {
             h2_max_local_error_resets: 1024,
             h2_rapid_reset_streams: 500,
             escaped_slashes: EscapedSlashes::UnescapeAndRedirect,
+            underscore_headers: UnderscoreHeaders::Drop,
         }
     }
 }
@@ -147,6 +165,7 @@ pub struct Stats {
     status_505: AtomicU64,
     paths_normalized: AtomicU64,
     paths_redirected: AtomicU64,
+    underscore_headers_dropped: AtomicU64,
 }
 
 /// The process-wide counters.
@@ -171,6 +190,8 @@ pub struct StatsSnapshot {
     pub paths_normalized: u64,
     /// Requests redirected to their path with escaped slashes decoded.
     pub paths_redirected: u64,
+    /// Requests that had header names with `_` removed (`--underscore-headers drop`).
+    pub underscore_headers_dropped: u64,
 }
 
 /// Refused requests by status.
@@ -216,6 +237,7 @@ impl Stats {
             status_505: AtomicU64::new(0),
             paths_normalized: AtomicU64::new(0),
             paths_redirected: AtomicU64::new(0),
+            underscore_headers_dropped: AtomicU64::new(0),
         }
     }
 
@@ -265,6 +287,7 @@ impl Stats {
             },
             paths_normalized: get(&self.paths_normalized),
             paths_redirected: get(&self.paths_redirected),
+            underscore_headers_dropped: get(&self.underscore_headers_dropped),
         }
     }
 }
@@ -521,7 +544,28 @@ pub async fn check_request(
     }
     state.declared = length;
 
-    match path::normalize(req.uri.path(), settings.escaped_slashes) {
+    match settings.underscore_headers {
+        UnderscoreHeaders::Allow => {}
+        _ if !req.headers.keys().any(|k| k.as_str().contains('_')) => {}
+        UnderscoreHeaders::Reject => {
+            return refuse(session, 400, "header name with an underscore").await;
+        }
+        UnderscoreHeaders::Drop => {
+            let names: Vec<http::HeaderName> = req
+                .headers
+                .keys()
+                .filter(|k| k.as_str().contains('_'))
+                .cloned()
+                .collect();
+            let head = session.req_header_mut();
+            for name in &names {
+                head.remove_header(name);
+            }
+            bump(&STATS.underscore_headers_dropped);
+        }
+    }
+
+    match path::normalize(session.req_header().uri.path(), settings.escaped_slashes) {
         Ok(Normalized::Unchanged) => Ok(false),
         Ok(Normalized::Changed(p)) => {
             bump(&STATS.paths_normalized);

@@ -10,6 +10,8 @@
 //! 3. Duplicate slashes are merged (`//a///b` becomes `/a/b`), as Envoy's `merge_slashes` and nginx's
 //!    `merge_slashes` do.
 //! 4. Dot segments are removed (RFC 3986 §5.2.4 `remove_dot_segments`), after decoding, so `%2e%2e` is a `..`.
+//!    A dot segment with path parameters (`..;x`, `.;`, `%2e%2e;`) is refused: servlet containers read it as a
+//!    dot segment, RFC 3986 does not, so proxy and backend would disagree.
 //!
 //! Letter case is kept: paths are case-sensitive (RFC 3986 §6.2.2.1; Gateway API and Ingress match paths
 //! case-sensitively), so `/ADMIN` is not `/admin`. The query is not touched.
@@ -84,6 +86,9 @@ pub enum PathError {
     /// `%2F`, `%5C` or `\` with [`EscapedSlashes::Reject`].
     #[error("encoded slash or backslash in the path")]
     EscapedSlash,
+    /// A dot segment with path parameters (`..;x`, `.;x`), which servlet containers read as `..` and `.`.
+    #[error("dot segment with path parameters in the path")]
+    DotSegmentParameters,
 }
 
 /// The outcome of [`normalize`] for a path that is not refused.
@@ -198,6 +203,13 @@ pub fn normalize(path: &str, slashes: EscapedSlashes) -> Result<Normalized, Path
                 kept.pop();
                 trailing_slash = true;
             }
+            // Tomcat and other servlet containers drop `;parameters` from each segment before they resolve dot
+            // segments, so `/public/..;/admin` is `/admin` to them and `/public/..;` here: refused.
+            s if s.starts_with(b".")
+                && matches!(s.split(|&b| b == b';').next(), Some(b"." | b"..")) =>
+            {
+                return Err(PathError::DotSegmentParameters);
+            }
             s => {
                 kept.push(s);
                 trailing_slash = false;
@@ -248,6 +260,30 @@ mod tests {
             ("/a/.well-known/x", Keep, Ok("/a/.well-known/x")),
             ("/a/...", Keep, Ok("/a/...")),
             ("/a/..b/c", Keep, Ok("/a/..b/c")),
+            // Dot segments with path parameters; other segments with parameters are ordinary.
+            (
+                "/public/..;/admin",
+                Keep,
+                Err(PathError::DotSegmentParameters),
+            ),
+            (
+                "/public/..;jsessionid=1/admin",
+                Keep,
+                Err(PathError::DotSegmentParameters),
+            ),
+            (
+                "/public/.;/admin",
+                Keep,
+                Err(PathError::DotSegmentParameters),
+            ),
+            (
+                "/public/%2e%2e;/admin",
+                Keep,
+                Err(PathError::DotSegmentParameters),
+            ),
+            ("/public/..%3B/admin", Keep, Ok("/public/..%3B/admin")),
+            ("/a/b;v=1/./c", Keep, Ok("/a/b;v=1/c")),
+            ("/a/...;x/c", Keep, Ok("/a/...;x/c")),
             ("*", Keep, Ok("*")),
             ("", Keep, Ok("")),
             // Dot segments (RFC 3986 §5.2.4, including its examples' shapes).
