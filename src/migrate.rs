@@ -207,11 +207,10 @@ fn judge(rules: &[(&HostPattern, &HttpRule)], host: &HostPattern) -> Verdict {
     if group.backends.len() != 1 {
         return No("a canary".into());
     }
-    if main.session.is_some() {
-        return No(
-            "affinity: cookie (session persistence): migrate does not write a rule's sessionPersistence yet"
-                .into(),
-        );
+    if let Some(s) = &main.session {
+        if let Err(why) = session_persistence(s, main) {
+            return No(why);
+        }
     }
     if main
         .filters
@@ -267,6 +266,79 @@ fn judge(rules: &[(&HostPattern, &HttpRule)], host: &HostPattern) -> Verdict {
         }
         _ => No("filters Gateway API cannot carry".into()),
     }
+}
+
+/// The Gateway API form of an Ingress path's cookie affinity, when the HTTPRoute rule it makes behaves the same
+/// (the same cookie, attributes and keys: persistent keys name the endpoint of the same Service port, so cookies
+/// issued before the move keep their sessions); otherwise why not.
+fn session_persistence(
+    s: &crate::model::SessionPersistence,
+    rule: &HttpRule,
+) -> Result<SessionPersistence, String> {
+    use crate::model::{SessionCarrier, StickyMode};
+    let SessionCarrier::Cookie(c) = &s.carrier else {
+        return Err("a session header".into());
+    };
+    if s.mode != StickyMode::Persistent {
+        return Err(
+            "affinity-mode balanced (ingress-nginx's default): Gateway API session persistence pins a session to              its endpoint, as affinity-mode: persistent does"
+                .into(),
+        );
+    }
+    let unsupported = [
+        (s.change_on_failure, "session-cookie-change-on-failure"),
+        (!s.pins_backend, "affinity-canary-behavior: legacy"),
+        (c.domain.is_some(), "session-cookie-domain"),
+        (c.expires.is_some(), "session-cookie-expires"),
+        (c.same_site.is_some(), "session-cookie-samesite"),
+        (c.secure, "session-cookie-secure"),
+        (
+            c.conditional_same_site_none,
+            "session-cookie-conditional-samesite-none",
+        ),
+    ];
+    if let Some((_, what)) = unsupported.iter().find(|(on, _)| *on) {
+        return Err(format!(
+            "affinity with {what}, which Gateway API session persistence cannot express"
+        ));
+    }
+    if c.path != translate::session_cookie_path(&rule.matches) {
+        return Err(format!(
+            "session-cookie-path {} differs from the path an HTTPRoute's session cookie gets",
+            c.path
+        ));
+    }
+    if c.name.is_empty() || c.name.len() > 128 || !c.name.bytes().all(translate::is_token_byte) {
+        return Err(format!(
+            "session-cookie-name {:?} is not a Gateway API sessionName",
+            c.name
+        ));
+    }
+    let lifetime = match c.max_age {
+        None => None,
+        Some(n) if n > 0 => Some(gateway_duration(n.unsigned_abs())),
+        Some(n) => return Err(format!("session-cookie-max-age {n}")),
+    };
+    Ok(SessionPersistence {
+        session_name: c.name.clone(),
+        kind: "Cookie",
+        cookie_config: lifetime.as_ref().map(|_| CookieConfig {
+            lifetime_type: "Permanent",
+        }),
+        absolute_timeout: lifetime,
+    })
+}
+
+/// Seconds as a Gateway API duration (`1h2m3s`; each part at most 5 digits).
+fn gateway_duration(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    let mut out = String::new();
+    for (n, unit) in [(h, "h"), (m, "m"), (s, "s")] {
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+        }
+    }
+    out
 }
 
 /// Why a path whose backend is a variant of its Service port (settings from ingress-nginx backend annotations)
@@ -519,6 +591,11 @@ pub fn migrate(input: &Input, opts: &Options) -> Output {
                             path: PathCondition { kind, value },
                         }],
                         backend_refs,
+                        // Judged expressible above.
+                        session_persistence: main
+                            .session
+                            .as_ref()
+                            .and_then(|s| session_persistence(s, main).ok()),
                     });
                     moved_any = true;
                 } else {

@@ -242,6 +242,131 @@ spec:
     Ok(())
 }
 
+/// Services and EndpointSlices for the session tests: `web` in namespace `shop`.
+const SHOP_WEB: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: nginx}
+spec: {controller: k8s.io/ingress-nginx}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: ["10.0.0.1"]}, {addresses: ["10.0.0.2"]}]
+"#;
+
+/// An Ingress of class nginx for `host`, path `/cart`, with these annotations (without the prefix).
+fn sticky_ingress(name: &str, host: &str, annotations: &[(&str, &str)]) -> String {
+    let mut a = String::new();
+    for (k, v) in annotations {
+        a.push_str(&format!("\n    nginx.ingress.kubernetes.io/{k}: \"{v}\""));
+    }
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: {name}\n  namespace: shop\n  \
+         annotations:{a}\nspec:\n  ingressClassName: nginx\n  rules:\n  - host: {host}\n    http:\n      paths:\n      \
+         - {{path: /cart, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}\n"
+    )
+}
+
+#[test]
+fn persistent_cookie_affinity_moves_to_session_persistence_with_a_proof() -> Result<()> {
+    let persistent = [
+        ("affinity", "cookie"),
+        ("affinity-mode", "persistent"),
+        ("session-cookie-name", "shop"),
+        ("session-cookie-max-age", "7200"),
+    ];
+    let yaml = [
+        SHOP_WEB.to_string(),
+        sticky_ingress("pinned", "a.shop.test", &persistent),
+        sticky_ingress(
+            "session",
+            "b.shop.test",
+            &[("affinity", "cookie"), ("affinity-mode", "persistent")],
+        ),
+        sticky_ingress("balanced", "c.shop.test", &[("affinity", "cookie")]),
+        sticky_ingress(
+            "lax",
+            "d.shop.test",
+            &[
+                ("affinity", "cookie"),
+                ("affinity-mode", "persistent"),
+                ("session-cookie-samesite", "Lax"),
+            ],
+        ),
+        sticky_ingress(
+            "elsewhere",
+            "e.shop.test",
+            &[
+                ("affinity", "cookie"),
+                ("affinity-mode", "persistent"),
+                ("session-cookie-path", "/"),
+            ],
+        ),
+    ]
+    .concat();
+    let (input, problems) = input_from_str(&yaml);
+    assert!(problems.is_empty(), "{problems:?}");
+    let opts = options(&[]);
+    let out = migrate::migrate(&input, &opts);
+    let verdict = |host: &str| {
+        out.report
+            .iter()
+            .find(|r| r.host == host)
+            .map(|r| (r.moved, r.verdict.to_string()))
+            .unwrap_or_default()
+    };
+    assert!(verdict("a.shop.test").0, "{:?}", verdict("a.shop.test"));
+    assert!(verdict("b.shop.test").0, "{:?}", verdict("b.shop.test"));
+    for (host, why) in [
+        ("c.shop.test", "affinity-mode balanced"),
+        ("d.shop.test", "session-cookie-samesite"),
+        ("e.shop.test", "session-cookie-path /"),
+    ] {
+        let (moved, text) = verdict(host);
+        assert!(!moved && text.contains(why), "{host}: {text}");
+    }
+    let files = migrate::files(&out, &input).map_err(anyhow::Error::msg)?;
+    let routes = &files
+        .iter()
+        .find(|(n, _)| *n == "httproutes.yaml")
+        .context("httproutes.yaml")?
+        .1;
+    assert!(
+        routes.contains(
+            "sessionPersistence:\n      sessionName: shop\n      type: Cookie\n      absoluteTimeout: 2h\n      \
+             cookieConfig:\n        lifetimeType: Permanent\n"
+        ),
+        "{routes}"
+    );
+    // ingress-nginx's default cookie name, and a session cookie (no Max-Age): no lifetime.
+    assert!(
+        routes.contains(
+            "sessionPersistence:\n      sessionName: INGRESSCOOKIE\n      type: Cookie\n"
+        ),
+        "{routes}"
+    );
+    let proof = migrate::prove(&input, &files, &opts.translate);
+    assert!(proof.errors.is_empty(), "{:?}", proof.errors);
+    assert!(proof.report.is_equivalent(), "{}", proof.report);
+    // The proof sees a session that changed in the move.
+    let broken: Vec<(&'static str, String)> = files
+        .iter()
+        .map(|(n, t)| (*n, t.replace("absoluteTimeout: 2h", "absoluteTimeout: 3h")))
+        .collect();
+    assert_ne!(broken, files);
+    let proof = migrate::prove(&input, &broken, &opts.translate);
+    assert!(!proof.report.is_equivalent(), "{}", proof.report);
+    Ok(())
+}
+
 // The real binary, before and after: `portcullis migrate` on an ingress-nginx configuration, then both
 // configurations served side by side and asked the same requests.
 

@@ -175,6 +175,34 @@ pub struct HttpRouteRule {
     pub matches: Vec<HttpRouteMatch>,
     /// Backends.
     pub backend_refs: Vec<BackendRef>,
+    /// Session persistence (from ingress-nginx `affinity: cookie` with `affinity-mode: persistent`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_persistence: Option<SessionPersistence>,
+}
+
+/// A rule's cookie session persistence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionPersistence {
+    /// The cookie name.
+    pub session_name: String,
+    /// `Cookie`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// How long a Permanent cookie lives (a Gateway API duration).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub absolute_timeout: Option<String>,
+    /// `lifetimeType: Permanent` when the cookie has a Max-Age.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cookie_config: Option<CookieConfig>,
+}
+
+/// A session cookie's lifetime.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CookieConfig {
+    /// `Permanent`.
+    pub lifetime_type: &'static str,
 }
 
 /// One match.

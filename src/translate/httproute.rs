@@ -395,12 +395,12 @@ pub(super) fn session_persistence(
 }
 
 /// RFC 9110 token characters (cookie and header names).
-fn is_token_byte(b: u8) -> bool {
+pub(crate) fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// The `Path` of a rule's session cookie: the one literal path all its matches share, else `/`.
-fn cookie_path(matches: &[RouteMatch]) -> String {
+pub(crate) fn cookie_path(matches: &[RouteMatch]) -> String {
     fn literal(m: &RouteMatch) -> Option<&str> {
         match &m.path {
             PathMatch::Exact(p) | PathMatch::Prefix(p) => Some(p.as_str()),
