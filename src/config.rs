@@ -211,6 +211,10 @@ pub struct EdgeArgs {
     /// Largest request body (streamed bodies are counted as they arrive); larger gets 413. 0: no limit.
     #[arg(long, default_value = "1m", value_name = "BYTES", value_parser = parse_size)]
     pub max_request_body: u64,
+    /// The most any request body may be, whatever a rule's `proxy-body-size` (its `0` included) or
+    /// `--max-request-body` allow; larger gets 413. 0: no ceiling.
+    #[arg(long, default_value = "0", value_name = "BYTES", value_parser = parse_size)]
+    pub max_request_body_ceiling: u64,
     /// Seconds a request head may take (from the accept for the first request, TLS handshake included; from
     /// its first byte for later ones).
     #[arg(long, default_value = "60", value_name = "SECONDS", value_parser = parse_seconds)]
@@ -273,6 +277,8 @@ impl EdgeArgs {
             max_request_headers: size("max-request-headers", self.max_request_headers)?,
             max_header_count: self.max_header_count,
             max_body: (self.max_request_body > 0).then_some(self.max_request_body),
+            max_body_ceiling: (self.max_request_body_ceiling > 0)
+                .then_some(self.max_request_body_ceiling),
             header_timeout: self.header_timeout,
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections_per_listener,

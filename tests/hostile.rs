@@ -491,6 +491,52 @@ fn fails_once(line: &str) -> Option<Vec<u8>> {
 }
 
 #[test]
+fn body_limit_ceiling_caps_what_rules_allow() -> Result<()> {
+    // --max-request-body-ceiling 16k over --max-request-body 8k: Ingresses with proxy-body-size 1k, 64k and 0.
+    let more = [
+        body_size_ingress("plain", "portcullis", "plain.test", None),
+        body_size_ingress("small", "portcullis", "small.test", Some("1k")),
+        body_size_ingress("big", "portcullis", "big.test", Some("64k")),
+        body_size_ingress("unlimited", "portcullis", "unlimited.test", Some("0")),
+    ]
+    .concat();
+    let edge = Edge::start_full(
+        None,
+        &more,
+        &[
+            "--max-request-body",
+            "8k",
+            "--max-request-body-ceiling",
+            "16k",
+        ],
+    )?;
+    let port = edge.port();
+    let post = |host: &str, n: usize| -> Result<u16> {
+        let req = format!(
+            "POST /x HTTP/1.1\r\nHost: {host}\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n{}",
+            "b".repeat(n)
+        );
+        Ok(status(&exchange(port, req.as_bytes(), WAIT)?))
+    };
+    for (host, n, want) in [
+        ("plain.test", 8 * 1024, 200),
+        ("plain.test", 8 * 1024 + 1, 413),
+        ("small.test", 2 * 1024, 413),
+        ("big.test", 16 * 1024, 200),
+        ("big.test", 16 * 1024 + 1, 413),
+        ("unlimited.test", 16 * 1024, 200),
+        ("unlimited.test", 100 * 1024, 413),
+    ] {
+        let mark = edge.mark();
+        assert_eq!(post(host, n)?, want, "{host}, {n} bytes");
+        if want == 413 {
+            edge.nothing_forwarded_since(mark, host)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn body_limit_is_the_rules_proxy_body_size_else_the_edge_default() -> Result<()> {
     // --max-request-body 8k for everything without a limit of its own; Ingresses of our class with
     // proxy-body-size 1k, 64k and 0 (none); a taken-over ingress-nginx Ingress without the annotation, whose

@@ -55,6 +55,8 @@ pub struct EdgeSettings {
     pub max_header_count: usize,
     /// Largest request body in bytes, `None` for no limit (413 beyond).
     pub max_body: Option<u64>,
+    /// The most any rule's own body limit may allow (`proxy-body-size`, including its `0`), `None` for no cap.
+    pub max_body_ceiling: Option<u64>,
     /// How long a request head may take (from the accept for the first request, from its first byte after).
     pub header_timeout: Duration,
     /// How long a kept-alive connection may wait for its next request (HTTP/1), or stay without streams
@@ -101,6 +103,7 @@ impl Default for EdgeSettings {
             max_request_headers: 60 * 1024,
             max_header_count: 100,
             max_body: Some(1024 * 1024),
+            max_body_ceiling: None,
             header_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(75),
             max_connections: 10_000,
@@ -450,6 +453,8 @@ pub enum BodyLimitSource {
     Edge,
     /// The rule's ingress-nginx `proxy-body-size` (an annotation, or the ingress-nginx profile's default).
     Ingress,
+    /// `--max-request-body-ceiling`, which capped a larger limit.
+    Ceiling,
 }
 
 impl BodyLimitSource {
@@ -457,6 +462,7 @@ impl BodyLimitSource {
         match self {
             BodyLimitSource::Edge => "request body larger than --max-request-body",
             BodyLimitSource::Ingress => "request body larger than proxy-body-size",
+            BodyLimitSource::Ceiling => "request body larger than --max-request-body-ceiling",
         }
     }
 }
@@ -464,9 +470,10 @@ impl BodyLimitSource {
 /// The body limit of a request whose rule says `rule` (the policy's `proxy-body-size`: `None` when the rule has
 /// none, `Some(0)` for no limit). A rule's own value replaces `--max-request-body`, larger or smaller, as nginx's
 /// location-level `client_max_body_size` replaces the server-level one (ingress-nginx writes the annotation
-/// there); a rule without one gets `--max-request-body`. `None`: no limit.
+/// there); a rule without one gets `--max-request-body`. `--max-request-body-ceiling` then caps whatever came out
+/// (a rule's `0` too), so an operator can bound what tenants' annotations allow. `None`: no limit.
 pub fn body_limit(settings: &EdgeSettings, rule: Option<u64>) -> Option<BodyLimit> {
-    match rule {
+    let limit = match rule {
         Some(0) => None,
         Some(bytes) => Some(BodyLimit {
             bytes,
@@ -476,6 +483,14 @@ pub fn body_limit(settings: &EdgeSettings, rule: Option<u64>) -> Option<BodyLimi
             bytes,
             source: BodyLimitSource::Edge,
         }),
+    };
+    match (limit, settings.max_body_ceiling) {
+        (Some(l), Some(c)) if l.bytes <= c => Some(l),
+        (_, Some(c)) => Some(BodyLimit {
+            bytes: c,
+            source: BodyLimitSource::Ceiling,
+        }),
+        (l, None) => l,
     }
 }
 
@@ -756,6 +771,25 @@ mod tests {
         };
         assert_eq!(body_limit(&unlimited, None), None);
         assert_eq!(body_limit(&unlimited, Some(10)), ingress(10));
+        // The ceiling caps rules' limits, their `0` and the edge default, and leaves smaller ones alone.
+        let capped = EdgeSettings {
+            max_body_ceiling: Some(16384),
+            ..s
+        };
+        let ceiling = Some(BodyLimit {
+            bytes: 16384,
+            source: BodyLimitSource::Ceiling,
+        });
+        assert_eq!(body_limit(&capped, None), edge(8192));
+        assert_eq!(body_limit(&capped, Some(1024)), ingress(1024));
+        assert_eq!(body_limit(&capped, Some(16384)), ingress(16384));
+        assert_eq!(body_limit(&capped, Some(65536)), ceiling);
+        assert_eq!(body_limit(&capped, Some(0)), ceiling);
+        let capped_unlimited = EdgeSettings {
+            max_body: None,
+            ..capped
+        };
+        assert_eq!(body_limit(&capped_unlimited, None), ceiling);
     }
 
     #[test]
