@@ -247,6 +247,15 @@ pub struct EdgeArgs {
     /// Request headers whose name contains `_`: allow (forward), drop (remove, as nginx does), or reject (400).
     #[arg(long, value_enum, default_value_t = UnderscoreHeaders::Drop, value_name = "ACTION")]
     pub underscore_headers: UnderscoreHeaders,
+    /// HTTP/1.1 Upgrade protocols forwarded to backends, comma-separated (`*`: any but h2c, which is never
+    /// forwarded). Other upgrades go as plain requests.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "websocket",
+        value_name = "PROTOCOLS"
+    )]
+    pub upgrade_protocols: Vec<String>,
 }
 
 /// A size in bytes: digits with an optional `k` (KiB) or `m` (MiB) suffix.
@@ -289,7 +298,31 @@ impl EdgeArgs {
             h2_rapid_reset_streams: self.h2_rapid_reset_streams,
             escaped_slashes: self.escaped_slashes,
             underscore_headers: self.underscore_headers,
+            upgrade_protocols: self.upgrade_protocols()?,
         })
+    }
+}
+
+impl EdgeArgs {
+    /// `--upgrade-protocols`, lowercased and checked: tokens (RFC 9110 §7.8 protocol names) or `*`, never h2c.
+    fn upgrade_protocols(&self) -> Result<Vec<String>, String> {
+        let mut out = Vec::new();
+        for p in &self.upgrade_protocols {
+            let p = p.trim().to_ascii_lowercase();
+            if p.eq_ignore_ascii_case("h2c") {
+                return Err("--upgrade-protocols h2c: never forwarded (a connection upgraded to HTTP/2 \
+                            cleartext reaches the backend past routing and every check: h2c smuggling)"
+                    .into());
+            }
+            let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~/".contains(c);
+            if p.is_empty() || !p.chars().all(token) {
+                return Err(format!(
+                    "--upgrade-protocols {p:?}: expected protocol names (e.g. websocket) or *"
+                ));
+            }
+            out.push(p);
+        }
+        Ok(out)
     }
 }
 

@@ -1677,13 +1677,17 @@ fn bytes_after_a_chunked_request_close_the_connection_after_its_answer() -> Resu
     Ok(())
 }
 
-/// A backend that answers one upgrade request with 101 and then echoes every byte it receives.
-fn upgrade_echo() -> Result<u16> {
+/// A backend that answers one upgrade request with 101 (naming the protocol the request asked for) and then
+/// echoes every byte it receives; returns its port and the request heads it received.
+fn upgrade_echo() -> Result<(u16, Arc<Mutex<Vec<String>>>)> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = heads.clone();
     std::thread::spawn(move || {
         for conn in listener.incoming().take(4) {
             let Ok(mut conn) = conn else { return };
+            let seen = seen.clone();
             std::thread::spawn(move || {
                 let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
                 let mut buf = Vec::new();
@@ -1697,8 +1701,25 @@ fn upgrade_echo() -> Result<u16> {
                         break p + 4;
                     }
                 };
-                let reply = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
-                if conn.write_all(reply).is_err() || conn.write_all(&buf[head_end..]).is_err() {
+                // The protocol the request asked for (the test's assertion sees it echoed in the 101).
+                let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                if let Ok(mut h) = seen.lock() {
+                    h.push(head.clone());
+                }
+                let protocol = head
+                    .split("\r\n")
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("upgrade")
+                            .then(|| v.trim().to_string())
+                    })
+                    .unwrap_or_default();
+                let reply = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n\r\n"
+                );
+                if conn.write_all(reply.as_bytes()).is_err()
+                    || conn.write_all(&buf[head_end..]).is_err()
+                {
                     return;
                 }
                 loop {
@@ -1714,25 +1735,84 @@ fn upgrade_echo() -> Result<u16> {
             });
         }
     });
-    Ok(port)
+    Ok((port, heads))
 }
 
 #[test]
 fn upgraded_connections_pass_bytes_that_look_like_heads() -> Result<()> {
-    // After an Upgrade request (WebSocket: the only upgrade Pingora forwards) the bytes are the new protocol's,
-    // not HTTP heads: neither scanned nor refused, however they look.
-    let backend = upgrade_echo()?;
+    // After an Upgrade request the bytes are the new protocol's, not HTTP heads: neither scanned nor refused,
+    // however they look. WebSocket by default; another protocol once `--upgrade-protocols` lists it.
+    upgrade_round_trip("websocket", &[])?;
+    upgrade_round_trip(
+        "custom-proto/1",
+        &["--upgrade-protocols", "websocket,custom-proto/1"],
+    )?;
+    upgrade_round_trip("custom-proto/1", &["--upgrade-protocols", "*"])?;
+    Ok(())
+}
+
+#[test]
+fn unlisted_and_h2c_upgrades_go_as_plain_requests() -> Result<()> {
+    // h2c never goes upstream, even with `*` (a connection upgraded to HTTP/2 cleartext would reach the backend
+    // past routing: h2c smuggling); an unlisted protocol neither. The backend here insists on 101, which Pingora
+    // refuses for a request it did not upgrade: 502, and the backend saw no Upgrade field.
+    for (protocol, flags) in [
+        ("h2c", &["--upgrade-protocols", "*"][..]),
+        ("custom-proto/1", &[][..]),
+    ] {
+        let (backend, heads) = upgrade_echo()?;
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        std::fs::write(
+            dir.path().join("edge.yaml"),
+            manifests(port, backend, backend),
+        )?;
+        let proxy = Proxy::start(dir.path(), port, flags)?;
+        let req = format!(
+            "GET /public/up HTTP/1.1\r\nHost: edge.test\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+             Upgrade: {protocol}\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"
+        );
+        let mut s = TcpStream::connect(("127.0.0.1", proxy.http))?;
+        s.set_read_timeout(Some(WAIT))?;
+        s.write_all(req.as_bytes())?;
+        let mut got = vec![0u8; 4096];
+        let n = s.read(&mut got)?;
+        got.truncate(n);
+        assert_ne!(
+            status(&got),
+            101,
+            "{protocol}: {}",
+            String::from_utf8_lossy(&got)
+        );
+        let heads = heads.lock().map(|h| h.clone()).unwrap_or_default();
+        assert_eq!(heads.len(), 1, "{protocol}: {heads:?}");
+        let lower = heads[0].to_ascii_lowercase();
+        assert!(
+            !lower.contains("\r\nupgrade:") && !lower.contains("http2-settings:"),
+            "{protocol}: {}",
+            heads[0]
+        );
+    }
+    Ok(())
+}
+
+fn upgrade_round_trip(protocol: &str, flags: &[&str]) -> Result<()> {
+    let (backend, heads) = upgrade_echo()?;
     let dir = tempfile::tempdir()?;
     let port = free_port();
     std::fs::write(
         dir.path().join("edge.yaml"),
         manifests(port, backend, backend),
     )?;
-    let proxy = Proxy::start(dir.path(), port, &[])?;
+    let proxy = Proxy::start(dir.path(), port, flags)?;
     let mut s = TcpStream::connect(("127.0.0.1", proxy.http))?;
     s.set_read_timeout(Some(WAIT))?;
     s.write_all(
-        b"GET /public/ws HTTP/1.1\r\nHost: edge.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        format!(
+            "GET /public/ws HTTP/1.1\r\nHost: edge.test\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n\
+             Proxy-Authorization: Basic c2VjcmV0\r\nKeep-Alive: timeout=5\r\n\r\n"
+        )
+        .as_bytes(),
     )?;
     let mut got = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -1748,7 +1828,7 @@ fn upgraded_connections_pass_bytes_that_look_like_heads() -> Result<()> {
     assert_eq!(
         status(&got),
         101,
-        "{}\nproxy log:\n{}",
+        "Upgrade: {protocol}: {}\nproxy log:\n{}",
         String::from_utf8_lossy(&got),
         proxy.log_text()
     );
@@ -1757,6 +1837,7 @@ fn upgraded_connections_pass_bytes_that_look_like_heads() -> Result<()> {
         .position(|w| w == b"\r\n\r\n")
         .map_or(0, |p| p + 4);
     let mut echoed = got.split_off(head_end);
+    assert_eq!(header(&got, "upgrade").as_deref(), Some(protocol));
     let sent: &[u8] = b"GET /x HTTP/1.1\nbare LF\r\n\0\x1b Content-Length: zz\r\n\r\nTransfer-Encoding: chunked\r\n\r\n";
     for part in sent.chunks(10) {
         s.write_all(part)?;
@@ -1768,6 +1849,17 @@ fn upgraded_connections_pass_bytes_that_look_like_heads() -> Result<()> {
         echoed.extend_from_slice(&chunk[..n]);
     }
     assert_eq!(echoed, sent);
+    // The handshake went upstream; the other hop-by-hop fields did not.
+    let heads = heads.lock().map(|h| h.clone()).unwrap_or_default();
+    let head = heads
+        .first()
+        .map(|h| h.to_ascii_lowercase())
+        .unwrap_or_default();
+    assert!(head.contains(&format!("\r\nupgrade: {protocol}")), "{head}");
+    assert!(
+        !head.contains("proxy-authorization") && !head.contains("keep-alive:"),
+        "{head}"
+    );
     Ok(())
 }
 

@@ -79,6 +79,32 @@ pub struct EdgeSettings {
     pub escaped_slashes: EscapedSlashes,
     /// What to do with request header names that contain `_`.
     pub underscore_headers: UnderscoreHeaders,
+    /// HTTP/1.1 `Upgrade` protocols forwarded to backends (lowercase; `*`: any but `h2c`). Others are forwarded
+    /// as plain requests, without the upgrade.
+    pub upgrade_protocols: Vec<String>,
+}
+
+impl EdgeSettings {
+    /// How a request that asks to upgrade to `protocol` (its `Upgrade` value) goes upstream: WebSocket through
+    /// Pingora's own handling, other listed protocols with the handshake preserved, the rest not upgraded.
+    /// `h2c` never: a client that upgrades a connection to HTTP/2 cleartext speaks to the backend directly, past
+    /// routing and every per-request check (h2c smuggling).
+    pub fn upgrade_policy(&self, protocol: &[u8]) -> pingora::upstreams::peer::H1UpgradePolicy {
+        use pingora::upstreams::peer::H1UpgradePolicy;
+        let listed = |p: &[u8]| {
+            self.upgrade_protocols
+                .iter()
+                .any(|l| l == "*" || l.as_bytes().eq_ignore_ascii_case(p))
+        };
+        let protocol = protocol.trim_ascii();
+        if protocol.eq_ignore_ascii_case(b"h2c") || !listed(protocol) {
+            H1UpgradePolicy::Deny
+        } else if protocol.eq_ignore_ascii_case(b"websocket") {
+            H1UpgradePolicy::WebSocketOnly
+        } else {
+            H1UpgradePolicy::Preserve
+        }
+    }
 }
 
 /// What to do with a request header whose name contains `_` (`X_Forwarded_For`). CGI, PHP, WSGI and other
@@ -114,6 +140,7 @@ impl Default for EdgeSettings {
             h2_rapid_reset_streams: 500,
             escaped_slashes: EscapedSlashes::UnescapeAndRedirect,
             underscore_headers: UnderscoreHeaders::Drop,
+            upgrade_protocols: vec!["websocket".to_string()],
         }
     }
 }
@@ -767,7 +794,7 @@ mod tests {
         assert_eq!(body_limit(&s, Some(0)), None);
         let unlimited = EdgeSettings {
             max_body: None,
-            ..s
+            ..s.clone()
         };
         assert_eq!(body_limit(&unlimited, None), None);
         assert_eq!(body_limit(&unlimited, Some(10)), ingress(10));
@@ -790,6 +817,29 @@ mod tests {
             ..capped
         };
         assert_eq!(body_limit(&capped_unlimited, None), ceiling);
+    }
+
+    #[test]
+    fn upgrades_are_forwarded_only_when_listed_and_never_h2c() {
+        use pingora::upstreams::peer::H1UpgradePolicy::*;
+        let default = EdgeSettings::default();
+        assert_eq!(default.upgrade_policy(b"websocket"), WebSocketOnly);
+        assert_eq!(default.upgrade_policy(b"WebSocket "), WebSocketOnly);
+        assert_eq!(default.upgrade_policy(b"custom/1"), Deny);
+        assert_eq!(default.upgrade_policy(b"h2c"), Deny);
+        let listed = EdgeSettings {
+            upgrade_protocols: vec!["custom/1".into()],
+            ..EdgeSettings::default()
+        };
+        assert_eq!(listed.upgrade_policy(b"Custom/1"), Preserve);
+        assert_eq!(listed.upgrade_policy(b"websocket"), Deny);
+        let any = EdgeSettings {
+            upgrade_protocols: vec!["*".into()],
+            ..EdgeSettings::default()
+        };
+        assert_eq!(any.upgrade_policy(b"anything"), Preserve);
+        assert_eq!(any.upgrade_policy(b"websocket"), WebSocketOnly);
+        assert_eq!(any.upgrade_policy(b"H2C"), Deny);
     }
 
     #[test]

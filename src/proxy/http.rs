@@ -44,6 +44,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::FailToProxy;
+use pingora::upstreams::peer::H1UpgradePolicy;
 use prometheus::IntGauge;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -457,6 +458,9 @@ pub struct Ctx {
     request_id: Option<String>,
     /// The request id was made here, and goes upstream.
     request_id_made: bool,
+    /// The request's `Upgrade` to a listed protocol other than WebSocket goes upstream as it came
+    /// (`--upgrade-protocols`); the filter then drops the other hop-by-hop fields itself.
+    upgrade_preserved: bool,
     /// The attempts, for the access log (access log on only).
     log_attempts: Vec<Attempt>,
 }
@@ -1156,6 +1160,11 @@ impl ProxyHttp for HttpApp {
             .and_then(|i| upstream.endpoint(i))
             .ok_or_else(|| Error::explain(HTTPStatus(503), "no endpoint"))?;
         let mut peer = upstream.peer(ep);
+        if let Some(protocol) = session.req_header().headers.get(http::header::UPGRADE) {
+            let policy = self.edge.upgrade_policy(protocol.as_bytes());
+            ctx.upgrade_preserved = policy == H1UpgradePolicy::Preserve;
+            peer.options.http_upstream_request_policy.h1_upgrade = policy;
+        }
         if let Some(ms) = ctx.entry.as_ref().and_then(|e| e.rule.timeouts.connect_ms) {
             peer.options.connection_timeout = Some(Duration::from_millis(ms));
         }
@@ -1203,6 +1212,21 @@ impl ProxyHttp for HttpApp {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if ctx.upgrade_preserved {
+            // Pingora forwards a preserved upgrade's head whole; the standard hop-by-hop fields other than the
+            // handshake's own (`Connection`, `Upgrade`) and the body's framing still stop here (RFC 9110 §7.6.1).
+            for name in [
+                "keep-alive",
+                "proxy-connection",
+                "proxy-authenticate",
+                "proxy-authorization",
+                "te",
+                "trailer",
+                "http2-settings",
+            ] {
+                upstream.remove_header(name);
+            }
+        }
         // X-Forwarded-*: the client address is appended, proto and host describe this hop.
         if let Some(ip) = client_ip(session) {
             // The address is formatted on the stack: no String per request.
