@@ -1,7 +1,6 @@
 //! Process settings: the command line. Nothing here describes routes; routes come from Kubernetes objects.
 
-use crate::proxy::edge::EdgeSettings;
-use crate::proxy::edge::UnderscoreHeaders;
+use crate::proxy::edge::{EdgeSettings, UnderscoreHeaders};
 use crate::proxy::path::EscapedSlashes;
 use crate::translate::nginx::{
     NginxOptions, Settings, DEFAULT_ANNOTATIONS_PREFIX, INGRESS_NGINX_CONTROLLER,
@@ -301,21 +300,20 @@ impl EdgeArgs {
             upgrade_protocols: self.upgrade_protocols()?,
         })
     }
-}
 
-impl EdgeArgs {
     /// `--upgrade-protocols`, lowercased and checked: tokens (RFC 9110 §7.8 protocol names) or `*`, never h2c.
     fn upgrade_protocols(&self) -> Result<Vec<String>, String> {
         let mut out = Vec::new();
         for p in &self.upgrade_protocols {
             let p = p.trim().to_ascii_lowercase();
-            if p.eq_ignore_ascii_case("h2c") {
+            if p == "h2c" {
                 return Err("--upgrade-protocols h2c: never forwarded (a connection upgraded to HTTP/2 \
                             cleartext reaches the backend past routing and every check: h2c smuggling)"
                     .into());
             }
-            let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~/".contains(c);
-            if p.is_empty() || !p.chars().all(token) {
+            // A protocol name is a token, optionally `/version`.
+            let token = |b: u8| b == b'/' || crate::translate::is_token_byte(b);
+            if p.is_empty() || !p.bytes().all(token) {
                 return Err(format!(
                     "--upgrade-protocols {p:?}: expected protocol names (e.g. websocket) or *"
                 ));

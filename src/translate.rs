@@ -11,8 +11,8 @@ mod crosskind;
 mod gateway;
 mod grpcroute;
 mod httproute;
-/// What an HTTPRoute rule's session cookie `Path` is, and which bytes an HTTP token (a cookie name) may hold:
-/// `migrate` writes sessionPersistence only where the route gets the Ingress's cookie.
+/// What an HTTPRoute rule's session cookie `Path` is (`migrate` writes sessionPersistence only where the route gets
+/// the Ingress's cookie), and which bytes an HTTP token may hold (cookie names, protocol names).
 pub(crate) use httproute::{cookie_path as session_cookie_path, is_token_byte};
 mod ingress;
 mod l4route;

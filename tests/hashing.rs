@@ -6,31 +6,19 @@
 mod common;
 
 use anyhow::Result;
-use common::{echo, free_port, service_yaml, Proxy, CLASSES};
+use common::{echo, free_port, ingress_yaml, service_yaml, Proxy, CLASSES};
 use proto_conformance::echo::EchoServer;
 use std::collections::{BTreeMap, BTreeSet};
 
 fn manifests(svc: &str) -> String {
+    let key = [(
+        "nginx.ingress.kubernetes.io/upstream-hash-by",
+        "$host-${http_x_user}-$arg_id",
+    )];
     format!(
-        "{CLASSES}{svc}
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata:
-  name: hashed
-  namespace: default
-  annotations:
-    nginx.ingress.kubernetes.io/upstream-hash-by: \"$host-${{http_x_user}}-$arg_id\"
-spec:
-  rules:
-  - host: a.example.com
-    http:
-      paths:
-      - {{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}
-  - host: b.example.com
-    http:
-      paths:
-      - {{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}
-"
+        "{CLASSES}{svc}{}{}",
+        ingress_yaml("default", "hashed-a", "a.example.com", "/", "web", &key),
+        ingress_yaml("default", "hashed-b", "b.example.com", "/", "web", &key)
     )
 }
 

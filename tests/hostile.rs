@@ -490,16 +490,31 @@ fn fails_once(line: &str) -> Option<Vec<u8>> {
         .then(|| b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n".to_vec())
 }
 
-#[test]
-fn body_limit_ceiling_caps_what_rules_allow() -> Result<()> {
-    // --max-request-body-ceiling 16k over --max-request-body 8k: Ingresses with proxy-body-size 1k, 64k and 0.
-    let more = [
+/// Ingresses of our class with no `proxy-body-size` (plain.test) and with 1k (small.test), 64k (big.test) and 0
+/// (unlimited.test).
+fn own_class_body_sizes() -> String {
+    [
         body_size_ingress("plain", "portcullis", "plain.test", None),
         body_size_ingress("small", "portcullis", "small.test", Some("1k")),
         body_size_ingress("big", "portcullis", "big.test", Some("64k")),
         body_size_ingress("unlimited", "portcullis", "unlimited.test", Some("0")),
     ]
-    .concat();
+    .concat()
+}
+
+/// The status of a POST of `n` body bytes declared by Content-Length, on a fresh connection.
+fn post_body(port: u16, host: &str, path: &str, n: usize) -> Result<u16> {
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n{}",
+        "b".repeat(n)
+    );
+    Ok(status(&exchange(port, req.as_bytes(), WAIT)?))
+}
+
+#[test]
+fn body_limit_ceiling_caps_what_rules_allow() -> Result<()> {
+    // --max-request-body-ceiling 16k over --max-request-body 8k: Ingresses with proxy-body-size 1k, 64k and 0.
+    let more = own_class_body_sizes();
     let edge = Edge::start_full(
         None,
         &more,
@@ -511,13 +526,6 @@ fn body_limit_ceiling_caps_what_rules_allow() -> Result<()> {
         ],
     )?;
     let port = edge.port();
-    let post = |host: &str, n: usize| -> Result<u16> {
-        let req = format!(
-            "POST /x HTTP/1.1\r\nHost: {host}\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n{}",
-            "b".repeat(n)
-        );
-        Ok(status(&exchange(port, req.as_bytes(), WAIT)?))
-    };
     for (host, n, want) in [
         ("plain.test", 8 * 1024, 200),
         ("plain.test", 8 * 1024 + 1, 413),
@@ -528,7 +536,7 @@ fn body_limit_ceiling_caps_what_rules_allow() -> Result<()> {
         ("unlimited.test", 100 * 1024, 413),
     ] {
         let mark = edge.mark();
-        assert_eq!(post(host, n)?, want, "{host}, {n} bytes");
+        assert_eq!(post_body(port, host, "/x", n)?, want, "{host}, {n} bytes");
         if want == 413 {
             edge.nothing_forwarded_since(mark, host)?;
         }
@@ -542,10 +550,7 @@ fn body_limit_is_the_rules_proxy_body_size_else_the_edge_default() -> Result<()>
     // proxy-body-size 1k, 64k and 0 (none); a taken-over ingress-nginx Ingress without the annotation, whose
     // limit is the ingress-nginx profile's default (here set to 16k); an HTTPRoute that retries on 503.
     let more = [
-        body_size_ingress("plain", "portcullis", "plain.test", None),
-        body_size_ingress("small", "portcullis", "small.test", Some("1k")),
-        body_size_ingress("big", "portcullis", "big.test", Some("64k")),
-        body_size_ingress("unlimited", "portcullis", "unlimited.test", Some("0")),
+        own_class_body_sizes(),
         "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: nginx}\nspec: {controller: k8s.io/ingress-nginx}\n---\n".to_string(),
         body_size_ingress("taken-over", "nginx", "nginx.test", None),
         "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: retrying, namespace: edge}\nspec:\n  parentRefs: [{name: gw}]\n  hostnames: [retry.test]\n  rules:\n  - retry: {attempts: 2, codes: [503]}\n    backendRefs: [{name: public, port: 80}]\n---\n".to_string(),
@@ -564,13 +569,7 @@ fn body_limit_is_the_rules_proxy_body_size_else_the_edge_default() -> Result<()>
         ],
     )?;
     let port = edge.port();
-    let post = |host: &str, path: &str, n: usize| -> Result<u16> {
-        let req = format!(
-            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n{}",
-            "b".repeat(n)
-        );
-        Ok(status(&exchange(port, req.as_bytes(), WAIT)?))
-    };
+    let post = |host: &str, path: &str, n: usize| post_body(port, host, path, n);
     let chunked = |host: &str, path: &str, chunks: usize| -> Result<u16> {
         let chunk = format!("4000\r\n{}\r\n", "c".repeat(0x4000));
         let req = format!(
@@ -1875,18 +1874,9 @@ async fn underscore_proxy(
     let dir = tempfile::tempdir()?;
     let port = free_port();
     let text = format!(
-        "{CLASSES}{}
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {{name: under, namespace: default}}
-spec:
-  rules:
-  - host: under.test
-    http:
-      paths:
-      - {{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}
-",
-        common::service_yaml("default", "web", 80, &[&backend])
+        "{CLASSES}{}{}",
+        common::service_yaml("default", "web", 80, &[&backend]),
+        common::ingress_yaml("default", "under", "under.test", "/", "web", &[])
     );
     std::fs::write(dir.path().join("all.yaml"), text)?;
     let proxy = Proxy::start(dir.path(), port, extra)?;

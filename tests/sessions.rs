@@ -6,7 +6,7 @@
 mod common;
 
 use anyhow::{Context, Result};
-use common::{echo, free_port, service_yaml, Proxy, Response, CLASSES};
+use common::{echo, free_port, ingress_yaml, service_yaml, Proxy, Response, CLASSES};
 use proto_conformance::echo::{EchoConfig, EchoServer};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -209,40 +209,22 @@ async fn canary_sessions_stick_unless_legacy() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let port = free_port();
     let pair = |host: &str, behavior: &str| {
-        format!(
-            "apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata:
-  name: {host}
-  namespace: default
-  annotations:
-    nginx.ingress.kubernetes.io/affinity: cookie
-    nginx.ingress.kubernetes.io/affinity-mode: persistent
-    nginx.ingress.kubernetes.io/affinity-canary-behavior: {behavior}
-spec:
-  rules:
-  - host: {host}.example.com
-    http:
-      paths:
-      - {{path: /, pathType: Prefix, backend: {{service: {{name: main, port: {{number: 80}}}}}}}}
----
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata:
-  name: {host}-canary
-  namespace: default
-  annotations:
-    nginx.ingress.kubernetes.io/canary: \"true\"
-    nginx.ingress.kubernetes.io/canary-weight: \"50\"
-spec:
-  rules:
-  - host: {host}.example.com
-    http:
-      paths:
-      - {{path: /, pathType: Prefix, backend: {{service: {{name: canary, port: {{number: 80}}}}}}}}
----
-"
-        )
+        let affinity = [
+            ("nginx.ingress.kubernetes.io/affinity", "cookie"),
+            ("nginx.ingress.kubernetes.io/affinity-mode", "persistent"),
+            (
+                "nginx.ingress.kubernetes.io/affinity-canary-behavior",
+                behavior,
+            ),
+        ];
+        let canary = [
+            ("nginx.ingress.kubernetes.io/canary", "true"),
+            ("nginx.ingress.kubernetes.io/canary-weight", "50"),
+        ];
+        let h = format!("{host}.example.com");
+        let canary_name = format!("{host}-canary");
+        ingress_yaml("default", host, &h, "/", "main", &affinity)
+            + &ingress_yaml("default", &canary_name, &h, "/", "canary", &canary)
     };
     let manifests = format!(
         "{CLASSES}{}{}{}{}",

@@ -551,21 +551,19 @@ fn with_hash_key<R>(
 ) -> R {
     match on {
         None => f(b""),
-        Some(HashOn::Host | HashOn::Parts(_)) => HASH_KEY.with(|cell| {
+        Some(on @ (HashOn::Host | HashOn::Parts(_))) => HASH_KEY.with(|cell| {
             // Taken, not borrowed: a nested call (there is none) would get an empty buffer, not a panic.
             let mut buf = cell.take();
             buf.clear();
-            match on {
-                Some(HashOn::Parts(parts)) => {
-                    for part in parts {
-                        match part {
-                            HashPart::Text(t) => buf.extend_from_slice(t.as_bytes()),
-                            HashPart::Var(v) => append_hash_property(&mut buf, v, req, client),
-                        }
+            if let HashOn::Parts(parts) = on {
+                for part in parts {
+                    match part {
+                        HashPart::Text(t) => buf.extend_from_slice(t.as_bytes()),
+                        HashPart::Var(v) => append_hash_property(&mut buf, v, req, client),
                     }
                 }
-                Some(v) => append_hash_property(&mut buf, v, req, client),
-                None => {}
+            } else {
+                append_hash_property(&mut buf, on, req, client);
             }
             let r = f(&buf);
             cell.set(buf);
@@ -630,7 +628,6 @@ fn hash_property<'r>(
         HashOn::Path => req.uri.path().as_bytes(),
         HashOn::Query => req.uri.query().map_or(&b""[..], str::as_bytes),
         HashOn::Method => req.method.as_str().as_bytes(),
-        HashOn::Host => host_without_port(request_host(req)),
         HashOn::Header(name) => req
             .headers
             .get(name.as_str())
@@ -655,8 +652,8 @@ fn hash_property<'r>(
                 })
             })
             .map_or(&b""[..], str::as_bytes),
-        // Keys are never nested (the translator builds them flat).
-        HashOn::Parts(_) => b"",
+        // The host is lowercased into the key buffer (`append_hash_property`); keys are never nested.
+        HashOn::Host | HashOn::Parts(_) => b"",
     }
 }
 

@@ -336,6 +336,32 @@ pub fn service_yaml(ns: &str, name: &str, port: u16, backends: &[&EchoServer]) -
     s
 }
 
+/// An Ingress of the default class: `host`, one Prefix `path` to port 80 of Service `service`, with these
+/// annotations (full keys; values are quoted), followed by `---`.
+pub fn ingress_yaml(
+    ns: &str,
+    name: &str,
+    host: &str,
+    path: &str,
+    service: &str,
+    annotations: &[(&str, &str)],
+) -> String {
+    let mut a = String::new();
+    for (k, v) in annotations {
+        a.push_str(&format!("\n    {k}: \"{v}\""));
+    }
+    let annotations = if a.is_empty() {
+        String::new()
+    } else {
+        format!("\n  annotations:{a}")
+    };
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: {name}\n  namespace: {ns}{annotations}\n\
+         spec:\n  rules:\n  - host: {host}\n    http:\n      paths:\n      - {{path: {path}, pathType: Prefix, \
+         backend: {{service: {{name: {service}, port: {{number: 80}}}}}}}}\n---\n"
+    )
+}
+
 /// The IngressClass (default) and GatewayClass that select Portcullis.
 pub const CLASSES: &str = "\
 apiVersion: networking.k8s.io/v1
