@@ -59,6 +59,7 @@ async fn metrics_logs_and_server_header() -> Result<()> {
         &["--access-log", "json", "--metrics-labels", "route+backend"],
     )?;
 
+    let mut made = Vec::new();
     for _ in 0..3 {
         let r = proxy.request(
             "GET",
@@ -78,6 +79,7 @@ async fn metrics_logs_and_server_header() -> Result<()> {
             .echoed_header("x-request-id")
             .context("no x-request-id upstream")?;
         assert_eq!(id.len(), 32, "{id}");
+        made.push(id);
     }
     let r = proxy.request(
         "POST",
@@ -148,6 +150,13 @@ async fn metrics_logs_and_server_header() -> Result<()> {
         .find(|l| l["method"] == "POST")
         .context("no POST line")?;
     assert_eq!(post["request_id"], "given-1");
+    // The ids made here are the ones the backend saw.
+    let logged: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["method"] == "GET" && l["status"] == 200)
+        .filter_map(|l| l["request_id"].as_str())
+        .collect();
+    assert_eq!(logged, made, "{out}");
     assert_eq!(post["bytes_in"], 5);
     let missing = lines
         .iter()

@@ -46,6 +46,7 @@ use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::H1UpgradePolicy;
 use prometheus::IntGauge;
+use smallvec::SmallVec;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -118,10 +119,14 @@ impl HttpApp {
             req.uri.path()
         };
         let tls = session.digest().and_then(|d| d.ssl_digest.as_ref());
+        let text = log.is_text();
         let origin = ctx.entry.as_ref().map(|e| &e.rule.origin);
         let record = Record {
-            time: jiff::Timestamp::now(),
-            request_id: ctx.request_id.as_deref().unwrap_or(""),
+            time: std::time::SystemTime::now(),
+            request_id: match &ctx.request_id {
+                Some(made) => made.as_str(),
+                None => header(&X_REQUEST_ID),
+            },
             trace_id: observe::trace_id(header(&TRACEPARENT)),
             client: session.client_addr().and_then(|a| a.as_inet()).copied(),
             method: req.method.as_str(),
@@ -133,7 +138,7 @@ impl HttpApp {
             status,
             bytes_in: session.body_bytes_read(),
             bytes_out: session.body_bytes_sent(),
-            duration: duration.as_secs_f64(),
+            duration,
             listener: &self.label,
             route: origin.map(|o| RouteRef {
                 kind: o.kind.as_str(),
@@ -145,8 +150,16 @@ impl HttpApp {
             upstreams: &ctx.log_attempts,
             retries: ctx.attempts.saturating_sub(1),
             reason: ctx.failure,
-            user_agent: header(&http::header::USER_AGENT),
-            referer: header(&http::header::REFERER),
+            user_agent: if text {
+                header(&http::header::USER_AGENT)
+            } else {
+                ""
+            },
+            referer: if text {
+                header(&http::header::REFERER)
+            } else {
+                ""
+            },
         };
         log.log(&record);
     }
@@ -242,11 +255,10 @@ impl HttpApp {
             .headers
             .get(X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| ctx.request_id.clone());
+            .or_else(|| ctx.request_id.as_ref().map(observe::RequestId::as_str));
         let page = match (ce, upstream) {
             (Some(ce), Some(u)) => {
-                errors::fetch(ce, u, code, session.req_header(), request_id.as_deref())
+                errors::fetch(ce, u, code, session.req_header(), request_id)
                     .await
                     .map_err(|e| tracing::warn!(error = %e, "custom-http-errors: no page from the error backend"))
                     .ok()
@@ -454,15 +466,13 @@ pub struct Ctx {
     attempt_clock: Option<Instant>,
     /// Why no backend answered, when none did.
     failure: Option<Failure>,
-    /// `X-Request-ID`: the client's, or one made here (access log on only).
-    request_id: Option<String>,
-    /// The request id was made here, and goes upstream.
-    request_id_made: bool,
+    /// The `X-Request-ID` made here when the client sent none (access log on only); it goes upstream.
+    request_id: Option<observe::RequestId>,
     /// The request's `Upgrade` to a listed protocol other than WebSocket goes upstream as it came
     /// (`--upgrade-protocols`); the filter then drops the other hop-by-hop fields itself.
     upgrade_preserved: bool,
-    /// The attempts, for the access log (access log on only).
-    log_attempts: Vec<Attempt>,
+    /// The attempts, for the access log (access log on only); inline up to two.
+    log_attempts: SmallVec<[Attempt; 2]>,
 }
 
 impl Ctx {
@@ -1004,19 +1014,15 @@ impl ProxyHttp for HttpApp {
         }
         if observe::access_log().is_some() {
             ctx.started.get_or_insert_with(Instant::now);
+            // The client's id is read again when the line is written; one is made only when it sent none.
             let given = session
                 .req_header()
                 .headers
                 .get(X_REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .filter(|v| !v.is_empty());
-            ctx.request_id = Some(match given {
-                Some(v) => v.to_string(),
-                None => {
-                    ctx.request_id_made = true;
-                    observe::new_request_id()
-                }
-            });
+                .is_some_and(|v| !v.is_empty() && v.to_str().is_ok());
+            if !given {
+                ctx.request_id = Some(observe::RequestId::new());
+            }
         }
         // Edge hook: framing, sizes and path normalization before anything reads the request (proxy::edge). After
         // the metrics clock starts, so that refusals are counted and logged under the listener.
@@ -1170,7 +1176,7 @@ impl ProxyHttp for HttpApp {
             ctx.log_attempts.push(Attempt {
                 addr: ep.addr,
                 status: None,
-                seconds: 0.0,
+                took: Duration::ZERO,
             });
         }
         if let Some(i) = ctx.endpoint {
@@ -1245,10 +1251,8 @@ impl ProxyHttp for HttpApp {
         }
         let proto = HeaderValue::from_static(if self.tls { "https" } else { "http" });
         upstream.insert_header("x-forwarded-proto", proto)?;
-        if ctx.request_id_made {
-            if let Some(id) = &ctx.request_id {
-                upstream.insert_header("x-request-id", id.as_str())?;
-            }
+        if let Some(id) = &ctx.request_id {
+            upstream.insert_header("x-request-id", id.as_str())?;
         }
         if let Some(h) = upstream.headers.get(HOST).cloned() {
             upstream.insert_header("x-forwarded-host", h)?;
@@ -1327,7 +1331,7 @@ impl ProxyHttp for HttpApp {
         }
         if let Some(a) = ctx.log_attempts.last_mut() {
             a.status = Some(resp.status.as_u16());
-            a.seconds = took.map_or(0.0, |t| t.as_secs_f64());
+            a.took = took.unwrap_or_default();
         }
         let latency = ctx.attempt_started.map(|t| t.elapsed());
         ctx.attempt_done(latency);
@@ -1582,7 +1586,7 @@ impl HttpApp {
             h.upstream_result(result);
         }
         if let Some(a) = ctx.log_attempts.last_mut() {
-            a.seconds = took.map_or(0.0, |t| t.as_secs_f64());
+            a.took = took.unwrap_or_default();
         }
     }
 }

@@ -10,13 +10,14 @@
 use crate::model::BackendKey;
 use http::HeaderValue;
 use prometheus::IntCounter;
+use std::cell::Cell;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 static SERVER: OnceLock<Option<HeaderValue>> = OnceLock::new();
 static ACCESS_LOG: OnceLock<AccessLog> = OnceLock::new();
@@ -145,8 +146,8 @@ pub struct Attempt {
     pub addr: SocketAddr,
     /// The response status, when a response header arrived.
     pub status: Option<u16>,
-    /// Seconds from the start of the attempt to its response header (or its failure).
-    pub seconds: f64,
+    /// From the start of the attempt to its response header (or its failure).
+    pub took: Duration,
 }
 
 /// Why a request did not get a backend's answer.
@@ -194,8 +195,8 @@ pub struct RouteRef<'a> {
 /// user agent and referer are in the text format only.
 #[derive(Debug)]
 pub struct Record<'a> {
-    /// When the response ended (RFC 3339, UTC).
-    pub time: jiff::Timestamp,
+    /// When the response ended (written as RFC 3339, UTC).
+    pub time: SystemTime,
     /// `X-Request-ID` of the request, or the one made for it.
     pub request_id: &'a str,
     /// The trace id of a W3C `traceparent` header.
@@ -220,8 +221,8 @@ pub struct Record<'a> {
     pub bytes_in: usize,
     /// Response body bytes sent.
     pub bytes_out: usize,
-    /// Seconds from the request head to the end of the response.
-    pub duration: f64,
+    /// From the request head to the end of the response.
+    pub duration: Duration,
     /// Listener (`ADDRESS:PORT`).
     pub listener: &'a str,
     /// The route that answered.
@@ -234,7 +235,7 @@ pub struct Record<'a> {
     pub retries: u32,
     /// Why no backend answered, when none did.
     pub reason: Option<Failure>,
-    /// `User-Agent` (text format only).
+    /// `User-Agent` (text format only: see [`AccessLog::is_text`]).
     pub user_agent: &'a str,
     /// `Referer` (text format only).
     pub referer: &'a str,
@@ -244,6 +245,12 @@ impl AccessLog {
     /// Whether paths are logged with their query.
     pub fn with_query(&self) -> bool {
         self.query
+    }
+
+    /// Whether lines are in the text format, the one that writes the user agent and referer (the JSON format
+    /// does not, so a request does not look them up).
+    pub fn is_text(&self) -> bool {
+        self.format == AccessLogFormat::Text
     }
 
     /// Queues one line (dropped and counted when the writer is behind).
@@ -268,7 +275,7 @@ fn json_line(r: &Record<'_>) -> Vec<u8> {
     let mut n = itoa::Buffer::new();
     o.extend_from_slice(b"{\"time\":\"");
     // RFC 3339 in UTC has no byte that JSON escapes.
-    let _ = jiff::fmt::temporal::DateTimePrinter::new().print_timestamp(&r.time, &mut o);
+    push_time(&mut o, r.time);
     o.extend_from_slice(b"\",\"request_id\":");
     json_str(&mut o, r.request_id);
     if let Some(t) = r.trace_id {
@@ -303,7 +310,7 @@ fn json_line(r: &Record<'_>) -> Vec<u8> {
     o.extend_from_slice(b",\"bytes_out\":");
     o.extend_from_slice(n.format(r.bytes_out).as_bytes());
     o.extend_from_slice(b",\"duration\":");
-    json_f64(&mut o, r.duration);
+    json_seconds(&mut o, r.duration, &mut n);
     o.extend_from_slice(b",\"listener\":");
     json_str(&mut o, r.listener);
     if let Some(route) = &r.route {
@@ -346,7 +353,7 @@ fn json_line(r: &Record<'_>) -> Vec<u8> {
                 o.extend_from_slice(n.format(s).as_bytes());
             }
             o.extend_from_slice(b",\"seconds\":");
-            json_f64(&mut o, a.seconds);
+            json_seconds(&mut o, a.took, &mut n);
             o.push(b'}');
         }
         o.push(b']');
@@ -372,11 +379,7 @@ fn json_str(o: &mut Vec<u8>, s: &str) {
 /// The contents of a JSON string: `"`, `\` and control characters escaped, everything else (UTF-8 included) as is.
 fn json_escape(o: &mut Vec<u8>, s: &str) {
     let b = s.as_bytes();
-    // No early exit, so that the check runs over whole vectors: values are short and nearly always plain.
-    let plain = b
-        .iter()
-        .fold(true, |ok, &c| ok & (c >= 0x20 && c != b'"' && c != b'\\'));
-    if plain {
+    if is_plain(b) {
         o.extend_from_slice(b);
         return;
     }
@@ -400,6 +403,34 @@ fn json_escape(o: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// Whether no byte of `b` needs escaping in a JSON string (none is `"`, `\` or below 0x20). Values are short and
+/// nearly always plain, so the check runs eight bytes at a time on a `u64`, the last word padded with a plain
+/// byte, without a branch per byte.
+fn is_plain(b: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Non-zero when some byte of `w` is zero, or below `0x20` (exact as a yes/no, for any byte values).
+    let has_zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGHS;
+    let special = |c: &[u8]| {
+        let mut word = [b'a'; 8];
+        word[..c.len()].copy_from_slice(c);
+        let w = u64::from_ne_bytes(word);
+        (w.wrapping_sub(ONES * 0x20) & !w & HIGHS)
+            | has_zero(w ^ (ONES * u64::from(b'"')))
+            | has_zero(w ^ (ONES * u64::from(b'\\')))
+    };
+    let mut chunks = b.chunks_exact(8);
+    let mut found = 0;
+    for c in &mut chunks {
+        found |= special(c);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        found |= special(rest);
+    }
+    found == 0
+}
+
 /// `ADDRESS:PORT` (`[ADDRESS]:PORT` for IPv6): no byte that JSON escapes.
 fn json_addr(o: &mut Vec<u8>, a: SocketAddr, n: &mut itoa::Buffer) {
     match a {
@@ -419,13 +450,55 @@ fn json_addr(o: &mut Vec<u8>, a: SocketAddr, n: &mut itoa::Buffer) {
     }
 }
 
-/// A number of seconds, shortest form that reads back the same; `null` when not finite (as serde_json).
-fn json_f64(o: &mut Vec<u8>, x: f64) {
-    if x.is_finite() {
-        o.extend_from_slice(ryu::Buffer::new().format_finite(x).as_bytes());
-    } else {
-        o.extend_from_slice(b"null");
+/// A duration as a JSON number of seconds, to the nanosecond, without trailing zeros (`0.0123`, `2`).
+fn json_seconds(o: &mut Vec<u8>, d: Duration, n: &mut itoa::Buffer) {
+    o.extend_from_slice(n.format(d.as_secs()).as_bytes());
+    push_fraction(o, d.subsec_nanos());
+}
+
+/// `.` and the nine digits of `nanos` without trailing zeros; nothing when `nanos` is zero (as jiff and Rust's
+/// `f64` formatting write fractions).
+fn push_fraction(o: &mut Vec<u8>, nanos: u32) {
+    if nanos == 0 || nanos >= 1_000_000_000 {
+        return;
     }
+    // `1` and the nine digits, zero-padded; the `1` becomes the point.
+    let mut n = itoa::Buffer::new();
+    let digits = n.format(1_000_000_000 + nanos).as_bytes();
+    let end = digits.iter().rposition(|&d| d != b'0').map_or(0, |i| i + 1);
+    o.push(b'.');
+    o.extend_from_slice(digits.get(1..end).unwrap_or_default());
+}
+
+thread_local! {
+    /// The second of the last time written on this thread, and its `YYYY-MM-DDTHH:MM:SS` text: the calendar
+    /// arithmetic runs once a second per thread, not once a line.
+    static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
+}
+
+/// `t` as RFC 3339 in UTC with as many fraction digits as needed, as jiff writes a `Timestamp`
+/// (`2026-12-03T11:00:00.5Z`).
+fn push_time(o: &mut Vec<u8>, t: SystemTime) {
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (cached, mut text) = SECOND.get();
+    if cached != secs {
+        let ts = i64::try_from(secs)
+            .ok()
+            .and_then(|s| jiff::Timestamp::from_second(s).ok())
+            .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        let mut w = std::io::Cursor::new(&mut text[..]);
+        // Four-digit years (jiff's range ends at 9999) always fill the 19 bytes.
+        if write!(w, "{}", ts.strftime("%Y-%m-%dT%H:%M:%S")).is_err() || w.position() != 19 {
+            // Not reachable in jiff's range; written the slow way rather than wrong.
+            let _ = write!(o, "{}", jiff::Timestamp::try_from(t).unwrap_or_default());
+            return;
+        }
+        SECOND.set((secs, text));
+    }
+    o.extend_from_slice(&text);
+    push_fraction(o, since.subsec_nanos());
+    o.push(b'Z');
 }
 
 /// Writes `s` as nginx writes variables in a log line: `"` `\` and bytes outside printable ASCII as `\xHH`.
@@ -473,7 +546,7 @@ fn text_line(r: &Record<'_>) -> Vec<u8> {
     dash_or(&mut out, r.referer);
     out.extend_from_slice(b"\" \"");
     dash_or(&mut out, r.user_agent);
-    let _ = write!(out, "\" {} {:.3} [", r.bytes_in, r.duration);
+    let _ = write!(out, "\" {} {:.3} [", r.bytes_in, r.duration.as_secs_f64());
     match &r.backend {
         Some(b) => escaped(&mut out, &b.to_string()),
         None => out.push(b'-'),
@@ -495,7 +568,7 @@ fn text_line(r: &Record<'_>) -> Vec<u8> {
         });
         out.extend_from_slice(b" - ");
         list(&mut out, &|a, o| {
-            let _ = write!(o, "{:.3}", a.seconds);
+            let _ = write!(o, "{:.3}", a.took.as_secs_f64());
         });
         out.push(b' ');
         list(&mut out, &|a, o| match a.status {
@@ -511,18 +584,45 @@ fn text_line(r: &Record<'_>) -> Vec<u8> {
     out
 }
 
-/// A new request id: 32 lowercase hex digits, as ingress-nginx's `$req_id`.
-pub fn new_request_id() -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut n = fastrand::u128(..);
-    let mut id = [0u8; 32];
-    for d in id.iter_mut().rev() {
-        *d = HEX[(n & 0xf) as usize];
-        n >>= 4;
+/// A request id made here: 32 lowercase hex digits, as ingress-nginx's `$req_id`. Held inline (no allocation).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RequestId([u8; 32]);
+
+impl RequestId {
+    /// A new random id.
+    pub fn new() -> RequestId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut n = fastrand::u128(..);
+        let mut id = [0u8; 32];
+        for d in id.iter_mut().rev() {
+            *d = HEX[(n & 0xf) as usize];
+            n >>= 4;
+        }
+        RequestId(id)
     }
-    std::str::from_utf8(&id)
-        .map(str::to_owned)
-        .unwrap_or_default()
+
+    /// The id's text.
+    pub fn as_str(&self) -> &str {
+        // Hex digits only: always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The id's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        RequestId::new()
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The trace id of a W3C `traceparent` value (`00-<32 hex>-<16 hex>-<2 hex>`), when well formed and not all zero.
@@ -553,7 +653,7 @@ mod tests {
 
     fn record<'a>(upstreams: &'a [Attempt], backend: &'a BackendKey) -> Record<'a> {
         Record {
-            time: "2026-12-03T11:00:00.5Z".parse().unwrap(),
+            time: SystemTime::from("2026-12-03T11:00:00.5Z".parse::<jiff::Timestamp>().unwrap()),
             request_id: "abc",
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
             client: Some("127.0.0.1:5555".parse().unwrap()),
@@ -566,7 +666,7 @@ mod tests {
             status: 200,
             bytes_in: 0,
             bytes_out: 12,
-            duration: 0.0123,
+            duration: Duration::from_micros(12_300),
             listener: "*:80",
             route: Some(RouteRef {
                 kind: "HTTPRoute",
@@ -589,12 +689,12 @@ mod tests {
             Attempt {
                 addr: "10.0.0.1:8080".parse().unwrap(),
                 status: None,
-                seconds: 0.001,
+                took: Duration::from_millis(1),
             },
             Attempt {
                 addr: "10.0.0.2:8080".parse().unwrap(),
                 status: Some(200),
-                seconds: 0.01,
+                took: Duration::from_millis(10),
             },
         ];
         let line = String::from_utf8(text_line(&record(&a, &backend()))).unwrap();
@@ -647,12 +747,12 @@ mod tests {
             Attempt {
                 addr: "[::1]:8080".parse().unwrap(),
                 status: None,
-                seconds: 0.25,
+                took: Duration::from_millis(250),
             },
             Attempt {
                 addr: "10.0.0.2:65535".parse().unwrap(),
                 status: Some(503),
-                seconds: 1e-7,
+                took: Duration::from_nanos(100),
             },
         ];
         let mut variant = backend();
@@ -669,7 +769,7 @@ mod tests {
             rule: None,
         });
         r.reason = Some(Failure::UpstreamTimeout);
-        r.duration = f64::NAN;
+        r.duration = Duration::from_secs(2);
         let v = json(&r);
         assert!(v.get("client").is_none() && v.get("trace_id").is_none());
         assert_eq!(v["tls_sni"], "shop.example");
@@ -687,7 +787,7 @@ mod tests {
             ])
         );
         assert_eq!(v["reason"], "upstream_timeout");
-        assert!(v["duration"].is_null());
+        assert_eq!(v["duration"], 2);
         assert!(v.get("user_agent").is_none() && v.get("referer").is_none());
     }
 
@@ -715,6 +815,65 @@ mod tests {
     }
 
     #[test]
+    fn special_bytes_are_found_at_every_offset() {
+        for len in 0..20 {
+            let plain = "a".repeat(len);
+            assert!(is_plain(plain.as_bytes()));
+            for at in 0..len {
+                for special in [b'"', b'\\', 0, 0x1f, b'\n'] {
+                    let mut b = plain.clone().into_bytes();
+                    b[at] = special;
+                    assert!(!is_plain(&b), "{len} {at} {special}");
+                }
+                // Bytes just around the special ones, and UTF-8, are plain.
+                for ok in [0x20, b'!', b'#', b'[', b']', 0x7f, 0x80, 0xff] {
+                    let mut b = plain.clone().into_bytes();
+                    b[at] = ok;
+                    assert!(is_plain(&b), "{len} {at} {ok}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn times_are_written_as_jiff_writes_them() {
+        let base: jiff::Timestamp = "2026-12-31T23:59:58Z".parse().unwrap();
+        let mut last = None;
+        for nanos in [
+            0u64,
+            1,
+            500_000_000,
+            123_456_789,
+            999_999_999,
+            1_000_000_000,
+            1_000_000_010,
+            2_070_368_330,
+        ] {
+            let t = SystemTime::from(base) + Duration::from_nanos(nanos);
+            let mut o = Vec::new();
+            push_time(&mut o, t);
+            let want = jiff::Timestamp::try_from(t).unwrap().to_string();
+            assert_eq!(String::from_utf8(o).unwrap(), want);
+            last = Some(want);
+        }
+        assert_eq!(last.as_deref(), Some("2027-01-01T00:00:00.07036833Z"));
+    }
+
+    #[test]
+    fn seconds_are_exact() {
+        let text = |d: Duration| {
+            let mut o = Vec::new();
+            json_seconds(&mut o, d, &mut itoa::Buffer::new());
+            String::from_utf8(o).unwrap()
+        };
+        assert_eq!(text(Duration::ZERO), "0");
+        assert_eq!(text(Duration::from_nanos(20_759_728)), "0.020759728");
+        assert_eq!(text(Duration::from_millis(1500)), "1.5");
+        assert_eq!(text(Duration::from_nanos(100)), "0.0000001");
+        assert_eq!(text(Duration::from_secs(86_400)), "86400");
+    }
+
+    #[test]
     fn trace_ids() {
         assert_eq!(
             trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
@@ -726,13 +885,14 @@ mod tests {
         );
         assert_eq!(trace_id("00-4bf92f35-00f067aa0ba902b7-01"), None);
         assert_eq!(trace_id("garbage"), None);
-        let id = new_request_id();
-        assert_eq!(id.len(), 32);
+        let id = RequestId::new();
+        assert_eq!(id.as_str().len(), 32);
         assert!(
-            id.bytes()
+            id.as_bytes()
+                .iter()
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
-            "{id}"
+            "{id:?}"
         );
-        assert_ne!(id, new_request_id());
+        assert_ne!(id, RequestId::new());
     }
 }
