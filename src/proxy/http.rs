@@ -119,7 +119,15 @@ impl HttpApp {
             req.uri.path()
         };
         let tls = session.digest().and_then(|d| d.ssl_digest.as_ref());
-        let text = log.is_text();
+        // The user agent and referer are written by the text format only.
+        let (user_agent, referer) = if log.is_text() {
+            (
+                header(&http::header::USER_AGENT),
+                header(&http::header::REFERER),
+            )
+        } else {
+            ("", "")
+        };
         let origin = ctx.entry.as_ref().map(|e| &e.rule.origin);
         let record = Record {
             time: std::time::SystemTime::now(),
@@ -150,16 +158,8 @@ impl HttpApp {
             upstreams: &ctx.log_attempts,
             retries: ctx.attempts.saturating_sub(1),
             reason: ctx.failure,
-            user_agent: if text {
-                header(&http::header::USER_AGENT)
-            } else {
-                ""
-            },
-            referer: if text {
-                header(&http::header::REFERER)
-            } else {
-                ""
-            },
+            user_agent,
+            referer,
         };
         log.log(&record);
     }
@@ -1021,7 +1021,7 @@ impl ProxyHttp for HttpApp {
                 .get(X_REQUEST_ID)
                 .is_some_and(|v| !v.is_empty() && v.to_str().is_ok());
             if !given {
-                ctx.request_id = Some(observe::RequestId::new());
+                ctx.request_id = Some(observe::RequestId::random());
             }
         }
         // Edge hook: framing, sizes and path normalization before anything reads the request (proxy::edge). After

@@ -590,7 +590,7 @@ pub struct RequestId([u8; 32]);
 
 impl RequestId {
     /// A new random id.
-    pub fn new() -> RequestId {
+    pub fn random() -> RequestId {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut n = fastrand::u128(..);
         let mut id = [0u8; 32];
@@ -605,17 +605,6 @@ impl RequestId {
     pub fn as_str(&self) -> &str {
         // Hex digits only: always UTF-8.
         std::str::from_utf8(&self.0).unwrap_or_default()
-    }
-
-    /// The id's bytes.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Default for RequestId {
-    fn default() -> Self {
-        RequestId::new()
     }
 }
 
@@ -885,14 +874,14 @@ mod tests {
         );
         assert_eq!(trace_id("00-4bf92f35-00f067aa0ba902b7-01"), None);
         assert_eq!(trace_id("garbage"), None);
-        let id = RequestId::new();
+        let id = RequestId::random();
         assert_eq!(id.as_str().len(), 32);
         assert!(
-            id.as_bytes()
-                .iter()
+            id.as_str()
+                .bytes()
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
             "{id:?}"
         );
-        assert_ne!(id, RequestId::new());
+        assert_ne!(id, RequestId::random());
     }
 }
