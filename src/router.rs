@@ -309,6 +309,8 @@ pub struct CompiledRule {
     pub session: Option<Box<crate::model::SessionPersistence>>,
     /// ingress-nginx `custom-http-errors` of the rule.
     pub custom_errors: Option<Box<CompiledCustomErrors>>,
+    /// The route as access logs write it.
+    pub log_route: crate::proxy::observe::Rendered,
 }
 
 /// ingress-nginx `custom-http-errors` ready to use: the statuses, the error backend, and the headers that name
@@ -812,6 +814,7 @@ fn compile_rule(
         grpc: rule.grpc,
         session: rule.session.clone(),
         custom_errors: compile_custom_errors(&rule.filters, ids).map_err(error)?,
+        log_route: Default::default(),
     }))
 }
 

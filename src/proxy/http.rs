@@ -21,7 +21,7 @@
 use super::edge::{self, EdgeSettings};
 use super::errors;
 use super::mirror::{MirrorBodies, Mirrors};
-use super::observe::{self, Attempt, Failure, Record, RouteRef};
+use super::observe::{self, Attempt, BackendRef, Failure, Record, RouteRef};
 use super::policy;
 use super::sticky;
 use super::upstream::{BackendId, Tried, Upstream};
@@ -62,6 +62,8 @@ pub struct HttpApp {
     edge: Arc<EdgeSettings>,
     /// The listener's metrics label (`ADDRESS:PORT`).
     label: String,
+    /// The label as access logs write it.
+    label_json: observe::Rendered,
     /// Metric handles of requests no route answered, and the active-request gauge.
     stats: Option<(Arc<Handles>, IntGauge)>,
 }
@@ -79,6 +81,7 @@ impl HttpApp {
             mirrors: Mirrors::default(),
             edge: Arc::new(EdgeSettings::default()),
             label,
+            label_json: observe::Rendered::default(),
             stats,
         }
     }
@@ -128,7 +131,7 @@ impl HttpApp {
         } else {
             ("", "")
         };
-        let origin = ctx.entry.as_ref().map(|e| &e.rule.origin);
+        let rule = ctx.entry.as_ref().map(|e| &e.rule);
         let record = Record {
             time: std::time::SystemTime::now(),
             request_id: match &ctx.request_id {
@@ -148,13 +151,19 @@ impl HttpApp {
             bytes_out: session.body_bytes_sent(),
             duration,
             listener: &self.label,
-            route: origin.map(|o| RouteRef {
-                kind: o.kind.as_str(),
-                namespace: &o.namespace,
-                name: &o.name,
-                rule: (o.rule != crate::model::Origin::DEFAULT_BACKEND).then_some(o.rule),
+            listener_json: &self.label_json,
+            route: rule.map(|r| RouteRef {
+                kind: r.origin.kind.as_str(),
+                namespace: &r.origin.namespace,
+                name: &r.origin.name,
+                rule: (r.origin.rule != crate::model::Origin::DEFAULT_BACKEND)
+                    .then_some(r.origin.rule),
+                json: &r.log_route,
             }),
-            backend: ctx.upstream().map(|u| &u.key),
+            backend: ctx.upstream().map(|u| BackendRef {
+                key: &u.key,
+                json: &u.log_key,
+            }),
             upstreams: &ctx.log_attempts,
             retries: ctx.attempts.saturating_sub(1),
             reason: ctx.failure,
@@ -1252,7 +1261,7 @@ impl ProxyHttp for HttpApp {
         let proto = HeaderValue::from_static(if self.tls { "https" } else { "http" });
         upstream.insert_header("x-forwarded-proto", proto)?;
         if let Some(id) = &ctx.request_id {
-            upstream.insert_header("x-request-id", id.as_str())?;
+            upstream.insert_header("x-request-id", id.header_value())?;
         }
         if let Some(h) = upstream.headers.get(HOST).cloned() {
             upstream.insert_header("x-forwarded-host", h)?;

@@ -178,6 +178,23 @@ impl Failure {
     }
 }
 
+/// The JSON text of one value of an access-log line, written the first time a line needs it and reused after.
+/// Route, backend and listener names are the same on every line that names them, so each is escaped once, by
+/// the one that owns the name: a compiled rule, an upstream, a listener's app. Empty until then.
+#[derive(Debug, Default)]
+pub struct Rendered(OnceLock<Box<[u8]>>);
+
+impl Rendered {
+    /// The text, written by `render` on first use.
+    fn get(&self, render: impl FnOnce(&mut Vec<u8>)) -> &[u8] {
+        self.0.get_or_init(|| {
+            let mut o = Vec::new();
+            render(&mut o);
+            o.into_boxed_slice()
+        })
+    }
+}
+
 /// The route a request matched.
 #[derive(Debug)]
 pub struct RouteRef<'a> {
@@ -189,6 +206,17 @@ pub struct RouteRef<'a> {
     pub name: &'a str,
     /// Rule index in the object (absent for an Ingress default backend).
     pub rule: Option<usize>,
+    /// This route's JSON object, kept by its rule.
+    pub json: &'a Rendered,
+}
+
+/// The backend a request went to.
+#[derive(Debug)]
+pub struct BackendRef<'a> {
+    /// Its key (`namespace/name:port`, and `#variant` when it has one).
+    pub key: &'a BackendKey,
+    /// The key's JSON string, kept by its upstream.
+    pub json: &'a Rendered,
 }
 
 /// The fields of one access-log line. The JSON format writes them in this order, leaving out absent ones; the
@@ -225,10 +253,12 @@ pub struct Record<'a> {
     pub duration: Duration,
     /// Listener (`ADDRESS:PORT`).
     pub listener: &'a str,
+    /// The listener's JSON string, kept by its app.
+    pub listener_json: &'a Rendered,
     /// The route that answered.
     pub route: Option<RouteRef<'a>>,
-    /// The backend (`namespace/name:port`).
-    pub backend: Option<&'a BackendKey>,
+    /// The backend.
+    pub backend: Option<BackendRef<'a>>,
     /// The attempts to the backend's endpoints.
     pub upstreams: &'a [Attempt],
     /// Attempts made again.
@@ -270,40 +300,41 @@ impl AccessLog {
 
 /// One JSON object and a newline, written directly: serde's map serializer and `Display` for addresses and times
 /// cost about twice as many instructions per request (docs/benchmarks.md, "What the JSON access log costs").
+/// A key is written with the quotes around it and the value's opening quote, in one copy; route, backend and
+/// listener come from their [`Rendered`] text.
 fn json_line(r: &Record<'_>) -> Vec<u8> {
     let mut o = Vec::with_capacity(512);
     let mut n = itoa::Buffer::new();
     o.extend_from_slice(b"{\"time\":\"");
     // RFC 3339 in UTC has no byte that JSON escapes.
     push_time(&mut o, r.time);
-    o.extend_from_slice(b"\",\"request_id\":");
-    json_str(&mut o, r.request_id);
+    o.extend_from_slice(b"\",\"request_id\":\"");
+    json_escape(&mut o, r.request_id);
     if let Some(t) = r.trace_id {
-        o.extend_from_slice(b",\"trace_id\":");
-        json_str(&mut o, t);
+        o.extend_from_slice(b"\",\"trace_id\":\"");
+        json_escape(&mut o, t);
     }
     if let Some(c) = r.client {
-        o.extend_from_slice(b",\"client\":\"");
+        o.extend_from_slice(b"\",\"client\":\"");
         json_addr(&mut o, c, &mut n);
-        o.push(b'"');
     }
-    o.extend_from_slice(b",\"method\":");
-    json_str(&mut o, r.method);
-    o.extend_from_slice(b",\"authority\":");
-    json_str(&mut o, r.authority);
-    o.extend_from_slice(b",\"path\":");
-    json_str(&mut o, r.path);
-    o.extend_from_slice(b",\"protocol\":");
-    json_str(&mut o, r.protocol);
+    o.extend_from_slice(b"\",\"method\":\"");
+    json_escape(&mut o, r.method);
+    o.extend_from_slice(b"\",\"authority\":\"");
+    json_escape(&mut o, r.authority);
+    o.extend_from_slice(b"\",\"path\":\"");
+    json_escape(&mut o, r.path);
+    o.extend_from_slice(b"\",\"protocol\":\"");
+    json_escape(&mut o, r.protocol);
     if let Some(sni) = r.tls_sni {
-        o.extend_from_slice(b",\"tls_sni\":");
-        json_str(&mut o, sni);
+        o.extend_from_slice(b"\",\"tls_sni\":\"");
+        json_escape(&mut o, sni);
     }
     if let Some(v) = r.tls_version {
-        o.extend_from_slice(b",\"tls_version\":");
-        json_str(&mut o, v);
+        o.extend_from_slice(b"\",\"tls_version\":\"");
+        json_escape(&mut o, v);
     }
-    o.extend_from_slice(b",\"status\":");
+    o.extend_from_slice(b"\",\"status\":");
     o.extend_from_slice(n.format(r.status).as_bytes());
     o.extend_from_slice(b",\"bytes_in\":");
     o.extend_from_slice(n.format(r.bytes_in).as_bytes());
@@ -312,47 +343,31 @@ fn json_line(r: &Record<'_>) -> Vec<u8> {
     o.extend_from_slice(b",\"duration\":");
     json_seconds(&mut o, r.duration, &mut n);
     o.extend_from_slice(b",\"listener\":");
-    json_str(&mut o, r.listener);
+    o.extend_from_slice(r.listener_json.get(|o| json_str(o, r.listener)));
     if let Some(route) = &r.route {
-        o.extend_from_slice(b",\"route\":{\"kind\":");
-        json_str(&mut o, route.kind);
-        o.extend_from_slice(b",\"namespace\":");
-        json_str(&mut o, route.namespace);
-        o.extend_from_slice(b",\"name\":");
-        json_str(&mut o, route.name);
-        if let Some(rule) = route.rule {
-            o.extend_from_slice(b",\"rule\":");
-            o.extend_from_slice(n.format(rule).as_bytes());
-        }
-        o.push(b'}');
+        o.extend_from_slice(b",\"route\":");
+        o.extend_from_slice(route.json.get(|o| json_route(o, route)));
     }
-    if let Some(b) = r.backend {
-        o.extend_from_slice(b",\"backend\":\"");
-        json_escape(&mut o, &b.namespace);
-        o.push(b'/');
-        json_escape(&mut o, &b.name);
-        o.push(b':');
-        o.extend_from_slice(n.format(b.port).as_bytes());
-        if !b.variant.is_empty() {
-            o.push(b'#');
-            json_escape(&mut o, &b.variant);
-        }
-        o.push(b'"');
+    if let Some(b) = &r.backend {
+        o.extend_from_slice(b",\"backend\":");
+        o.extend_from_slice(b.json.get(|o| json_backend(o, b.key)));
     }
     if !r.upstreams.is_empty() {
         o.extend_from_slice(b",\"upstreams\":[");
         for (i, a) in r.upstreams.iter().enumerate() {
-            if i > 0 {
-                o.push(b',');
-            }
-            o.extend_from_slice(b"{\"addr\":\"");
+            o.extend_from_slice(if i > 0 {
+                b",{\"addr\":\""
+            } else {
+                b"{\"addr\":\""
+            });
             json_addr(&mut o, a.addr, &mut n);
-            o.push(b'"');
             if let Some(s) = a.status {
-                o.extend_from_slice(b",\"status\":");
+                o.extend_from_slice(b"\",\"status\":");
                 o.extend_from_slice(n.format(s).as_bytes());
+                o.extend_from_slice(b",\"seconds\":");
+            } else {
+                o.extend_from_slice(b"\",\"seconds\":");
             }
-            o.extend_from_slice(b",\"seconds\":");
             json_seconds(&mut o, a.took, &mut n);
             o.push(b'}');
         }
@@ -367,6 +382,36 @@ fn json_line(r: &Record<'_>) -> Vec<u8> {
     }
     o.extend_from_slice(b"}\n");
     o
+}
+
+/// `{"kind":..,"namespace":..,"name":..,"rule":N}`, the rule left out when absent.
+fn json_route(o: &mut Vec<u8>, route: &RouteRef<'_>) {
+    o.extend_from_slice(b"{\"kind\":");
+    json_str(o, route.kind);
+    o.extend_from_slice(b",\"namespace\":");
+    json_str(o, route.namespace);
+    o.extend_from_slice(b",\"name\":");
+    json_str(o, route.name);
+    if let Some(rule) = route.rule {
+        o.extend_from_slice(b",\"rule\":");
+        o.extend_from_slice(itoa::Buffer::new().format(rule).as_bytes());
+    }
+    o.push(b'}');
+}
+
+/// `"namespace/name:port"`, and `#variant` before the closing quote when the key has one.
+fn json_backend(o: &mut Vec<u8>, b: &BackendKey) {
+    o.push(b'"');
+    json_escape(o, &b.namespace);
+    o.push(b'/');
+    json_escape(o, &b.name);
+    o.push(b':');
+    o.extend_from_slice(itoa::Buffer::new().format(b.port).as_bytes());
+    if !b.variant.is_empty() {
+        o.push(b'#');
+        json_escape(o, &b.variant);
+    }
+    o.push(b'"');
 }
 
 /// `s` as a JSON string, quotes included.
@@ -548,7 +593,7 @@ fn text_line(r: &Record<'_>) -> Vec<u8> {
     dash_or(&mut out, r.user_agent);
     let _ = write!(out, "\" {} {:.3} [", r.bytes_in, r.duration.as_secs_f64());
     match &r.backend {
-        Some(b) => escaped(&mut out, &b.to_string()),
+        Some(b) => escaped(&mut out, &b.key.to_string()),
         None => out.push(b'-'),
     }
     out.extend_from_slice(b"] [] ");
@@ -592,13 +637,18 @@ impl RequestId {
     /// A new random id.
     pub fn random() -> RequestId {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut n = fastrand::u128(..);
         let mut id = [0u8; 32];
-        for d in id.iter_mut().rev() {
-            *d = HEX[(n & 0xf) as usize];
-            n >>= 4;
+        for (pair, b) in id.chunks_exact_mut(2).zip(fastrand::u128(..).to_be_bytes()) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 0xf)];
         }
         RequestId(id)
+    }
+
+    /// The id as a header value (`X-Request-ID` sent upstream), made from the bytes without a UTF-8 check.
+    pub fn header_value(&self) -> HeaderValue {
+        // Hex digits only: always a valid header value.
+        HeaderValue::from_bytes(&self.0).unwrap_or(HeaderValue::from_static(""))
     }
 
     /// The id's text.
@@ -640,6 +690,11 @@ mod tests {
         BackendKey::new("shop", "web", 80)
     }
 
+    /// An empty [`Rendered`] for one test record.
+    fn leak() -> &'static Rendered {
+        Box::leak(Box::default())
+    }
+
     fn record<'a>(upstreams: &'a [Attempt], backend: &'a BackendKey) -> Record<'a> {
         Record {
             time: SystemTime::from("2026-12-03T11:00:00.5Z".parse::<jiff::Timestamp>().unwrap()),
@@ -657,13 +712,18 @@ mod tests {
             bytes_out: 12,
             duration: Duration::from_micros(12_300),
             listener: "*:80",
+            listener_json: leak(),
             route: Some(RouteRef {
                 kind: "HTTPRoute",
                 namespace: "shop",
                 name: "web",
                 rule: Some(0),
+                json: leak(),
             }),
-            backend: Some(backend),
+            backend: Some(BackendRef {
+                key: backend,
+                json: leak(),
+            }),
             upstreams,
             retries: 1,
             reason: None,
@@ -756,6 +816,7 @@ mod tests {
             namespace: "shop",
             name: "web",
             rule: None,
+            json: leak(),
         });
         r.reason = Some(Failure::UpstreamTimeout);
         r.duration = Duration::from_secs(2);
@@ -781,6 +842,19 @@ mod tests {
     }
 
     #[test]
+    fn rendered_text_is_written_once() {
+        let r = Rendered::default();
+        let calls = Cell::new(0);
+        let render = |o: &mut Vec<u8>| {
+            calls.set(calls.get() + 1);
+            o.extend_from_slice(b"\"x\"");
+        };
+        assert_eq!(r.get(render), b"\"x\"");
+        assert_eq!(r.get(render), b"\"x\"");
+        assert_eq!(calls.get(), 1);
+    }
+
+    #[test]
     fn json_strings_are_escaped() {
         let b = backend();
         let nasty = [
@@ -796,10 +870,38 @@ mod tests {
             r.path = s;
             r.authority = s;
             r.request_id = s;
+            // Route, backend and listener are rendered once per value: fresh ones for each value here.
+            r.listener = s;
+            r.listener_json = leak();
+            r.route = Some(RouteRef {
+                kind: "HTTPRoute",
+                namespace: s,
+                name: s,
+                rule: Some(3),
+                json: leak(),
+            });
+            let mut key = backend();
+            key.name = s.into();
+            key.variant = s.into();
+            r.backend = Some(BackendRef {
+                key: &key,
+                json: leak(),
+            });
             let v = json(&r);
             assert_eq!(v["path"], s);
             assert_eq!(v["authority"], s);
             assert_eq!(v["request_id"], s);
+            assert_eq!(v["listener"], s);
+            assert_eq!(
+                v["route"],
+                serde_json::json!({"kind": "HTTPRoute", "namespace": s, "name": s, "rule": 3})
+            );
+            let with_variant = if s.is_empty() {
+                "shop/:80".to_string()
+            } else {
+                format!("shop/{s}:80#{s}")
+            };
+            assert_eq!(v["backend"], with_variant.as_str());
         }
     }
 
@@ -883,5 +985,11 @@ mod tests {
             "{id:?}"
         );
         assert_ne!(id, RequestId::random());
+        assert_eq!(id.header_value().to_str().ok(), Some(id.as_str()));
+        // The digits are the random number's, most significant first.
+        fastrand::seed(7);
+        let n = fastrand::u128(..);
+        fastrand::seed(7);
+        assert_eq!(RequestId::random().as_str(), format!("{n:032x}"));
     }
 }

@@ -90,6 +90,8 @@ pub struct Upstream {
     spec: ServiceBackend,
     /// `namespace/name:port`, for logs.
     pub label: Box<str>,
+    /// The key as access logs write it.
+    pub log_key: super::observe::Rendered,
     endpoints: Box<[Arc<EndpointState>]>,
     selector: Selector,
     /// Each endpoint's persistent session key ([`session_key`]), in endpoint order.
@@ -381,6 +383,7 @@ impl Upstream {
             key: key.clone(),
             spec: spec.clone(),
             label,
+            log_key: Default::default(),
             endpoints,
             selector,
             session_keys,
