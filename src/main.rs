@@ -120,6 +120,7 @@ fn request_short_slice(tid: libc::pid_t) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     portcullis::telemetry::init();
+    portcullis::tls::install_provider();
     let result = match cli.command {
         Command::Run(args) => run(*args),
         Command::Validate(args) => validate(&args),

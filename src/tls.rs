@@ -1,5 +1,5 @@
 //! TLS: certificates from Secrets, SNI selection, client-certificate validation, and the Pingora acceptors built
-//! from them. Pure rustls (ring provider); nothing is ever read from files.
+//! from them. Pure rustls (aws-lc-rs provider); nothing is ever read from files.
 //!
 //! Translation calls [`parse_certified_key`] and [`parse_ca_bundle`] to validate what Secrets and ConfigMaps hold
 //! (so a bad certificate becomes a status condition, not a handshake failure); the listener side calls
@@ -11,6 +11,7 @@ use pingora::listeners::tls::{Acceptor, TlsSettings};
 use pingora::listeners::{TlsAccept, ALPN};
 use pingora::protocols::tls::TlsRef;
 use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::aws_lc_rs as crypto;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -43,9 +44,19 @@ pub enum TlsError {
     Config(String),
 }
 
-fn install_provider() {
-    let _ =
-        rustls::crypto::CryptoProvider::install_default(rustls::crypto::ring::default_provider());
+/// The crypto provider of every TLS configuration built here: aws-lc-rs, whose X25519 key exchange and P-256
+/// signatures take about half of ring's instructions in a full handshake (docs/benchmarks.md, "TLS").
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(crypto::default_provider()))
+        .clone()
+}
+
+/// Makes our provider the process default, for configurations built by code that takes the default (Pingora's
+/// connectors, kube-rs) when this runs before them (`main` calls it first); ours never depend on it.
+pub fn install_provider() {
+    let _ = rustls::crypto::CryptoProvider::install_default(crypto::default_provider());
 }
 
 /// Parses a PEM certificate chain and private key (a `kubernetes.io/tls` Secret's `tls.crt` / `tls.key`) and
@@ -60,8 +71,8 @@ pub fn parse_certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<Certif
     }
     let key =
         PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::BadKey(e.to_string()))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| TlsError::Mismatch(e.to_string()))?;
+    let signing =
+        crypto::sign::any_supported_type(&key).map_err(|e| TlsError::Mismatch(e.to_string()))?;
     let ck = CertifiedKey::new(chain, signing);
     ck.keys_match()
         .map_err(|e| TlsError::Mismatch(e.to_string()))?;
@@ -185,23 +196,33 @@ pub fn acceptor(tls: &ListenerTls, http: bool) -> Result<Acceptor, TlsError> {
     if certs.is_empty() {
         return Err(TlsError::Config("listener has no certificate".into()));
     }
+    let resolver: Arc<dyn ResolvesServerCert> = Arc::new(SniResolver::new(certs));
+    // Pingora's TlsSettings builds with the process's default provider and no resumption setting: it is used only
+    // for the handshake callbacks, and the configuration is ours, built with our provider.
     let mut settings = TlsSettings::with_callbacks(Box::new(CaptureHandshake))
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    settings.set_cert_resolver(Arc::new(SniResolver::new(certs)));
+    settings.set_cert_resolver(resolver.clone());
     if http {
         settings.set_alpn(ALPN::H2H1);
     }
-    if let Some(v) = &tls.client_validation {
-        settings.set_client_cert_verifier(client_verifier(v)?);
-    }
     let mut acceptor = settings.build();
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match &tls.client_validation {
+        Some(v) => builder.with_client_cert_verifier(client_verifier(v)?),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
+    if http {
+        // Pingora's wire form of its ALPN setting.
+        config.alpn_protocols = acceptor.acceptor.config().alpn_protocols.clone();
+    }
     if RESUMPTION.get() == Some(&Resumption::Off) {
-        // Pingora's TlsSettings has no setting for it: the built configuration is copied and changed.
-        let mut config = (**acceptor.acceptor.config()).clone();
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
-        acceptor.acceptor = Arc::new(config).into();
     }
+    acceptor.acceptor = Arc::new(config).into();
     Ok(acceptor)
 }
 
@@ -212,7 +233,7 @@ fn client_verifier(v: &ClientValidation) -> Result<Arc<dyn ClientCertVerifier>, 
             roots.roots.push(c);
         }
     }
-    let inner = WebPkiClientVerifier::builder(Arc::new(roots))
+    let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
     if v.insecure_fallback {
@@ -299,7 +320,7 @@ pub fn upstream(tls: &crate::model::BackendTls, h2: bool) -> Result<UpstreamTls,
         roots.roots.extend(parse_ca_bundle(pem.as_bytes())?.roots);
     }
     let roots = Arc::new(roots);
-    let mut provider = rustls::crypto::ring::default_provider();
+    let mut provider = crypto::default_provider();
     if !tls.tls12_cipher_suites.is_empty() {
         // Only TLS 1.2 suites are restricted, in the order given; TLS 1.3 suites stay first, as rustls orders them.
         let all = std::mem::take(&mut provider.cipher_suites);
@@ -642,20 +663,57 @@ mod tests {
         (cert.pem(), rcgen::Issuer::new(params, key))
     }
 
+    #[test]
+    fn listener_configurations_use_our_provider_whatever_the_default() {
+        // Whichever provider another library made the process default, the listener's is ours.
+        let _ = rustls::crypto::CryptoProvider::install_default(
+            rustls::crypto::ring::default_provider(),
+        );
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["a.example".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let tls = ListenerTls {
+            certificates: vec![crate::model::ListenerCertificate {
+                hostname: HostPattern::ingress("a.example").unwrap(),
+                source: "Secret shop/a".into(),
+                cert_pem: cert.pem(),
+                key_pem: crate::model::Redacted::new(key.serialize_pem()),
+            }],
+            client_validation: None,
+        };
+        let https = acceptor(&tls, true).unwrap();
+        let config = https.acceptor.config();
+        assert_eq!(
+            format!("{:?}", config.crypto_provider().secure_random),
+            format!("{:?}", crypto::default_provider().secure_random)
+        );
+        assert_eq!(
+            config.alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        assert!(acceptor(&tls, false)
+            .unwrap()
+            .acceptor
+            .config()
+            .alpn_protocols
+            .is_empty());
+    }
+
     /// Serves one TLS handshake on loopback with `chain` (leaf first) and `key`; returns the port.
     async fn serve(chain: String, key: String) -> u16 {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain.as_bytes())
             .collect::<Result<_, _>>()
             .unwrap();
         let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
+        let config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(crypto::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();

@@ -661,7 +661,7 @@ fn server_certificate(port: u16, sni: &str, ca_pem: &str) -> Result<Vec<u8>> {
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c?)?;
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)

@@ -127,6 +127,9 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, Conn
                 })?,
         },
     };
+    // kube-rs builds its TLS configuration with the process's default provider, which rustls cannot pick by
+    // itself when both ring and aws-lc-rs are built.
+    crate::tls::install_provider();
     Client::try_from(config).map_err(ConnectError::Client)
 }
 
