@@ -176,3 +176,57 @@ spec:
     }
     Ok(())
 }
+
+/// The error backend is told the request's id as the access log writes it, also when the client sent an empty
+/// `X-Request-ID` (one is made, as ingress-nginx's `$req_id` does) and when it sent its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_error_backend_gets_the_logged_request_id() -> Result<()> {
+    let app = echo("app-1", "default").await?;
+    let errors = echo("errors-1", "default").await?;
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let anns = "nginx.ingress.kubernetes.io/custom-http-errors: \"404\", nginx.ingress.kubernetes.io/default-backend: errors";
+    let manifests = format!(
+        "{CLASSES}{}{}{}",
+        service_yaml("default", "app", 80, &[&app]),
+        service_yaml("default", "errors", 80, &[&errors]),
+        ingress("app", "app", anns),
+    );
+    std::fs::write(dir.path().join("all.yaml"), manifests)?;
+    let proxy = Proxy::start(dir.path(), port, &["--access-log", "json"])?;
+
+    for (i, given) in ["", "given-7"].into_iter().enumerate() {
+        let r = common::get(
+            port,
+            "app.example.com",
+            "/status/404",
+            &[("x-request-id", given)],
+        )?;
+        assert_eq!(r.pod(), "errors-1", "{}", r.text());
+        let sent = r
+            .echoed_header("x-request-id")
+            .ok_or_else(|| anyhow::anyhow!("no x-request-id at the error backend: {}", r.text()))?;
+        if given.is_empty() {
+            assert_eq!(sent.len(), 32, "a made id: {sent:?}");
+        } else {
+            assert_eq!(sent, given);
+        }
+        // One line per request, written by another thread: wait for line i, for a bounded time.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let logged = loop {
+            let out = proxy.stdout_text();
+            if let Some(l) = out.lines().nth(i) {
+                let v: serde_json::Value = serde_json::from_str(l)?;
+                assert_eq!(v["path"], "/status/404", "{l}");
+                break v["request_id"].as_str().unwrap_or_default().to_string();
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "no access-log line {i}: {out}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert_eq!(logged, sent);
+    }
+    Ok(())
+}

@@ -134,10 +134,7 @@ impl HttpApp {
         let rule = ctx.entry.as_ref().map(|e| &e.rule);
         let record = Record {
             time: std::time::SystemTime::now(),
-            request_id: match &ctx.request_id {
-                Some(made) => made.as_str(),
-                None => header(&X_REQUEST_ID),
-            },
+            request_id: request_id(req, ctx.request_id.as_ref()).unwrap_or(""),
             trace_id: observe::trace_id(header(&TRACEPARENT)),
             client: session.client_addr().and_then(|a| a.as_inet()).copied(),
             method: req.method.as_str(),
@@ -259,12 +256,7 @@ impl HttpApp {
             Some(Target::Backend(id)) => ctx.snap.as_ref().and_then(|s| s.upstreams.get(*id)),
             _ => None,
         };
-        let request_id = session
-            .req_header()
-            .headers
-            .get(X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| ctx.request_id.as_ref().map(observe::RequestId::as_str));
+        let request_id = request_id(session.req_header(), ctx.request_id.as_ref());
         let page = match (ce, upstream) {
             (Some(ce), Some(u)) => {
                 errors::fetch(ce, u, code, session.req_header(), request_id)
@@ -673,6 +665,20 @@ fn hash_property<'r>(
             .map_or(&b""[..], str::as_bytes),
         // The host is lowercased into the key buffer (`append_hash_property`); keys are never nested.
         HashOn::Host | HashOn::Parts(_) => b"",
+    }
+}
+
+/// The request's id, as the access log, the error backend and the upstream see it: the one made for it, else the
+/// client's non-empty `X-Request-ID` (one is made when the client sent none, an empty one or one that is not text,
+/// and only when access logs are on).
+fn request_id<'a>(req: &'a RequestHeader, made: Option<&'a observe::RequestId>) -> Option<&'a str> {
+    match made {
+        Some(m) => Some(m.as_str()),
+        None => req
+            .headers
+            .get(X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty()),
     }
 }
 
