@@ -1186,7 +1186,9 @@ impl ProxyHttp for HttpApp {
         if let Some(ms) = ctx.entry.as_ref().and_then(|e| e.rule.timeouts.connect_ms) {
             peer.options.connection_timeout = Some(Duration::from_millis(ms));
         }
-        ctx.attempt_clock = Some(Instant::now());
+        // One clock read for the attempt's log time, its load-tracking start and the request deadline.
+        let now = Instant::now();
+        ctx.attempt_clock = Some(now);
         if observe::access_log().is_some() {
             ctx.log_attempts.push(Attempt {
                 addr: ep.addr,
@@ -1197,7 +1199,7 @@ impl ProxyHttp for HttpApp {
         if let Some(i) = ctx.endpoint {
             upstream.on_attempt(i);
             if upstream.tracks_load() {
-                ctx.attempt_started = Some(Instant::now());
+                ctx.attempt_started = Some(now);
             }
         }
         // The attempt may last the backend timeout, and no longer than what is left of the request timeout.
@@ -1207,7 +1209,7 @@ impl ProxyHttp for HttpApp {
             .and_then(|e| e.rule.timeouts.backend_request_ms)
             .map(Duration::from_millis);
         if let Some(deadline) = ctx.deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.saturating_duration_since(now);
             if left.is_zero() {
                 return Err(Error::explain(HTTPStatus(504), "request timeout"));
             }
