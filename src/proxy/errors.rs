@@ -6,21 +6,13 @@
 use super::upstream::{Tried, Upstream};
 use crate::router::CompiledCustomErrors;
 use bytes::{Bytes, BytesMut};
-use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 /// How long asking the error backend may take in all.
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest error page passed on; a larger one fails the interception (the client gets the proxy's own page).
 const MAX_BODY: usize = 1 << 20;
-
-/// The connector error-page requests use (one pool for the process).
-fn connector() -> &'static Connector {
-    static C: OnceLock<Connector> = OnceLock::new();
-    C.get_or_init(|| Connector::new(None))
-}
 
 /// Headers of the client's request that do not go to the error backend: the body is not sent, and hop-by-hop
 /// headers are the proxy's business.
@@ -98,7 +90,7 @@ pub async fn fetch(
     let peer = upstream.peer(ep);
     let request = error_request(ce, code, req, request_id)?;
     let work = async {
-        let (mut s, _) = connector().get_http_session(&peer).await?;
+        let (mut s, _) = super::side_connector().get_http_session(&peer).await?;
         s.write_request_header(Box::new(request)).await?;
         s.finish_request_body().await?;
         s.read_response_header().await?;
@@ -115,7 +107,7 @@ pub async fn fetch(
             }
             body.extend_from_slice(&chunk);
         }
-        connector()
+        super::side_connector()
             .release_http_session(s, &peer, Some(Duration::from_secs(60)))
             .await;
         for h in DROPPED_RESPONSE {

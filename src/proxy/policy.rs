@@ -23,7 +23,6 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, HOST};
 use http::StatusCode;
-use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
@@ -872,12 +871,6 @@ impl Drop for ConnGuard {
     }
 }
 
-/// The connector external auth requests use (one pool for the process).
-fn auth_connector() -> &'static Connector {
-    static C: OnceLock<Connector> = OnceLock::new();
-    C.get_or_init(|| Connector::new(None))
-}
-
 /// How long an external auth request may take.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(60);
 /// The largest auth response body read (and discarded) before the connection is dropped instead of reused.
@@ -1016,7 +1009,7 @@ async fn send_auth(
     let tls = ext.scheme == "https";
     let peer = HttpPeer::new(addr, tls, ext.host.clone());
     let work = async {
-        let connector = auth_connector();
+        let connector = super::side_connector();
         let (mut s, _) = connector.get_http_session(&peer).await?;
         s.write_request_header(Box::new(auth)).await?;
         s.finish_request_body().await?;
