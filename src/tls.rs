@@ -44,8 +44,8 @@ pub enum TlsError {
     Config(String),
 }
 
-/// The crypto provider of every TLS configuration built here: aws-lc-rs, whose X25519 key exchange and P-256
-/// signatures take about half of ring's instructions in a full handshake (docs/benchmarks.md, "TLS").
+/// The crypto provider of every TLS configuration built here: aws-lc-rs, whose X25519 key exchange costs about
+/// half of ring's (docs/benchmarks.md, "TLS provider").
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     static PROVIDER: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
     PROVIDER
