@@ -26,6 +26,10 @@ pub mod upstream;
 pub mod upstream_tls;
 
 pub use l4::L4Settings;
+pub use listeners::{
+    accept_loop, bind, serve_connections, Connections, Handshake, ListenerManager, ListenerState,
+    Stopped,
+};
 
 /// The connector of the proxy's own requests to backends (external auth, custom error pages): one connection pool
 /// for the process, apart from the pools of proxied requests.
@@ -34,7 +38,3 @@ pub(crate) fn side_connector() -> &'static pingora::connectors::http::Connector 
         std::sync::OnceLock::new();
     C.get_or_init(|| pingora::connectors::http::Connector::new(None))
 }
-pub use listeners::{
-    accept_loop, bind, serve_connections, Connections, Handshake, ListenerManager, ListenerState,
-    Stopped,
-};

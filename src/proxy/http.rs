@@ -668,9 +668,9 @@ fn hash_property<'r>(
     }
 }
 
-/// The request's id, as the access log, the error backend and the upstream see it: the one made for it, else the
-/// client's non-empty `X-Request-ID` (one is made when the client sent none, an empty one or one that is not text,
-/// and only when access logs are on).
+/// The request's id, as the access log and the error backend see it: the one made for it, else the client's
+/// non-empty `X-Request-ID` (one is made when the client sent none, an empty one or one that is not text, and only
+/// when access logs are on; the upstream gets the made one, else the client's header as it came).
 fn request_id<'a>(req: &'a RequestHeader, made: Option<&'a observe::RequestId>) -> Option<&'a str> {
     match made {
         Some(m) => Some(m.as_str()),
