@@ -54,7 +54,8 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Makes our provider the process default, for configurations built by code that takes the default (Pingora's
-/// connectors, kube-rs) when this runs before them (`main` calls it first); ours never depend on it.
+/// connectors, kube-rs) when this runs before them (`main` calls it first, `source::kube::client` before kube-rs
+/// builds its own); the configurations built here never depend on it.
 pub fn install_provider() {
     let _ = rustls::crypto::CryptoProvider::install_default(crypto::default_provider());
 }
@@ -62,7 +63,6 @@ pub fn install_provider() {
 /// Parses a PEM certificate chain and private key (a `kubernetes.io/tls` Secret's `tls.crt` / `tls.key`) and
 /// checks that they belong together.
 pub fn parse_certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<CertifiedKey>, TlsError> {
-    install_provider();
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| TlsError::BadCertificate(e.to_string()))?;
@@ -187,7 +187,6 @@ pub fn set_resumption(r: Resumption) {
 /// (HTTPS listeners; a TLS listener that terminates for TCP backends offers no ALPN), and client certificate
 /// validation when configured.
 pub fn acceptor(tls: &ListenerTls, http: bool) -> Result<Acceptor, TlsError> {
-    install_provider();
     let mut certs = Vec::with_capacity(tls.certificates.len());
     for c in &tls.certificates {
         let ck = parse_certified_key(c.cert_pem.as_bytes(), c.key_pem.expose().as_bytes())?;
@@ -314,7 +313,6 @@ pub struct UpstreamTls {
 pub fn upstream(tls: &crate::model::BackendTls, h2: bool) -> Result<UpstreamTls, TlsError> {
     use crate::model::TlsVersion;
     use rustls::client::danger::ServerCertVerifier;
-    install_provider();
     let mut roots = RootCertStore::empty();
     for pem in &tls.ca_bundles {
         roots.roots.extend(parse_ca_bundle(pem.as_bytes())?.roots);
