@@ -2548,9 +2548,8 @@ def print_churn(out, args, results):
             c = t.churn
             s, d, w, q = c["steady"], c["churn"], c["whole"], c["no_change"]
             served = f"{c['served_after']:.2f}" if c["served"] else "NOT served"
-            qcols = (f"{fmt(q['p50'])} / {fmt(q['p99'])} / {fmt(q['max'])} | {ratio(q['p99'], s['p99'])}"
-                     if q else "- | -")
-            qcell, qratio = qcols.rsplit(" | ", 1)
+            qcell = f"{fmt(q['p50'])} / {fmt(q['p99'])} / {fmt(q['max'])}" if q else "-"
+            qratio = ratio(q["p99"], s["p99"]) if q else "-"
             out.append(
                 f"| {t.name} | {c['how']} | {fmt(s['p50'])} / {fmt(s['p99'])} / {fmt(s['max'])} | {qcell} | "
                 f"{fmt(d['p50'])} / {fmt(d['p99'])} / {fmt(d['max'])} | {ratio(d['p99'], s['p99'])} | {qratio} | "
