@@ -706,3 +706,113 @@ spec:
     }
     Ok(())
 }
+
+/// Whether `plain` holds a whole HTTP/1.1 answer (a `Content-Length` body, or a chunked one to its last chunk).
+fn answer_complete(plain: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(plain);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let length = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())
+            .flatten()
+    });
+    match length {
+        Some(n) => body.len() >= n,
+        None => body.ends_with("0\r\n\r\n"),
+    }
+}
+
+/// One HTTP/1.1 request over TLS 1.3 on a keep-alive connection, with the TLS records read off the socket one by
+/// one: how many records the answer came in, and the answer.
+fn records_of_one_answer(port: u16, ca_pem: &str) -> Result<(usize, String)> {
+    let roots = roots_of(ca_pem)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("shop.example.com")?)?;
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock)?;
+    }
+    conn.writer()
+        .write_all(b"GET / HTTP/1.1\r\nHost: shop.example.com\r\n\r\n")?;
+    while conn.wants_write() {
+        conn.write_tls(&mut sock)?;
+    }
+    let (mut raw, mut plain, mut records) = (Vec::new(), Vec::new(), 0);
+    let mut buf = [0u8; 16 * 1024];
+    while !answer_complete(&plain) {
+        let n = sock.read(&mut buf)?;
+        anyhow::ensure!(n > 0, "connection closed before the answer was complete");
+        raw.extend_from_slice(&buf[..n]);
+        // Whole records only (5-byte header: type, version, length), each handed to rustls on its own.
+        while raw.len() >= 5 {
+            let len = 5 + usize::from(u16::from_be_bytes([raw[3], raw[4]]));
+            if raw.len() < len {
+                break;
+            }
+            let record: Vec<u8> = raw.drain(..len).collect();
+            records += 1;
+            conn.read_tls(&mut &record[..])?;
+            let state = conn.process_new_packets()?;
+            let mut p = vec![0; state.plaintext_bytes_to_read()];
+            conn.reader().read_exact(&mut p)?;
+            plain.extend_from_slice(&p);
+        }
+    }
+    Ok((records, String::from_utf8_lossy(&plain).into_owned()))
+}
+
+#[tokio::test]
+async fn a_short_answer_is_one_tls_record() -> Result<()> {
+    // The write buffer sits above TLS: a response header and a short body leave as one record (and one write),
+    // as nginx's ssl_buffer_size does, instead of a record each.
+    let web = echo("web-7d9f8b6c4-aaaaa", "shop").await?;
+    let ca = ca("test ca")?;
+    let cert = leaf(&ca, &["shop.example.com"])?;
+    let yaml = format!(
+        "{CLASSES}{}{}
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: shop, namespace: shop}}
+spec:
+  tls: [{{hosts: [shop.example.com], secretName: shop-tls}}]
+  rules:
+  - host: shop.example.com
+    http:
+      paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}]
+",
+        service_yaml("shop", "web", 80, &[&web]),
+        tls_secret("shop", "shop-tls", &cert),
+    );
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("all.yaml"), yaml)?;
+    let https = free_port();
+    let https_flag = https.to_string();
+    // No session tickets: the only records after the handshake are the answer's.
+    let args = ["--https-port", &https_flag, "--tls-resumption", "off"];
+    let proxy = Proxy::start(dir.path(), free_port(), &args)?;
+    let ca_pem = ca.pem.clone();
+    let (records, answer) =
+        tokio::task::spawn_blocking(move || records_of_one_answer(https, &ca_pem)).await??;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{answer}\n{}",
+        proxy.log_text()
+    );
+    assert!(
+        answer.len() < 8 * 1024,
+        "not a short answer: {} bytes",
+        answer.len()
+    );
+    assert_eq!(records, 1, "{answer}\n{}", proxy.log_text());
+    Ok(())
+}

@@ -4,15 +4,17 @@
 //! leave in one `write`), but the call that sets it is private to pingora-core; streams made from a `TcpStream`,
 //! as our listener manager makes them, write through. [`BufferedIo`] restores the buffer around the stream:
 //! writes collect until Pingora flushes (it flushes at the points its own buffered streams need), and writes
-//! larger than the buffer go straight through. Everything else (peeking, digests, TLS info) is the inner
+//! larger than the buffer go straight through. On a TLS connection the buffer wraps the TLS stream, so what it
+//! collects is encrypted as one record. Everything else (peeking, digests, TLS info and ALPN) is the inner
 //! stream's.
 
 use async_trait::async_trait;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::raw_connect::ProxyDigest;
-use pingora::protocols::tls::TlsRef;
+use pingora::protocols::tls::{SslDigest, TlsRef};
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, UniqueID, UniqueIDType,
+    ALPN,
 };
 use pingora::protocols::{SocketDigest, TimingDigest};
 use std::pin::Pin;
@@ -24,18 +26,20 @@ use tokio::io::{AsyncRead, AsyncWrite, BufWriter, ReadBuf};
 /// The write buffer: room for a typical response header and a small body, so they leave in one segment.
 pub const WRITE_BUFFER: usize = 16 * 1024;
 
-/// An accepted L4 stream with a write buffer.
+/// An accepted stream with a write buffer: the L4 stream of a plain connection, or the TLS stream of a TLS one,
+/// where the buffer sits above the encryption so that a response header and a short body become one TLS record
+/// (and one `write`), as nginx's `ssl_buffer_size` does.
 #[derive(Debug)]
-pub struct BufferedIo(BufWriter<L4Stream>);
+pub struct BufferedIo<S = L4Stream>(BufWriter<S>);
 
-impl BufferedIo {
+impl<S: AsyncWrite> BufferedIo<S> {
     /// Wraps `stream`.
-    pub fn new(stream: L4Stream) -> Self {
+    pub fn new(stream: S) -> Self {
         BufferedIo(BufWriter::with_capacity(WRITE_BUFFER, stream))
     }
 }
 
-impl AsyncRead for BufferedIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for BufferedIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -45,7 +49,7 @@ impl AsyncRead for BufferedIo {
     }
 }
 
-impl AsyncWrite for BufferedIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for BufferedIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -76,7 +80,7 @@ impl AsyncWrite for BufferedIo {
 }
 
 #[async_trait]
-impl Shutdown for BufferedIo {
+impl<S: Shutdown + AsyncWrite + Unpin + Send> Shutdown for BufferedIo<S> {
     async fn shutdown(&mut self) {
         use tokio::io::AsyncWriteExt;
         // Whatever is buffered goes out first.
@@ -85,19 +89,27 @@ impl Shutdown for BufferedIo {
     }
 }
 
-impl UniqueID for BufferedIo {
+impl<S: UniqueID + AsyncWrite> UniqueID for BufferedIo<S> {
     fn id(&self) -> UniqueIDType {
         self.0.get_ref().id()
     }
 }
 
-impl Ssl for BufferedIo {
+impl<S: Ssl + AsyncWrite> Ssl for BufferedIo<S> {
     fn get_ssl(&self) -> Option<&TlsRef> {
         self.0.get_ref().get_ssl()
     }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.0.get_ref().get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.0.get_ref().selected_alpn_proto()
+    }
 }
 
-impl GetTimingDigest for BufferedIo {
+impl<S: GetTimingDigest + AsyncWrite> GetTimingDigest for BufferedIo<S> {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
         self.0.get_ref().get_timing_digest()
     }
@@ -111,7 +123,7 @@ impl GetTimingDigest for BufferedIo {
     }
 }
 
-impl GetProxyDigest for BufferedIo {
+impl<S: GetProxyDigest + AsyncWrite> GetProxyDigest for BufferedIo<S> {
     fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
         self.0.get_ref().get_proxy_digest()
     }
@@ -121,7 +133,7 @@ impl GetProxyDigest for BufferedIo {
     }
 }
 
-impl GetSocketDigest for BufferedIo {
+impl<S: GetSocketDigest + AsyncWrite> GetSocketDigest for BufferedIo<S> {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
         self.0.get_ref().get_socket_digest()
     }
@@ -132,7 +144,7 @@ impl GetSocketDigest for BufferedIo {
 }
 
 #[async_trait]
-impl Peek for BufferedIo {
+impl<S: Peek + AsyncWrite + Send> Peek for BufferedIo<S> {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
         self.0.get_mut().try_peek(buf).await
     }

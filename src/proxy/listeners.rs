@@ -175,11 +175,12 @@ pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
                     };
                     // Edge hook: the handshake counts against the header timeout. Its future (7 KB, the rustls
                     // connection inside) is on the heap, so the connection's task stays small. Its result (the
-                    // 4.8 KB TLS stream) is boxed within the `let`: matched in the statement that awaits the
+                    // TLS stream) is boxed within the `let`: matched in the statement that awaits the
                     // connection, it kept a 4.8 KB slot in the task for as long as the connection was served.
-                    let tls = Box::pin(acceptor.tls_handshake(BufferedIo::new(stream)));
+                    // The write buffer goes above the TLS stream: a response's header and body are one record.
+                    let tls = Box::pin(acceptor.tls_handshake(stream));
                     let io = match edge.handshake(accepted_at, tls).await {
-                        Some(Ok(tls)) => edge.wrap(Box::new(tls), accepted_at),
+                        Some(Ok(tls)) => edge.wrap(Box::new(BufferedIo::new(tls)), accepted_at),
                         Some(Err(e)) => {
                             tracing::debug!(error = %e, "TLS handshake failed");
                             return;
