@@ -626,9 +626,34 @@ spec:
     Ok(())
 }
 
-/// Two HTTP/1.1 requests over TLS 1.3 on new connections with one client configuration (so one client session
-/// cache): the kind of the second handshake, full or resumed.
-fn second_handshake_kind(port: u16, ca_pem: &str) -> Result<rustls::HandshakeKind> {
+/// An echo backend behind an Ingress for shop.example.com with a certificate from a fresh CA, written to a
+/// manifest directory: the backend (kept alive by the caller), the CA and the directory.
+async fn shop_over_tls() -> Result<(proto_conformance::echo::EchoServer, Ca, tempfile::TempDir)> {
+    let web = echo("web-7d9f8b6c4-aaaaa", "shop").await?;
+    let ca = ca("test ca")?;
+    let cert = leaf(&ca, &["shop.example.com"])?;
+    let yaml = format!(
+        "{CLASSES}{}{}
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: shop, namespace: shop}}
+spec:
+  tls: [{{hosts: [shop.example.com], secretName: shop-tls}}]
+  rules:
+  - host: shop.example.com
+    http:
+      paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}]
+",
+        service_yaml("shop", "web", 80, &[&web]),
+        tls_secret("shop", "shop-tls", &cert),
+    );
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("all.yaml"), yaml)?;
+    Ok((web, ca, dir))
+}
+
+/// A TLS 1.3 client that trusts `ca_pem` and offers only HTTP/1.1.
+fn h1_tls13_client(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>> {
     let roots = roots_of(ca_pem)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -636,7 +661,13 @@ fn second_handshake_kind(port: u16, ca_pem: &str) -> Result<rustls::HandshakeKin
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let config = Arc::new(config);
+    Ok(Arc::new(config))
+}
+
+/// Two HTTP/1.1 requests over TLS 1.3 on new connections with one client configuration (so one client session
+/// cache): the kind of the second handshake, full or resumed.
+fn second_handshake_kind(port: u16, ca_pem: &str) -> Result<rustls::HandshakeKind> {
+    let config = h1_tls13_client(ca_pem)?;
     let mut kind = None;
     for _ in 0..2 {
         let mut conn = rustls::ClientConnection::new(
@@ -667,26 +698,7 @@ fn second_handshake_kind(port: u16, ca_pem: &str) -> Result<rustls::HandshakeKin
 async fn tls_session_resumption_can_be_switched_off() -> Result<()> {
     // By default a returning client resumes its TLS 1.3 session (a ticket from the first connection); with
     // `--tls-resumption off` the server sends no ticket and keeps no session, so every handshake is full.
-    let web = echo("web-7d9f8b6c4-aaaaa", "shop").await?;
-    let ca = ca("test ca")?;
-    let cert = leaf(&ca, &["shop.example.com"])?;
-    let yaml = format!(
-        "{CLASSES}{}{}
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {{name: shop, namespace: shop}}
-spec:
-  tls: [{{hosts: [shop.example.com], secretName: shop-tls}}]
-  rules:
-  - host: shop.example.com
-    http:
-      paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}]
-",
-        service_yaml("shop", "web", 80, &[&web]),
-        tls_secret("shop", "shop-tls", &cert),
-    );
-    let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("all.yaml"), yaml)?;
+    let (_web, ca, dir) = shop_over_tls().await?;
     for (flags, want) in [
         (&[][..], rustls::HandshakeKind::Resumed),
         (
@@ -728,15 +740,10 @@ fn answer_complete(plain: &[u8]) -> bool {
 /// One HTTP/1.1 request over TLS 1.3 on a keep-alive connection, with the TLS records read off the socket one by
 /// one: how many records the answer came in, and the answer.
 fn records_of_one_answer(port: u16, ca_pem: &str) -> Result<(usize, String)> {
-    let roots = roots_of(ca_pem)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let mut conn =
-        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("shop.example.com")?)?;
+    let mut conn = rustls::ClientConnection::new(
+        h1_tls13_client(ca_pem)?,
+        ServerName::try_from("shop.example.com")?,
+    )?;
     let mut sock = std::net::TcpStream::connect(("127.0.0.1", port))?;
     sock.set_read_timeout(Some(Duration::from_secs(10)))?;
     while conn.is_handshaking() {
@@ -775,26 +782,7 @@ fn records_of_one_answer(port: u16, ca_pem: &str) -> Result<(usize, String)> {
 async fn a_short_answer_is_one_tls_record() -> Result<()> {
     // The write buffer sits above TLS: a response header and a short body leave as one record (and one write),
     // as nginx's ssl_buffer_size does, instead of a record each.
-    let web = echo("web-7d9f8b6c4-aaaaa", "shop").await?;
-    let ca = ca("test ca")?;
-    let cert = leaf(&ca, &["shop.example.com"])?;
-    let yaml = format!(
-        "{CLASSES}{}{}
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {{name: shop, namespace: shop}}
-spec:
-  tls: [{{hosts: [shop.example.com], secretName: shop-tls}}]
-  rules:
-  - host: shop.example.com
-    http:
-      paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}]
-",
-        service_yaml("shop", "web", 80, &[&web]),
-        tls_secret("shop", "shop-tls", &cert),
-    );
-    let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("all.yaml"), yaml)?;
+    let (_web, ca, dir) = shop_over_tls().await?;
     let https = free_port();
     let https_flag = https.to_string();
     // No session tickets: the only records after the handshake are the answer's.
